@@ -1,0 +1,71 @@
+/// Per-sequence block tables for a batch, as flat CSR arrays: the layout every paged-attention
+/// engine consumes.
+///
+/// Sequence `i` owns `indices[indptr[i] ..< indptr[i+1]]` (block ids, in token order) and holds
+/// `tokenCounts[i]` tokens of KV: every block but the last is full, the last holds
+/// `lastBlockTokenCount(i)` tokens (1…blockSize).
+public struct BlockTableBatch: Sendable, Equatable {
+    public let blockSize: Int
+    public let indptr: [Int32]
+    public let indices: [Int32]
+    public let tokenCounts: [Int32]
+
+    @inlinable public var sequenceCount: Int { tokenCounts.count }
+
+    /// Builds a batch from one block table and one token count per sequence, checking that each
+    /// table holds exactly enough blocks for its tokens.
+    public init(blockSize: Int, tables: [[Int32]], tokenCounts: [Int]) throws(DecodePlanError) {
+        guard blockSize > 0 else { throw .invalidBlockSize(blockSize) }
+        guard tables.count == tokenCounts.count else {
+            throw .mismatchedCounts(tables: tables.count, tokenCounts: tokenCounts.count)
+        }
+        var indptr: [Int32] = [0]
+        indptr.reserveCapacity(tables.count + 1)
+        var indices: [Int32] = []
+        indices.reserveCapacity(tables.reduce(0) { $0 + $1.count })
+        for (i, table) in tables.enumerated() {
+            let n = tokenCounts[i]
+            guard n >= 1, table.count == (n + blockSize - 1) / blockSize else {
+                throw .tokenCountDoesNotFitTable(sequence: i, tokens: n, blocks: table.count, blockSize: blockSize)
+            }
+            for b in table where b < 0 { throw .negativeBlockID(sequence: i, block: b) }
+            indices.append(contentsOf: table)
+            indptr.append(Int32(indices.count))
+        }
+        self.blockSize = blockSize
+        self.indptr = indptr
+        self.indices = indices
+        self.tokenCounts = tokenCounts.map { Int32($0) }
+    }
+
+    /// The block ids of sequence `i`.
+    @inlinable public func table(_ i: Int) -> ArraySlice<Int32> { indices[Int(indptr[i])..<Int(indptr[i + 1])] }
+
+    /// Tokens held in sequence `i`'s last block (1…blockSize).
+    @inlinable public func lastBlockTokenCount(_ i: Int) -> Int {
+        Int(tokenCounts[i]) - (Int(indptr[i + 1] - indptr[i]) - 1) * blockSize
+    }
+
+    /// Total tokens of KV across the batch (what a paged kernel reads).
+    public var totalTokens: Int { tokenCounts.reduce(0) { $0 + Int($1) } }
+}
+
+public enum DecodePlanError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidBlockSize(Int)
+    case mismatchedCounts(tables: Int, tokenCounts: Int)
+    case tokenCountDoesNotFitTable(sequence: Int, tokens: Int, blocks: Int, blockSize: Int)
+    case negativeBlockID(sequence: Int, block: Int32)
+    /// Two sequences share a block id but disagree on how many tokens it holds.
+    case inconsistentSharedBlock(block: Int32)
+
+    public var description: String {
+        switch self {
+        case .invalidBlockSize(let s): "block size must be positive, got \(s)"
+        case .mismatchedCounts(let t, let c): "\(t) block tables but \(c) token counts"
+        case .tokenCountDoesNotFitTable(let s, let n, let b, let bs):
+            "sequence \(s): \(n) tokens do not fit exactly in \(b) blocks of \(bs) tokens"
+        case .negativeBlockID(let s, let b): "sequence \(s): negative block id \(b)"
+        case .inconsistentSharedBlock(let b): "block \(b) is shared by sequences that disagree on its token count"
+        }
+    }
+}

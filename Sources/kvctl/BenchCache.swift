@@ -1,0 +1,6 @@
+import ArgumentParser
+
+struct BenchCache: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cache")
+    func run() throws { throw NotImplemented(what: "kvctl cache") }
+}

@@ -1,0 +1,6 @@
+import ArgumentParser
+
+struct Replay: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "replay")
+    func run() throws { throw NotImplemented(what: "kvctl replay") }
+}
