@@ -1,0 +1,33 @@
+/// A snapshot of the cache's counters and gauges. Token counts are prompt tokens.
+public struct KVCacheStats: Sendable, Equatable, Codable {
+    /// Allocatable blocks (the null block excluded).
+    public var capacityBlocks: Int = 0
+    /// Blocks referenced by at least one live sequence.
+    public var usedBlocks: Int = 0
+    /// Blocks in the prefix tree with no live reference: evictable, still hit-able.
+    public var cachedBlocks: Int = 0
+    /// Blocks referenced by two or more live sequences.
+    public var sharedBlocks: Int = 0
+    /// Sum over live sequences of their block-table lengths.
+    public var logicalBlocks: Int = 0
+    /// Distinct blocks behind those tables (equals `usedBlocks`).
+    public var physicalBlocks: Int = 0
+    /// Prompt tokens admitted.
+    public var queryTokens: Int = 0
+    /// Prompt tokens found in memory, in whole blocks.
+    public var hitTokens: Int = 0
+    /// Prompt tokens restored from the cold store, in whole blocks.
+    public var storeHitTokens: Int = 0
+    public var evictedBlocks: Int = 0
+    public var spilledBlocks: Int = 0
+    public var restoredBlocks: Int = 0
+    public var allocationsFailed: Int = 0
+    public var liveSequences: Int = 0
+
+    public init() {}
+
+    /// Logical over physical blocks: how many times sharing multiplies memory (1 = no sharing).
+    public var dedupRatio: Double { physicalBlocks == 0 ? 1 : Double(logicalBlocks) / Double(physicalBlocks) }
+    /// Memory and store hits over query tokens.
+    public var hitRate: Double { queryTokens == 0 ? 0 : Double(hitTokens + storeHitTokens) / Double(queryTokens) }
+}
