@@ -9,11 +9,39 @@ import KVCore
 /// head; cached blocks go to the tail when their last reference goes, so the head side holds the
 /// least recently used (see `CacheState.release`).
 struct BlockPool {
+    /// Fixed-size per-block arrays, allocated once. Raw storage keeps the hot paths free of
+    /// copy-on-write uniqueness checks; `BlockPool` is never copied (it lives in the manager's lock).
+    final class Storage {
+        let refcount: UnsafeMutablePointer<Int32>
+        let prev: UnsafeMutablePointer<Int32>
+        let next: UnsafeMutablePointer<Int32>
+        let queued: UnsafeMutablePointer<Bool>
+        init(count: Int) {
+            refcount = .allocate(capacity: count)
+            refcount.initialize(repeating: 0, count: count)
+            prev = .allocate(capacity: count)
+            prev.initialize(repeating: -1, count: count)
+            next = .allocate(capacity: count)
+            next.initialize(repeating: -1, count: count)
+            queued = .allocate(capacity: count)
+            queued.initialize(repeating: false, count: count)
+        }
+        deinit {
+            refcount.deallocate()
+            prev.deallocate()
+            next.deallocate()
+            queued.deallocate()
+        }
+    }
+
     let capacity: Int
-    private(set) var refcount: [Int32]
-    private var prev: [Int32]
-    private var next: [Int32]
-    private(set) var queued: [Bool]
+    private let storage: Storage
+    /// Per-block refcount (index = block id); read-only outside the pool.
+    var refcount: UnsafePointer<Int32> { UnsafePointer(storage.refcount) }
+    /// Whether each block is in the free queue; read-only outside the pool.
+    var queued: UnsafePointer<Bool> { UnsafePointer(storage.queued) }
+    private var prev: UnsafeMutablePointer<Int32> { storage.prev }
+    private var next: UnsafeMutablePointer<Int32> { storage.next }
     private(set) var head: Int32 = -1
     private(set) var tail: Int32 = -1
     /// Blocks in the free queue.
@@ -26,10 +54,7 @@ struct BlockPool {
     init(capacity: Int) {
         precondition(capacity >= 1, "BlockPool: capacity must be at least 1, got \(capacity)")
         self.capacity = capacity
-        refcount = Array(repeating: 0, count: capacity + 1)
-        prev = Array(repeating: -1, count: capacity + 1)
-        next = Array(repeating: -1, count: capacity + 1)
-        queued = Array(repeating: false, count: capacity + 1)
+        storage = Storage(count: capacity + 1)
         for b in 1...capacity { pushBack(Int32(b)) }
     }
 
@@ -43,7 +68,7 @@ struct BlockPool {
         next[i] = -1
         if tail >= 0 { next[Int(tail)] = b } else { head = b }
         tail = b
-        queued[i] = true
+        storage.queued[i] = true
         freeCount += 1
     }
 
@@ -55,7 +80,7 @@ struct BlockPool {
         prev[i] = -1
         if head >= 0 { prev[Int(head)] = b } else { tail = b }
         head = b
-        queued[i] = true
+        storage.queued[i] = true
         freeCount += 1
     }
 
@@ -67,7 +92,7 @@ struct BlockPool {
         if n >= 0 { prev[Int(n)] = p } else { tail = p }
         prev[i] = -1
         next[i] = -1
-        queued[i] = false
+        storage.queued[i] = false
         freeCount -= 1
     }
 
@@ -101,7 +126,7 @@ struct BlockPool {
             sharedCount += 1
         default: break
         }
-        refcount[i] += 1
+        storage.refcount[i] += 1
     }
 
     /// Drops a reference; returns true when it was the last one (the caller queues the block).
@@ -110,7 +135,7 @@ struct BlockPool {
         precondition(i > 0 && i <= capacity, "BlockPool: release of block \(b) outside 1...\(capacity)")
         precondition(refcount[i] > 0, "BlockPool: refcount underflow on block \(b)")
         precondition(!queued[i], "BlockPool: block \(b) is both free (queued) and referenced")
-        refcount[i] -= 1
+        storage.refcount[i] -= 1
         switch refcount[i] {
         case 0: usedCount -= 1; return true
         case 1: sharedCount -= 1

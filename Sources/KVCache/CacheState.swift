@@ -76,23 +76,21 @@ struct CacheState {
 
     // MARK: - Matching
 
-    @inline(__always) func blockHoldsTokens(_ block: Int32, _ tokens: UnsafeBufferPointer<TokenID>) -> Bool {
-        blockTokens.withUnsafeBufferPointer { all in
-            memcmp(all.baseAddress! + Int(block) * blockSize, tokens.baseAddress!, blockSize * MemoryLayout<TokenID>.stride) == 0
-        }
-    }
-
     /// The cached blocks holding the longest whole-block prefix of `tokens` in namespace `k`.
     func matchMemory(_ tokens: UnsafeBufferPointer<TokenID>, namespace k: Int32) -> [Int32] {
         let full = tokens.count / blockSize
         var matched: [Int32] = []
         var parent = PrefixIndex.rootCode(namespace: k)
-        for i in 0..<full {
-            let chunk = UnsafeBufferPointer(rebasing: tokens[(i * blockSize)..<((i + 1) * blockSize)])
-            guard let child = index.child(of: parent, hash: hashBlockTokens(chunk)), blockHoldsTokens(child, chunk) else { break }
-            if matched.isEmpty { matched.reserveCapacity(full) }
-            matched.append(child)
-            parent = child
+        let bytes = blockSize * MemoryLayout<TokenID>.stride
+        blockTokens.withUnsafeBufferPointer { all in
+            for i in 0..<full {
+                let chunk = UnsafeBufferPointer(start: tokens.baseAddress! + i * blockSize, count: blockSize)
+                guard let child = index.child(of: parent, hash: hashBlockTokens(chunk)),
+                      memcmp(all.baseAddress! + Int(child) * blockSize, chunk.baseAddress!, bytes) == 0 else { break }
+                if matched.isEmpty { matched.reserveCapacity(full) }
+                matched.append(child)
+                parent = child
+            }
         }
         return matched
     }
@@ -192,6 +190,9 @@ struct CacheState {
     // MARK: - Admit
 
     static func validate(_ tokens: [TokenID]) throws(KVCacheError) {
+        // One branch-free pass (vectorises); the slow scan runs only to name the bad token.
+        let all = tokens.withUnsafeBufferPointer { p in p.reduce(TokenID(0)) { $0 | $1 } }
+        guard all < 0 else { return }
         for (i, t) in tokens.enumerated() where t < 0 { throw .negativeToken(index: i, value: t) }
     }
 

@@ -1,6 +1,5 @@
 import KVCore
 import Logging
-import Synchronization
 
 /// The KV-cache manager: a paged block pool with a token-exact, per-namespace prefix tree.
 /// Safe to call from several threads at once (one lock around the cache state).
@@ -24,7 +23,7 @@ public final class KVCacheManager: Sendable {
     public let capacityBlocks: Int
     /// The page arena, or nil for a metadata-only manager (simulation, trace replay).
     public let arena: KVPageArena?
-    private let state: Mutex<CacheState>
+    private let state: Locked<CacheState>
     private let metrics: CacheMetrics
     private let logger: Logger
 
@@ -43,7 +42,7 @@ public final class KVCacheManager: Sendable {
         self.layout = layout
         self.capacityBlocks = capacityBlocks
         self.arena = allocatesPages ? KVPageArena(layout: layout, capacityBlocks: capacityBlocks + 1) : nil
-        self.state = Mutex(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore, onEvict: onEvict))
+        self.state = Locked(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore, onEvict: onEvict))
         self.metrics = CacheMetrics(label: "prefixkv")
         self.logger = logger
         logger.debug("cache created", metadata: ["layout": "\(layout)", "capacityBlocks": "\(capacityBlocks)", "pages": "\(allocatesPages)"])
@@ -165,7 +164,7 @@ public final class KVCacheManager: Sendable {
     /// Whether a block is a node of the prefix tree (for tests and debugging).
     public func isCached(_ block: Int32) -> Bool { state.withLock { $0.index.inTree[Int(block)] } }
 
-    private func mutate<R: Sendable>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> (R, KVCacheStats) {
+    private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> (R, KVCacheStats) {
         try state.withLock { (s: inout CacheState) throws(KVCacheError) -> (R, KVCacheStats) in
             let r = try body(&s)
             return (r, s.stats)

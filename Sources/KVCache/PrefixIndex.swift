@@ -7,12 +7,7 @@ import KVCore
 ///
 /// Namespace `k`'s root is the parent code `-(k + 1)`, so two namespaces never share a node.
 struct PrefixIndex {
-    struct ChildKey: Hashable {
-        var parent: Int32
-        var hash: UInt64
-    }
-
-    private(set) var children: [ChildKey: Int32] = [:]
+    private(set) var children: ChildMap
     private(set) var parent: [Int32]
     private(set) var hash: [UInt64]
     private(set) var childCount: [Int32]
@@ -21,6 +16,7 @@ struct PrefixIndex {
     private(set) var nodeCount = 0
 
     init(capacity: Int) {
+        children = ChildMap(maxEntries: capacity)
         parent = Array(repeating: 0, count: capacity + 1)
         hash = Array(repeating: 0, count: capacity + 1)
         childCount = Array(repeating: 0, count: capacity + 1)
@@ -32,7 +28,7 @@ struct PrefixIndex {
 
     /// The candidate child of `parent` with this token hash (tokens still to be compared).
     @inline(__always) func child(of parent: Int32, hash: UInt64) -> Int32? {
-        children[ChildKey(parent: parent, hash: hash)]
+        children.find(parent: parent, hash: hash)
     }
 
     /// Inserts `block` under `parent`; false (nothing changed) when that slot is taken, by an
@@ -41,9 +37,7 @@ struct PrefixIndex {
         let i = Int(block)
         precondition(!inTree[i], "PrefixIndex: block \(block) inserted twice")
         precondition(p < 0 || inTree[Int(p)], "PrefixIndex: parent \(p) of block \(block) is not in the tree")
-        let key = ChildKey(parent: p, hash: h)
-        guard children[key] == nil else { return false }
-        children[key] = block
+        guard children.insert(parent: p, hash: h, block: block) else { return false }
         parent[i] = p
         hash[i] = h
         inTree[i] = true
@@ -59,7 +53,7 @@ struct PrefixIndex {
         let i = Int(block)
         precondition(inTree[i], "PrefixIndex: evicting block \(block) that is not in the tree")
         precondition(childCount[i] == 0, "PrefixIndex: evicting block \(block) with \(childCount[i]) cached children (not a leaf)")
-        let removed = children.removeValue(forKey: ChildKey(parent: parent[i], hash: hash[i]))
+        let removed = children.remove(parent: parent[i], hash: hash[i])
         precondition(removed == block, "PrefixIndex: map slot of block \(block) holds \(String(describing: removed))")
         if parent[i] > 0 { childCount[Int(parent[i])] -= 1 }
         inTree[i] = false
@@ -70,17 +64,18 @@ struct PrefixIndex {
     /// Checks that the map and the per-block fields agree and child counts are exact.
     func checkInvariants() {
         precondition(children.count == nodeCount, "PrefixIndex: map has \(children.count) entries, nodeCount \(nodeCount)")
+        children.checkInvariants()
         var counts = [Int32](repeating: 0, count: childCount.count)
-        for (key, block) in children {
+        children.forEach { keyParent, keyHash, block in
             let i = Int(block)
             precondition(inTree[i], "PrefixIndex: map names block \(block) that is not in the tree")
-            precondition(parent[i] == key.parent && hash[i] == key.hash, "PrefixIndex: block \(block) fields disagree with its map key")
-            if key.parent > 0 {
-                precondition(inTree[Int(key.parent)], "PrefixIndex: block \(block) has parent \(key.parent) outside the tree")
-                precondition(namespaceIndex[Int(key.parent)] == namespaceIndex[i], "PrefixIndex: block \(block) and its parent are in different namespaces")
-                counts[Int(key.parent)] += 1
+            precondition(parent[i] == keyParent && hash[i] == keyHash, "PrefixIndex: block \(block) fields disagree with its map key")
+            if keyParent > 0 {
+                precondition(inTree[Int(keyParent)], "PrefixIndex: block \(block) has parent \(keyParent) outside the tree")
+                precondition(namespaceIndex[Int(keyParent)] == namespaceIndex[i], "PrefixIndex: block \(block) and its parent are in different namespaces")
+                counts[Int(keyParent)] += 1
             } else {
-                precondition(key.parent == PrefixIndex.rootCode(namespace: namespaceIndex[i]), "PrefixIndex: root block \(block) hangs under another namespace's root")
+                precondition(keyParent == PrefixIndex.rootCode(namespace: namespaceIndex[i]), "PrefixIndex: root block \(block) hangs under another namespace's root")
             }
         }
         for i in counts.indices where inTree[i] {
