@@ -1,12 +1,10 @@
-// Run-time choice of the kernel variant: detected once, cappable for tests.
+// Run-time choice of the kernel variant: the CPU is probed once; each call may cap the variant.
 #include <stdatomic.h>
 #include "kvk_internal.h"
 
 /// Below this many rows the few-row path (lanes along the head dim) beats the many-row path,
 /// whose 16-lane row vectors would be mostly padding.
 #define KVK_GEMM_MIN_ROWS 8
-
-static _Atomic int32_t kvk_cap = KVK_ISA_AVX512_BF16;
 
 static int32_t kvk_detect(void) {
 #if defined(__x86_64__)
@@ -26,13 +24,7 @@ int32_t kvk_isa(void) {
         isa = kvk_detect();
         atomic_store_explicit(&detected, isa, memory_order_relaxed);
     }
-    const int32_t cap = atomic_load_explicit(&kvk_cap, memory_order_relaxed);
-    return isa < cap ? isa : cap;
-}
-
-int32_t kvk_set_max_isa(int32_t isa) {
-    atomic_store_explicit(&kvk_cap, isa, memory_order_relaxed);
-    return kvk_isa();
+    return isa;
 }
 
 int32_t kvk_gemm_min_rows(void) { return KVK_GEMM_MIN_ROWS; }
@@ -40,7 +32,7 @@ int32_t kvk_gemm_min_rows(void) { return KVK_GEMM_MIN_ROWS; }
 size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim) { return kvk_layout_scratch(rows, head_dim).total; }
 
 void kvk_attend(const kvk_attend_args *a) {
-    const int32_t isa = kvk_isa();
+    const int32_t isa = kvk_isa() < a->max_isa ? kvk_isa() : a->max_isa;
 #if defined(__x86_64__)
     if (isa >= KVK_ISA_AVX512) {
         if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS)

@@ -15,8 +15,8 @@ public enum AttentionMath: String, Sendable, CaseIterable, CustomStringConvertib
     public var description: String { rawValue }
 
     /// The C kernels' math code for KV stored as `dtype` on this CPU.
-    func kernelCode(for dtype: KVDType) -> Int32 {
-        let bf16Available = kvk_isa() >= Int32(KVK_ISA_AVX512_BF16)
+    func kernelCode(for dtype: KVDType, isa: KernelISA) -> Int32 {
+        let bf16Available = isa == .avx512bf16
         switch self {
         case .fp32: return Int32(KVK_MATH_F32)
         case .bf16: return bf16Available ? Int32(KVK_MATH_BF16) : Int32(KVK_MATH_F32)
@@ -26,15 +26,13 @@ public enum AttentionMath: String, Sendable, CaseIterable, CustomStringConvertib
 }
 
 /// The instruction-set variant the kernels run (for reports and tests).
-public enum KernelISA: Int32, Sendable, CaseIterable, CustomStringConvertible {
+public enum KernelISA: Int32, Sendable, CaseIterable, Comparable, CustomStringConvertible {
     case portable = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3
 
-    /// The variant in use.
-    public static var current: KernelISA { KernelISA(rawValue: kvk_isa())! }
+    public static func < (a: KernelISA, b: KernelISA) -> Bool { a.rawValue < b.rawValue }
 
-    /// Caps the variant (tests compare variants on one machine); returns the one now in use.
-    @discardableResult
-    public static func limit(to isa: KernelISA) -> KernelISA { KernelISA(rawValue: kvk_set_max_isa(isa.rawValue))! }
+    /// The best variant this CPU supports.
+    public static var best: KernelISA { KernelISA(rawValue: kvk_isa())! }
 
     public var description: String {
         switch self {

@@ -20,6 +20,8 @@ public final class DecodeAttention {
     public let queryHeads: Int
     public let threads: Int
     public let math: AttentionMath
+    /// The kernel variant in use: the best the CPU has, or a lower one asked for at init.
+    public let isa: KernelISA
     private let workspace = Workspace()
 
     /// Cores available to this process.
@@ -29,7 +31,7 @@ public final class DecodeAttention {
     public static func defaultScale(headDim: Int) -> Float { 1 / Float(headDim).squareRoot() }
 
     public init(layout: KVLayout, queryHeads: Int, threads: Int = DecodeAttention.defaultThreadCount,
-                math: AttentionMath = .automatic) throws(AttentionError) {
+                math: AttentionMath = .automatic, isa: KernelISA = .best) throws(AttentionError) {
         guard queryHeads > 0, queryHeads % layout.kvHeadCount == 0 else {
             throw .headsNotDivisible(queryHeads: queryHeads, kvHeads: layout.kvHeadCount)
         }
@@ -38,10 +40,11 @@ public final class DecodeAttention {
         self.queryHeads = queryHeads
         self.threads = threads
         self.math = math
+        self.isa = min(isa, KernelISA.best)
     }
 
     /// The math code the GEMM-shaped path uses for this layout on this CPU.
-    public var effectiveMath: AttentionMath { math.kernelCode(for: layout.dtype) == 1 ? .bf16 : .fp32 }
+    public var effectiveMath: AttentionMath { math.kernelCode(for: layout.dtype, isa: isa) == 1 ? .bf16 : .fp32 }
 
     // MARK: - Paged
 
@@ -101,7 +104,7 @@ public final class DecodeAttention {
 
     private func runner(scale: Float) -> WorkRunner {
         WorkRunner(layout: layout, queryHeads: queryHeads, threads: threads, scale: scale,
-                   math: math.kernelCode(for: layout.dtype))
+                   math: math.kernelCode(for: layout.dtype, isa: isa), isa: isa)
     }
 
     private func validate(pages: KVLayerPages, batch: BlockTableBatch, queryCount: Int, outputCount: Int,

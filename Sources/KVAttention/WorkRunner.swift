@@ -32,6 +32,7 @@ struct WorkRunner {
     let threads: Int
     let scale: Float
     let math: Int32
+    let isa: KernelISA
 
     func run(_ plan: WorkPlan, pages: KVLayerPages, query: UnsafeBufferPointer<Float>,
              output: UnsafeMutableBufferPointer<Float>, workspace: Workspace) {
@@ -68,7 +69,7 @@ struct WorkRunner {
             blocks: b.blocks + Int(item.blockStart), block_count: item.blockCount, last_block_tokens: item.lastBlockTokens,
             q: b.query, seqs: b.sequences + Int(item.sequenceStart), seq_count: item.sequenceCount,
             group: Int32(group), q_head0: item.head * Int32(group), q_seq_stride: Int64(queryHeads * layout.headDim),
-            scale: scale, math: math,
+            scale: scale, math: math, max_isa: isa.rawValue,
             out: (toPartial ? b.partial! : b.output) + item.outOffset, out_seq_stride: Int64(item.outSequenceStride),
             lse2: toPartial ? b.lse! + item.lseOffset : nil, lse_seq_stride: Int64(item.lseSequenceStride),
             scratch: scratch)

@@ -52,6 +52,7 @@ typedef struct kvk_attend_args {
     int64_t q_seq_stride;        ///< floats between two sequences' queries (query heads * head_dim)
     float scale;                 ///< softmax scale applied to q.k
     int32_t math;                ///< KVK_MATH_*, used by the many-row path only
+    int32_t max_isa;             ///< highest KVK_ISA_* variant to use (tests compare variants)
     /// Normalised output of row r: head_dim floats at out + (r / group) * out_seq_stride + (r % group) * head_dim.
     float *out;
     int64_t out_seq_stride;
@@ -68,11 +69,8 @@ size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim);
 /// Computes one unit of attention work (see kvk_attend_args). Thread-safe; no allocation.
 void kvk_attend(const kvk_attend_args *args);
 
-/// The variant kvk_attend and the probes use.
+/// The best variant this CPU supports (kvk_attend uses min(this, args->max_isa)).
 int32_t kvk_isa(void);
-
-/// Caps the variant at `isa` (for tests and comparisons) and returns the one now in use.
-int32_t kvk_set_max_isa(int32_t isa);
 
 /// Row count from which kvk_attend uses the many-row (GEMM-shaped) path on AVX-512.
 int32_t kvk_gemm_min_rows(void);
