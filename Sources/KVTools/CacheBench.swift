@@ -47,7 +47,7 @@ public struct CacheBench {
         var admit: [Double] = [], append: [Double] = [], fork: [Double] = [], release: [Double] = []
         var prompt = stem + [TokenID](repeating: 0, count: promptTokens - cachedTokens)
         var next = TokenID(10_000_000)
-        let rounds = max(20, min(self.rounds, 4_000_000 / promptTokens))
+        let rounds = max(20, min(self.rounds, 40_000_000 / promptTokens))
         for round in 0..<rounds {
             for i in cachedTokens..<promptTokens { prompt[i] = next; next &+= 1 }
             let t0 = monotonicNanos()
