@@ -32,11 +32,12 @@ public struct ReplayResult: Sendable, Equatable, Codable {
     /// Requests the cache could not admit (a prompt needing more blocks than the capacity).
     public var rejectedRequests = 0
     public var capacityBlocks = 0
-    /// Prompt tokens of the admitted requests.
+    /// Prompt tokens of every request, rejected ones included (they count as misses, so a
+    /// small capacity cannot look better by refusing long prompts).
     public var promptTokens = 0
     public var hitTokens = 0
     public var storeHitTokens = 0
-    /// Memory and store hits over prompt tokens.
+    /// Memory and store hits over all prompt tokens.
     public var hitRate = 0.0
     public var evictedBlocks = 0
     public var spilledBlocks = 0
@@ -86,15 +87,15 @@ public func replay(_ trace: Trace, options: ReplayOptions = ReplayOptions(),
     let elapsed = Double(monotonicNanos() - start) / 1e9
     let stats = cache.stats
     result.requests = total
-    result.promptTokens = stats.queryTokens
+    result.promptTokens = trace.promptTokens
     result.hitTokens = stats.hitTokens
     result.storeHitTokens = stats.storeHitTokens
-    result.hitRate = stats.hitRate
+    result.hitRate = result.promptTokens == 0 ? 0 : Double(stats.hitTokens + stats.storeHitTokens) / Double(result.promptTokens)
     result.evictedBlocks = stats.evictedBlocks
     result.spilledBlocks = stats.spilledBlocks
     result.restoredBlocks = stats.restoredBlocks
     result.seconds = elapsed
-    result.tokensPerSecond = elapsed > 0 ? Double(stats.queryTokens) / elapsed : 0
+    result.tokensPerSecond = elapsed > 0 ? Double(result.promptTokens) / elapsed : 0
     result.materializeSeconds = Double(materialize) / 1e9
     result.admitSeconds = Double(admit) / 1e9
     result.releaseSeconds = Double(release) / 1e9
