@@ -117,10 +117,3 @@ private func admitUnlessFull(_ cache: KVCacheManager, _ prompt: [TokenID]) throw
 public func unboundedCapacity(of trace: Trace, blockSize: Int) -> Int {
     uniqueFullBlocks(of: trace, blockSize: blockSize) + 1
 }
-
-/// Nanoseconds from a monotonic clock (cheap enough to read four times per request).
-func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
