@@ -8,6 +8,7 @@ import PackageDescription
 
 let package = Package(
     name: "PrefixKV",
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "PrefixKV", targets: ["KVCore", "KVCache", "KVAttention", "LMDB", "KVSpill"]),
         .executable(name: "kvctl", targets: ["kvctl"]),

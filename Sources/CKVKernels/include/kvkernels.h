@@ -1,1 +1,85 @@
-#pragma once
+// Innermost loops of PrefixKV's decode attention and its machine probes.
+//
+// One call of kvk_attend computes, for one KV head and one run of pages, the attention of a set of
+// query rows: a *partial* result (normalised output + base-2 log-sum-exp per row) that the Swift
+// layer merges with the partials of other runs. Planning, threading and merging live in Swift.
+//
+// Every entry point dispatches once, at first use, to the best variant the CPU supports
+// (AVX-512 + AVX512-BF16, AVX2 + FMA + F16C, portable C). The package is built without
+// machine flags; the SIMD variants carry per-function `target` attributes instead.
+#ifndef KVKERNELS_H
+#define KVKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Element types of stored KV (same codes as KVCore's KVDType.code).
+enum { KVK_DTYPE_F32 = 0, KVK_DTYPE_F16 = 1, KVK_DTYPE_BF16 = 2 };
+
+/// Arithmetic of the many-row (GEMM-shaped) path. F32: products in fp32 (FMA). BF16: queries,
+/// keys, probabilities and values rounded to bf16, products summed in fp32 by vdpbf16ps.
+enum { KVK_MATH_F32 = 0, KVK_MATH_BF16 = 1 };
+
+/// Instruction-set variants, in increasing order.
+enum { KVK_ISA_PORTABLE = 0, KVK_ISA_AVX2 = 1, KVK_ISA_AVX512 = 2, KVK_ISA_AVX512_BF16 = 3 };
+
+/// One unit of attention work: `rows` query rows against the pages of one KV head.
+///
+/// Row r (0 <= r < seq_count * group) is query head `q_head0 + r % group` of sequence
+/// `seqs[r / group]`, i.e. the fp32 vector at `q + seqs[r / group] * q_seq_stride
+/// + (q_head0 + r % group) * head_dim`. The KV is blocks[0..block_count) of KV head `head`, every
+/// block full but the last, which holds `last_block_tokens` tokens.
+typedef struct kvk_attend_args {
+    const void *keys;            ///< the layer's K arena (block 0)
+    const void *values;          ///< the layer's V arena (block 0)
+    int32_t dtype;               ///< KVK_DTYPE_*
+    int32_t kv_heads;
+    int32_t block_size;
+    int32_t head_dim;
+    int32_t head;                ///< KV head read
+    const int32_t *blocks;
+    int32_t block_count;         ///< >= 1
+    int32_t last_block_tokens;   ///< 1 ... block_size
+    const float *q;
+    const int32_t *seqs;
+    int32_t seq_count;           ///< >= 1
+    int32_t group;               ///< query heads per KV head
+    int32_t q_head0;
+    int64_t q_seq_stride;        ///< floats between two sequences' queries (query heads * head_dim)
+    float scale;                 ///< softmax scale applied to q.k
+    int32_t math;                ///< KVK_MATH_*, used by the many-row path only
+    int32_t max_isa;             ///< highest KVK_ISA_* variant to use (tests compare variants)
+    /// Normalised output of row r: head_dim floats at out + (r / group) * out_seq_stride + (r % group) * head_dim.
+    float *out;
+    int64_t out_seq_stride;
+    /// Log-sum-exp of row r's scaled scores, in base 2 (log2 sum_t 2^(log2(e) * scale * q.k_t)), at
+    /// lse2[(r / group) * lse_seq_stride + r % group]; lse2 may be NULL.
+    float *lse2;
+    int64_t lse_seq_stride;
+    void *scratch;               ///< kvk_attend_scratch_bytes(rows, head_dim), 64-byte aligned
+} kvk_attend_args;
+
+/// Scratch bytes one kvk_attend call needs for `rows` query rows.
+size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim);
+
+/// Computes one unit of attention work (see kvk_attend_args). Thread-safe; no allocation.
+void kvk_attend(const kvk_attend_args *args);
+
+/// The best variant this CPU supports (kvk_attend uses min(this, args->max_isa)).
+int32_t kvk_isa(void);
+
+/// Row count from which kvk_attend uses the many-row (GEMM-shaped) path on AVX-512.
+int32_t kvk_gemm_min_rows(void);
+
+/// Streams `bytes` (a multiple of 256, 64-byte aligned) of `buffer` through the core with
+/// four concurrent read streams; returns a checksum so the reads cannot be elided.
+float kvk_stream_read(const void *buffer, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,314 @@
+// AVX-512 many-row path: many query rows (all sequences of a shared node times the GQA group)
+// against a run of pages, reading each page once for all of them. GEMM-shaped and
+// compute-bound once there are a few dozen rows.
+//
+// Lanes run along the query rows, so the whole online softmax is vertical (no horizontal
+// reductions): scores are S^T[token][row], the output is accumulated transposed, O^T[dim][row],
+// and the per-row max / sum / rescale factor are vectors. Per tile of KVK_TILE tokens, gathered
+// across blocks (any block size), K and V are staged into L1 in the operand layout; then for each
+// block of up to 64 rows: S^T = K.Q^T (key elements broadcast against 16-row query vectors),
+// online softmax, O^T = O^T * alpha + V^T.P^T (value elements broadcast against probability
+// vectors).
+//
+// fp32 math: staged tiles are fp32, products are FMAs. bf16 math (vdpbf16ps, twice the
+// multiply rate): queries are packed as bf16 pairs along the head dim, keys as bf16 rows, so
+// each dot-product step covers two dims; probabilities are packed as bf16 pairs of consecutive
+// tokens and values interleaved the same way ([token pair][dim][2]), so each P.V step covers
+// two tokens. The row sums l use the bf16-rounded probabilities, the same weights P.V uses.
+#if defined(__x86_64__)
+#include "avx512_common.h"
+
+/// Row-vector blocks x tokens (or x dims) of a micro-kernel's register tile, by row vectors.
+#define KVK_NT(RVB) ((RVB) == 1 ? 16 : (RVB) == 4 ? 4 : 8)
+
+typedef struct kvk_gemm_state {
+    int32_t d, dpad2, rpad, kstride;
+    const float *qt;          // fp32 math: d x rpad
+    const uint32_t *qp;       // bf16 math: dpad2/2 x rpad pairs
+    float *ot, *m, *l, *alpha, *s;
+    float *kt, *vt;           // fp32 math tiles: KVK_TILE x d
+    uint16_t *kb;             // bf16 math: KVK_TILE x dpad2
+    uint32_t *vp, *pp;        // bf16 math: KVK_TILE/2 x d pairs; KVK_TILE/2 x 64 pairs
+    float *p;                 // fp32 math: KVK_TILE x 64
+} kvk_gemm_state;
+
+// ---------------------------------------------------------------------------------- staging
+
+KVK_AVX512_INLINE __m256i kvk_load16_bf16(const void *row, int32_t dtype, int32_t i, __mmask16 m) {
+    if (dtype == KVK_DTYPE_BF16) return _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i);
+    return (__m256i)_mm512_cvtneps_pbh(kvk_load16(row, dtype, i, m));
+}
+
+KVK_AVX512_INLINE void kvk_stage_f32(float *dst, const char *src, int32_t dtype, int32_t d) {
+    for (int32_t i = 0; i < d; i += 16) {
+        __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+        _mm512_mask_storeu_ps(dst + i, m, kvk_load16(src, dtype, i, m));
+    }
+}
+
+/// A key row as bf16, padded with a zero to an even length.
+KVK_AVX512_INLINE void kvk_stage_bf16(uint16_t *dst, const char *src, int32_t dtype, int32_t d, int32_t dpad2) {
+    for (int32_t i = 0; i < d; i += 16) {
+        __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, m, kvk_load16_bf16(src, dtype, i, m));
+    }
+    if (dpad2 > d) dst[d] = 0;
+}
+
+/// Two value rows interleaved as bf16 pairs (b may be NULL: zeros).
+KVK_AVX512_INLINE void kvk_stage_pairs(uint32_t *dst, const char *a, const char *b, int32_t dtype, int32_t d) {
+    for (int32_t i = 0; i < d; i += 16) {
+        __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+        __m512i lo = _mm512_cvtepu16_epi32(kvk_load16_bf16(a, dtype, i, m));
+        __m512i hi = b ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(kvk_load16_bf16(b, dtype, i, m)), 16) : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(dst + i, m, _mm512_or_si512(lo, hi));
+    }
+}
+
+// ---------------------------------------------------------------------------------- micro-kernels
+
+/// S^T[t0 ..< t0+NT][r0 ..< r0+16*RVB] = K . Q^T, fp32.
+KVK_AVX512_INLINE void kvk_qk_f32(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT) {
+    __m512 acc[4][16];
+    for (int32_t rv = 0; rv < RVB; rv++)
+        for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
+    const float *k = g->kt + (size_t)t0 * g->kstride;
+    for (int32_t i = 0; i < g->d; i++) {
+        __m512 qv[4];
+        for (int32_t rv = 0; rv < RVB; rv++) qv[rv] = _mm512_load_ps(g->qt + (size_t)i * g->rpad + r0 + rv * 16);
+        for (int32_t t = 0; t < NT; t++) {
+            __m512 kb = _mm512_set1_ps(k[(size_t)t * g->kstride + i]);
+            for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_fmadd_ps(qv[rv], kb, acc[rv][t]);
+        }
+    }
+    for (int32_t t = 0; t < NT; t++)
+        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->s + (size_t)(t0 + t) * KVK_ROW_BLOCK + rv * 16, acc[rv][t]);
+}
+
+/// Same with bf16 pairs: each vdpbf16ps adds two dims' products.
+KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT) {
+    __m512 acc[4][16];
+    for (int32_t rv = 0; rv < RVB; rv++)
+        for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
+    const uint16_t *k = g->kb + (size_t)t0 * g->dpad2;
+    for (int32_t i2 = 0; i2 < g->dpad2 / 2; i2++) {
+        __m512bh qv[4];
+        for (int32_t rv = 0; rv < RVB; rv++) qv[rv] = (__m512bh)_mm512_load_si512(g->qp + (size_t)i2 * g->rpad + r0 + rv * 16);
+        for (int32_t t = 0; t < NT; t++) {
+            int32_t w;
+            memcpy(&w, k + (size_t)t * g->dpad2 + 2 * i2, 4);
+            __m512bh kb = (__m512bh)_mm512_set1_epi32(w);
+            for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_dpbf16_ps(acc[rv][t], qv[rv], kb);
+        }
+    }
+    for (int32_t t = 0; t < NT; t++)
+        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->s + (size_t)(t0 + t) * KVK_ROW_BLOCK + rv * 16, acc[rv][t]);
+}
+
+/// O^T[i0 ..< i0+NI][rows] = O^T * alpha + V^T . P^T over n tokens, fp32.
+KVK_AVX512_INLINE void kvk_pv_f32(const kvk_gemm_state *g, int32_t r0, int32_t i0, int32_t n, int32_t RVB, int32_t NI) {
+    __m512 acc[16][4], al[4];
+    for (int32_t rv = 0; rv < RVB; rv++) al[rv] = _mm512_load_ps(g->alpha + r0 + rv * 16);
+    for (int32_t i = 0; i < NI; i++)
+        for (int32_t rv = 0; rv < RVB; rv++)
+            acc[i][rv] = _mm512_mul_ps(_mm512_load_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16), al[rv]);
+    for (int32_t t = 0; t < n; t++) {
+        __m512 pv[4];
+        for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = _mm512_load_ps(g->p + (size_t)t * KVK_ROW_BLOCK + rv * 16);
+        for (int32_t i = 0; i < NI; i++) {
+            __m512 vb = _mm512_set1_ps(g->vt[(size_t)t * g->kstride + i0 + i]);
+            for (int32_t rv = 0; rv < RVB; rv++) acc[i][rv] = _mm512_fmadd_ps(pv[rv], vb, acc[i][rv]);
+        }
+    }
+    for (int32_t i = 0; i < NI; i++)
+        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16, acc[i][rv]);
+}
+
+/// Same with bf16 pairs of tokens: each vdpbf16ps adds two tokens' products.
+KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t i0, int32_t npairs, int32_t RVB, int32_t NI) {
+    __m512 acc[16][4], al[4];
+    for (int32_t rv = 0; rv < RVB; rv++) al[rv] = _mm512_load_ps(g->alpha + r0 + rv * 16);
+    for (int32_t i = 0; i < NI; i++)
+        for (int32_t rv = 0; rv < RVB; rv++)
+            acc[i][rv] = _mm512_mul_ps(_mm512_load_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16), al[rv]);
+    for (int32_t tp = 0; tp < npairs; tp++) {
+        __m512bh pv[4];
+        for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = (__m512bh)_mm512_load_si512(g->pp + (size_t)tp * KVK_ROW_BLOCK + rv * 16);
+        for (int32_t i = 0; i < NI; i++) {
+            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)g->vp[(size_t)tp * g->d + i0 + i]);
+            for (int32_t rv = 0; rv < RVB; rv++) acc[i][rv] = _mm512_dpbf16_ps(acc[i][rv], pv[rv], vb);
+        }
+    }
+    for (int32_t i = 0; i < NI; i++)
+        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16, acc[i][rv]);
+}
+
+/// Online-softmax update of one row block from the scores of n tokens: new max, rescale
+/// factor alpha, probabilities (fp32, or bf16 pairs of tokens), row sums.
+KVK_AVX512_INLINE void kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16) {
+    for (int32_t rv = 0; rv < RVB; rv++) {
+        const size_t c = (size_t)rv * 16;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int32_t t = 0; t < n; t++) mx = _mm512_max_ps(mx, _mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c));
+        __m512 mo = _mm512_load_ps(g->m + r0 + c), mn = _mm512_max_ps(mo, mx);
+        __m512 al = kvk_exp2_16(_mm512_sub_ps(mo, mn)), sum = _mm512_setzero_ps();
+        if (!bf16) {
+            for (int32_t t = 0; t < n; t++) {
+                __m512 e = kvk_exp2_16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c), mn));
+                _mm512_store_ps(g->p + (size_t)t * KVK_ROW_BLOCK + c, e);
+                sum = _mm512_add_ps(sum, e);
+            }
+        } else {
+            for (int32_t t = 0; t < n; t += 2) {
+                __m256i e0 = (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c), mn)));
+                __m256i e1 = t + 1 < n
+                    ? (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)(t + 1) * KVK_ROW_BLOCK + c), mn)))
+                    : _mm256_setzero_si256();
+                __m512i lo = _mm512_cvtepu16_epi32(e0), hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32(e1), 16);
+                _mm512_store_si512(g->pp + (size_t)(t / 2) * KVK_ROW_BLOCK + c, _mm512_or_si512(lo, hi));
+                sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(lo, 16)), _mm512_castsi512_ps(hi)));
+            }
+        }
+        _mm512_store_ps(g->alpha + r0 + c, al);
+        _mm512_store_ps(g->l + r0 + c, _mm512_fmadd_ps(_mm512_load_ps(g->l + r0 + c), al, sum));
+        _mm512_store_ps(g->m + r0 + c, mn);
+    }
+}
+
+/// One tile of n staged tokens for the row block starting at r0 (RVB row vectors). The last
+/// register tile of scores may run past n over stale rows; softmax never reads those scores.
+KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16) {
+    const int32_t NT = KVK_NT(RVB);
+    for (int32_t t0 = 0; t0 < n; t0 += NT) {
+        if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT);
+        else kvk_qk_f32(g, r0, t0, RVB, NT);
+    }
+    kvk_softmax(g, r0, n, RVB, bf16);
+    int32_t i0 = 0;
+    for (; i0 + NT <= g->d; i0 += NT) {
+        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT);
+        else kvk_pv_f32(g, r0, i0, n, RVB, NT);
+    }
+    for (; i0 < g->d; i0++) {
+        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1);
+        else kvk_pv_f32(g, r0, i0, n, RVB, 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------- driver
+
+/// Walks the run's tokens a tile at a time: rows of the next tile are prefetched into L2
+/// while the current one is computed.
+typedef struct kvk_cursor { int32_t block, token; } kvk_cursor;
+
+static int32_t kvk_next_tile(const kvk_attend_args *a, kvk_cursor *c, const char **krows, const char **vrows, size_t row_bytes) {
+    int32_t n = 0;
+    while (n < KVK_TILE && c->block < a->block_count) {
+        const size_t page = kvk_page_offset(a, a->blocks[c->block]);
+        const int32_t nb = kvk_block_tokens(a, c->block);
+        for (; c->token < nb && n < KVK_TILE; c->token++, n++) {
+            krows[n] = (const char *)a->keys + page + (size_t)c->token * row_bytes;
+            vrows[n] = (const char *)a->values + page + (size_t)c->token * row_bytes;
+        }
+        if (c->token == nb) { c->block++; c->token = 0; }
+    }
+    return n;
+}
+
+KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype) {
+    const int32_t d = a->head_dim, rows = a->seq_count * a->group;
+    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype);
+    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
+    char *base = (char *)a->scratch;
+    kvk_gemm_state g = {0};
+    g.d = d;
+    g.dpad2 = kvk_round_up(d, 2);
+    g.rpad = kvk_round_up(rows, 16);
+    g.kstride = d;
+    g.ot = (float *)(base + sl.o);
+    g.m = (float *)(base + sl.m);
+    g.l = (float *)(base + sl.l);
+    g.alpha = (float *)(base + sl.alpha);
+    g.s = (float *)(base + sl.s);
+    g.kt = (float *)(base + sl.k);
+    g.vt = (float *)(base + sl.v);
+    g.kb = (uint16_t *)(base + sl.k);
+    g.vp = (uint32_t *)(base + sl.v);
+    g.p = (float *)(base + sl.p);
+    g.pp = (uint32_t *)(base + sl.p);
+    const float qscale = a->scale * KVK_LOG2E;
+    if (bf16) {  // query pairs along the head dim, 16-row vectors, padded rows/dims zero
+        uint32_t *qp = (uint32_t *)(base + sl.q);
+        memset(qp, 0, (size_t)(g.dpad2 / 2) * g.rpad * 4);
+        for (int32_t r = 0; r < rows; r++) {
+            const float *qr = kvk_q_row(a, r);
+            for (int32_t i = 0; i < d; i++)
+                qp[(size_t)(i / 2) * g.rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
+        }
+        g.qp = qp;
+    } else {
+        float *qt = (float *)(base + sl.q);
+        memset(qt, 0, (size_t)d * g.rpad * 4);
+        for (int32_t r = 0; r < rows; r++) {
+            const float *qr = kvk_q_row(a, r);
+            for (int32_t i = 0; i < d; i++) qt[(size_t)i * g.rpad + r] = qr[i] * qscale;
+        }
+        g.qt = qt;
+    }
+    memset(g.ot, 0, (size_t)d * g.rpad * 4);
+    for (int32_t r = 0; r < g.rpad; r++) { g.m[r] = -INFINITY; g.l[r] = 0.f; }
+
+    const char *krows[2][KVK_TILE], *vrows[2][KVK_TILE];
+    kvk_cursor cur = {0, 0};
+    int32_t n = kvk_next_tile(a, &cur, krows[0], vrows[0], row_bytes);
+    for (int32_t tile = 0; n > 0; tile++) {
+        const char **kr = krows[tile & 1], **vr = vrows[tile & 1];
+        const int32_t n_next = kvk_next_tile(a, &cur, krows[(tile + 1) & 1], vrows[(tile + 1) & 1], row_bytes);
+        for (int32_t t = 0; t < n_next; t++) {
+            kvk_prefetch_row(krows[(tile + 1) & 1][t], row_bytes);
+            kvk_prefetch_row(vrows[(tile + 1) & 1][t], row_bytes);
+        }
+        if (bf16) {
+            for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g.kb + (size_t)t * g.dpad2, kr[t], dtype, d, g.dpad2);
+            for (int32_t t = 0; t < n; t += 2) kvk_stage_pairs(g.vp + (size_t)(t / 2) * d, vr[t], t + 1 < n ? vr[t + 1] : NULL, dtype, d);
+        } else {
+            for (int32_t t = 0; t < n; t++) {
+                kvk_stage_f32(g.kt + (size_t)t * d, kr[t], dtype, d);
+                kvk_stage_f32(g.vt + (size_t)t * d, vr[t], dtype, d);
+            }
+        }
+        for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
+            const int32_t rvb = (rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16;
+            switch (rvb) {
+            case 1: kvk_gemm_tile(&g, r0, n, 1, bf16); break;
+            case 2: kvk_gemm_tile(&g, r0, n, 2, bf16); break;
+            case 3: kvk_gemm_tile(&g, r0, n, 3, bf16); break;
+            default: kvk_gemm_tile(&g, r0, n, 4, bf16); break;
+            }
+        }
+        n = n_next;
+    }
+    for (int32_t r = 0; r < rows; r++) {
+        const float inv = 1.f / g.l[r];
+        float *out = kvk_out_row(a, r);
+        for (int32_t i = 0; i < d; i++) out[i] = g.ot[(size_t)i * g.rpad + r] * inv;
+        kvk_store_lse(a, r, g.m[r] + log2f(g.l[r]));
+    }
+}
+
+KVK_AVX512 void kvk_attend_gemm_avx512(const kvk_attend_args *a, int bf16_math) {
+    if (bf16_math) {
+        switch (a->dtype) {
+        case KVK_DTYPE_F16: kvk_gemm_run(a, 1, KVK_DTYPE_F16); break;
+        case KVK_DTYPE_BF16: kvk_gemm_run(a, 1, KVK_DTYPE_BF16); break;
+        default: kvk_gemm_run(a, 1, KVK_DTYPE_F32); break;
+        }
+    } else {
+        switch (a->dtype) {
+        case KVK_DTYPE_F16: kvk_gemm_run(a, 0, KVK_DTYPE_F16); break;
+        case KVK_DTYPE_BF16: kvk_gemm_run(a, 0, KVK_DTYPE_BF16); break;
+        default: kvk_gemm_run(a, 0, KVK_DTYPE_F32); break;
+        }
+    }
+}
+#endif

@@ -1,0 +1,163 @@
+// AVX-512 few-row path: a handful of query rows (one sequence's GQA group, or a small shared
+// node) against a run of pages, streaming KV once at memory speed.
+//
+// Lanes run along the head dimension. Per chunk of 16 tokens: each key row is widened to fp32
+// once and dotted with every query row (one 16-lane partial per token and row), a 16x16
+// transpose-add turns the partials into one vector of 16 scores per row, the online softmax
+// runs on that vector, and P.V accumulates output rows 64 dims at a time with the value rows
+// widened once per chunk. The next block of the run is prefetched a token row at a time, since
+// a block's pages are one 4 KiB page per head that the hardware prefetcher does not cross into.
+#if defined(__x86_64__)
+#include "avx512_common.h"
+
+/// Blocks of look-ahead for software prefetch.
+#define KVK_PREFETCH_BLOCKS 2
+
+/// Given 16 vectors v[t], returns the vector whose lane t is the sum of v[t]'s lanes.
+KVK_AVX512_INLINE __m512 kvk_transpose_add16(const __m512 *v) {
+    __m512 b[8], c[4];
+    for (int i = 0; i < 8; i++)  // lanes 0-1: token 2i, lanes 2-3: token 2i+1
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)  // 128-bit lane j: token 4i+j
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+    __m512 e0 = _mm512_add_ps(_mm512_unpacklo_ps(c[0], c[1]), _mm512_unpackhi_ps(c[0], c[1]));
+    __m512 e1 = _mm512_add_ps(_mm512_unpacklo_ps(c[2], c[3]), _mm512_unpackhi_ps(c[2], c[3]));
+    __m512d x0 = _mm512_castps_pd(e0), x1 = _mm512_castps_pd(e1);
+    __m512 r = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x0, x1)), _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x1)));
+    // lane 4j+k now holds token j+4k
+    const __m512i back = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(back, r);
+}
+
+/// Scores of `n` tokens for rows r0 ..< r0+RG, then the online-softmax update of those rows:
+/// p[r][0..16) gets the probabilities (0 past n), alpha[r] the factor old outputs are scaled by.
+KVK_AVX512_INLINE void kvk_rows_scores(const char *kp, size_t row_bytes, int32_t n, const char *pf, int32_t pf_n,
+                                       int32_t dtype, int32_t RG, int32_t nv, __mmask16 tail,
+                                       const float *q, int32_t qstride, float *m, float *l, float *alpha, float *p) {
+    __m512 part[4][16];
+    for (int32_t t = 0; t < 16; t++) {
+        __m512 acc[4];
+        for (int32_t r = 0; r < RG; r++) acc[r] = _mm512_setzero_ps();
+        if (t < n) {
+            const char *kr = kp + (size_t)t * row_bytes;
+            if (pf && t < pf_n) kvk_prefetch_row(pf + (size_t)t * row_bytes, row_bytes);
+            for (int32_t v = 0; v < nv; v++) {
+                __m512 k = kvk_load16(kr, dtype, v * 16, v == nv - 1 ? tail : 0xFFFF);
+                for (int32_t r = 0; r < RG; r++)
+                    acc[r] = _mm512_fmadd_ps(k, _mm512_load_ps(q + (size_t)r * qstride + v * 16), acc[r]);
+            }
+        }
+        for (int32_t r = 0; r < RG; r++) part[r][t] = acc[r];
+    }
+    const __mmask16 valid = (__mmask16)((1u << n) - 1);
+    for (int32_t r = 0; r < RG; r++) {
+        __m512 s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), kvk_transpose_add16(part[r]));
+        float mn = _mm512_reduce_max_ps(s);
+        if (m[r] > mn) mn = m[r];
+        alpha[r] = exp2f(m[r] - mn);
+        __m512 e = _mm512_maskz_mov_ps(valid, kvk_exp2_16(_mm512_sub_ps(s, _mm512_set1_ps(mn))));
+        l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(e);
+        m[r] = mn;
+        _mm512_store_ps(p + (size_t)r * 16, e);
+    }
+}
+
+/// o[r] = o[r] * alpha[r] + sum_t p[r][t] * V[t] for rows r0 ..< r0+RG, dims [16*v0, 16*(v0+NV)).
+KVK_AVX512_INLINE void kvk_rows_pv(const char *vp, size_t row_bytes, int32_t n, const char *pf, int32_t pf_n,
+                                   int32_t dtype, int32_t RG, int32_t NV, int32_t v0, int32_t nv, __mmask16 tail,
+                                   float *o, int32_t ostride, const float *alpha, const float *p) {
+    __m512 acc[4][4];
+    for (int32_t r = 0; r < RG; r++)
+        for (int32_t j = 0; j < NV; j++)
+            acc[r][j] = _mm512_mul_ps(_mm512_load_ps(o + (size_t)r * ostride + (v0 + j) * 16), _mm512_set1_ps(alpha[r]));
+    for (int32_t t = 0; t < n; t++) {
+        const char *vr = vp + (size_t)t * row_bytes;
+        if (pf && v0 == 0 && t < pf_n) kvk_prefetch_row(pf + (size_t)t * row_bytes, row_bytes);
+        __m512 v[4];
+        for (int32_t j = 0; j < NV; j++) v[j] = kvk_load16(vr, dtype, (v0 + j) * 16, v0 + j == nv - 1 ? tail : 0xFFFF);
+        for (int32_t r = 0; r < RG; r++) {
+            __m512 pr = _mm512_set1_ps(p[(size_t)r * 16 + t]);
+            for (int32_t j = 0; j < NV; j++) acc[r][j] = _mm512_fmadd_ps(pr, v[j], acc[r][j]);
+        }
+    }
+    for (int32_t r = 0; r < RG; r++)
+        for (int32_t j = 0; j < NV; j++) _mm512_store_ps(o + (size_t)r * ostride + (v0 + j) * 16, acc[r][j]);
+}
+
+/// One chunk of up to 16 tokens for a group of RG rows.
+KVK_AVX512_INLINE void kvk_rows_chunk(const char *kp, const char *vp, size_t row_bytes, int32_t n,
+                                      const char *kpf, const char *vpf, int32_t pf_n, int32_t dtype, int32_t RG,
+                                      int32_t nv, __mmask16 tail, const float *q, float *o, int32_t stride,
+                                      float *m, float *l, float *alpha, float *p) {
+    kvk_rows_scores(kp, row_bytes, n, kpf, pf_n, dtype, RG, nv, tail, q, stride, m, l, alpha, p);
+    int32_t v0 = 0;
+    for (; v0 + 4 <= nv; v0 += 4) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 4, v0, nv, tail, o, stride, alpha, p);
+    for (; v0 < nv; v0++) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 1, v0, nv, tail, o, stride, alpha, p);
+}
+
+KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype) {
+    const int32_t d = a->head_dim, rows = a->seq_count * a->group, nv = (d + 15) / 16, stride = nv * 16;
+    const __mmask16 tail = kvk_tail_mask16(d);
+    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype);
+    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
+    char *base = (char *)a->scratch;
+    float *q = (float *)(base + sl.q), *o = (float *)(base + sl.o), *m = (float *)(base + sl.m);
+    float *l = (float *)(base + sl.l), *alpha = (float *)(base + sl.alpha), *p = (float *)(base + sl.p);
+    const float qscale = a->scale * KVK_LOG2E;
+    for (int32_t r = 0; r < rows; r++) {
+        const float *qr = kvk_q_row(a, r);
+        for (int32_t i = 0; i < stride; i++) {
+            q[(size_t)r * stride + i] = i < d ? qr[i] * qscale : 0.f;
+            o[(size_t)r * stride + i] = 0.f;
+        }
+        m[r] = -INFINITY;
+        l[r] = 0.f;
+    }
+    for (int32_t b = 0; b < a->block_count; b++) {
+        const size_t page = kvk_page_offset(a, a->blocks[b]);
+        const char *kp = (const char *)a->keys + page, *vp = (const char *)a->values + page;
+        const char *kpf = NULL, *vpf = NULL;
+        int32_t pf_n = 0;
+        if (b + KVK_PREFETCH_BLOCKS < a->block_count) {
+            const size_t next = kvk_page_offset(a, a->blocks[b + KVK_PREFETCH_BLOCKS]);
+            kpf = (const char *)a->keys + next;
+            vpf = (const char *)a->values + next;
+            pf_n = kvk_block_tokens(a, b + KVK_PREFETCH_BLOCKS);
+        }
+        const int32_t nb = kvk_block_tokens(a, b);
+        for (int32_t t0 = 0; t0 < nb; t0 += 16) {
+            const int32_t n = nb - t0 < 16 ? nb - t0 : 16;
+            const size_t off = (size_t)t0 * row_bytes;
+            const char *kf = kpf ? kpf + off : NULL, *vf = vpf ? vpf + off : NULL;
+            const int32_t fn = pf_n - t0;
+            for (int32_t r0 = 0; r0 < rows; r0 += 4) {
+                float *qg = q + (size_t)r0 * stride, *og = o + (size_t)r0 * stride;
+                float *mg = m + r0, *lg = l + r0, *ag = alpha + r0, *pg = p + (size_t)r0 * 16;
+                const char *kf0 = r0 == 0 ? kf : NULL, *vf0 = r0 == 0 ? vf : NULL;
+                switch (rows - r0 < 4 ? rows - r0 : 4) {
+                case 1: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 1, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                case 2: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 2, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                case 3: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 3, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                default: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 4, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                }
+            }
+        }
+    }
+    for (int32_t r = 0; r < rows; r++) {
+        const float inv = 1.f / l[r];
+        float *out = kvk_out_row(a, r);
+        for (int32_t i = 0; i < d; i++) out[i] = o[(size_t)r * stride + i] * inv;
+        kvk_store_lse(a, r, m[r] + log2f(l[r]));
+    }
+}
+
+KVK_AVX512 void kvk_attend_rows_avx512(const kvk_attend_args *a) {
+    switch (a->dtype) {
+    case KVK_DTYPE_F16: kvk_rows_dtype(a, KVK_DTYPE_F16); break;
+    case KVK_DTYPE_BF16: kvk_rows_dtype(a, KVK_DTYPE_BF16); break;
+    default: kvk_rows_dtype(a, KVK_DTYPE_F32); break;
+    }
+}
+#endif

@@ -1,0 +1,48 @@
+// AVX-512 helpers shared by the few-row and many-row paths: per-function target attributes
+// (the package is compiled for baseline x86-64), loads that widen any KV dtype to fp32, exp2.
+#ifndef KVK_AVX512_COMMON_H
+#define KVK_AVX512_COMMON_H
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include "kvk_internal.h"
+
+#define KVK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define KVK_AVX512_INLINE static inline __attribute__((always_inline)) KVK_AVX512
+
+/// Lanes of the last 16-wide vector of a row of n elements.
+static inline __mmask16 kvk_tail_mask16(int32_t n) {
+    int32_t r = n & 15;
+    return r ? (__mmask16)((1u << r) - 1) : (__mmask16)0xFFFF;
+}
+
+/// Elements i ..< i+16 of a row stored as `dtype` (masked-off lanes read as 0, never fault).
+KVK_AVX512_INLINE __m512 kvk_load16(const void *row, int32_t dtype, int32_t i, __mmask16 m) {
+    if (dtype == KVK_DTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i);
+    if (dtype == KVK_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/// 2^x for x >= -127 (smaller x clamp there: the result is then ~6e-39, i.e. 0 for softmax).
+/// Cephes' exp2f polynomial on [-0.5, 0.5], ~1 ulp; vscalefps applies the exponent.
+KVK_AVX512_INLINE __m512 kvk_exp2_16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/// Prefetches the `bytes` of one row into L1.
+KVK_AVX512_INLINE void kvk_prefetch_row(const char *p, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+}
+
+#endif
+#endif

@@ -1,0 +1,60 @@
+// Run-time choice of the kernel variant: the CPU is probed once; each call may cap the variant.
+#include <stdatomic.h>
+#include "kvk_internal.h"
+
+/// Below this many rows the few-row path (lanes along the head dim) beats the many-row path,
+/// whose 16-lane row vectors would be mostly padding.
+#define KVK_GEMM_MIN_ROWS 8
+
+static int32_t kvk_detect(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512dq"))
+        return __builtin_cpu_supports("avx512bf16") ? KVK_ISA_AVX512_BF16 : KVK_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return KVK_ISA_AVX2;  // F16C ships with both
+#endif
+    return KVK_ISA_PORTABLE;
+}
+
+int32_t kvk_isa(void) {
+    static _Atomic int32_t detected = -1;
+    int32_t isa = atomic_load_explicit(&detected, memory_order_relaxed);
+    if (isa < 0) {
+        isa = kvk_detect();
+        atomic_store_explicit(&detected, isa, memory_order_relaxed);
+    }
+    return isa;
+}
+
+int32_t kvk_gemm_min_rows(void) { return KVK_GEMM_MIN_ROWS; }
+
+size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim) { return kvk_layout_scratch(rows, head_dim).total; }
+
+void kvk_attend(const kvk_attend_args *a) {
+    const int32_t isa = kvk_isa() < a->max_isa ? kvk_isa() : a->max_isa;
+#if defined(__x86_64__)
+    if (isa >= KVK_ISA_AVX512) {
+        if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS)
+            kvk_attend_gemm_avx512(a, a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16);
+        else
+            kvk_attend_rows_avx512(a);
+        return;
+    }
+    if (isa == KVK_ISA_AVX2) {
+        kvk_attend_avx2(a);
+        return;
+    }
+#endif
+    (void)isa;
+    kvk_attend_portable(a);
+}
+
+float kvk_stream_read(const void *buffer, size_t bytes) {
+#if defined(__x86_64__)
+    const int32_t isa = kvk_isa();
+    if (isa >= KVK_ISA_AVX512) return kvk_stream_read_avx512(buffer, bytes);
+    if (isa == KVK_ISA_AVX2) return kvk_stream_read_avx2(buffer, bytes);
+#endif
+    return kvk_stream_read_portable(buffer, bytes);
+}

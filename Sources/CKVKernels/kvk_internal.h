@@ -1,0 +1,124 @@
+// Shared by the kernel variants: addressing, scalar conversions, the scratch layout and the
+// variant entry points that dispatch.c chooses between.
+#ifndef KVK_INTERNAL_H
+#define KVK_INTERNAL_H
+
+#include <math.h>
+#include <string.h>
+#include "kvkernels.h"
+
+#define KVK_LOG2E 1.44269504088896340736f
+
+/// Tokens per tile of the many-row path (even: bf16 products pair tokens).
+#define KVK_TILE 32
+/// Rows per row block of the many-row path (four 16-lane vectors).
+#define KVK_ROW_BLOCK 64
+
+static inline size_t kvk_align64(size_t n) { return (n + 63) & ~(size_t)63; }
+static inline int32_t kvk_round_up(int32_t n, int32_t m) { return (n + m - 1) / m * m; }
+
+/// Address of query row r.
+static inline const float *kvk_q_row(const kvk_attend_args *a, int32_t r) {
+    return a->q + (int64_t)a->seqs[r / a->group] * a->q_seq_stride + (int64_t)(a->q_head0 + r % a->group) * a->head_dim;
+}
+
+/// Where row r's output goes, and its log-sum-exp (if wanted).
+static inline float *kvk_out_row(const kvk_attend_args *a, int32_t r) {
+    return a->out + (int64_t)(r / a->group) * a->out_seq_stride + (int64_t)(r % a->group) * a->head_dim;
+}
+
+static inline void kvk_store_lse(const kvk_attend_args *a, int32_t r, float lse2) {
+    if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + r % a->group] = lse2;
+}
+
+static inline size_t kvk_elt_bytes(int32_t dtype) { return dtype == KVK_DTYPE_F32 ? 4 : 2; }
+
+/// Byte offset of (block, head, token 0) in a layer arena.
+static inline size_t kvk_page_offset(const kvk_attend_args *a, int32_t block) {
+    return (((size_t)block * (size_t)a->kv_heads + (size_t)a->head) * (size_t)a->block_size) * (size_t)a->head_dim
+        * kvk_elt_bytes(a->dtype);
+}
+
+static inline int32_t kvk_block_tokens(const kvk_attend_args *a, int32_t i) {
+    return i == a->block_count - 1 ? a->last_block_tokens : a->block_size;
+}
+
+static inline float kvk_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/// Round-to-nearest-even to bf16, as vcvtneps2bf16 does (NaN stays NaN).
+static inline uint16_t kvk_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+static inline float kvk_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        u = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        u = sign;
+    } else {  // subnormal: renormalise
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        u = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/// Element i of a row stored as `dtype`.
+static inline float kvk_load_elt(const void *row, int32_t dtype, int32_t i) {
+    switch (dtype) {
+    case KVK_DTYPE_F16: return kvk_f16_to_f32(((const uint16_t *)row)[i]);
+    case KVK_DTYPE_BF16: return kvk_bf16_to_f32(((const uint16_t *)row)[i]);
+    default: return ((const float *)row)[i];
+    }
+}
+
+/// The scratch of the SIMD paths, carved from one buffer (offsets in bytes, 64-aligned), with
+/// rpad = rows rounded up to 16 and dpad = head_dim rounded up to 16.
+/// Many-row path: q holds the queries transposed (dpad x rpad fp32, or dpad/2 x rpad x 2 bf16),
+/// o the output transposed (dpad x rpad fp32), m / l / alpha the softmax state per row, k / v one
+/// staged tile, s / p the scores and probabilities of a tile for one row block.
+/// Few-row path: q and o hold rows x dpad, p holds 16 probabilities per row.
+typedef struct kvk_scratch_layout {
+    size_t q, o, m, l, alpha, k, v, s, p, total;
+} kvk_scratch_layout;
+
+static inline kvk_scratch_layout kvk_layout_scratch(int32_t rows, int32_t head_dim) {
+    kvk_scratch_layout s;
+    size_t rpad = (size_t)kvk_round_up(rows, 16), dpad = (size_t)kvk_round_up(head_dim, 16), at = 0;
+    s.q = at; at += kvk_align64(dpad * rpad * 4);
+    s.o = at; at += kvk_align64(dpad * rpad * 4);
+    s.m = at; at += kvk_align64(rpad * 4);
+    s.l = at; at += kvk_align64(rpad * 4);
+    s.alpha = at; at += kvk_align64(rpad * 4);
+    s.k = at; at += kvk_align64((size_t)KVK_TILE * dpad * 4);
+    s.v = at; at += kvk_align64((size_t)KVK_TILE * dpad * 4);
+    s.s = at; at += kvk_align64((size_t)KVK_TILE * KVK_ROW_BLOCK * 4);
+    s.p = at; at += kvk_align64((rpad > KVK_TILE * KVK_ROW_BLOCK / 16 ? rpad * 16 : (size_t)KVK_TILE * KVK_ROW_BLOCK) * 4);
+    s.total = at;
+    return s;
+}
+
+void kvk_attend_portable(const kvk_attend_args *a);
+float kvk_stream_read_portable(const void *buffer, size_t bytes);
+#if defined(__x86_64__)
+void kvk_attend_avx2(const kvk_attend_args *a);
+float kvk_stream_read_avx2(const void *buffer, size_t bytes);
+void kvk_attend_rows_avx512(const kvk_attend_args *a);
+void kvk_attend_gemm_avx512(const kvk_attend_args *a, int bf16_math);
+float kvk_stream_read_avx512(const void *buffer, size_t bytes);
+#endif
+
+#endif

@@ -1,0 +1,26 @@
+import KVCore
+
+/// Bad input to a decode-attention call. Internal corruption traps instead (preconditions).
+public enum AttentionError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// Query heads must be a positive multiple of KV heads (GQA/MQA groups).
+    case headsNotDivisible(queryHeads: Int, kvHeads: Int)
+    /// A buffer does not hold batch × queryHeads × headDim floats.
+    case shapeMismatch(what: String, expected: Int, got: Int)
+    /// The pages, the block tables or the kernel disagree on the KV layout.
+    case layoutMismatch(String)
+    /// A block table names a block the arena does not have.
+    case blockOutOfRange(block: Int32, capacity: Int)
+    case invalidThreadCount(Int)
+    case invalidScale(Float)
+
+    public var description: String {
+        switch self {
+        case .headsNotDivisible(let q, let kv): "\(q) query heads are not a positive multiple of \(kv) KV heads"
+        case .shapeMismatch(let what, let e, let g): "\(what) holds \(g) floats, expected \(e)"
+        case .layoutMismatch(let why): "layout mismatch: \(why)"
+        case .blockOutOfRange(let b, let c): "block \(b) outside the arena (capacity \(c) blocks)"
+        case .invalidThreadCount(let n): "thread count must be positive, got \(n)"
+        case .invalidScale(let s): "softmax scale must be finite, got \(s)"
+        }
+    }
+}

@@ -1,0 +1,120 @@
+import KVCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Decode attention for one layer and one step: paged (every sequence reads its own block
+/// table) and bifurcated / cascade (shared prefixes read once for all their sequences).
+///
+/// Queries are fp32 `[batch][queryHeads][headDim]`, outputs the same; query head `q` attends
+/// with KV head `q / (queryHeads / kvHeadCount)` (MHA, GQA, MQA). KV is read in the pages'
+/// dtype and accumulated in fp32.
+///
+/// An instance owns reusable scratch and partial buffers, so it serves one call at a time
+/// (it is not `Sendable`); keep one per engine thread. Both kernels use up to `threads` cores.
+public final class DecodeAttention {
+    public let layout: KVLayout
+    public let queryHeads: Int
+    public let threads: Int
+    public let math: AttentionMath
+    /// The kernel variant in use: the best the CPU has, or a lower one asked for at init.
+    public let isa: KernelISA
+    private let workspace = Workspace()
+
+    /// Cores available to this process.
+    public static var defaultThreadCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    /// The usual softmax scale, 1/√headDim.
+    public static func defaultScale(headDim: Int) -> Float { 1 / Float(headDim).squareRoot() }
+
+    public init(layout: KVLayout, queryHeads: Int, threads: Int = DecodeAttention.defaultThreadCount,
+                math: AttentionMath = .automatic, isa: KernelISA = .best) throws(AttentionError) {
+        guard queryHeads > 0, queryHeads % layout.kvHeadCount == 0 else {
+            throw .headsNotDivisible(queryHeads: queryHeads, kvHeads: layout.kvHeadCount)
+        }
+        guard threads > 0 else { throw .invalidThreadCount(threads) }
+        self.layout = layout
+        self.queryHeads = queryHeads
+        self.threads = threads
+        self.math = math
+        self.isa = min(isa, KernelISA.best)
+    }
+
+    /// The math code the GEMM-shaped path uses for this layout on this CPU.
+    public var effectiveMath: AttentionMath { math.kernelCode(for: layout.dtype, isa: isa) == 1 ? .bf16 : .fp32 }
+
+    // MARK: - Paged
+
+    /// Paged decode attention: each sequence walks its own block table; a KV head's query
+    /// group is processed together, so every block is read once per sequence.
+    public func paged(query: UnsafeBufferPointer<Float>, pages: KVLayerPages, batch: BlockTableBatch,
+                      scale: Float, output: UnsafeMutableBufferPointer<Float>) throws(AttentionError) {
+        try validate(pages: pages, batch: batch, queryCount: query.count, outputCount: output.count, scale: scale)
+        let plan = planner.pagedPlan(batch)
+        runner(scale: scale).run(plan, pages: pages, query: query, output: output, workspace: workspace)
+    }
+
+    // MARK: - Bifurcated
+
+    /// Bifurcated (cascade) decode attention over a ``DecodePlan``: every node's pages are read
+    /// once for all its sequences (shared nodes with many query rows run GEMM-shaped), each
+    /// sequence's partial results merge exactly by log-sum-exp. A plan without sharing runs the
+    /// paged kernel.
+    public func bifurcated(query: UnsafeBufferPointer<Float>, pages: KVLayerPages, plan: DecodePlan,
+                           scale: Float, output: UnsafeMutableBufferPointer<Float>) throws(AttentionError) {
+        guard plan.hasSharing else {
+            return try paged(query: query, pages: pages, batch: plan.batch, scale: scale, output: output)
+        }
+        try validate(pages: pages, batch: plan.batch, queryCount: query.count, outputCount: output.count, scale: scale)
+        let work = planner.cascadePlan(plan)
+        runner(scale: scale).run(work, pages: pages, query: query, output: output, workspace: workspace)
+    }
+
+    // MARK: - Array conveniences
+
+    public func paged(query: [Float], pages: KVLayerPages, batch: BlockTableBatch, scale: Float) throws(AttentionError) -> [Float] {
+        var output = [Float](repeating: 0, count: query.count)
+        try query.withUnsafeBufferPointer { (q) throws(AttentionError) in
+            try output.withUnsafeMutableBufferPointer { (o) throws(AttentionError) in
+                try paged(query: q, pages: pages, batch: batch, scale: scale, output: o)
+            }
+        }
+        return output
+    }
+
+    public func bifurcated(query: [Float], pages: KVLayerPages, plan: DecodePlan, scale: Float) throws(AttentionError) -> [Float] {
+        var output = [Float](repeating: 0, count: query.count)
+        try query.withUnsafeBufferPointer { (q) throws(AttentionError) in
+            try output.withUnsafeMutableBufferPointer { (o) throws(AttentionError) in
+                try bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: o)
+            }
+        }
+        return output
+    }
+
+    // MARK: - Internals
+
+    private var planner: WorkPlanner {
+        WorkPlanner(layout: layout, queryHeads: queryHeads, threads: threads,
+                    model: CostModel(layout: layout, bf16Math: effectiveMath == .bf16))
+    }
+
+    private func runner(scale: Float) -> WorkRunner {
+        WorkRunner(layout: layout, queryHeads: queryHeads, threads: threads, scale: scale,
+                   math: math.kernelCode(for: layout.dtype, isa: isa), isa: isa)
+    }
+
+    private func validate(pages: KVLayerPages, batch: BlockTableBatch, queryCount: Int, outputCount: Int,
+                          scale: Float) throws(AttentionError) {
+        let p = pages.layout
+        guard p.kvHeadCount == layout.kvHeadCount, p.headDim == layout.headDim, p.blockSize == layout.blockSize,
+              p.dtype == layout.dtype else {
+            throw .layoutMismatch("pages hold \(p), kernel built for \(layout)")
+        }
+        try AttentionValidation.check(layout: layout, queryHeads: queryHeads, batch: batch, capacity: pages.capacityBlocks,
+                                      queryCount: queryCount, outputCount: outputCount, scale: scale)
+    }
+}

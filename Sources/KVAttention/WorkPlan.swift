@@ -1,0 +1,197 @@
+import KVCore
+
+/// One call of the C kernel: some query rows against a run of one KV head's blocks.
+struct WorkItem {
+    var head: Int32
+    /// Range in ``WorkPlan/blocks``.
+    var blockStart: Int32
+    var blockCount: Int32
+    var lastBlockTokens: Int32
+    /// Range in ``WorkPlan/sequences`` (batch positions; rows are sequences × group).
+    var sequenceStart: Int32
+    var sequenceCount: Int32
+    /// Destination: the caller's output (`lseOffset < 0`) or the partial buffers.
+    var outOffset: Int
+    var outSequenceStride: Int
+    var lseOffset: Int
+    var lseSequenceStride: Int
+    /// Estimated seconds on one thread (for splitting and longest-first scheduling).
+    var cost: Double
+
+    var writesPartial: Bool { lseOffset >= 0 }
+}
+
+/// The work of one attention call: kernel items, the flat block / sequence arrays they index,
+/// and for every sequence with several partial results the (output, lse) offsets to merge.
+///
+/// A *segment* is one partial result for all query heads of one sequence: `queryHeads × headDim`
+/// floats of normalised output plus `queryHeads` base-2 log-sum-exps. A sequence whose KV is
+/// read by exactly one item (per KV head) gets no segment: that item writes the output directly.
+struct WorkPlan {
+    var items: [WorkItem] = []
+    var blocks: [Int32] = []
+    var sequences: [Int32] = []
+    /// Per sequence, its segments in `segmentOut` / `segmentLse` (CSR; empty: written directly).
+    var segmentIndptr: [Int32] = []
+    var segmentOut: [Int] = []
+    var segmentLse: [Int] = []
+    var partialFloats = 0
+    var lseFloats = 0
+    var maxRows = 0
+
+    var totalCost: Double { items.reduce(0) { $0 + $1.cost } }
+}
+
+/// Rough per-thread machine model used only to split and order work (not to report speed).
+struct CostModel {
+    let bytesPerToken: Double      // K + V of one head
+    let headDim: Double
+    let flopsPerSecond: Double     // one thread, many-row path
+    static let bytesPerSecond = 40e9
+    static let itemOverhead = 1e-6
+
+    init(layout: KVLayout, bf16Math: Bool) {
+        bytesPerToken = Double(2 * layout.headDim * layout.dtype.byteWidth)
+        headDim = Double(layout.headDim)
+        flopsPerSecond = bf16Math ? 400e9 : 200e9
+    }
+
+    func cost(tokens: Int, rows: Int) -> Double {
+        let paddedRows = rows < Int(kvGemmMinRows) ? 1 : (rows + 15) / 16 * 16
+        return Double(tokens) * bytesPerToken / CostModel.bytesPerSecond
+            + 4 * Double(paddedRows * tokens) * headDim / flopsPerSecond + CostModel.itemOverhead
+    }
+}
+
+/// Most rows one kernel call takes: more are split over several calls (each re-reading the KV
+/// run from cache), so per-call scratch stays inside L2.
+let maxRowsPerItem = 256
+/// Shortest run (tokens) worth its own item when splitting a run across threads.
+let minTokensPerChunk = 512
+
+/// Builds work plans: one run of blocks per (node or sequence) × KV head, split into chunks
+/// when there are too few items to keep every thread busy, and into row pieces when a shared
+/// node has more rows than ``maxRowsPerItem``.
+struct WorkPlanner {
+    let layout: KVLayout
+    let queryHeads: Int
+    let threads: Int
+    let model: CostModel
+
+    var group: Int { queryHeads / layout.kvHeadCount }
+
+    /// A run of blocks read by a list of sequences (a DecodePlan node, or one sequence's table).
+    struct Run {
+        var blockStart: Int   // in WorkPlan.blocks
+        var blockCount: Int
+        var lastBlockTokens: Int
+        var sequenceStart: Int  // in WorkPlan.sequences
+        var sequenceCount: Int
+        var tokens: Int
+    }
+
+    /// Paged: every sequence's whole table is one run.
+    func pagedPlan(_ batch: BlockTableBatch) -> WorkPlan {
+        var plan = WorkPlan()
+        plan.blocks = batch.indices
+        plan.sequences = (0..<Int32(batch.sequenceCount)).map { $0 }
+        let runs = (0..<batch.sequenceCount).map { s in
+            Run(blockStart: Int(batch.indptr[s]), blockCount: Int(batch.indptr[s + 1] - batch.indptr[s]),
+                lastBlockTokens: batch.lastBlockTokenCount(s), sequenceStart: s, sequenceCount: 1,
+                tokens: Int(batch.tokenCounts[s]))
+        }
+        emit(runs: runs, sequenceCount: batch.sequenceCount, into: &plan)
+        return plan
+    }
+
+    /// Bifurcated: every node of every level is one run, read once for all its sequences.
+    func cascadePlan(_ decodePlan: DecodePlan) -> WorkPlan {
+        var plan = WorkPlan()
+        var runs: [Run] = []
+        for level in decodePlan.levels {
+            let blockBase = plan.blocks.count, sequenceBase = plan.sequences.count
+            plan.blocks.append(contentsOf: level.blockIndices)
+            plan.sequences.append(contentsOf: level.sequenceIndices)
+            for j in 0..<level.nodeCount {
+                runs.append(Run(
+                    blockStart: blockBase + Int(level.blockIndptr[j]),
+                    blockCount: Int(level.blockIndptr[j + 1] - level.blockIndptr[j]),
+                    lastBlockTokens: Int(level.lastBlockTokenCounts[j]),
+                    sequenceStart: sequenceBase + Int(level.sequenceIndptr[j]),
+                    sequenceCount: Int(level.sequenceIndptr[j + 1] - level.sequenceIndptr[j]),
+                    tokens: level.tokenCount(ofNode: j, blockSize: decodePlan.blockSize)))
+            }
+        }
+        emit(runs: runs, sequenceCount: decodePlan.sequenceCount, into: &plan)
+        return plan
+    }
+
+    /// Chunks per run: enough items for `threads` workers (about four each), never chunks
+    /// shorter than ``minTokensPerChunk`` tokens.
+    private func chunkCounts(_ runs: [Run]) -> [Int] {
+        let perHead = runs.map { model.cost(tokens: $0.tokens, rows: $0.sequenceCount * group) }
+        let total = perHead.reduce(0, +) * Double(layout.kvHeadCount)
+        guard threads > 1 else { return runs.map { _ in 1 } }
+        let target = total / Double(threads * 4)
+        return zip(runs, perHead).map { run, cost in
+            let byTokens = max(1, min(run.blockCount, run.tokens / minTokensPerChunk))
+            return max(1, min(byTokens, Int((cost / target).rounded(.up))))
+        }
+    }
+
+    private func emit(runs: [Run], sequenceCount: Int, into plan: inout WorkPlan) {
+        let chunks = chunkCounts(runs)
+        let hq = queryHeads, d = layout.headDim, hkv = layout.kvHeadCount, g = group
+        // Partial results per sequence: one per chunk of every run that reads it.
+        var partialCount = [Int](repeating: 0, count: sequenceCount)
+        for (run, c) in zip(runs, chunks) {
+            for p in 0..<run.sequenceCount { partialCount[Int(plan.sequences[run.sequenceStart + p])] += c }
+        }
+        var segments = [[(out: Int, lse: Int)]](repeating: [], count: sequenceCount)
+        let seqsPerItem = max(1, maxRowsPerItem / g)
+        for (run, c) in zip(runs, chunks) {
+            let direct = run.sequenceCount == 1 && c == 1 && partialCount[Int(plan.sequences[run.sequenceStart])] == 1
+            for chunk in 0..<c {
+                let firstBlock = run.blockCount * chunk / c, endBlock = run.blockCount * (chunk + 1) / c
+                let isLast = endBlock == run.blockCount
+                let tokens = (endBlock - firstBlock - 1) * layout.blockSize + (isLast ? run.lastBlockTokens : layout.blockSize)
+                var outBase = 0, lseBase = -1
+                if !direct {
+                    outBase = plan.partialFloats
+                    lseBase = plan.lseFloats
+                    plan.partialFloats += run.sequenceCount * hq * d
+                    plan.lseFloats += run.sequenceCount * hq
+                    for p in 0..<run.sequenceCount {
+                        segments[Int(plan.sequences[run.sequenceStart + p])].append((outBase + p * hq * d, lseBase + p * hq))
+                    }
+                }
+                for p0 in stride(from: 0, to: run.sequenceCount, by: seqsPerItem) {
+                    let n = min(seqsPerItem, run.sequenceCount - p0)
+                    let cost = model.cost(tokens: tokens, rows: n * g)
+                    plan.maxRows = max(plan.maxRows, n * g)
+                    for head in 0..<hkv {
+                        let outOffset = direct
+                            ? (Int(plan.sequences[run.sequenceStart]) * hq + head * g) * d
+                            : outBase + (p0 * hq + head * g) * d
+                        plan.items.append(WorkItem(
+                            head: Int32(head), blockStart: Int32(run.blockStart + firstBlock),
+                            blockCount: Int32(endBlock - firstBlock),
+                            lastBlockTokens: Int32(isLast ? run.lastBlockTokens : layout.blockSize),
+                            sequenceStart: Int32(run.sequenceStart + p0), sequenceCount: Int32(n),
+                            outOffset: outOffset, outSequenceStride: hq * d,
+                            lseOffset: direct ? -1 : lseBase + p0 * hq + head * g, lseSequenceStride: hq,
+                            cost: cost))
+                    }
+                }
+            }
+        }
+        plan.segmentIndptr = [0]
+        for list in segments {
+            for (o, l) in list {
+                plan.segmentOut.append(o)
+                plan.segmentLse.append(l)
+            }
+            plan.segmentIndptr.append(Int32(plan.segmentOut.count))
+        }
+    }
+}

@@ -1,0 +1,124 @@
+import CKVKernels
+import Dispatch
+import KVCore
+import Synchronization
+
+/// Rows from which the C kernels switch to the GEMM-shaped path.
+let kvGemmMinRows = kvk_gemm_min_rows()
+
+/// Work smaller than this (estimated single-thread seconds) runs on the calling thread: waking
+/// a second thread costs more than it saves.
+let singleThreadBelow = 50e-6
+
+/// The pointers one attention call works on. Valid for the duration of the call only.
+struct CallBuffers: @unchecked Sendable {
+    var keys: UnsafeRawPointer
+    var values: UnsafeRawPointer
+    var query: UnsafePointer<Float>
+    var output: UnsafeMutablePointer<Float>
+    var partial: UnsafeMutablePointer<Float>?
+    var lse: UnsafeMutablePointer<Float>?
+    var blocks: UnsafePointer<Int32>
+    var sequences: UnsafePointer<Int32>
+    /// One kernel scratch buffer per worker.
+    var scratch: [UnsafeMutableRawPointer]
+}
+
+/// Runs a ``WorkPlan``: kernel items longest first on up to `threads` workers (dynamic
+/// scheduling, one scratch per worker), then the log-sum-exp merge of partial results.
+struct WorkRunner {
+    let layout: KVLayout
+    let queryHeads: Int
+    let threads: Int
+    let scale: Float
+    let math: Int32
+    let isa: KernelISA
+
+    func run(_ plan: WorkPlan, pages: KVLayerPages, query: UnsafeBufferPointer<Float>,
+             output: UnsafeMutableBufferPointer<Float>, workspace: Workspace) {
+        guard !plan.items.isEmpty else { return }
+        let workers = plan.totalCost < singleThreadBelow ? 1 : min(threads, plan.items.count)
+        workspace.reserve(threads: workers, scratchBytes: kvk_attend_scratch_bytes(Int32(plan.maxRows), Int32(layout.headDim)),
+                          partialFloats: plan.partialFloats, lseFloats: plan.lseFloats)
+        let order = plan.items.indices.sorted { plan.items[$0].cost > plan.items[$1].cost }
+        plan.blocks.withUnsafeBufferPointer { blocks in
+            plan.sequences.withUnsafeBufferPointer { sequences in
+                let buffers = CallBuffers(
+                    keys: pages.keys, values: pages.values, query: query.baseAddress!, output: output.baseAddress!,
+                    partial: workspace.partial.base, lse: workspace.lse.base,
+                    blocks: blocks.baseAddress!, sequences: sequences.baseAddress!, scratch: workspace.scratch)
+                let next = Atomic<Int>(0)
+                parallel(workers) { worker in
+                    while true {
+                        let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                        guard i < order.count else { break }
+                        runItem(plan.items[order[i]], buffers, scratch: buffers.scratch[worker])
+                    }
+                }
+                merge(plan, buffers, workers: workers)
+            }
+        }
+    }
+
+    private func runItem(_ item: WorkItem, _ b: CallBuffers, scratch: UnsafeMutableRawPointer) {
+        let group = queryHeads / layout.kvHeadCount
+        let toPartial = item.writesPartial
+        var args = kvk_attend_args(
+            keys: b.keys, values: b.values, dtype: layout.dtype.code, kv_heads: Int32(layout.kvHeadCount),
+            block_size: Int32(layout.blockSize), head_dim: Int32(layout.headDim), head: item.head,
+            blocks: b.blocks + Int(item.blockStart), block_count: item.blockCount, last_block_tokens: item.lastBlockTokens,
+            q: b.query, seqs: b.sequences + Int(item.sequenceStart), seq_count: item.sequenceCount,
+            group: Int32(group), q_head0: item.head * Int32(group), q_seq_stride: Int64(queryHeads * layout.headDim),
+            scale: scale, math: math, max_isa: isa.rawValue,
+            out: (toPartial ? b.partial! : b.output) + item.outOffset, out_seq_stride: Int64(item.outSequenceStride),
+            lse2: toPartial ? b.lse! + item.lseOffset : nil, lse_seq_stride: Int64(item.lseSequenceStride),
+            scratch: scratch)
+        kvk_attend(&args)
+    }
+
+    /// out = Σ_j 2^(lse_j − M) · O_j / Σ_j 2^(lse_j − M) per sequence and query head, M = max_j lse_j:
+    /// exact softmax over the union of the segments' tokens.
+    private func merge(_ plan: WorkPlan, _ b: CallBuffers, workers: Int) {
+        let merged = (0..<plan.segmentIndptr.count - 1).filter { plan.segmentIndptr[$0 + 1] > plan.segmentIndptr[$0] }
+        guard !merged.isEmpty else { return }
+        let d = layout.headDim, hq = queryHeads
+        let floats = plan.segmentOut.count * hq * d
+        let workers = Double(floats) * 1e-9 < singleThreadBelow ? 1 : workers
+        parallel(workers) { worker in
+            for k in stride(from: worker, to: merged.count, by: workers) {
+                let s = merged[k]
+                let segments = Int(plan.segmentIndptr[s])..<Int(plan.segmentIndptr[s + 1])
+                for qh in 0..<hq {
+                    var top = -Float.infinity
+                    for j in segments { top = max(top, b.lse![plan.segmentLse[j] + qh]) }
+                    let out = b.output + (s * hq + qh) * d
+                    out.update(repeating: 0, count: d)
+                    var total: Float = 0
+                    for j in segments {
+                        let w = exp2f(b.lse![plan.segmentLse[j] + qh] - top)
+                        total += w
+                        let part = b.partial! + plan.segmentOut[j] + qh * d
+                        for i in 0..<d { out[i] += w * part[i] }
+                    }
+                    let inv = 1 / total
+                    for i in 0..<d { out[i] *= inv }
+                }
+            }
+        }
+    }
+}
+
+/// Runs `body(0..<workers)` concurrently (inline when there is one worker).
+func parallel(_ workers: Int, _ body: @Sendable (Int) -> Void) {
+    if workers <= 1 {
+        body(0)
+    } else {
+        DispatchQueue.concurrentPerform(iterations: workers, execute: body)
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif

@@ -1,0 +1,100 @@
+import KVAttention
+import KVCore
+import KVTestSupport
+
+/// A decode step to test: an arena filled with random KV, block tables, random queries.
+///
+/// Sequences are built from a sharing tree: every sequence reads the level-0 prefix, sequences
+/// are split into `fanout` groups per level that share that level's run, then each has its own
+/// suffix. Blocks are numbered from 1 in creation order (0 is the null block).
+struct AttentionCase {
+    let layout: KVLayout
+    let queryHeads: Int
+    let arena: KVPageArena
+    let batch: BlockTableBatch
+    let query: [Float]
+    let scale: Float
+
+    /// - Parameters:
+    ///   - levels: tokens of each shared level (multiples of the block size, except where every
+    ///     sequence ends there); level k is shared by groups of `batch / fanout^k` sequences.
+    ///   - suffix: own tokens per sequence.
+    init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int, batch b: Int,
+         levels: [Int], fanout: Int = 2, suffix: (Int) -> Int, seed: UInt64) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
+        self.queryHeads = queryHeads
+        var tables = [[Int32]](repeating: [], count: b)
+        var tokens = [Int](repeating: 0, count: b)
+        var next: Int32 = 1
+        func blocks(for n: Int) -> [Int32] {
+            let count = (n + blockSize - 1) / blockSize
+            defer { next += Int32(count) }
+            return (0..<count).map { next + Int32($0) }
+        }
+        var groups = 1
+        for n in levels {
+            let size = max(1, (b + groups - 1) / groups)
+            for g in stride(from: 0, to: b, by: size) {
+                let run = blocks(for: n)
+                for s in g..<min(b, g + size) {
+                    tables[s] += run
+                    tokens[s] += n
+                }
+            }
+            groups *= fanout
+        }
+        for s in 0..<b {
+            let n = suffix(s)
+            tables[s] += blocks(for: n)
+            tokens[s] += n
+        }
+        batch = try BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: tokens)
+        arena = KVPageArena(layout: layout, capacityBlocks: Int(next))
+        var rng = SeededRandom(seed: seed)
+        let elements = layout.blockBytesPerLayerPerKind / dtype.byteWidth
+        for block in 1..<Int(next) {
+            for kind in KVKind.allCases {
+                arena.withUnsafeMutableBlockBytes(BlockID(Int32(block)), layer: 0, kind: kind) { raw in
+                    for i in 0..<elements { dtype.store(Float.random(in: -1.7...1.7, using: &rng), raw.baseAddress!, i) }
+                }
+            }
+        }
+        query = (0..<(b * queryHeads * headDim)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
+        scale = DecodeAttention.defaultScale(headDim: headDim)
+    }
+
+    func reference() throws -> [Float] {
+        try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try ReferenceAttention.compute(query: query, pages: pages, batch: batch, queryHeads: queryHeads, scale: scale)
+        }
+    }
+
+    func paged(_ kernel: DecodeAttention) throws -> [Float] {
+        try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try kernel.paged(query: query, pages: pages, batch: batch, scale: scale)
+        }
+    }
+
+    func bifurcated(_ kernel: DecodeAttention) throws -> [Float] {
+        let plan = try DecodePlan(batch: batch)
+        plan.checkInvariants()
+        return try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try kernel.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
+        }
+    }
+
+    func kernel(threads: Int = 2, math: AttentionMath = .automatic, isa: KernelISA = .best) throws -> DecodeAttention {
+        try DecodeAttention(layout: layout, queryHeads: queryHeads, threads: threads, math: math, isa: isa)
+    }
+}
+
+/// max |a − b| / max |b|: the error measure of the tests and benchmarks.
+func relativeError(_ a: [Float], _ b: [Float]) -> Float {
+    precondition(a.count == b.count, "relativeError: \(a.count) vs \(b.count) values")
+    var err: Float = 0, scale: Float = 0
+    for i in a.indices {
+        err = max(err, abs(a[i] - b[i]))
+        scale = max(scale, abs(b[i]))
+    }
+    return err / max(scale, .leastNormalMagnitude)
+}
