@@ -39,7 +39,7 @@ final class StoreDatabase: @unchecked Sendable {
         let env: Environment
         do {
             env = try Environment(path: path, configuration: .init(
-                mapSize: min(config.mapSizeLimit, 64 << 20), maxDatabases: 8,
+                mapSize: min(config.mapSizeLimit, config.initialMapSizeBytes), maxDatabases: 8,
                 flags: config.durable ? [.noTLS] : [.noTLS, .noSync]))
         } catch { throw SpillStoreError(opening: path, error) }
         do {

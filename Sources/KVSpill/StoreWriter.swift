@@ -33,6 +33,9 @@ final class StoreWriter: Sendable {
 
     var committedBytes: Int { state.withLock { $0.bytes } }
 
+    /// For tests that edit records behind the writer's back (to simulate corruption).
+    func adjustCommittedBytesForTests(by delta: Int) { state.withLock { $0.bytes += delta } }
+
     /// Runs `body` with writes held off (for the invariant checker).
     func withStateLocked<R>(_ body: (State) -> R) -> R { state.withLock { body($0) } }
 
