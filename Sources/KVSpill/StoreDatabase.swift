@@ -33,8 +33,14 @@ final class StoreDatabase: @unchecked Sendable {
     /// its format and layout.
     static func openForWriting(_ config: SpillStoreConfiguration) throws(SpillStoreError) -> StoreDatabase {
         let path = config.path
-        do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
-            // Let LMDB say precisely what is wrong (a file in the way, no permission, read-only fs).
+        if mkdir(path, 0o755) != 0 && errno != EEXIST {
+            let error = LMDBError(rawValue: errno)
+            // A missing parent is fine to create; anything else (no permission, read-only file
+            // system) is the answer.
+            if errno != ENOENT { throw SpillStoreError(opening: path, error) }
+            do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+                throw SpillStoreError(opening: path, .noSuchFileOrDirectory)
+            }
         }
         let env: Environment
         do {
