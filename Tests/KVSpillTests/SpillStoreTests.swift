@@ -103,7 +103,7 @@ final class SpillStoreTests: XCTestCase {
         let payloadStart = SpillRecord.payloadOffset(namespaceBytes: 7, tokenCount: 16)
         let edits: [(String, (inout [UInt8]) -> Void)] = [
             ("payload bit flip", { $0[payloadStart + 1000] ^= 0x10 }),
-            ("token changed", { $0[SpillRecord.fixedHeaderBytes + 7 + 8] ^= 1 }),
+            ("token changed", { $0[SpillRecord.fixedHeaderBytes + 8] ^= 1 }),
             ("truncated", { $0.removeLast(100) }),
             ("other layout", { $0[16] = 3 }),  // layer count 2 → 3
             ("bad magic", { $0[0] = 0 }),
