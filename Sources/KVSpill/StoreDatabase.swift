@@ -75,6 +75,11 @@ final class StoreDatabase: @unchecked Sendable {
 
     /// Opens an existing store read-only (beside a process that writes it), for inspection.
     static func openReadOnly(path: String) throws(SpillStoreError) -> StoreDatabase {
+        // Check first: LMDB would create `lock.mdb` in any directory it is pointed at.
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw .notFound(path: path) }
+        guard isDirectory.boolValue else { throw .notAStore(path: path, reason: "not a directory") }
+        guard FileManager.default.fileExists(atPath: path + "/data.mdb") else { throw .notAStore(path: path, reason: "no data.mdb") }
         let env: Environment
         do {
             env = try Environment(path: path, configuration: .init(mapSize: 0, maxDatabases: 8, flags: [.noTLS, .readOnly]))
