@@ -46,7 +46,7 @@ final class StoreDatabase: @unchecked Sendable {
         do {
             env = try Environment(path: path, configuration: .init(
                 mapSize: min(config.mapSizeLimit, config.initialMapSizeBytes), maxDatabases: 8,
-                flags: config.durable ? [.noTLS] : [.noTLS, .noSync]))
+                flags: config.durable ? [.noTLS, .noMetaSync] : [.noTLS, .noSync]))
         } catch { throw SpillStoreError(opening: path, error) }
         do {
             let main = try env.openDatabase(nil)

@@ -20,12 +20,14 @@ public struct StoreBench: Sendable {
     public var tokens: Int
     public var directory: String
     public var restoreRepeats: Int
+    public var rounds: Int
 
-    public init(layout: KVLayout, tokens: Int = 8192, directory: String, restoreRepeats: Int = 5) {
+    public init(layout: KVLayout, tokens: Int = 8192, directory: String, restoreRepeats: Int = 5, rounds: Int = 3) {
         self.layout = layout
         self.tokens = tokens
         self.directory = directory
         self.restoreRepeats = restoreRepeats
+        self.rounds = rounds
     }
 
     public struct Result: Sendable, Codable, Equatable {
@@ -34,6 +36,8 @@ public struct StoreBench: Sendable {
         public var blocks: Int
         public var blockBytes: Int
         public var totalBytes: Int
+        /// Rounds of the write paths (medians reported).
+        public var rounds: Int
         public var plainWriteGBps: Double
         public var plainReadGBps: Double
         public var spillSyncGBps: Double
@@ -62,33 +66,44 @@ public struct StoreBench: Sendable {
         fillRandom(arena)
         let prefix = (0..<blocks).map { i in (0..<layout.blockSize).map { TokenID(i * layout.blockSize + $0) } }
 
-        let (writeSeconds, readSeconds) = try plainFile(arena, blocks: blocks)
+        // Write paths, interleaved round by round so a slow moment of a shared disk hits all of
+        // them alike; each figure is the median over the rounds.
+        var writeSeconds: [Double] = [], syncSeconds: [Double] = [], backgroundSeconds: [Double] = []
+        var readSeconds: [Double] = [], callNanos: [Double] = []
+        var keys: [PrefixKey] = []
+        var store: LMDBSpillStore!
+        for round in 0..<rounds {
+            writeSeconds.append(try plainWrite(arena, blocks: blocks))
 
-        // Synchronous spills.
-        let syncStore = try openStore(directory + "/sync", mode: .synchronous, bytes: bytes)
-        let keys = chainKeys(syncStore, prefix)
-        var t0 = monotonicNanos()
-        for i in 0..<blocks { spill(syncStore, keys[i], prefix[i], block: BlockID(Int32(i + 1)), arena) }
-        let syncSeconds = seconds(since: t0)
-        syncStore.close()
+            try? FileManager.default.removeItem(atPath: directory + "/sync")
+            let syncStore = try openStore(directory + "/sync", mode: .synchronous, bytes: bytes)
+            keys = chainKeys(syncStore, prefix)
+            var t0 = monotonicNanos()
+            for i in 0..<blocks { spill(syncStore, keys[i], prefix[i], block: BlockID(Int32(i + 1)), arena) }
+            syncSeconds.append(seconds(since: t0))
+            syncStore.close()
 
-        // Background spills.
-        let store = try openStore(directory + "/background", mode: .background(queueLimitBytes: 2 * bytes), bytes: bytes)
-        var callNanos: [Double] = []
-        t0 = monotonicNanos()
-        for i in 0..<blocks {
-            let c0 = monotonicNanos()
-            spill(store, keys[i], prefix[i], block: BlockID(Int32(i + 1)), arena)
-            callNanos.append(Double(monotonicNanos() - c0))
+            store?.close()
+            try? FileManager.default.removeItem(atPath: directory + "/background")
+            store = try openStore(directory + "/background", mode: .background(queueLimitBytes: 2 * bytes), bytes: bytes)
+            callNanos.removeAll()
+            t0 = monotonicNanos()
+            for i in 0..<blocks {
+                let c0 = monotonicNanos()
+                spill(store, keys[i], prefix[i], block: BlockID(Int32(i + 1)), arena)
+                callNanos.append(Double(monotonicNanos() - c0))
+            }
+            store.flush()
+            backgroundSeconds.append(seconds(since: t0))
+            precondition(store.counters.recordsWritten == blocks, "StoreBench: \(store.counters) — not every block was written")
         }
-        store.flush()
-        let backgroundSeconds = seconds(since: t0)
-        precondition(store.counters.recordsWritten == blocks, "StoreBench: \(store.counters) — not every block was written")
 
         // Restores of the whole prefix.
+        // Reads: the plain file and the store, alternately, from the page cache.
         var restoreSeconds: [Double] = []
         for _ in 0..<restoreRepeats {
-            t0 = monotonicNanos()
+            readSeconds.append(try plainRead(arena, blocks: blocks))
+            let t0 = monotonicNanos()
             for i in 0..<blocks {
                 let hit = prefix[i].withUnsafeBufferPointer {
                     store.restore(key: keys[i], namespace: .default, tokens: $0, into: BlockID(Int32(blocks + 1 + i)), arena: arena)
@@ -102,16 +117,17 @@ public struct StoreBench: Sendable {
 
         let gb = Double(bytes) / 1e9
         let restore = TimingSummary(restoreSeconds), plainRead = TimingSummary(readSeconds)
+        let write = TimingSummary(writeSeconds).median, background = TimingSummary(backgroundSeconds).median
         return Result(
             layout: layout.description, tokens: blocks * layout.blockSize, blocks: blocks, blockBytes: layout.blockBytes, totalBytes: bytes,
-            plainWriteGBps: gb / writeSeconds, plainReadGBps: gb / plainRead.median,
-            spillSyncGBps: gb / syncSeconds, spillBackgroundGBps: gb / backgroundSeconds,
+            rounds: rounds, plainWriteGBps: gb / write, plainReadGBps: gb / plainRead.median,
+            spillSyncGBps: gb / TimingSummary(syncSeconds).median, spillBackgroundGBps: gb / background,
             spillBackgroundCallerGBps: gb / (callNanos.reduce(0, +) / 1e9),
             spillCallP99Micros: TimingSummary(callNanos).p99 / 1000,
             restoreGBps: gb / restore.median,
             restoreLatencyMillisMedian: restore.median * 1000, restoreLatencyMillisMax: restoreSeconds.max()! * 1000,
             plainReadLatencyMillisMedian: plainRead.median * 1000,
-            spillRatio: writeSeconds / backgroundSeconds, restoreRatio: plainRead.median / restore.median)
+            spillRatio: write / background, restoreRatio: plainRead.median / restore.median)
     }
 
     // MARK: - Pieces
@@ -135,11 +151,12 @@ public struct StoreBench: Sendable {
         tokens.withUnsafeBufferPointer { store.spill(key: key, namespace: .default, tokens: $0, block: block, arena: arena) }
     }
 
-    /// Writes the prefix's blocks to one file (+ fsync), then reads them back `restoreRepeats`
-    /// times; returns the write time and each read's time.
-    private func plainFile(_ arena: KVPageArena, blocks: Int) throws -> (Double, [Double]) {
-        let path = directory + "/plain.bin"
-        let fd = open(path, O_CREAT | O_TRUNC | O_RDWR, 0o644)
+    private var plainPath: String { directory + "/plain.bin" }
+
+    /// Writes the prefix's blocks to a new file, block by block through one buffer, then fsyncs.
+    private func plainWrite(_ arena: KVPageArena, blocks: Int) throws -> Double {
+        unlink(plainPath)
+        let fd = open(plainPath, O_CREAT | O_TRUNC | O_WRONLY, 0o644)
         guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         defer { close(fd) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: layout.blockBytes, alignment: 64)
@@ -150,17 +167,22 @@ public struct StoreBench: Sendable {
             guard write(fd, buffer.baseAddress, buffer.count) == buffer.count else { throw POSIXError(.EIO) }
         }
         guard fsync(fd) == 0 else { throw POSIXError(.EIO) }
-        let writeSeconds = seconds(since: t0)
-        var reads: [Double] = []
-        for _ in 0..<restoreRepeats {
-            let r0 = monotonicNanos()
-            for i in 0..<blocks {
-                guard pread(fd, buffer.baseAddress, buffer.count, off_t(i * buffer.count)) == buffer.count else { throw POSIXError(.EIO) }
-                arena.copyIn(BlockID(Int32(blocks + 1 + i)), from: UnsafeRawBufferPointer(buffer))
-            }
-            reads.append(seconds(since: r0))
+        return seconds(since: t0)
+    }
+
+    /// Reads the file back block by block into the arena's restore blocks.
+    private func plainRead(_ arena: KVPageArena, blocks: Int) throws -> Double {
+        let fd = open(plainPath, O_RDONLY)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        defer { close(fd) }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: layout.blockBytes, alignment: 64)
+        defer { buffer.deallocate() }
+        let t0 = monotonicNanos()
+        for i in 0..<blocks {
+            guard pread(fd, buffer.baseAddress, buffer.count, off_t(i * buffer.count)) == buffer.count else { throw POSIXError(.EIO) }
+            arena.copyIn(BlockID(Int32(blocks + 1 + i)), from: UnsafeRawBufferPointer(buffer))
         }
-        return (writeSeconds, reads)
+        return seconds(since: t0)
     }
 
     private func fillRandom(_ arena: KVPageArena) {
@@ -197,7 +219,7 @@ public struct StoreBench: Sendable {
             ["restore (verified)", fixed(r.restoreGBps, 3),
              "\(fixed(r.restoreLatencyMillisMedian, 1)) ms (max \(fixed(r.restoreLatencyMillisMax, 1)))", fixed(r.restoreRatio, 2)],
         ]
-        let head = "\(r.tokens)-token prefix, \(r.blocks) blocks of \(r.blockBytes / 1024) KiB (\(r.layout)), \(fixed(Double(r.totalBytes) / 1_048_576, 0)) MiB"
+        let head = "median of \(r.rounds) interleaved rounds; \(r.tokens)-token prefix, \(r.blocks) blocks of \(r.blockBytes / 1024) KiB (\(r.layout)), \(fixed(Double(r.totalBytes) / 1_048_576, 0)) MiB"
         let goals = "goals: spill ≥ 0.50 × plain write: \(r.spillRatio >= 0.5 ? "met" : "NOT met"); restore ≥ 0.70 × plain read: \(r.restoreRatio >= 0.7 ? "met" : "NOT met")"
         return head + "\n" + renderTable(header: ["path", "GB/s", "latency (whole prefix)", "× plain"], rows: rows) + "\n" + goals
     }

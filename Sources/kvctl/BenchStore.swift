@@ -25,12 +25,15 @@ struct BenchStore: ParsableCommand {
     @Option(help: "Times the whole prefix is restored (and the plain file read).")
     var repeats = 5
 
+    @Option(help: "Rounds of the write paths, interleaved (medians reported).")
+    var rounds = 3
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
     func run() throws {
         let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
-        let result = try StoreBench(layout: kvLayout, tokens: tokens, directory: dir, restoreRepeats: repeats).run()
+        let result = try StoreBench(layout: kvLayout, tokens: tokens, directory: dir, restoreRepeats: repeats, rounds: rounds).run()
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
