@@ -23,7 +23,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     private let logger: Logger
     private let isClosed = Atomic<Bool>(false)
     /// Serializes synchronous-mode commits (the background writer is a single thread already).
-    private let inlineWrites = Mutex<Void>(())
+    private let inlineWrites = Locked<Void>(())
 
     /// Opens (or creates) the store at `configuration.path`.
     public init(_ configuration: SpillStoreConfiguration, logger: Logger = Logger(label: "prefixkv.spill")) throws(SpillStoreError) {

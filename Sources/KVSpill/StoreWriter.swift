@@ -3,7 +3,6 @@ import Glibc
 import KVCache
 import Logging
 import LMDB
-import Synchronization
 
 /// The one code path that writes the store: applies a ``WriteBatch`` in a transaction, keeps the
 /// store under its size limit by dropping least recently used entries, and handles a full map
@@ -22,14 +21,14 @@ final class StoreWriter: Sendable {
     let store: StoreDatabase
     let mapSizeLimit: Int
     private let logger: Logger
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     init(store: StoreDatabase, limitBytes: Int, mapSizeLimit: Int, logger: Logger) throws {
         self.store = store
         self.mapSizeLimit = mapSizeLimit
         self.logger = logger
         let (bytes, next) = try store.env.withReadTransaction { txn in (try store.readBytes(txn), try store.nextSequence(txn)) }
-        state = Mutex(State(bytes: bytes, nextSequence: next, limitBytes: limitBytes, mapSize: try store.env.info().mapSize))
+        state = Locked(State(bytes: bytes, nextSequence: next, limitBytes: limitBytes, mapSize: try store.env.info().mapSize))
     }
 
     var committedBytes: Int { state.withLock { $0.bytes } }

@@ -59,7 +59,7 @@ public final class Environment: @unchecked Sendable {
     private let identity: OpenPaths.Identity
     private let isClosed = Atomic<Bool>(false)
     /// Serializes `mdb_dbi_open`, which LMDB forbids from two threads at once.
-    private let databaseOpening = Mutex<Void>(())
+    private let databaseOpening = Locked<Void>(())
 
     public let path: String
     public let flags: Flags

@@ -1,5 +1,4 @@
 import Glibc
-import Synchronization
 
 /// The process-wide set of environments open right now, by file identity.
 ///
@@ -11,7 +10,7 @@ import Synchronization
 enum OpenPaths {
     struct Identity: Hashable { var device: UInt64; var inode: UInt64 }
 
-    private static let open = Mutex<Set<Identity>>([])
+    private static let open = Locked<Set<Identity>>([])
 
     /// Runs `body` (which opens the environment) while holding the registry, after recording
     /// `path`'s identity; throws ``LMDBError/alreadyOpenInProcess`` when it is already open.

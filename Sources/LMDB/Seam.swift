@@ -13,7 +13,7 @@ enum LMDBOperation: Hashable, Sendable {
 /// disk never takes. Every failable C call goes through ``call(_:whenInjected:_:)``.
 final class FaultInjector: Sendable {
     private struct Rule { var error: LMDBError; var skip: Int; var remaining: Int }
-    private let rules = Mutex<[LMDBOperation: Rule]>([:])
+    private let rules = Locked<[LMDBOperation: Rule]>([:])
     /// Checked without the lock so calls pay one atomic load when no fault is armed.
     private let armed = Atomic<Bool>(false)
 
