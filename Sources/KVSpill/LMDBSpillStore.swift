@@ -51,8 +51,8 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         }
     }
 
-    /// Commits everything queued, writes the last published stats, and closes the environment.
-    /// Idempotent; `deinit` calls it.
+    /// Commits everything queued, writes the last published stats, syncs a non-durable store,
+    /// and closes the environment. Idempotent; `deinit` calls it.
     public func close() {
         guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         if let background {
@@ -60,14 +60,23 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         } else {
             commitInline(force: true)
         }
+        syncIfNotDurable()
         database.close()
     }
 
     deinit { close() }
 
-    /// Waits until every spill so far is committed (or failed), with pending LRU updates and stats.
+    /// Waits until every spill so far is committed (or failed), with pending LRU updates and
+    /// stats. On a store opened with `durable: false` it then fsyncs, so `flush()` is where its
+    /// commits become durable (like a plain file's one `fsync` after its writes).
     public func flush() {
         if background != nil { queue.waitUntilDrained() } else { commitInline(force: true) }
+        syncIfNotDurable()
+    }
+
+    private func syncIfNotDurable() {
+        guard !configuration.durable else { return }
+        do { try database.env.sync() } catch { logger.warning("spill store: sync failed: \(error)") }
     }
 
     /// What the store did since it opened.

@@ -21,8 +21,11 @@ public struct SpillStoreConfiguration: Sendable {
     /// free-page overhead, bounded by ``mapSizeLimit``.
     public var limitBytes: Int
     public var writeMode: WriteMode
-    /// fsync every commit (default). Off, a process crash still loses nothing committed, but an
-    /// OS crash may lose the last commits.
+    /// fsync every commit (default; `MDB_NOMETASYNC`: one fsync, and an OS crash may undo at
+    /// most the last commit). Off (`MDB_NOSYNC`), commits reach the disk at `flush()`, `close()`
+    /// or the kernel's writeback: a process crash still loses nothing committed, but an OS crash
+    /// may lose recent commits or, on a file system that reorders writes, damage the file
+    /// (damaged records fail their checksum; a damaged B-tree fails to open as `.notAStore`).
     public var durable: Bool
     /// How often the background writer persists the stats the manager published.
     public var statsIntervalSeconds: Double
