@@ -165,11 +165,10 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         case .absent, .payloadMissing:
             queue.count { $0.restoreMisses += 1 }
         case .defect(let why):
-            logger.warning("spill store: dropping bad entry \(key): \(why)")
-            queue.delete(key)
-            queue.count { $0.restoreMisses += 1; $0.corruptDropped += 1 }
+            let first = queue.delete(key)
+            if first { logger.warning("spill store: dropping bad entry \(key): \(why)") }
+            queue.count { $0.restoreMisses += 1; if first { $0.corruptDropped += 1 } }
         }
-        if background == nil, case .defect = outcome { commitInline(force: false) }
         return outcome == .hit
     }
 

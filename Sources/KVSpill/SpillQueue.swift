@@ -13,7 +13,7 @@ final class SpillQueue: @unchecked Sendable {
     /// Bytes of the records in `pending` (queued or being written).
     private var pendingBytes = 0
     private var touches: [PrefixKey] = []
-    private var deletes: [PrefixKey] = []
+    private var deletes: Set<PrefixKey> = []
     private var stats: PublishedStats?
     private var statsDirty = false
     private var lastStatsWriteMillis: UInt64 = 0
@@ -73,7 +73,10 @@ final class SpillQueue: @unchecked Sendable {
     /// LRU touches and deletions wait for the next records batch or the periodic wake-up (no
     /// signal): a commit (and fsync) per restored block would compete with the restores.
     func touch(_ key: PrefixKey) { locked { touches.append(key) } }
-    func delete(_ key: PrefixKey) { locked { deletes.append(key) } }
+
+    /// Queues `key`'s entry for deletion; false when it already is (so a bad entry asked for
+    /// again before the writer runs is counted once).
+    func delete(_ key: PrefixKey) -> Bool { locked { deletes.insert(key).inserted } }
 
     func publish(_ s: KVCacheStats) {
         locked {
@@ -111,7 +114,7 @@ final class SpillQueue: @unchecked Sendable {
         // Touches and deletions ride along with records, or go alone once per interval.
         if !batch.records.isEmpty || force || now >= lastHousekeepingMillis + statsIntervalMillis {
             batch.touches = touches
-            batch.deletes = deletes
+            batch.deletes = Array(deletes)
             touches.removeAll()
             deletes.removeAll()
             lastHousekeepingMillis = now

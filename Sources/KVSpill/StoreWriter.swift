@@ -117,8 +117,8 @@ final class StoreWriter: Sendable {
         for key in batch.deletes { try remove(key, txn, &s) }
         for key in batch.touches {
             try key.withBytes { k in
-                guard let old = try txn.withValue(for: k, in: store.access, { $0.loadUnaligned(as: UInt64.self) }) else { return }
-                try txn.delete(be(UInt64(bigEndian: old)), in: store.lru)
+                guard let oldSequence = try txn.copyValue(for: k, in: store.access) else { return }  // evicted meanwhile
+                try txn.delete(oldSequence, in: store.lru)
                 try link(k, txn, &s)
             }
         }

@@ -82,7 +82,8 @@ public final class Environment: @unchecked Sendable {
             try check(faults.call(.envSetMapSize) { mdb_env_set_mapsize(handle, c.mapSize) })
             try check(mdb_env_set_maxdbs(handle, MDB_dbi(c.maxDatabases)))
             try check(mdb_env_set_maxreaders(handle, UInt32(c.maxReaders)))
-            let (_, identity) = try OpenPaths.register(path: path, isFile: c.flags.contains(.noSubdirectory)) { () throws(LMDBError) in
+            let createsFile = c.flags.contains(.noSubdirectory) && !c.flags.contains(.readOnly)
+            let identity = try OpenPaths.register(path: path, createFile: createsFile) { () throws(LMDBError) in
                 try check(faults.call(.envOpen) { mdb_env_open(handle, path, c.flags.rawValue, c.mode) })
             }
             // Free the reader slots of processes that died inside a read transaction: they would

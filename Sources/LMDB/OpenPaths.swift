@@ -12,12 +12,12 @@ enum OpenPaths {
 
     private static let open = Locked<Set<Identity>>([])
 
-    /// Runs `body` (which opens the environment) while holding the registry, after recording
-    /// `path`'s identity; throws ``LMDBError/alreadyOpenInProcess`` when it is already open.
-    /// The identity stays registered when `body` succeeds, until ``release(_:)``.
-    static func register<R>(path: String, isFile: Bool, _ body: () throws(LMDBError) -> R) throws(LMDBError) -> (R, Identity) {
-        if isFile {
-            // LMDB would create the data file; create it first so it has an identity to register.
+    /// Runs `open` (which opens the environment at `path`) while holding the registry, unless
+    /// `path` is already open (``LMDBError/alreadyOpenInProcess``), and registers it when `open`
+    /// succeeds, until ``release(_:)``. `createFile`: the path names a data file that LMDB would
+    /// create; create it first so it has an identity.
+    static func register(path: String, createFile: Bool, _ open: () throws(LMDBError) -> Void) throws(LMDBError) -> Identity {
+        if createFile {
             let fd = Glibc.open(path, O_RDONLY | O_CREAT, 0o644)
             if fd < 0 && errno != EACCES && errno != EROFS { throw LMDBError(rawValue: errno) }
             if fd >= 0 { Glibc.close(fd) }
@@ -25,11 +25,11 @@ enum OpenPaths {
         var s = stat()
         guard fstatat(AT_FDCWD, path, &s, 0) == 0 else { throw LMDBError(rawValue: errno) }
         let id = Identity(device: UInt64(s.st_dev), inode: UInt64(s.st_ino))
-        return try open.withLock { (set: inout Set<Identity>) throws(LMDBError) -> (R, Identity) in
+        return try Self.open.withLock { (set: inout Set<Identity>) throws(LMDBError) -> Identity in
             guard !set.contains(id) else { throw .alreadyOpenInProcess }
-            let result = try body()
+            try open()
             set.insert(id)
-            return (result, id)
+            return id
         }
     }
 
