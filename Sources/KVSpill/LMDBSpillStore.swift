@@ -44,11 +44,11 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         }
         switch configuration.writeMode {
         case .synchronous:
-            queue = SpillQueue(limitBytes: .max, statsIntervalSeconds: configuration.statsIntervalSeconds)
+            queue = SpillQueue(queueLimitBytes: .max, statsIntervalSeconds: configuration.statsIntervalSeconds)
             buffers = RecordBufferPool(retainBytes: 2 * (configuration.layout.blockBytes + 4096))
             background = nil
         case .background(let queueLimit):
-            queue = SpillQueue(limitBytes: queueLimit, statsIntervalSeconds: configuration.statsIntervalSeconds)
+            queue = SpillQueue(queueLimitBytes: queueLimit, statsIntervalSeconds: configuration.statsIntervalSeconds)
             // Idle buffers never exceed what the queue may hold anyway.
             buffers = RecordBufferPool(retainBytes: queueLimit)
             background = BackgroundWriter(queue: queue, writer: writer, batchLimitBytes: configuration.batchLimitBytes)

@@ -21,14 +21,15 @@ final class SpillQueue: @unchecked Sendable {
     private var counters = SpillStoreCounters()
     private var batchesInFlight = 0
     private var stopRequested = false
-    /// A caller waits in ``waitUntilDrained()``: take touches, deletions and stats now.
-    private var flushRequested = false
+    /// Callers waiting in ``waitUntilDrained()``: while any, the writer takes touches, deletions
+    /// and stats at once instead of on their interval.
+    private var flushWaiters = 0
 
-    let limitBytes: Int
+    let queueLimitBytes: Int
     let statsIntervalMillis: UInt64
 
-    init(limitBytes: Int, statsIntervalSeconds: Double) {
-        self.limitBytes = limitBytes
+    init(queueLimitBytes: Int, statsIntervalSeconds: Double) {
+        self.queueLimitBytes = queueLimitBytes
         self.statsIntervalMillis = UInt64(statsIntervalSeconds * 1000)
     }
 
@@ -41,9 +42,11 @@ final class SpillQueue: @unchecked Sendable {
     // MARK: - Callers
 
     /// Whether a record of `bytes` fits in the queue now; counts the drop when it does not.
+    /// (Checked before the record is built, so concurrent spillers may overshoot the limit by a
+    /// record each; the manager calls `spill` under its lock, one at a time.)
     func admits(bytes: Int) -> Bool {
         locked {
-            if pendingBytes + bytes <= limitBytes { return true }
+            if pendingBytes + bytes <= queueLimitBytes { return true }
             counters.spillsDroppedQueueFull += 1
             return false
         }
@@ -60,7 +63,7 @@ final class SpillQueue: @unchecked Sendable {
             pendingBytes += record.bytes.count
             queue.append(record)
             counters.spills += 1
-            lock.signal()
+            lock.broadcast()
         }
     }
 
@@ -145,12 +148,12 @@ final class SpillQueue: @unchecked Sendable {
 
     // MARK: - Background writer loop
 
-    /// Blocks until a batch is due (or `wakeEvery` passes, to write stats on time) and returns it;
-    /// nil once a stop was requested and nothing is left.
+    /// Blocks until a batch is due and returns it (waking at least once per stats interval, so
+    /// stats and touches go out on time); nil once a stop was requested and nothing is left.
     func waitForBatch(maxBytes: Int) -> WriteBatch? {
         locked {
             while true {
-                if let batch = takeLocked(maxBytes: maxBytes, force: stopRequested || flushRequested) { return batch }
+                if let batch = takeLocked(maxBytes: maxBytes, force: stopRequested || flushWaiters > 0) { return batch }
                 if stopRequested { return nil }
                 _ = lock.wait(until: Date(timeIntervalSinceNow: Double(max(statsIntervalMillis, 10)) / 1000))
             }
@@ -160,12 +163,12 @@ final class SpillQueue: @unchecked Sendable {
     /// Waits until every record queued so far, and every touch and deletion, is committed (or failed).
     func waitUntilDrained() {
         locked {
-            flushRequested = true
-            lock.signal()
+            flushWaiters += 1
+            lock.broadcast()
             while !(queue.allSatisfy(\.superseded) && touches.isEmpty && deletes.isEmpty && batchesInFlight == 0) {
                 lock.wait()
             }
-            flushRequested = false
+            flushWaiters -= 1
         }
     }
 
