@@ -19,6 +19,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     let writer: StoreWriter
     let queue: SpillQueue
     private let background: BackgroundWriter?
+    private let buffers: RecordBufferPool
     private let logger: Logger
     private let isClosed = Atomic<Bool>(false)
     /// Serializes synchronous-mode commits (the background writer is a single thread already).
@@ -40,9 +41,12 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         switch configuration.writeMode {
         case .synchronous:
             queue = SpillQueue(limitBytes: .max, statsIntervalSeconds: configuration.statsIntervalSeconds)
+            buffers = RecordBufferPool(retainBytes: 2 * (configuration.layout.blockBytes + 4096))
             background = nil
         case .background(let queueLimit):
             queue = SpillQueue(limitBytes: queueLimit, statsIntervalSeconds: configuration.statsIntervalSeconds)
+            // Idle buffers never exceed what the queue may hold anyway.
+            buffers = RecordBufferPool(retainBytes: queueLimit)
             background = BackgroundWriter(queue: queue, writer: writer, batchLimitBytes: configuration.batchLimitBytes)
         }
     }
@@ -54,7 +58,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         if let background {
             background.stop()
         } else {
-            commitInline(forceStats: true)
+            commitInline(force: true)
         }
         database.close()
     }
@@ -63,7 +67,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
 
     /// Waits until every spill so far is committed (or failed), with pending LRU updates and stats.
     public func flush() {
-        if background != nil { queue.waitUntilDrained() } else { commitInline(forceStats: true) }
+        if background != nil { queue.waitUntilDrained() } else { commitInline(force: true) }
     }
 
     /// What the store did since it opened.
@@ -97,7 +101,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         }
         let size = SpillRecord.payloadOffset(namespaceBytes: ns.count, tokenCount: tokens.count) + payloadBytes
         guard queue.admits(bytes: size) else { return }
-        let record = PendingRecord(key: key, byteCount: size)
+        let record = PendingRecord(key: key, byteCount: size, pool: buffers)
         let payload = SpillRecord.writeHeader(into: record.bytes, layout: layout, namespace: ns, tokens: tokens,
                                               payloadBytes: payloadBytes, writtenAtMillis: nowMillis())
         arena?.copyOut(block, into: payload)
@@ -106,7 +110,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         } else {
             SpillRecord.seal(record.bytes)
             queue.count { $0.spills += 1 }
-            commitInline(forceStats: false, records: [record])
+            commitInline(force: false, records: [record])
         }
     }
 
@@ -152,7 +156,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
             queue.delete(key)
             queue.count { $0.restoreMisses += 1; $0.corruptDropped += 1 }
         }
-        if background == nil, case .defect = outcome { commitInline(forceStats: false) }
+        if background == nil, case .defect = outcome { commitInline(force: false) }
         return outcome == .hit
     }
 
@@ -172,7 +176,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     public func publish(stats: KVCacheStats) {
         checkOpen()
         queue.publish(stats)
-        if background == nil { commitInline(forceStats: false) }
+        if background == nil { commitInline(force: false) }
     }
 
     // MARK: - Writing
@@ -193,9 +197,9 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     }
 
     /// Synchronous mode: commits `records` with whatever touches, deletions and stats are due.
-    private func commitInline(forceStats: Bool, records: [PendingRecord] = []) {
+    private func commitInline(force: Bool, records: [PendingRecord] = []) {
         inlineWrites.withLock { _ in
-            guard let batch = queue.takeBatch(maxBytes: .max, forceStats: forceStats, adding: records) else { return }
+            guard let batch = queue.takeBatch(maxBytes: .max, force: force, adding: records) else { return }
             queue.completed(batch, writer.apply(batch))
         }
     }

@@ -11,12 +11,15 @@ final class PendingRecord: @unchecked Sendable {
     /// A later spill of the same key replaced this one before it was written (guarded by the store's lock).
     var superseded = false
 
-    init(key: PrefixKey, byteCount: Int) {
+    private let pool: RecordBufferPool
+
+    init(key: PrefixKey, byteCount: Int, pool: RecordBufferPool) {
         self.key = key
-        self.bytes = UnsafeMutableRawBufferPointer.allocate(byteCount: byteCount, alignment: 64)
+        self.pool = pool
+        self.bytes = pool.take(byteCount: byteCount)
     }
 
-    deinit { bytes.deallocate() }
+    deinit { pool.give(bytes) }
 
     var view: RecordView {
         // Built by SpillRecord.writeHeader: a malformed header here is a bug in this module.

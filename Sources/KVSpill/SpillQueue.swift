@@ -17,9 +17,12 @@ final class SpillQueue: @unchecked Sendable {
     private var stats: PublishedStats?
     private var statsDirty = false
     private var lastStatsWriteMillis: UInt64 = 0
+    private var lastHousekeepingMillis: UInt64 = 0
     private var counters = SpillStoreCounters()
     private var batchesInFlight = 0
     private var stopRequested = false
+    /// A caller waits in ``waitUntilDrained()``: take touches, deletions and stats now.
+    private var flushRequested = false
 
     let limitBytes: Int
     let statsIntervalMillis: UInt64
@@ -67,8 +70,10 @@ final class SpillQueue: @unchecked Sendable {
         locked { pending[key].map(body) }
     }
 
-    func touch(_ key: PrefixKey) { locked { touches.append(key); lock.signal() } }
-    func delete(_ key: PrefixKey) { locked { deletes.append(key); lock.signal() } }
+    /// LRU touches and deletions wait for the next records batch or the periodic wake-up (no
+    /// signal): a commit (and fsync) per restored block would compete with the restores.
+    func touch(_ key: PrefixKey) { locked { touches.append(key) } }
+    func delete(_ key: PrefixKey) { locked { deletes.append(key) } }
 
     func publish(_ s: KVCacheStats) {
         locked {
@@ -83,14 +88,15 @@ final class SpillQueue: @unchecked Sendable {
     // MARK: - Writers
 
     /// Everything due for the next transaction, at most `maxBytes` of records (at least one):
-    /// queued records, touches, deletions, and the stats when dirty and due (or `forceStats`).
+    /// queued records, touches and deletions (with records, or once per interval), and the stats
+    /// when dirty and due; `force` takes everything regardless of intervals.
     /// `adding` joins records that never went through the queue (synchronous mode).
     /// Nil when nothing is due. The caller must hand the batch back to ``completed(_:_:)``.
-    func takeBatch(maxBytes: Int, forceStats: Bool, adding extra: [PendingRecord] = []) -> WriteBatch? {
-        locked { takeLocked(maxBytes: maxBytes, forceStats: forceStats, adding: extra) }
+    func takeBatch(maxBytes: Int, force: Bool, adding extra: [PendingRecord] = []) -> WriteBatch? {
+        locked { takeLocked(maxBytes: maxBytes, force: force, adding: extra) }
     }
 
-    private func takeLocked(maxBytes: Int, forceStats: Bool, adding extra: [PendingRecord] = []) -> WriteBatch? {
+    private func takeLocked(maxBytes: Int, force: Bool, adding extra: [PendingRecord] = []) -> WriteBatch? {
         var batch = WriteBatch()
         batch.records = extra
         var bytes = 0
@@ -101,12 +107,16 @@ final class SpillQueue: @unchecked Sendable {
             batch.records.append(r)
             bytes += r.bytes.count
         }
-        batch.touches = touches
-        batch.deletes = deletes
-        touches.removeAll()
-        deletes.removeAll()
         let now = nowMillis()
-        if statsDirty && (forceStats || now >= lastStatsWriteMillis + statsIntervalMillis) {
+        // Touches and deletions ride along with records, or go alone once per interval.
+        if !batch.records.isEmpty || force || now >= lastHousekeepingMillis + statsIntervalMillis {
+            batch.touches = touches
+            batch.deletes = deletes
+            touches.removeAll()
+            deletes.removeAll()
+            lastHousekeepingMillis = now
+        }
+        if statsDirty && (force || now >= lastStatsWriteMillis + statsIntervalMillis) {
             batch.stats = stats
             statsDirty = false
             lastStatsWriteMillis = now
@@ -116,7 +126,7 @@ final class SpillQueue: @unchecked Sendable {
         return batch
     }
 
-    /// Records the outcome of a batch from ``takeBatch(maxBytes:forceStats:)`` and releases its records.
+    /// Records the outcome of a batch from ``takeBatch(maxBytes:force:)`` and releases its records.
     func completed(_ batch: WriteBatch, _ delta: SpillStoreCounters) {
         locked {
             counters.add(delta)
@@ -137,7 +147,7 @@ final class SpillQueue: @unchecked Sendable {
     func waitForBatch(maxBytes: Int) -> WriteBatch? {
         locked {
             while true {
-                if let batch = takeLocked(maxBytes: maxBytes, forceStats: stopRequested) { return batch }
+                if let batch = takeLocked(maxBytes: maxBytes, force: stopRequested || flushRequested) { return batch }
                 if stopRequested { return nil }
                 _ = lock.wait(until: Date(timeIntervalSinceNow: Double(max(statsIntervalMillis, 10)) / 1000))
             }
@@ -147,10 +157,12 @@ final class SpillQueue: @unchecked Sendable {
     /// Waits until every record queued so far, and every touch and deletion, is committed (or failed).
     func waitUntilDrained() {
         locked {
+            flushRequested = true
             lock.signal()
             while !(queue.allSatisfy(\.superseded) && touches.isEmpty && deletes.isEmpty && batchesInFlight == 0) {
                 lock.wait()
             }
+            flushRequested = false
         }
     }
 

@@ -1,6 +1,6 @@
 import KVCore
 
-/// The value stored for one spilled block: a fixed header, the namespace, the block's tokens,
+/// The value stored for one spilled block: a fixed header, the block's tokens, the namespace,
 /// then the KV payload (every layer, K then V, in `KVPageArena.copyOut` order).
 ///
 /// ```
@@ -10,7 +10,7 @@ import KVCore
 /// 36  namespace bytes (u32)  40  token count (u32)  44  reserved (u32, 0)
 /// 48  payload bytes (u64: 0 for a token-only record, else the layout's block bytes)
 /// 56  written at (u64, Unix milliseconds)
-/// 64  namespace (UTF-8), tokens (Int32 LE), zero padding to 16, payload
+/// 64  tokens (Int32 LE, 4-aligned), namespace (UTF-8), zero padding to 16, payload
 /// ```
 ///
 /// All integers are little-endian. The checksum covers everything after itself, so a torn
@@ -21,7 +21,7 @@ enum SpillRecord {
     static let fixedHeaderBytes = 64
     static let checksummedFrom = 16
 
-    /// Bytes of the header, namespace and tokens, padded so the payload starts 16-byte aligned.
+    /// Bytes of the header, tokens and namespace, padded so the payload starts 16-byte aligned.
     static func payloadOffset(namespaceBytes: Int, tokenCount: Int) -> Int {
         (fixedHeaderBytes + namespaceBytes + 4 * tokenCount + 15) & ~15
     }
@@ -48,10 +48,12 @@ enum SpillRecord {
         put(UInt64(payloadBytes), at: 48)
         put(writtenAtMillis, at: 56)
         var at = fixedHeaderBytes
-        namespace.withUnsafeBytes { (record.baseAddress! + at).copyMemory(from: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, byteCount: $0.count) }
-        at += namespace.count
-        (record.baseAddress! + at).copyMemory(from: UnsafeRawPointer(tokens.baseAddress ?? UnsafePointer(bitPattern: 4)!), byteCount: 4 * tokens.count)
+        if let t = tokens.baseAddress { (record.baseAddress! + at).copyMemory(from: t, byteCount: 4 * tokens.count) }
         at += 4 * tokens.count
+        namespace.withUnsafeBytes { ns in
+            if let n = ns.baseAddress { (record.baseAddress! + at).copyMemory(from: n, byteCount: ns.count) }
+        }
+        at += namespace.count
         (record.baseAddress! + at).initializeMemory(as: UInt8.self, repeating: 0, count: offset - at)
         return UnsafeMutableRawBufferPointer(rebasing: record[offset...])
     }
@@ -121,15 +123,18 @@ struct RecordView {
     }
 
     var namespace: UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: bytes[SpillRecord.fixedHeaderBytes..<(SpillRecord.fixedHeaderBytes + namespaceBytes)])
+        let start = SpillRecord.fixedHeaderBytes + 4 * tokenCount
+        return UnsafeRawBufferPointer(rebasing: bytes[start..<(start + namespaceBytes)])
     }
 
     var namespaceString: String { String(decoding: namespace, as: UTF8.self) }
 
+    /// The tokens' bytes (4-aligned when the record is, as LMDB values and pending buffers are).
     var tokens: UnsafeRawBufferPointer {
-        let start = SpillRecord.fixedHeaderBytes + namespaceBytes
-        return UnsafeRawBufferPointer(rebasing: bytes[start..<(start + 4 * tokenCount)])
+        UnsafeRawBufferPointer(rebasing: bytes[SpillRecord.fixedHeaderBytes..<(SpillRecord.fixedHeaderBytes + 4 * tokenCount)])
     }
+
+    var tokenArray: [TokenID] { (0..<tokenCount).map { tokens.loadUnaligned(fromByteOffset: 4 * $0, as: TokenID.self) } }
 
     var payload: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[(bytes.count - payloadBytes)...]) }
 

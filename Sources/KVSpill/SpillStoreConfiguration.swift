@@ -26,6 +26,9 @@ public struct SpillStoreConfiguration: Sendable {
     public var durable: Bool
     /// How often the background writer persists the stats the manager published.
     public var statsIntervalSeconds: Double
+    /// The map size a new store starts with; it doubles on `MDB_MAP_FULL` up to ``mapSizeLimit``.
+    /// Small by default so small stores stay small in address space and `mdb_stat` output.
+    public var initialMapSizeBytes: Int = 64 << 20
 
     public init(path: String, layout: KVLayout, limitBytes: Int = 1 << 30,
                 writeMode: WriteMode = .background(queueLimitBytes: 256 << 20),

@@ -33,14 +33,20 @@ final class StoreDatabase: @unchecked Sendable {
     /// its format and layout.
     static func openForWriting(_ config: SpillStoreConfiguration) throws(SpillStoreError) -> StoreDatabase {
         let path = config.path
-        do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
-            // Let LMDB say precisely what is wrong (a file in the way, no permission, read-only fs).
+        if mkdir(path, 0o755) != 0 && errno != EEXIST {
+            let error = LMDBError(rawValue: errno)
+            // A missing parent is fine to create; anything else (no permission, read-only file
+            // system) is the answer.
+            if errno != ENOENT { throw SpillStoreError(opening: path, error) }
+            do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+                throw SpillStoreError(opening: path, .noSuchFileOrDirectory)
+            }
         }
         let env: Environment
         do {
             env = try Environment(path: path, configuration: .init(
-                mapSize: min(config.mapSizeLimit, 64 << 20), maxDatabases: 8,
-                flags: config.durable ? [.noTLS] : [.noTLS, .noSync]))
+                mapSize: min(config.mapSizeLimit, config.initialMapSizeBytes), maxDatabases: 8,
+                flags: config.durable ? [.noTLS, .noMetaSync] : [.noTLS, .noSync]))
         } catch { throw SpillStoreError(opening: path, error) }
         do {
             let main = try env.openDatabase(nil)
@@ -69,6 +75,11 @@ final class StoreDatabase: @unchecked Sendable {
 
     /// Opens an existing store read-only (beside a process that writes it), for inspection.
     static func openReadOnly(path: String) throws(SpillStoreError) -> StoreDatabase {
+        // Check first: LMDB would create `lock.mdb` in any directory it is pointed at.
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw .notFound(path: path) }
+        guard isDirectory.boolValue else { throw .notAStore(path: path, reason: "not a directory") }
+        guard FileManager.default.fileExists(atPath: path + "/data.mdb") else { throw .notAStore(path: path, reason: "no data.mdb") }
         let env: Environment
         do {
             env = try Environment(path: path, configuration: .init(mapSize: 0, maxDatabases: 8, flags: [.noTLS, .readOnly]))

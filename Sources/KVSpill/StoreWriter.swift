@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import KVCache
 import Logging
 import LMDB
@@ -33,6 +34,9 @@ final class StoreWriter: Sendable {
 
     var committedBytes: Int { state.withLock { $0.bytes } }
 
+    /// For tests that edit records behind the writer's back (to simulate corruption).
+    func adjustCommittedBytesForTests(by delta: Int) { state.withLock { $0.bytes += delta } }
+
     /// Runs `body` with writes held off (for the invariant checker).
     func withStateLocked<R>(_ body: (State) -> R) -> R { state.withLock { body($0) } }
 
@@ -66,7 +70,8 @@ final class StoreWriter: Sendable {
                         // pages freed by earlier transactions only), then retry.
                         evictSeparately(&state, freeing: max(batch.recordBytes, state.limitBytes / 16), &delta)
                     }
-                } catch LMDBError.noSpace {
+                } catch let error as LMDBError where error == .noSpace || (error == .ioError && diskIsFull(needing: batch.recordBytes)) {
+                    // LMDB 0.9 reports a short write (what a full disk gives) as EIO, hence the free-space check.
                     delta.diskFullEvents += 1
                     // The disk holds what is committed and no more: keep the store that size from now on.
                     state.limitBytes = max(0, min(state.limitBytes, state.bytes - batch.recordBytes))
@@ -81,6 +86,13 @@ final class StoreWriter: Sendable {
             delta.recordsFailed += batch.records.count
         }
         return delta
+    }
+
+    /// Whether the store's file system has less than `bytes` (plus a few pages) available.
+    private func diskIsFull(needing bytes: Int) -> Bool {
+        var fs = statvfs()
+        guard statvfs(store.path, &fs) == 0 else { return false }
+        return Int(fs.f_bavail) * Int(fs.f_frsize) < bytes + (64 << 10)
     }
 
     /// Removes least recently used entries in a committed transaction of its own until `freeing`
