@@ -56,8 +56,9 @@ let package = Package(
         .executableTarget(
             name: "kvctl",
             dependencies: [
-                "KVTools",
+                "KVTools", "KVCore", "KVSpill",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
 
         .target(name: "KVTestSupport", dependencies: ["KVCore"], path: "Tests/KVTestSupport"),

@@ -173,6 +173,6 @@ public final class KVCacheManager: Sendable {
 }
 
 extension ColdPrefixStore {
-    /// The layout the store's records hold, when it is bound to one (checked at manager creation).
+    /// Stores that hold any layout need not say.
     public var storeLayout: KVLayout? { nil }
 }

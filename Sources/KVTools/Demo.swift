@@ -48,7 +48,7 @@ public struct Demo {
         let model = FakeModel(layout: layout)
         let attention = try DecodeAttention(layout: layout, queryHeads: o.queryHeads)
         let scale = DecodeAttention.defaultScale(headDim: layout.headDim)
-        var rng = DemoRandom(seed: o.seed)
+        var rng = SeededRandom(seed: o.seed)
         var report = Report(stats: cache.stats)
 
         say("layout: \(layout), \(o.queryHeads) query heads; pool \(o.capacityBlocks) blocks (\((o.capacityBlocks * layout.blockBytes) >> 20) MiB of KV)")
@@ -141,17 +141,4 @@ func maxRelativeError(_ a: [Float], _ b: [Float]) -> Float {
     var worst: Float = 0
     for i in a.indices { worst = max(worst, abs(a[i] - b[i]) / max(abs(b[i]), 1e-3)) }
     return worst
-}
-
-/// SplitMix64 for the demo's reproducible prompts and queries.
-struct DemoRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

@@ -1,5 +1,4 @@
 import KVCore
-import Synchronization
 
 /// Which blocks hold finished KV, and for what content: the stress test checks a block only once
 /// its writer has published it, since the cache contract lets another request hit a block before
@@ -16,7 +15,7 @@ final class PublishedBlocks: Sendable {
         var slots: Int
     }
 
-    private let entries = Mutex<[Int32: Entry]>([:])
+    private let entries = Locked<[Int32: Entry]>([:])
 
     /// The fingerprint of block `index` of a sequence holding `tokens`, over its first `slots` tokens.
     static func fingerprint(_ tokens: [TokenID], blockIndex index: Int, slots: Int, blockSize: Int) -> UInt64 {

@@ -1,7 +1,6 @@
 import Foundation
 import KVCache
 import KVCore
-import Synchronization
 
 /// How to stress the cache.
 public struct StressOptions: Sendable {
@@ -96,8 +95,8 @@ final class StressShared: Sendable {
     let published: PublishedBlocks
     let pattern: KVPattern
     let deadline: UInt64
-    let counts = Mutex(StressCounts())
-    let violations = Mutex<[String]>([])
+    let counts = Locked(StressCounts())
+    let violations = Locked<[String]>([])
 
     init(cache: KVCacheManager, published: PublishedBlocks, pattern: KVPattern, deadline: UInt64) {
         self.cache = cache

@@ -17,7 +17,7 @@ struct StressWorker: Sendable {
     static let maxLive = 6
 
     func run() {
-        var rng = SplitMix64(seed: seed)
+        var rng = SeededRandom(seed: seed)
         var live: [Live] = []
         var counts = StressCounts()
         var step = 0
@@ -51,7 +51,7 @@ struct StressWorker: Sendable {
 
     /// Prompts come from a few families with shared system prefixes, then a short random tail
     /// from a small alphabet, so requests hit each other's blocks often and at varied depths.
-    private func prompt(_ rng: inout SplitMix64) -> [TokenID] {
+    private func prompt(_ rng: inout SeededRandom) -> [TokenID] {
         let family = TokenID(rng.below(6))
         let prefix = rng.below(5) == 0 ? 0 : 4 + rng.below(40)
         var tokens = (0..<prefix).map { 1000 * (family + 1) + TokenID($0) }
@@ -59,7 +59,7 @@ struct StressWorker: Sendable {
         return tokens
     }
 
-    private func admit(_ live: inout [Live], _ counts: inout StressCounts, _ rng: inout SplitMix64) throws {
+    private func admit(_ live: inout [Live], _ counts: inout StressCounts, _ rng: inout SeededRandom) throws {
         let tokens = prompt(&rng)
         let a: Admission
         do {
@@ -83,7 +83,7 @@ struct StressWorker: Sendable {
         live.append(Live(handle: a.sequence, tokens: tokens))
     }
 
-    private func append(_ live: inout [Live], _ counts: inout StressCounts, _ rng: inout SplitMix64) throws {
+    private func append(_ live: inout [Live], _ counts: inout StressCounts, _ rng: inout SeededRandom) throws {
         let i = rng.below(live.count)
         let extra = (0..<(1 + rng.below(shared.pattern.layout.blockSize + 2))).map { _ in TokenID(rng.below(8)) }
         do {
@@ -101,7 +101,7 @@ struct StressWorker: Sendable {
         publish(live[i].tokens, table: table, from: start / shared.pattern.layout.blockSize)
     }
 
-    private func fork(_ live: inout [Live], _ counts: inout StressCounts, _ rng: inout SplitMix64) throws {
+    private func fork(_ live: inout [Live], _ counts: inout StressCounts, _ rng: inout SeededRandom) throws {
         let parent = live[rng.below(live.count)]
         for child in try shared.cache.fork(parent.handle, count: 1 + rng.below(2)) {
             live.append(Live(handle: child, tokens: parent.tokens))
@@ -114,7 +114,7 @@ struct StressWorker: Sendable {
         counts.releases += 1
     }
 
-    private func lookup(_ counts: inout StressCounts, _ rng: inout SplitMix64) throws {
+    private func lookup(_ counts: inout StressCounts, _ rng: inout SeededRandom) throws {
         let tokens = prompt(&rng)
         let found = try shared.cache.lookup(tokens)
         counts.lookups += 1
@@ -148,20 +148,4 @@ struct StressWorker: Sendable {
             shared.published.publish(table[i], .init(fingerprint: PublishedBlocks.fingerprint(tokens, blockIndex: i, slots: slots, blockSize: bs), slots: slots))
         }
     }
-}
-
-/// SplitMix64: the worker's seedable random stream (the test-support generator is not
-/// available to library code).
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// A value in `0..<n`.
-    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
 }

@@ -37,6 +37,12 @@ struct Replay: ParsableCommand {
     @Option(help: "With --sweep: write the hit-rate chart as SVG to this file.")
     var chart: String?
 
+    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first) and restore from it.")
+    var store: String?
+
+    @Option(help: "With --store: the store's size limit in bytes (default: room for every distinct block of the trace).")
+    var storeLimitBytes: Int?
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
@@ -45,9 +51,12 @@ struct Replay: ParsableCommand {
         if let limit { parsed = parsed.prefix(limit) }
         let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
         let bar = ProgressBar()
+        let makeStore = store.map { path in
+            SpillStores.factory(path: path, limitBytes: storeLimitBytes ?? roomForEveryBlock(parsed, kvLayout), durable: false)
+        }
         if sweep {
             let list = try capacities.map(parseCapacities)
-            let points = try KVTools.sweep(parsed, layout: kvLayout, capacities: list, progress: { bar.show($0, $1, "capacities") })
+            let points = try KVTools.sweep(parsed, layout: kvLayout, capacities: list, makeStore: makeStore, progress: { bar.show($0, $1, "capacities") })
             bar.finish()
             if let chart {
                 let title = "Prefix-cache hit rate: \((trace as NSString).lastPathComponent), block \(blockSize)"
@@ -55,7 +64,7 @@ struct Replay: ParsableCommand {
             }
             if json { try printJSON(points) } else { printSweepTable(points) }
         } else {
-            let options = ReplayOptions(layout: kvLayout, capacityBlocks: capacityBlocks)
+            let options = ReplayOptions(layout: kvLayout, capacityBlocks: capacityBlocks, makeStore: makeStore)
             let result = try KVTools.replay(parsed, options: options, progress: { bar.show($0, $1, "requests") })
             bar.finish()
             if json { try printJSON(result) } else { printTable(result) }
@@ -66,6 +75,12 @@ struct Replay: ParsableCommand {
         if chart != nil && !sweep { throw ValidationError("--chart needs --sweep") }
         if capacities != nil && !sweep { throw ValidationError("--capacities needs --sweep; use --capacity-blocks for one run") }
         if let limit, limit < 1 { throw ValidationError("--limit must be positive") }
+    }
+
+    /// A store limit with room for every distinct block of the trace (payload plus record header).
+    private func roomForEveryBlock(_ trace: Trace, _ layout: KVLayout) -> Int {
+        let perRecord = layout.blockBytes + layout.blockSize * 4 + 256
+        return max(64 << 20, unboundedCapacity(of: trace, blockSize: layout.blockSize) * perRecord)
     }
 
     private func parseCapacities(_ text: String) throws -> [Int] {

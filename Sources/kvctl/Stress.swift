@@ -21,6 +21,9 @@ struct Stress: ParsableCommand {
     @Option(help: "Cache capacity in blocks (small, so threads contend and evict).")
     var capacityBlocks = 256
 
+    @Option(help: "Spill evictions to an LMDB store at this path (emptied first); restored KV is checked too.")
+    var store: String?
+
     func validate() throws {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         guard seconds > 0 else { throw ValidationError("--seconds must be positive") }
@@ -31,10 +34,13 @@ struct Stress: ParsableCommand {
         let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1000)
         // Printed first: an invariant failure traps and this line is all that names the run.
         FileHandle.standardError.write(Data("kvctl stress: seed \(seed), \(threads) threads, \(seconds) s\n".utf8))
-        let report = try KVTools.stress(StressOptions(threads: threads, seconds: seconds, seed: seed, capacityBlocks: capacityBlocks))
+        let makeStore = store.map { SpillStores.factory(path: $0, limitBytes: 256 << 20) }
+        let report = try KVTools.stress(StressOptions(threads: threads, seconds: seconds, seed: seed, capacityBlocks: capacityBlocks,
+                                                      makeStore: makeStore))
         let c = report.counts
         print("admits \(c.admits)  refused \(c.refused)  appends \(c.appends)  forks \(c.forks)  releases \(c.releases)  lookups \(c.lookups)")
-        print("verified blocks \(c.verifiedBlocks)  invariant checks \(c.invariantChecks)  evicted blocks \(report.stats.evictedBlocks)")
+        print("verified blocks \(c.verifiedBlocks)  invariant checks \(c.invariantChecks)  evicted blocks \(report.stats.evictedBlocks)"
+              + "  spilled \(report.stats.spilledBlocks)  restored \(report.stats.restoredBlocks)")
         guard report.passed else {
             for v in report.violations.prefix(20) { print("VIOLATION: \(v)") }
             print("FAILED with \(report.violations.count) violations; reproduce with --seed \(seed) --threads \(threads)")
