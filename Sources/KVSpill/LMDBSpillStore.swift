@@ -14,10 +14,6 @@ import Synchronization
 public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     public let configuration: SpillStoreConfiguration
     public var layout: KVLayout { configuration.layout }
-    /// The layout the records hold, for the manager's creation check. (On main `storeLayout` is
-    /// a `ColdPrefixStore` extension member, not a requirement, so through the protocol the
-    /// manager still sees the extension's nil until the requirement is declared.)
-    public var storeLayout: KVLayout? { configuration.layout }
 
     let database: StoreDatabase
     let writer: StoreWriter

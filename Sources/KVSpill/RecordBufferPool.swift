@@ -1,3 +1,5 @@
+import KVCore
+
 /// Reuses record buffers. Spill records are large (a block's KV across all layers: 512 KiB to
 /// 2 MiB for common models) and all the same size for one layout; a fresh allocation of that
 /// size is a fresh `mmap`, and every page of it faults on first touch inside `spill`, under the

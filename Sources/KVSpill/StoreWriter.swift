@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import KVCache
+import KVCore
 import Logging
 import LMDB
 

@@ -4,8 +4,8 @@ import Glibc
 ///
 /// `Synchronization.Mutex` would do, but on Linux it is built on raw futexes that
 /// ThreadSanitizer cannot see, so every access under it is reported as a race; a pthread mutex
-/// keeps `swift test --sanitize=thread` meaningful. (The same small type as KVCache's: each
-/// module keeps its own rather than export a lock from a library that is not about locks.)
+/// keeps `swift test --sanitize=thread` meaningful. (The same type as `KVCore.Locked`: this
+/// binding knows nothing of KV and does not depend on KVCore, so it keeps a private copy.)
 final class Locked<Value>: @unchecked Sendable {
     private var value: Value
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
