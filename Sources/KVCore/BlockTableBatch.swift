@@ -50,6 +50,7 @@ public struct BlockTableBatch: Sendable, Equatable {
     public var totalTokens: Int { tokenCounts.reduce(0) { $0 + Int($1) } }
 }
 
+/// Why a decode plan or block-table batch could not be built from the given arrays.
 public enum DecodePlanError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidBlockSize(Int)
     case mismatchedCounts(tables: Int, tokenCounts: Int)

@@ -73,6 +73,7 @@ public struct KVLayout: Hashable, Sendable, Codable, CustomStringConvertible {
     }
 }
 
+/// Why a `KVLayout` was rejected (a zero or negative dimension, a size that overflows).
 public enum KVLayoutError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalid(String)
     public var description: String {
