@@ -38,18 +38,23 @@ KVK_AVX512_INLINE void kvk_rows_scores(const char *kp, size_t row_bytes, int32_t
                                        const float *q, int32_t qstride, float *m, float *l, float *alpha, float *p) {
     __m512 part[4][16];
     for (int32_t t = 0; t < 16; t++) {
-        __m512 acc[4];
-        for (int32_t r = 0; r < RG; r++) acc[r] = _mm512_setzero_ps();
+        __m512 acc[4][2];  // two chains per row: the dot product is 2 x nv/2 dependent FMAs
+        for (int32_t r = 0; r < RG; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         if (t < n) {
             const char *kr = kp + (size_t)t * row_bytes;
             if (pf && t < pf_n) kvk_prefetch_row(pf + (size_t)t * row_bytes, row_bytes);
-            for (int32_t v = 0; v < nv; v++) {
-                __m512 k = kvk_load16(kr, dtype, v * 16, v == nv - 1 ? tail : 0xFFFF);
+            for (int32_t v = 0; v < nv; v += 2) {
+                __m512 k0 = kvk_load16(kr, dtype, v * 16, v == nv - 1 ? tail : 0xFFFF);
                 for (int32_t r = 0; r < RG; r++)
-                    acc[r] = _mm512_fmadd_ps(k, _mm512_load_ps(q + (size_t)r * qstride + v * 16), acc[r]);
+                    acc[r][0] = _mm512_fmadd_ps(k0, _mm512_load_ps(q + (size_t)r * qstride + v * 16), acc[r][0]);
+                if (v + 1 < nv) {
+                    __m512 k1 = kvk_load16(kr, dtype, (v + 1) * 16, v + 1 == nv - 1 ? tail : 0xFFFF);
+                    for (int32_t r = 0; r < RG; r++)
+                        acc[r][1] = _mm512_fmadd_ps(k1, _mm512_load_ps(q + (size_t)r * qstride + (v + 1) * 16), acc[r][1]);
+                }
             }
         }
-        for (int32_t r = 0; r < RG; r++) part[r][t] = acc[r];
+        for (int32_t r = 0; r < RG; r++) part[r][t] = _mm512_add_ps(acc[r][0], acc[r][1]);
     }
     const __mmask16 valid = (__mmask16)((1u << n) - 1);
     for (int32_t r = 0; r < RG; r++) {
@@ -97,9 +102,11 @@ KVK_AVX512_INLINE void kvk_rows_chunk(const char *kp, const char *vp, size_t row
     for (; v0 < nv; v0++) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 1, v0, nv, tail, o, stride, alpha, p);
 }
 
-KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype) {
-    const int32_t d = a->head_dim, rows = a->seq_count * a->group, nv = (d + 15) / 16, stride = nv * 16;
-    const __mmask16 tail = kvk_tail_mask16(d);
+/// `NV`: head_dim / 16 as a compile-time constant for the common head dims (full unrolling,
+/// no masks), or 0 for any head dim.
+KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, int32_t NV) {
+    const int32_t d = a->head_dim, rows = a->seq_count * a->group, nv = NV ? NV : (d + 15) / 16, stride = nv * 16;
+    const __mmask16 tail = NV ? (__mmask16)0xFFFF : kvk_tail_mask16(d);
     const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype);
     const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
     char *base = (char *)a->scratch;
@@ -153,11 +160,19 @@ KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype) {
     }
 }
 
-KVK_AVX512 void kvk_attend_rows_avx512(const kvk_attend_args *a) {
+KVK_AVX512_INLINE void kvk_rows_nv(const kvk_attend_args *a, int32_t NV) {
     switch (a->dtype) {
-    case KVK_DTYPE_F16: kvk_rows_dtype(a, KVK_DTYPE_F16); break;
-    case KVK_DTYPE_BF16: kvk_rows_dtype(a, KVK_DTYPE_BF16); break;
-    default: kvk_rows_dtype(a, KVK_DTYPE_F32); break;
+    case KVK_DTYPE_F16: kvk_rows_dtype(a, KVK_DTYPE_F16, NV); break;
+    case KVK_DTYPE_BF16: kvk_rows_dtype(a, KVK_DTYPE_BF16, NV); break;
+    default: kvk_rows_dtype(a, KVK_DTYPE_F32, NV); break;
+    }
+}
+
+KVK_AVX512 void kvk_attend_rows_avx512(const kvk_attend_args *a) {
+    switch (a->head_dim) {
+    case 64: kvk_rows_nv(a, 4); break;
+    case 128: kvk_rows_nv(a, 8); break;
+    default: kvk_rows_nv(a, 0); break;
     }
 }
 #endif
