@@ -29,25 +29,45 @@ int32_t kvk_isa(void) {
 
 int32_t kvk_gemm_min_rows(void) { return KVK_GEMM_MIN_ROWS; }
 
-size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim) { return kvk_layout_scratch(rows, head_dim).total; }
+size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim, int32_t head_count) {
+    return kvk_layout_scratch(rows * head_count, head_dim).total;
+}
+
+/// The paths that read one head at a time: call them once per head.
+static void kvk_per_head(const kvk_attend_args *a, void (*run)(const kvk_attend_args *, int), int arg) {
+    kvk_attend_args one = *a;
+    one.head_count = 1;
+    for (int32_t j = 0; j < a->head_count; j++) {
+        one.head = a->head + j;
+        one.q_head0 = a->q_head0 + j * a->group;
+        one.out = a->out + (int64_t)j * a->group * a->head_dim;
+        one.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
+        run(&one, arg);
+    }
+}
+
+static void kvk_portable_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_portable(a); }
+#if defined(__x86_64__)
+static void kvk_avx2_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_avx2(a); }
+#endif
 
 void kvk_attend(const kvk_attend_args *a) {
     const int32_t isa = kvk_isa() < a->max_isa ? kvk_isa() : a->max_isa;
 #if defined(__x86_64__)
     if (isa >= KVK_ISA_AVX512) {
         if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS)
-            kvk_attend_gemm_avx512(a, a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16);
+            kvk_per_head(a, kvk_attend_gemm_avx512, a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16);
         else
             kvk_attend_rows_avx512(a);
         return;
     }
     if (isa == KVK_ISA_AVX2) {
-        kvk_attend_avx2(a);
+        kvk_per_head(a, kvk_avx2_adapter, 0);
         return;
     }
 #endif
     (void)isa;
-    kvk_attend_portable(a);
+    kvk_per_head(a, kvk_portable_adapter, 0);
 }
 
 float kvk_stream_read(const void *buffer, size_t bytes) {

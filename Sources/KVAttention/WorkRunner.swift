@@ -38,7 +38,7 @@ struct WorkRunner {
              output: UnsafeMutableBufferPointer<Float>, workspace: Workspace) {
         guard !plan.items.isEmpty else { return }
         let workers = plan.totalCost < singleThreadBelow ? 1 : min(threads, plan.items.count)
-        workspace.reserve(threads: workers, scratchBytes: kvk_attend_scratch_bytes(Int32(plan.maxRows), Int32(layout.headDim)),
+        workspace.reserve(threads: workers, scratchBytes: kvk_attend_scratch_bytes(Int32(plan.maxRows), Int32(layout.headDim), 1),
                           partialFloats: plan.partialFloats, lseFloats: plan.lseFloats)
         let order = plan.items.indices.sorted { plan.items[$0].cost > plan.items[$1].cost }
         plan.blocks.withUnsafeBufferPointer { blocks in
@@ -65,7 +65,7 @@ struct WorkRunner {
         let toPartial = item.writesPartial
         var args = kvk_attend_args(
             keys: b.keys, values: b.values, dtype: layout.dtype.code, kv_heads: Int32(layout.kvHeadCount),
-            block_size: Int32(layout.blockSize), head_dim: Int32(layout.headDim), head: item.head,
+            block_size: Int32(layout.blockSize), head_dim: Int32(layout.headDim), head: item.head, head_count: item.headCount,
             blocks: b.blocks + Int(item.blockStart), block_count: item.blockCount, last_block_tokens: item.lastBlockTokens,
             q: b.query, seqs: b.sequences + Int(item.sequenceStart), seq_count: item.sequenceCount,
             group: Int32(group), q_head0: item.head * Int32(group), q_seq_stride: Int64(queryHeads * layout.headDim),
