@@ -2,8 +2,8 @@ import CKVKernels
 import Dispatch
 import Foundation
 
-/// Streaming-read bandwidth of this machine: the C probe (four read streams per thread,
-/// the kernels' access pattern) over a buffer far larger than the last-level cache.
+/// Streaming-read bandwidth of this machine: the C probe (one sequential read stream per
+/// thread, loads only) over a buffer far larger than the last-level cache.
 public final class MemoryBench: @unchecked Sendable {
     public let bytes: Int
     private let buffer: UnsafeMutableRawPointer
@@ -19,7 +19,7 @@ public final class MemoryBench: @unchecked Sendable {
 
     /// Best-of-`repeat` GB/s reading the whole buffer with `threads` threads (one slice each).
     public func readGBps(threads: Int, repeats: Int = 5) -> Double {
-        let slice = bytes / threads / 256 * 256
+        let slice = bytes / threads / 512 * 512
         let base = UInt(bitPattern: buffer)
         var best = Double.infinity
         for _ in 0..<repeats {
@@ -35,7 +35,7 @@ public final class MemoryBench: @unchecked Sendable {
 
     /// Evicts the last-level cache by streaming a slice of the buffer (for cold-cache timings).
     public func flushCaches(megabytes: Int = 96) {
-        blackHole(kvk_stream_read(buffer, min(bytes, megabytes << 20) / 256 * 256))
+        blackHole(kvk_stream_read(buffer, min(bytes, megabytes << 20) / 512 * 512))
     }
 }
 

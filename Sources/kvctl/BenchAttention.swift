@@ -40,21 +40,24 @@ struct BenchAttention: ParsableCommand {
         if !json {
             print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), "
                   + "\(threads) threads, GEMM math \(bench.kernel.effectiveMath), kernels \(bench.kernel.isa)")
-            print(String(format: "# streaming read %.1f GB/s (%d threads); bifurcated in-cache peak %.0f GFLOP/s; LLC flushed before every call; medians of %d",
+            print(String(format: "# streaming read %.1f GB/s (%d threads; re-measured before each point, %%BW uses that); "
+                         + "bifurcated in-cache peak %.0f GFLOP/s; LLC flushed before every call; medians of %d",
                          bandwidth, threads, peak, `repeat`))
-            print("    b    m_c  m_d | paged ms    bif ms  speedup | paged GB/s  %BW |  bif GB/s  GFLOP/s  roof ms  %roof |   rel err  load")
+            print("    b    m_c  m_d | paged ms    bif ms  speedup | read GB/s paged GB/s  %BW |  bif GB/s  GFLOP/s  roof ms  %roof |   rel err  load")
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         for m in contexts {
             for b in batches {
+                // Other work on the machine moves the bandwidth: measure it again next to each point.
+                let pointBandwidth = memory.readGBps(threads: threads, repeats: 3)
                 var p = try bench.measure(batch: b, context: m, repeats: `repeat`)
-                bench.annotate(&p, readGBps: bandwidth, peakGFlops: peak)
+                bench.annotate(&p, readGBps: pointBandwidth, peakGFlops: peak)
                 if json {
                     print(String(decoding: try encoder.encode(p), as: UTF8.self))
                 } else {
-                    print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %10.1f %4.0f | %9.1f %8.0f %8.3f %6.0f | %9.2e %5.2f",
-                                 b, m, decode, p.pagedMs, p.bifurcatedMs, p.speedup, p.pagedGBps, p.pagedPctOfBandwidth ?? 0,
+                    print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %9.1f %10.1f %4.0f | %9.1f %8.0f %8.3f %6.0f | %9.2e %5.2f",
+                                 b, m, decode, p.pagedMs, p.bifurcatedMs, p.speedup, pointBandwidth, p.pagedGBps, p.pagedPctOfBandwidth ?? 0,
                                  p.bifurcatedGBps, p.bifurcatedGFlops, p.bifurcatedRooflineMs ?? 0, p.bifurcatedPctOfRoofline ?? 0,
                                  p.maxRelError, p.loadAverage))
                 }

@@ -81,8 +81,8 @@ int32_t kvk_isa(void);
 /// Row count from which kvk_attend uses the many-row (GEMM-shaped) path on AVX-512.
 int32_t kvk_gemm_min_rows(void);
 
-/// Streams `bytes` (a multiple of 256, 64-byte aligned) of `buffer` through the core with
-/// four concurrent read streams; returns a checksum so the reads cannot be elided.
+/// Streams `bytes` (a multiple of 512, 64-byte aligned) of `buffer` through the core, reading
+/// only; returns a checksum so the reads cannot be elided.
 float kvk_stream_read(const void *buffer, size_t bytes);
 
 #ifdef __cplusplus
