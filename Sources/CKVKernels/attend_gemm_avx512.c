@@ -215,48 +215,84 @@ static int32_t kvk_next_tile(const kvk_attend_args *a, kvk_cursor *c, const char
     return n;
 }
 
-KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype) {
+/// Per-head state of the many-row path: queries, transposed output, softmax state. Head j's
+/// state lives in the j-th scratch slice; the staging buffers (k, v, s, p) of slice 0 serve all.
+KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a, int32_t j, char *base,
+                                     const kvk_scratch_layout *sl, int bf16) {
     const int32_t d = a->head_dim, rows = a->seq_count * a->group;
-    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype);
-    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
-    char *base = (char *)a->scratch;
-    kvk_gemm_state g = {0};
-    g.d = d;
-    g.dpad2 = kvk_round_up(d, 2);
-    g.rpad = kvk_round_up(rows, 16);
-    g.kstride = d;
-    g.ot = (float *)(base + sl.o);
-    g.m = (float *)(base + sl.m);
-    g.l = (float *)(base + sl.l);
-    g.alpha = (float *)(base + sl.alpha);
-    g.s = (float *)(base + sl.s);
-    g.kt = (float *)(base + sl.k);
-    g.vt = (float *)(base + sl.v);
-    g.kb = (uint16_t *)(base + sl.k);
-    g.vp = (uint32_t *)(base + sl.v);
-    g.p = (float *)(base + sl.p);
-    g.pp = (uint32_t *)(base + sl.p);
+    char *own = base + (size_t)j * sl->total;
+    memset(g, 0, sizeof *g);
+    g->d = d;
+    g->dpad2 = kvk_round_up(d, 2);
+    g->rpad = kvk_round_up(rows, 16);
+    g->kstride = d;
+    g->ot = (float *)(own + sl->o);
+    g->m = (float *)(own + sl->m);
+    g->l = (float *)(own + sl->l);
+    g->alpha = (float *)(base + sl->alpha);
+    g->s = (float *)(base + sl->s);
+    g->kt = (float *)(base + sl->k);
+    g->vt = (float *)(base + sl->v);
+    g->kb = (uint16_t *)(base + sl->k);
+    g->vp = (uint32_t *)(base + sl->v);
+    g->p = (float *)(base + sl->p);
+    g->pp = (uint32_t *)(base + sl->p);
     const float qscale = a->scale * KVK_LOG2E;
     if (bf16) {  // query pairs along the head dim, 16-row vectors, padded rows/dims zero
-        uint32_t *qp = (uint32_t *)(base + sl.q);
-        memset(qp, 0, (size_t)(g.dpad2 / 2) * g.rpad * 4);
+        uint32_t *qp = (uint32_t *)(own + sl->q);
+        memset(qp, 0, (size_t)(g->dpad2 / 2) * g->rpad * 4);
         for (int32_t r = 0; r < rows; r++) {
-            const float *qr = kvk_q_row(a, r);
+            const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
             for (int32_t i = 0; i < d; i++)
-                qp[(size_t)(i / 2) * g.rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
+                qp[(size_t)(i / 2) * g->rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
         }
-        g.qp = qp;
+        g->qp = qp;
     } else {
-        float *qt = (float *)(base + sl.q);
-        memset(qt, 0, (size_t)d * g.rpad * 4);
+        float *qt = (float *)(own + sl->q);
+        memset(qt, 0, (size_t)d * g->rpad * 4);
         for (int32_t r = 0; r < rows; r++) {
-            const float *qr = kvk_q_row(a, r);
-            for (int32_t i = 0; i < d; i++) qt[(size_t)i * g.rpad + r] = qr[i] * qscale;
+            const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
+            for (int32_t i = 0; i < d; i++) qt[(size_t)i * g->rpad + r] = qr[i] * qscale;
         }
-        g.qt = qt;
+        g->qt = qt;
     }
-    memset(g.ot, 0, (size_t)d * g.rpad * 4);
-    for (int32_t r = 0; r < g.rpad; r++) { g.m[r] = -INFINITY; g.l[r] = 0.f; }
+    memset(g->ot, 0, (size_t)d * g->rpad * 4);
+    for (int32_t r = 0; r < g->rpad; r++) { g->m[r] = -INFINITY; g->l[r] = 0.f; }
+}
+
+/// Stages one head's tile (rows of the gathered tokens, offset to head j) and runs every row block.
+KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **kr, const char **vr, size_t hoff,
+                                          int32_t n, int32_t rows, int32_t dtype, int bf16) {
+    const int32_t d = g->d;
+    if (bf16) {
+        for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g->kb + (size_t)t * g->dpad2, kr[t] + hoff, dtype, d, g->dpad2);
+        for (int32_t t = 0; t < n; t += 2)
+            kvk_stage_pairs(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, dtype, d);
+    } else {
+        for (int32_t t = 0; t < n; t++) {
+            kvk_stage_f32(g->kt + (size_t)t * d, kr[t] + hoff, dtype, d);
+            kvk_stage_f32(g->vt + (size_t)t * d, vr[t] + hoff, dtype, d);
+        }
+    }
+    for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
+        switch ((rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16) {
+        case 1: kvk_gemm_tile(g, r0, n, 1, bf16); break;
+        case 2: kvk_gemm_tile(g, r0, n, 2, bf16); break;
+        case 3: kvk_gemm_tile(g, r0, n, 3, bf16); break;
+        default: kvk_gemm_tile(g, r0, n, 4, bf16); break;
+        }
+    }
+}
+
+/// Tiles outer, heads inner: a block's heads are adjacent in the arena, so the run is read as
+/// contiguous stretches of head_count x 4 KiB rather than one 4 KiB island per head.
+KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype) {
+    const int32_t d = a->head_dim, rows = a->seq_count * a->group, heads = a->head_count;
+    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype), head_bytes = (size_t)a->block_size * row_bytes;
+    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
+    char *base = (char *)a->scratch;
+    kvk_gemm_state g[KVK_MAX_GEMM_HEADS];
+    for (int32_t j = 0; j < heads; j++) kvk_gemm_init(&g[j], a, j, base, &sl, bf16);
 
     const char *krows[2][KVK_TILE], *vrows[2][KVK_TILE];
     kvk_cursor cur = {0, 0};
@@ -268,31 +304,16 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
             kvk_prefetch_row(krows[(tile + 1) & 1][t], row_bytes);
             kvk_prefetch_row(vrows[(tile + 1) & 1][t], row_bytes);
         }
-        if (bf16) {
-            for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g.kb + (size_t)t * g.dpad2, kr[t], dtype, d, g.dpad2);
-            for (int32_t t = 0; t < n; t += 2) kvk_stage_pairs(g.vp + (size_t)(t / 2) * d, vr[t], t + 1 < n ? vr[t + 1] : NULL, dtype, d);
-        } else {
-            for (int32_t t = 0; t < n; t++) {
-                kvk_stage_f32(g.kt + (size_t)t * d, kr[t], dtype, d);
-                kvk_stage_f32(g.vt + (size_t)t * d, vr[t], dtype, d);
-            }
-        }
-        for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
-            const int32_t rvb = (rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16;
-            switch (rvb) {
-            case 1: kvk_gemm_tile(&g, r0, n, 1, bf16); break;
-            case 2: kvk_gemm_tile(&g, r0, n, 2, bf16); break;
-            case 3: kvk_gemm_tile(&g, r0, n, 3, bf16); break;
-            default: kvk_gemm_tile(&g, r0, n, 4, bf16); break;
-            }
-        }
+        for (int32_t j = 0; j < heads; j++) kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16);
         n = n_next;
     }
-    for (int32_t r = 0; r < rows; r++) {
-        const float inv = 1.f / g.l[r];
-        float *out = kvk_out_row(a, r);
-        for (int32_t i = 0; i < d; i++) out[i] = g.ot[(size_t)i * g.rpad + r] * inv;
-        kvk_store_lse(a, r, g.m[r] + log2f(g.l[r]));
+    for (int32_t j = 0; j < heads; j++) {
+        for (int32_t r = 0; r < rows; r++) {
+            const float inv = 1.f / g[j].l[r];
+            float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
+            for (int32_t i = 0; i < d; i++) out[i] = g[j].ot[(size_t)i * g[j].rpad + r] * inv;
+            if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + j * a->group + r % a->group] = g[j].m[r] + log2f(g[j].l[r]);
+        }
     }
 }
 

@@ -30,7 +30,10 @@ int32_t kvk_isa(void) {
 int32_t kvk_gemm_min_rows(void) { return KVK_GEMM_MIN_ROWS; }
 
 size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim, int32_t head_count) {
-    return kvk_layout_scratch(rows * head_count, head_dim).total;
+    // few-row path: one layout over all heads' rows; many-row path: one layout per head
+    const size_t joint = kvk_layout_scratch(rows * head_count, head_dim).total;
+    const size_t per_head = kvk_layout_scratch(rows, head_dim).total * (size_t)(head_count < KVK_MAX_GEMM_HEADS ? head_count : KVK_MAX_GEMM_HEADS);
+    return joint > per_head ? joint : per_head;
 }
 
 /// The paths that read one head at a time: call them once per head.
@@ -55,9 +58,18 @@ void kvk_attend(const kvk_attend_args *a) {
     const int32_t isa = kvk_isa() < a->max_isa ? kvk_isa() : a->max_isa;
 #if defined(__x86_64__)
     if (isa >= KVK_ISA_AVX512) {
-        if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS)
-            kvk_per_head(a, kvk_attend_gemm_avx512, a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16);
-        else
+        if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS) {
+            const int bf16 = a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16;
+            kvk_attend_args part = *a;  // at most KVK_MAX_GEMM_HEADS heads per pass
+            for (int32_t j = 0; j < a->head_count; j += KVK_MAX_GEMM_HEADS) {
+                part.head = a->head + j;
+                part.head_count = a->head_count - j < KVK_MAX_GEMM_HEADS ? a->head_count - j : KVK_MAX_GEMM_HEADS;
+                part.q_head0 = a->q_head0 + j * a->group;
+                part.out = a->out + (int64_t)j * a->group * a->head_dim;
+                part.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
+                kvk_attend_gemm_avx512(&part, bf16);
+            }
+        } else
             kvk_attend_rows_avx512(a);
         return;
     }

@@ -38,7 +38,7 @@ struct WorkRunner {
              output: UnsafeMutableBufferPointer<Float>, workspace: Workspace) {
         guard !plan.items.isEmpty else { return }
         let workers = plan.totalCost < singleThreadBelow ? 1 : min(threads, plan.items.count)
-        workspace.reserve(threads: workers, scratchBytes: kvk_attend_scratch_bytes(Int32(plan.maxRows), Int32(layout.headDim), 1),
+        workspace.reserve(threads: workers, scratchBytes: plan.scratchBytes,
                           partialFloats: plan.partialFloats, lseFloats: plan.lseFloats)
         let order = plan.items.indices.sorted { plan.items[$0].cost > plan.items[$1].cost }
         plan.blocks.withUnsafeBufferPointer { blocks in
