@@ -8,6 +8,7 @@ import PackageDescription
 
 let package = Package(
     name: "PrefixKV",
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "PrefixKV", targets: ["KVCore", "KVCache", "KVAttention", "LMDB", "KVSpill"]),
         .executable(name: "kvctl", targets: ["kvctl"]),
@@ -55,8 +56,9 @@ let package = Package(
         .executableTarget(
             name: "kvctl",
             dependencies: [
-                "KVTools",
+                "KVTools", "KVCore", "KVSpill",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]),
 
         .target(name: "KVTestSupport", dependencies: ["KVCore"], path: "Tests/KVTestSupport"),

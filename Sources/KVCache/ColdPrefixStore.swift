@@ -42,4 +42,8 @@ public protocol ColdPrefixStore: AnyObject, Sendable {
 
     /// Receives the manager's stats to publish (periodically and on close), for `kvctl stats`.
     func publish(stats: KVCacheStats)
+
+    /// The layout the store's records hold, when it is bound to one; a manager refuses a store
+    /// whose layout differs from its own (`KVCacheError.layoutMismatch`).
+    var storeLayout: KVLayout? { get }
 }

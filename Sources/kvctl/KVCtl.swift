@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import Logging
 
 /// `kvctl`: inspect a PrefixKV store, replay traces, benchmark, stress, and demo the cache.
 @main
@@ -6,7 +8,29 @@ struct KVCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvctl",
         abstract: "Inspect, drive and benchmark a PrefixKV cache.",
+        discussion: "Diagnostics are quiet by default; set PREFIXKV_LOG_LEVEL=warning (or info, debug, trace) to see them on stderr.",
         subcommands: [Demo.self, Stats.self, Replay.self, Bench.self, Stress.self])
+
+    static func main() {
+        bootstrapLogging()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    /// The library logs through swift-log; kvctl shows only errors unless asked for more.
+    static func bootstrapLogging() {
+        let name = ProcessInfo.processInfo.environment["PREFIXKV_LOG_LEVEL"] ?? "error"
+        let level = Logger.Level(rawValue: name.lowercased()) ?? .error
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
 }
 
 struct Bench: ParsableCommand {

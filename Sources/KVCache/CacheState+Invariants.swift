@@ -1,0 +1,76 @@
+import KVCore
+
+extension CacheState {
+    /// Checks every structural invariant of the cache (see docs/INVARIANTS.md), trapping with a
+    /// message that names the broken state. O(capacity + total table length): for tests and
+    /// `kvctl stress`, not for the hot path.
+    func checkInvariants() {
+        pool.checkInvariants()
+        index.checkInvariants()
+        let capacity = pool.capacity
+
+        // Refcounts are exactly the number of table slots naming each block.
+        var refs = [Int32](repeating: 0, count: capacity + 1)
+        var logical = 0
+        for (id, seq) in sequences {
+            precondition(seq.tokenCount >= 1, "CacheState: sequence \(id) holds no tokens")
+            precondition(seq.blocks.count == (seq.tokenCount + blockSize - 1) / blockSize,
+                         "CacheState: sequence \(id) has \(seq.blocks.count) blocks for \(seq.tokenCount) tokens")
+            logical += seq.blocks.count
+            for (i, b) in seq.blocks.enumerated() {
+                precondition(b > 0 && Int(b) <= capacity, "CacheState: sequence \(id) names block \(b) outside the pool")
+                refs[Int(b)] += 1
+                let inTree = index.inTree[Int(b)]
+                if i < seq.treeBlocks {
+                    let parent = i == 0 ? PrefixIndex.rootCode(namespace: seq.namespace) : seq.blocks[i - 1]
+                    precondition(inTree && index.parent[Int(b)] == parent,
+                                 "CacheState: sequence \(id) block \(i) (#\(b)) should be in the tree under \(parent)")
+                } else {
+                    precondition(!inTree, "CacheState: sequence \(id) block \(i) (#\(b)) is in the tree beyond its chain of \(seq.treeBlocks)")
+                }
+            }
+            precondition(seq.treeBlocks <= seq.tokenCount / blockSize, "CacheState: sequence \(id) has a partial block in the tree")
+        }
+        for b in 1...capacity {
+            precondition(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots name it")
+        }
+        precondition(logical == logicalBlocks, "CacheState: logicalBlocks \(logicalBlocks) but tables hold \(logical)")
+
+        // Tree blocks hold the tokens their hash was made from.
+        var cachedFree = 0
+        blockTokens.withUnsafeBufferPointer { all in
+            for b in 1...capacity where index.inTree[b] {
+                let h = hashBlockTokens(UnsafeBufferPointer(rebasing: all[(b * blockSize)..<((b + 1) * blockSize)]))
+                precondition(h == index.hash[b], "CacheState: tree block \(b) tokens changed after it was cached")
+                if pool.refcount[b] == 0 { cachedFree += 1 }
+            }
+        }
+        precondition(cachedFree == cachedFreeBlocks, "CacheState: cachedFreeBlocks \(cachedFreeBlocks) but \(cachedFree) cached blocks are unreferenced")
+        if coldStore != nil {
+            for b in 1...capacity where !index.inTree[b] {
+                precondition(prefixKeys[b] == nil, "CacheState: block \(b) left the tree but keeps its prefix key")
+            }
+        }
+
+        // Free-queue order: worthless blocks first, then cached blocks, each after its cached children.
+        var seenCached = false
+        var position = [Int32: Int]()
+        for (i, b) in pool.queueOrder.enumerated() {
+            if index.inTree[Int(b)] {
+                seenCached = true
+                position[b] = i
+            } else {
+                precondition(!seenCached, "CacheState: uncached free block \(b) queued behind cached blocks")
+            }
+        }
+        for (b, i) in position {
+            let parent = index.parent[Int(b)]
+            if parent > 0, let j = position[parent] {
+                precondition(j > i, "CacheState: cached block \(b) would be evicted after its parent \(parent) (not leaf-first)")
+            }
+        }
+    }
+
+    /// The free queue from the next block to reuse to the last (for scenario tests).
+    var freeQueueOrder: [Int32] { pool.queueOrder }
+}

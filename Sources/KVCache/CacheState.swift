@@ -1,0 +1,370 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import KVCore
+
+/// What the eviction observer hook receives: a cached block leaving memory.
+public struct EvictedBlock: Sendable, Equatable {
+    public var block: BlockID
+    public var namespace: Namespace
+    /// How many blocks precede it in its prefix (its depth in the tree).
+    public var depth: Int
+}
+
+/// One live sequence: its block table (token order) and how many of its tokens hold KV.
+struct SequenceState {
+    var namespace: Int32
+    var blocks: [Int32]
+    var tokenCount: Int
+    /// Leading blocks of `blocks` that are nodes of the prefix tree. New full blocks join the tree
+    /// only while this equals their index (an unbroken chain from the root).
+    var treeBlocks: Int
+}
+
+/// The single-threaded cache: pool, prefix tree, sequences. `KVCacheManager` wraps it in a lock.
+///
+/// Every mutation plans first and checks that enough blocks are free or evictable before it
+/// changes anything, so a failing call leaves the state exactly as it was.
+struct CacheState {
+    let layout: KVLayout
+    let blockSize: Int
+    var pool: BlockPool
+    var index: PrefixIndex
+    /// The tokens each block holds: `blockSize` slots per block, block 0 unused.
+    var blockTokens: [TokenID]
+    var sequences: [UInt64: SequenceState] = [:]
+    var nextSequence: UInt64 = 1
+    var namespaces: [Namespace: Int32] = [:]
+    var namespaceNames: [Namespace] = []
+    /// Cached (in-tree) blocks with refcount 0: the evictable ones.
+    var cachedFreeBlocks = 0
+    var logicalBlocks = 0
+    var counters = KVCacheStats()
+    let arena: KVPageArena?
+    let coldStore: (any ColdPrefixStore)?
+    /// Cold-store keys per block, computed on demand and forgotten when the block leaves the tree.
+    var prefixKeys: [PrefixKey?]
+    var rootKeys: [PrefixKey?] = []
+    let onEvict: (@Sendable (EvictedBlock) -> Void)?
+
+    init(layout: KVLayout, capacity: Int, arena: KVPageArena?, coldStore: (any ColdPrefixStore)?,
+         onEvict: (@Sendable (EvictedBlock) -> Void)?) {
+        self.layout = layout
+        self.blockSize = layout.blockSize
+        self.pool = BlockPool(capacity: capacity)
+        self.index = PrefixIndex(capacity: capacity)
+        self.blockTokens = Array(repeating: 0, count: (capacity + 1) * layout.blockSize)
+        self.arena = arena
+        self.coldStore = coldStore
+        self.prefixKeys = coldStore == nil ? [] : Array(repeating: nil, count: capacity + 1)
+        self.onEvict = onEvict
+        counters.capacityBlocks = capacity
+    }
+
+    // MARK: - Namespaces
+
+    mutating func namespaceIndex(_ ns: Namespace) -> Int32 {
+        if let k = namespaces[ns] { return k }
+        let k = Int32(namespaceNames.count)
+        namespaces[ns] = k
+        namespaceNames.append(ns)
+        rootKeys.append(nil)
+        return k
+    }
+
+    // MARK: - Matching
+
+    /// The cached blocks holding the longest whole-block prefix of `tokens` in namespace `k`.
+    func matchMemory(_ tokens: UnsafeBufferPointer<TokenID>, namespace k: Int32) -> [Int32] {
+        let full = tokens.count / blockSize
+        var matched: [Int32] = []
+        var parent = PrefixIndex.rootCode(namespace: k)
+        let bytes = blockSize * MemoryLayout<TokenID>.stride
+        blockTokens.withUnsafeBufferPointer { all in
+            for i in 0..<full {
+                let chunk = UnsafeBufferPointer(start: tokens.baseAddress! + i * blockSize, count: blockSize)
+                guard let child = index.child(of: parent, hash: hashBlockTokens(chunk)),
+                      memcmp(all.baseAddress! + Int(child) * blockSize, chunk.baseAddress!, bytes) == 0 else { break }
+                if matched.isEmpty { matched.reserveCapacity(full) }
+                matched.append(child)
+                parent = child
+            }
+        }
+        return matched
+    }
+
+    // MARK: - Cold-store keys
+
+    mutating func rootKey(_ k: Int32) -> PrefixKey {
+        if let key = rootKeys[Int(k)] { return key }
+        let key = coldStore!.rootKey(namespace: namespaceNames[Int(k)])
+        rootKeys[Int(k)] = key
+        return key
+    }
+
+    /// The cold-store key of an in-tree block, computed along its chain of ancestors once.
+    mutating func prefixKey(of block: Int32) -> PrefixKey {
+        if let key = prefixKeys[Int(block)] { return key }
+        var chain: [Int32] = [block]
+        var p = index.parent[Int(block)]
+        while p > 0, prefixKeys[Int(p)] == nil { chain.append(p); p = index.parent[Int(p)] }
+        var key = p > 0 ? prefixKeys[Int(p)]! : rootKey(index.namespaceIndex[Int(block)])
+        for b in chain.reversed() {
+            key = childKey(parent: key, block: b)
+            prefixKeys[Int(b)] = key
+        }
+        return key
+    }
+
+    func childKey(parent: PrefixKey, block: Int32) -> PrefixKey {
+        blockTokens.withUnsafeBufferPointer { all in
+            coldStore!.childKey(parent: parent, tokens: UnsafeBufferPointer(rebasing: all[(Int(block) * blockSize)..<(Int(block + 1) * blockSize)]))
+        }
+    }
+
+    // MARK: - Allocation
+
+    /// Takes the next block from the free queue, evicting it from the tree (and spilling it) when
+    /// it is cached. The caller has checked that the queue holds enough blocks.
+    mutating func allocateBlock() -> Int32 {
+        guard let b = pool.popFront() else { preconditionFailure("CacheState: free queue empty after the availability check") }
+        if index.inTree[Int(b)] { evict(b) }
+        pool.retain(b)
+        return b
+    }
+
+    mutating func evict(_ b: Int32) {
+        let k = index.namespaceIndex[Int(b)]
+        if let store = coldStore {
+            let key = prefixKey(of: b)
+            blockTokens.withUnsafeBufferPointer { all in
+                store.spill(key: key, namespace: namespaceNames[Int(k)],
+                            tokens: UnsafeBufferPointer(rebasing: all[(Int(b) * blockSize)..<(Int(b + 1) * blockSize)]),
+                            block: BlockID(b), arena: arena)
+            }
+            counters.spilledBlocks += 1
+        }
+        if let onEvict {
+            var depth = 0
+            var p = index.parent[Int(b)]
+            while p > 0 { depth += 1; p = index.parent[Int(p)] }
+            onEvict(EvictedBlock(block: BlockID(b), namespace: namespaceNames[Int(k)], depth: depth))
+        }
+        index.removeLeaf(b)
+        if coldStore != nil { prefixKeys[Int(b)] = nil }
+        cachedFreeBlocks -= 1
+        counters.evictedBlocks += 1
+    }
+
+    /// Pins a block for a sequence (a hit takes a cached block out of the evictable set).
+    mutating func retain(_ b: Int32) {
+        if pool.refcount[Int(b)] == 0 && index.inTree[Int(b)] { cachedFreeBlocks -= 1 }
+        pool.retain(b)
+    }
+
+    /// Drops a sequence's reference; a block's last reference queues it for reuse: cached blocks at
+    /// the tail (kept as long as possible, least recently used first), others at the head.
+    mutating func unpin(_ b: Int32) {
+        guard pool.release(b) else { return }
+        if index.inTree[Int(b)] {
+            pool.pushBack(b)
+            cachedFreeBlocks += 1
+        } else {
+            pool.pushFront(b)
+        }
+    }
+
+    /// Joins a just-filled block to the tree if the sequence's chain from the root is unbroken.
+    mutating func insertIfChained(_ seq: inout SequenceState, blockAt position: Int) {
+        guard seq.treeBlocks == position else { return }
+        let b = seq.blocks[position]
+        let parent = position == 0 ? PrefixIndex.rootCode(namespace: seq.namespace) : seq.blocks[position - 1]
+        let h = blockTokens.withUnsafeBufferPointer { all in
+            hashBlockTokens(UnsafeBufferPointer(rebasing: all[(Int(b) * blockSize)..<(Int(b + 1) * blockSize)]))
+        }
+        if index.insert(b, parent: parent, hash: h, namespace: seq.namespace) { seq.treeBlocks += 1 }
+    }
+
+    // MARK: - Admit
+
+    static func validate(_ tokens: [TokenID]) throws(KVCacheError) {
+        // One branch-free pass (vectorises); the slow scan runs only to name the bad token.
+        let all = tokens.withUnsafeBufferPointer { p in p.reduce(TokenID(0)) { $0 | $1 } }
+        guard all < 0 else { return }
+        for (i, t) in tokens.enumerated() where t < 0 { throw .negativeToken(index: i, value: t) }
+    }
+
+    mutating func admit(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> Admission {
+        guard !prompt.isEmpty else { throw .emptyPrompt }
+        try Self.validate(prompt)
+        let k = namespaceIndex(ns)
+        let matched = prompt.withUnsafeBufferPointer { matchMemory($0, namespace: k) }
+        let totalBlocks = (prompt.count + blockSize - 1) / blockSize
+        let needed = totalBlocks - matched.count
+        var pinnedFromQueue = 0
+        for b in matched where pool.refcount[Int(b)] == 0 { pinnedFromQueue += 1 }
+        let available = pool.freeCount - pinnedFromQueue
+        guard needed <= available else {
+            counters.allocationsFailed += 1
+            throw .insufficientBlocks(needed: needed, available: available)
+        }
+        // Apply: pin the hit, then allocate the rest (evicting and spilling cold blocks).
+        for b in matched { retain(b) }
+        var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count)
+        seq.blocks.reserveCapacity(totalBlocks)
+        for _ in 0..<needed { seq.blocks.append(allocateBlock()) }
+        prompt.withUnsafeBufferPointer { src in
+            blockTokens.withUnsafeMutableBufferPointer { dst in
+                for i in matched.count..<totalBlocks {
+                    let n = min(blockSize, prompt.count - i * blockSize)
+                    (dst.baseAddress! + Int(seq.blocks[i]) * blockSize).update(from: src.baseAddress! + i * blockSize, count: n)
+                }
+            }
+        }
+        let fullBlocks = prompt.count / blockSize
+        var restored = 0
+        if coldStore != nil { restored = restoreFromStore(&seq, from: matched.count, to: fullBlocks, prompt: prompt) }
+        for i in (matched.count + restored)..<fullBlocks { insertIfChained(&seq, blockAt: i) }
+
+        let handle = SequenceHandle(rawValue: nextSequence)
+        nextSequence += 1
+        logicalBlocks += seq.blocks.count
+        let table = seq.blocks
+        sequences[handle.rawValue] = seq
+        counters.queryTokens += prompt.count
+        counters.hitTokens += matched.count * blockSize
+        counters.storeHitTokens += restored * blockSize
+        counters.restoredBlocks += restored
+        return Admission(sequence: handle, blockTable: table, cachedTokenCount: (matched.count + restored) * blockSize,
+                         memoryHitTokens: matched.count * blockSize, storeHitTokens: restored * blockSize)
+    }
+
+    /// Continues the match in the cold store block by block, restoring into the sequence's freshly
+    /// allocated blocks; returns how many were restored (they join the tree).
+    mutating func restoreFromStore(_ seq: inout SequenceState, from start: Int, to end: Int, prompt: [TokenID]) -> Int {
+        guard let store = coldStore, start < end else { return 0 }
+        var key = start == 0 ? rootKey(seq.namespace) : prefixKey(of: seq.blocks[start - 1])
+        var restored = 0
+        for i in start..<end {
+            let b = seq.blocks[i]
+            key = childKey(parent: key, block: b)
+            let hit = prompt.withUnsafeBufferPointer { p in
+                store.restore(key: key, namespace: namespaceNames[Int(seq.namespace)],
+                              tokens: UnsafeBufferPointer(rebasing: p[(i * blockSize)..<((i + 1) * blockSize)]),
+                              into: BlockID(b), arena: arena)
+            }
+            guard hit else { break }
+            insertIfChained(&seq, blockAt: i)
+            guard seq.treeBlocks == i + 1 else { break }
+            prefixKeys[Int(b)] = key
+            restored += 1
+        }
+        return restored
+    }
+
+    // MARK: - Lookup
+
+    mutating func lookup(_ tokens: [TokenID], namespace ns: Namespace, probeStore: Bool) throws(KVCacheError) -> PrefixLookup {
+        try Self.validate(tokens)
+        guard let k = namespaces[ns] else { return PrefixLookup(memoryTokens: 0, storeTokens: 0) }
+        let matched = tokens.withUnsafeBufferPointer { matchMemory($0, namespace: k) }
+        var storeBlocks = 0
+        if probeStore, let store = coldStore {
+            var key = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
+            tokens.withUnsafeBufferPointer { p in
+                for i in matched.count..<(tokens.count / blockSize) {
+                    let chunk = UnsafeBufferPointer(rebasing: p[(i * blockSize)..<((i + 1) * blockSize)])
+                    key = store.childKey(parent: key, tokens: chunk)
+                    guard store.contains(key: key, tokens: chunk) else { break }
+                    storeBlocks += 1
+                }
+            }
+        }
+        return PrefixLookup(memoryTokens: matched.count * blockSize, storeTokens: storeBlocks * blockSize)
+    }
+
+    // MARK: - Sequences
+
+    func live(_ s: SequenceHandle) throws(KVCacheError) -> SequenceState {
+        if let seq = sequences[s.rawValue] { return seq }
+        throw s.rawValue > 0 && s.rawValue < nextSequence ? .releasedSequence(s) : .unknownSequence(s)
+    }
+
+    mutating func append(_ tokens: [TokenID], to s: SequenceHandle) throws(KVCacheError) {
+        var seq = try live(s)
+        try Self.validate(tokens)
+        guard !tokens.isEmpty else { return }
+        let start = seq.tokenCount
+        let fill = start % blockSize
+        let needsCopy = fill != 0 && pool.refcount[Int(seq.blocks.last!)] > 1
+        let newBlocks = (start + tokens.count + blockSize - 1) / blockSize - seq.blocks.count
+        let needed = newBlocks + (needsCopy ? 1 : 0)
+        guard needed <= pool.freeCount else {
+            counters.allocationsFailed += 1
+            throw .insufficientBlocks(needed: needed, available: pool.freeCount)
+        }
+        sequences[s.rawValue] = nil  // hold the only copy while mutating (no copy-on-write of arrays)
+        if needsCopy {
+            // Copy-on-write of the shared partial last block: this sequence takes a private copy.
+            let old = seq.blocks.last!
+            let copy = allocateBlock()
+            blockTokens.withUnsafeMutableBufferPointer { all in
+                (all.baseAddress! + Int(copy) * blockSize).update(from: all.baseAddress! + Int(old) * blockSize, count: fill)
+            }
+            arena?.copyBlock(from: BlockID(old), to: BlockID(copy))
+            unpin(old)
+            seq.blocks[seq.blocks.count - 1] = copy
+        }
+        var position = start
+        for t in tokens {
+            if position % blockSize == 0 {
+                seq.blocks.append(allocateBlock())
+                logicalBlocks += 1
+            }
+            blockTokens[Int(seq.blocks[position / blockSize]) * blockSize + position % blockSize] = t
+            position += 1
+            if position % blockSize == 0 { insertIfChained(&seq, blockAt: position / blockSize - 1) }
+        }
+        seq.tokenCount = position
+        sequences[s.rawValue] = seq
+    }
+
+    mutating func fork(_ s: SequenceHandle, count: Int) throws(KVCacheError) -> [SequenceHandle] {
+        let seq = try live(s)
+        guard count > 0 else { throw .invalidForkCount(count) }
+        var children: [SequenceHandle] = []
+        children.reserveCapacity(count)
+        for _ in 0..<count {
+            for b in seq.blocks { retain(b) }
+            let handle = SequenceHandle(rawValue: nextSequence)
+            nextSequence += 1
+            sequences[handle.rawValue] = seq
+            logicalBlocks += seq.blocks.count
+            children.append(handle)
+        }
+        return children
+    }
+
+    mutating func release(_ s: SequenceHandle) throws(KVCacheError) {
+        let seq = try live(s)
+        sequences[s.rawValue] = nil
+        // Deepest first, so a parent is always more recently used than its children in the queue.
+        for b in seq.blocks.reversed() { unpin(b) }
+        logicalBlocks -= seq.blocks.count
+    }
+
+    // MARK: - Stats
+
+    var stats: KVCacheStats {
+        var s = counters
+        s.usedBlocks = pool.usedCount
+        s.cachedBlocks = cachedFreeBlocks
+        s.sharedBlocks = pool.sharedCount
+        s.logicalBlocks = logicalBlocks
+        s.physicalBlocks = pool.usedCount
+        s.liveSequences = sequences.count
+        return s
+    }
+}

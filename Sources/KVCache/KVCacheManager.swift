@@ -1,0 +1,178 @@
+import KVCore
+import Logging
+
+/// The KV-cache manager: a paged block pool with a token-exact, per-namespace prefix tree.
+/// Safe to call from several threads at once (one lock around the cache state).
+///
+/// ```swift
+/// let cache = try KVCacheManager(layout: .small(), capacityBlocks: 1024)
+/// let a = try cache.admit(systemPrompt + question, namespace: "tenant-a")
+/// // compute KV for tokens a.cachedTokenCount..< into a.blockTable, then decode:
+/// let samples = try cache.fork(a.sequence, count: 4)
+/// for s in samples { try cache.append([nextToken], to: s) }
+/// let plan = try cache.decodePlan(for: samples)   // shared context read once per step
+/// for s in samples + [a.sequence] { try cache.release(s) }
+/// ```
+///
+/// Requests with the same namespace share the KV of every whole block of their common prefix.
+/// The engine must write the KV of a sequence's uncached prompt tokens before another request
+/// reads those blocks (the same contract as vLLM's scheduler: prompt blocks join the tree at
+/// admission).
+public final class KVCacheManager: Sendable {
+    public let layout: KVLayout
+    public let capacityBlocks: Int
+    /// The page arena, or nil for a metadata-only manager (simulation, trace replay).
+    public let arena: KVPageArena?
+    private let state: Locked<CacheState>
+    private let metrics: CacheMetrics
+    private let logger: Logger
+
+    /// Creates a manager over `capacityBlocks` allocatable blocks (plus the null block 0).
+    /// - Parameters:
+    ///   - allocatesPages: allocate the page arenas now (false: metadata only).
+    ///   - coldStore: a tier that keeps evicted blocks (the LMDB spill tier); its layout must match.
+    ///   - onEvict: called, under the manager's lock, for every cached block evicted from memory.
+    public init(layout: KVLayout, capacityBlocks: Int, allocatesPages: Bool = false,
+                coldStore: (any ColdPrefixStore)? = nil, onEvict: (@Sendable (EvictedBlock) -> Void)? = nil,
+                logger: Logger = Logger(label: "prefixkv.cache")) throws(KVCacheError) {
+        guard capacityBlocks >= 1 else { throw .invalidCapacity(capacityBlocks) }
+        if let storeLayout = coldStore?.storeLayout, storeLayout != layout {
+            throw .layoutMismatch(expected: layout, got: storeLayout)
+        }
+        self.layout = layout
+        self.capacityBlocks = capacityBlocks
+        self.arena = allocatesPages ? KVPageArena(layout: layout, capacityBlocks: capacityBlocks + 1) : nil
+        self.state = Locked(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore, onEvict: onEvict))
+        self.metrics = CacheMetrics(label: "prefixkv")
+        self.logger = logger
+        logger.debug("cache created", metadata: ["layout": "\(layout)", "capacityBlocks": "\(capacityBlocks)", "pages": "\(allocatesPages)"])
+    }
+
+    // MARK: - Requests
+
+    /// Reports how much of `tokens` is cached (whole blocks), without pinning or touching anything.
+    /// With `probeStore`, also how many further blocks the cold store holds.
+    public func lookup(_ tokens: [TokenID], namespace: Namespace = .default, probeStore: Bool = false) throws(KVCacheError) -> PrefixLookup {
+        try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.lookup(tokens, namespace: namespace, probeStore: probeStore) }
+    }
+
+    /// Admits a prompt: pins its cached prefix (memory, then the cold store), allocates blocks for
+    /// the rest, and returns the new sequence. All-or-nothing: throws `.insufficientBlocks` and
+    /// changes nothing when too few blocks are free or evictable.
+    public func admit(_ prompt: [TokenID], namespace: Namespace = .default) throws(KVCacheError) -> Admission {
+        let (admission, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.admit(prompt, namespace: namespace) }
+        metrics.recordAdmission(admission, promptTokens: prompt.count)
+        metrics.update(stats)
+        return admission
+    }
+
+    /// Appends prefill chunks or decoded tokens. A block joins the prefix tree the moment it is full;
+    /// a partial last block still shared after a fork is copied first (copy-on-write).
+    public func append(_ tokens: [TokenID], to sequence: SequenceHandle) throws(KVCacheError) {
+        let (_, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.append(tokens, to: sequence) }
+        metrics.update(stats)
+    }
+
+    /// Forks `count` children (parallel sampling, beam search) that share every block of `sequence`.
+    public func fork(_ sequence: SequenceHandle, count: Int) throws(KVCacheError) -> [SequenceHandle] {
+        let (children, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.fork(sequence, count: count) }
+        metrics.update(stats)
+        return children
+    }
+
+    /// Releases a sequence: its full blocks stay cached (evictable), the rest are free at once.
+    public func release(_ sequence: SequenceHandle) throws(KVCacheError) {
+        let (_, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.release(sequence) }
+        metrics.update(stats)
+    }
+
+    // MARK: - Block tables
+
+    /// The sequence's block table (block ids in token order) as kernels take it.
+    public func blockTable(of sequence: SequenceHandle) throws(KVCacheError) -> [Int32] {
+        try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.live(sequence).blocks }
+    }
+
+    /// How many tokens of the sequence hold KV (prompt plus appended).
+    public func tokenCount(of sequence: SequenceHandle) throws(KVCacheError) -> Int {
+        try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.live(sequence).tokenCount }
+    }
+
+    /// The batch's block tables in CSR form, for a paged kernel.
+    public func blockTables(for batch: [SequenceHandle]) throws(KVCacheError) -> BlockTableBatch {
+        guard !batch.isEmpty else { throw .invalidBatch("the batch is empty") }
+        let (tables, counts) = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> ([[Int32]], [Int]) in
+            var tables: [[Int32]] = [], counts: [Int] = []
+            for h in batch {
+                let seq = try s.live(h)
+                tables.append(seq.blocks)
+                counts.append(seq.tokenCount)
+            }
+            return (tables, counts)
+        }
+        do { return try BlockTableBatch(blockSize: layout.blockSize, tables: tables, tokenCounts: counts) }
+        catch { throw .invalidBatch("\(error)") }
+    }
+
+    /// The shared-prefix decode plan for a batch: which blocks are shared by which sequences.
+    public func decodePlan(for batch: [SequenceHandle]) throws(KVCacheError) -> DecodePlan {
+        let tables = try blockTables(for: batch)
+        do { return try DecodePlan(batch: tables) } catch { throw .invalidBatch("\(error)") }
+    }
+
+    // MARK: - Pages
+
+    /// Read access to one layer's K and V pages for a kernel. Pointers must not escape `body`.
+    public func withUnsafeLayerPages<R>(layer: Int, _ body: (KVLayerPages) throws -> R) throws -> R {
+        guard let arena else { throw KVCacheError.noPageArena }
+        return try arena.withUnsafeLayerPages(layer: layer, body)
+    }
+
+    /// Checks that an engine's layout is the one this cache holds.
+    public func requireLayout(_ other: KVLayout) throws(KVCacheError) {
+        guard other == layout else { throw .layoutMismatch(expected: layout, got: other) }
+    }
+
+    // MARK: - Stats and checks
+
+    /// A consistent snapshot of the counters and gauges.
+    public var stats: KVCacheStats { state.withLock { $0.stats } }
+
+    /// Hands the current stats to the cold store to publish (for `kvctl stats`).
+    public func publishStats() {
+        let (stats, store) = state.withLock { ($0.stats, $0.coldStore) }
+        store?.publish(stats: stats)
+    }
+
+    /// Checks every invariant (see docs/INVARIANTS.md); traps naming the broken state.
+    public func checkInvariants() { state.withLock { $0.checkInvariants() } }
+
+    /// The tokens a sequence's blocks hold, read back from the blocks (for tests and debugging).
+    public func tokens(of sequence: SequenceHandle) throws(KVCacheError) -> [TokenID] {
+        try state.withLock { (s: inout CacheState) throws(KVCacheError) -> [TokenID] in
+            let seq = try s.live(sequence)
+            return (0..<seq.tokenCount).map { s.blockTokens[Int(seq.blocks[$0 / s.blockSize]) * s.blockSize + $0 % s.blockSize] }
+        }
+    }
+
+    /// The free queue, next block to reuse first (for tests and debugging).
+    public var freeQueueOrder: [Int32] { state.withLock { $0.freeQueueOrder } }
+
+    /// The refcount of a block (for tests and debugging).
+    public func refcount(of block: Int32) -> Int { state.withLock { Int($0.pool.refcount[Int(block)]) } }
+
+    /// Whether a block is a node of the prefix tree (for tests and debugging).
+    public func isCached(_ block: Int32) -> Bool { state.withLock { $0.index.inTree[Int(block)] } }
+
+    private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> (R, KVCacheStats) {
+        try state.withLock { (s: inout CacheState) throws(KVCacheError) -> (R, KVCacheStats) in
+            let r = try body(&s)
+            return (r, s.stats)
+        }
+    }
+}
+
+extension ColdPrefixStore {
+    /// Stores that hold any layout need not say.
+    public var storeLayout: KVLayout? { nil }
+}

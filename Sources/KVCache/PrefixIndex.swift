@@ -1,0 +1,85 @@
+import KVCore
+
+/// The prefix tree, block-granular: each cached block is a node whose parent is the block before
+/// it in the prefix (or its namespace's root). Children are found through a hash map keyed by
+/// (parent, hash of the block's tokens); the caller then compares the tokens themselves, so a
+/// hash collision can only cost a miss, never a wrong hit.
+///
+/// Namespace `k`'s root is the parent code `-(k + 1)`, so two namespaces never share a node.
+struct PrefixIndex {
+    private(set) var children: ChildMap
+    private(set) var parent: [Int32]
+    private(set) var hash: [UInt64]
+    private(set) var childCount: [Int32]
+    private(set) var inTree: [Bool]
+    private(set) var namespaceIndex: [Int32]
+    private(set) var nodeCount = 0
+
+    init(capacity: Int) {
+        children = ChildMap(maxEntries: capacity)
+        parent = Array(repeating: 0, count: capacity + 1)
+        hash = Array(repeating: 0, count: capacity + 1)
+        childCount = Array(repeating: 0, count: capacity + 1)
+        inTree = Array(repeating: false, count: capacity + 1)
+        namespaceIndex = Array(repeating: -1, count: capacity + 1)
+    }
+
+    @inline(__always) static func rootCode(namespace k: Int32) -> Int32 { -(k + 1) }
+
+    /// The candidate child of `parent` with this token hash (tokens still to be compared).
+    @inline(__always) func child(of parent: Int32, hash: UInt64) -> Int32? {
+        children.find(parent: parent, hash: hash)
+    }
+
+    /// Inserts `block` under `parent`; false (nothing changed) when that slot is taken, by an
+    /// equal block or by a colliding one.
+    mutating func insert(_ block: Int32, parent p: Int32, hash h: UInt64, namespace k: Int32) -> Bool {
+        let i = Int(block)
+        precondition(!inTree[i], "PrefixIndex: block \(block) inserted twice")
+        precondition(p < 0 || inTree[Int(p)], "PrefixIndex: parent \(p) of block \(block) is not in the tree")
+        guard children.insert(parent: p, hash: h, block: block) else { return false }
+        parent[i] = p
+        hash[i] = h
+        inTree[i] = true
+        namespaceIndex[i] = k
+        childCount[i] = 0
+        if p > 0 { childCount[Int(p)] += 1 }
+        nodeCount += 1
+        return true
+    }
+
+    /// Removes a leaf (eviction takes leaves only).
+    mutating func removeLeaf(_ block: Int32) {
+        let i = Int(block)
+        precondition(inTree[i], "PrefixIndex: evicting block \(block) that is not in the tree")
+        precondition(childCount[i] == 0, "PrefixIndex: evicting block \(block) with \(childCount[i]) cached children (not a leaf)")
+        let removed = children.remove(parent: parent[i], hash: hash[i])
+        precondition(removed == block, "PrefixIndex: map slot of block \(block) holds \(String(describing: removed))")
+        if parent[i] > 0 { childCount[Int(parent[i])] -= 1 }
+        inTree[i] = false
+        namespaceIndex[i] = -1
+        nodeCount -= 1
+    }
+
+    /// Checks that the map and the per-block fields agree and child counts are exact.
+    func checkInvariants() {
+        precondition(children.count == nodeCount, "PrefixIndex: map has \(children.count) entries, nodeCount \(nodeCount)")
+        children.checkInvariants()
+        var counts = [Int32](repeating: 0, count: childCount.count)
+        children.forEach { keyParent, keyHash, block in
+            let i = Int(block)
+            precondition(inTree[i], "PrefixIndex: map names block \(block) that is not in the tree")
+            precondition(parent[i] == keyParent && hash[i] == keyHash, "PrefixIndex: block \(block) fields disagree with its map key")
+            if keyParent > 0 {
+                precondition(inTree[Int(keyParent)], "PrefixIndex: block \(block) has parent \(keyParent) outside the tree")
+                precondition(namespaceIndex[Int(keyParent)] == namespaceIndex[i], "PrefixIndex: block \(block) and its parent are in different namespaces")
+                counts[Int(keyParent)] += 1
+            } else {
+                precondition(keyParent == PrefixIndex.rootCode(namespace: namespaceIndex[i]), "PrefixIndex: root block \(block) hangs under another namespace's root")
+            }
+        }
+        for i in counts.indices where inTree[i] {
+            precondition(counts[i] == childCount[i], "PrefixIndex: block \(i) childCount \(childCount[i]) but has \(counts[i]) children")
+        }
+    }
+}

@@ -1,0 +1,214 @@
+import KVCache
+import KVCore
+import LMDB
+import Logging
+import Synchronization
+
+/// The LMDB spill tier: keeps the KV of blocks the cache evicts, keyed by their exact prefix,
+/// and gives it back when a later request has the same prefix. See `docs/SPILL.md`.
+///
+/// Thread-safe. The manager calls it under its own lock, so every method here only copies bytes
+/// or reads one LMDB snapshot; commits happen on the background writer (or inline in
+/// ``SpillStoreConfiguration/WriteMode/synchronous`` mode). Nothing here throws after opening:
+/// trouble is counted in ``counters`` and behaves as a miss.
+public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
+    public let configuration: SpillStoreConfiguration
+    public var layout: KVLayout { configuration.layout }
+
+    let database: StoreDatabase
+    let writer: StoreWriter
+    let queue: SpillQueue
+    private let background: BackgroundWriter?
+    private let buffers: RecordBufferPool
+    private let logger: Logger
+    private let isClosed = Atomic<Bool>(false)
+    /// Serializes synchronous-mode commits (the background writer is a single thread already).
+    private let inlineWrites = Locked<Void>(())
+
+    /// Opens (or creates) the store at `configuration.path`.
+    public init(_ configuration: SpillStoreConfiguration, logger: Logger = Logger(label: "prefixkv.spill")) throws(SpillStoreError) {
+        precondition(configuration.limitBytes > 0, "LMDBSpillStore: limitBytes must be positive")
+        self.configuration = configuration
+        self.logger = logger
+        database = try StoreDatabase.openForWriting(configuration)
+        do {
+            writer = try StoreWriter(store: database, limitBytes: configuration.limitBytes,
+                                     mapSizeLimit: configuration.mapSizeLimit, logger: logger)
+        } catch {
+            database.close()
+            throw .lmdb(path: configuration.path, error as? LMDBError ?? .invalid)
+        }
+        switch configuration.writeMode {
+        case .synchronous:
+            queue = SpillQueue(queueLimitBytes: .max, statsIntervalSeconds: configuration.statsIntervalSeconds)
+            buffers = RecordBufferPool(retainBytes: 2 * (configuration.layout.blockBytes + 4096))
+            background = nil
+        case .background(let queueLimit):
+            queue = SpillQueue(queueLimitBytes: queueLimit, statsIntervalSeconds: configuration.statsIntervalSeconds)
+            // Idle buffers never exceed what the queue may hold anyway.
+            buffers = RecordBufferPool(retainBytes: queueLimit)
+            background = BackgroundWriter(queue: queue, writer: writer, batchLimitBytes: configuration.batchLimitBytes)
+        }
+    }
+
+    /// Commits everything queued, writes the last published stats, syncs a non-durable store,
+    /// and closes the environment. Idempotent; `deinit` calls it.
+    public func close() {
+        guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        if let background {
+            background.stop()
+        } else {
+            commitInline(force: true)
+        }
+        syncIfNotDurable()
+        database.close()
+    }
+
+    deinit { close() }
+
+    /// Waits until every spill so far is committed (or failed), with pending LRU updates and
+    /// stats. On a store opened with `durable: false` it then fsyncs, so `flush()` is where its
+    /// commits become durable (like a plain file's one `fsync` after its writes).
+    public func flush() {
+        if background != nil { queue.waitUntilDrained() } else { commitInline(force: true) }
+        syncIfNotDurable()
+    }
+
+    private func syncIfNotDurable() {
+        guard !configuration.durable else { return }
+        do { try database.env.sync() } catch { logger.warning("spill store: sync failed: \(error)") }
+    }
+
+    /// What the store did since it opened.
+    public var counters: SpillStoreCounters { queue.snapshot }
+
+    /// The committed sum of record sizes (what the size limit bounds).
+    public var storedBytes: Int { writer.committedBytes }
+
+    private func checkOpen() {
+        precondition(!isClosed.load(ordering: .acquiring), "LMDBSpillStore: used after close (\(configuration.path))")
+    }
+
+    // MARK: - ColdPrefixStore
+
+    public func rootKey(namespace: Namespace) -> PrefixKey { PrefixKeys.root(namespace: namespace) }
+
+    public func childKey(parent: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> PrefixKey {
+        PrefixKeys.child(parent: parent, tokens: tokens)
+    }
+
+    public func spill(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, block: BlockID, arena: KVPageArena?) {
+        checkOpen()
+        precondition(arena == nil || arena!.layout == layout,
+                     "LMDBSpillStore.spill: arena layout \(arena!.layout) differs from the store's \(layout)")
+        let ns = Array(namespace.rawValue.utf8)
+        let payloadBytes = arena == nil ? 0 : layout.blockBytes
+        // Blocks that come back from the store and are evicted again need no second write.
+        if holds(key: key, namespace: ns, tokens: tokens, payloadBytes: payloadBytes) {
+            queue.touch(key)
+            return
+        }
+        let size = SpillRecord.payloadOffset(namespaceBytes: ns.count, tokenCount: tokens.count) + payloadBytes
+        guard queue.admits(bytes: size) else { return }
+        let record = PendingRecord(key: key, byteCount: size, pool: buffers)
+        let payload = SpillRecord.writeHeader(into: record.bytes, layout: layout, namespace: ns, tokens: tokens,
+                                              payloadBytes: payloadBytes, writtenAtMillis: nowMillis())
+        arena?.copyOut(block, into: payload)
+        if background != nil {
+            queue.enqueue(record)
+        } else {
+            SpillRecord.seal(record.bytes)
+            queue.count { $0.spills += 1 }
+            commitInline(force: false, records: [record])
+        }
+    }
+
+    public func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool {
+        checkOpen()
+        precondition(arena == nil || arena!.layout == layout,
+                     "LMDBSpillStore.restore: arena layout \(arena!.layout) differs from the store's \(layout)")
+        let ns = Array(namespace.rawValue.utf8)
+        let needed = arena == nil ? nil : layout.blockBytes
+        // Not yet written: serve it from memory (it never left this process, so no checksum).
+        if let hit = queue.withPending(key, { r -> Bool in
+            let view = r.view
+            guard view.holds(namespace: ns, tokens: tokens), needed == nil || view.payloadBytes == needed else { return false }
+            if let arena { arena.copyIn(block, from: view.payload) }
+            return true
+        }) {
+            queue.count { if hit { $0.restoreHits += 1 } else { $0.restoreMisses += 1 } }
+            return hit
+        }
+        let outcome: RestoreOutcome
+        do {
+            outcome = try database.env.withReadTransaction { txn in
+                try key.withBytes { k in
+                    try txn.withValue(for: k, in: database.entries) { bytes in
+                        RestoreOutcome.check(bytes, layout: layout, namespace: ns, tokens: tokens, payloadBytes: needed) { payload in
+                            arena?.copyIn(block, from: payload)
+                        }
+                    }
+                } ?? .absent
+            }
+        } catch {
+            logger.warning("spill store: restore read failed: \(error)")
+            outcome = .absent
+        }
+        switch outcome {
+        case .hit:
+            queue.touch(key)
+            queue.count { $0.restoreHits += 1 }
+        case .absent, .payloadMissing:
+            queue.count { $0.restoreMisses += 1 }
+        case .defect(let why):
+            let first = queue.delete(key)
+            if first { logger.warning("spill store: dropping bad entry \(key): \(why)") }
+            queue.count { $0.restoreMisses += 1; if first { $0.corruptDropped += 1 } }
+        }
+        return outcome == .hit
+    }
+
+    public func contains(key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool {
+        checkOpen()
+        if let found = queue.withPending(key, { $0.view.tokens.elementsEqual(UnsafeRawBufferPointer(tokens)) }) { return found }
+        return (try? database.env.withReadTransaction { txn in
+            try key.withBytes { k in
+                try txn.withValue(for: k, in: database.entries) { bytes in
+                    guard let view = try? RecordView(bytes) else { return false }
+                    return view.matches(layout) && view.tokens.elementsEqual(UnsafeRawBufferPointer(tokens))
+                }
+            }
+        }) ?? false
+    }
+
+    public func publish(stats: KVCacheStats) {
+        checkOpen()
+        queue.publish(stats)
+        if background == nil { commitInline(force: false) }
+    }
+
+    // MARK: - Writing
+
+    /// Whether the store already has `key` for these tokens with a payload of this size.
+    private func holds(key: PrefixKey, namespace ns: [UInt8], tokens: UnsafeBufferPointer<TokenID>, payloadBytes: Int) -> Bool {
+        if let pending = queue.withPending(key, { r in r.view.holds(namespace: ns, tokens: tokens) && r.view.payloadBytes == payloadBytes }) {
+            return pending
+        }
+        return (try? database.env.withReadTransaction { txn in
+            try key.withBytes { k in
+                try txn.withValue(for: k, in: database.entries) { bytes in
+                    guard let view = try? RecordView(bytes) else { return false }
+                    return view.matches(layout) && view.payloadBytes == payloadBytes && view.holds(namespace: ns, tokens: tokens)
+                }
+            }
+        }) ?? false
+    }
+
+    /// Synchronous mode: commits `records` with whatever touches, deletions and stats are due.
+    private func commitInline(force: Bool, records: [PendingRecord] = []) {
+        inlineWrites.withLock { _ in
+            guard let batch = queue.takeBatch(maxBytes: .max, force: force, adding: records) else { return }
+            queue.completed(batch, writer.apply(batch))
+        }
+    }
+}

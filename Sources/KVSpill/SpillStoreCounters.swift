@@ -1,0 +1,37 @@
+/// What the spill store did since it opened (the manager's `KVCacheStats` count blocks; these
+/// count the store's own work and troubles).
+public struct SpillStoreCounters: Sendable, Equatable, Codable {
+    /// `spill` calls accepted (copied and queued, or written synchronously).
+    public var spills = 0
+    /// Spills dropped because the background queue was full.
+    public var spillsDroppedQueueFull = 0
+    /// Records committed to LMDB.
+    public var recordsWritten = 0
+    /// Records lost because their batch could not be committed (I/O error, disk full after retries).
+    public var recordsFailed = 0
+    /// Records larger than the whole store limit, never written.
+    public var recordsTooLarge = 0
+    public var restoreHits = 0
+    public var restoreMisses = 0
+    /// Stored records that failed verification (checksum, layout, lengths, tokens) on restore and were dropped.
+    public var corruptDropped = 0
+    /// Entries dropped to stay under the size limit (least recently used first).
+    public var lruEvictions = 0
+    /// `MDB_MAP_FULL` results handled (grow or evict, then retry).
+    public var mapFullRetries = 0
+    public var mapGrowths = 0
+    /// Commits that failed with `ENOSPC`; the store then lowers its limit to what the disk held.
+    public var diskFullEvents = 0
+    /// Write transactions committed.
+    public var commits = 0
+
+    public init() {}
+
+    mutating func add(_ o: SpillStoreCounters) {
+        spills += o.spills; spillsDroppedQueueFull += o.spillsDroppedQueueFull
+        recordsWritten += o.recordsWritten; recordsFailed += o.recordsFailed; recordsTooLarge += o.recordsTooLarge
+        restoreHits += o.restoreHits; restoreMisses += o.restoreMisses; corruptDropped += o.corruptDropped
+        lruEvictions += o.lruEvictions; mapFullRetries += o.mapFullRetries; mapGrowths += o.mapGrowths
+        diskFullEvents += o.diskFullEvents; commits += o.commits
+    }
+}

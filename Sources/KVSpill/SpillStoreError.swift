@@ -1,0 +1,45 @@
+import KVCore
+import LMDB
+
+/// Why a spill store could not be opened (or inspected).
+public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The path holds something that is not a PrefixKV spill store (not LMDB, truncated, garbage,
+    /// a plain file, or an LMDB environment of something else).
+    case notAStore(path: String, reason: String)
+    /// The store was written by an unknown format version.
+    case unsupportedFormat(path: String, version: Int)
+    /// The store holds blocks of another KV layout.
+    case layoutMismatch(path: String, stored: KVLayout, expected: KVLayout)
+    /// The path (or the file system) is not writable, or not readable.
+    case permissionDenied(path: String, LMDBError)
+    /// The path does not exist (read-only opens do not create it).
+    case notFound(path: String)
+    /// This process already has the store open (LMDB forbids a second open per process).
+    case alreadyOpen(path: String)
+    /// Any other failure from LMDB or the system.
+    case lmdb(path: String, LMDBError)
+
+    public var description: String {
+        switch self {
+        case .notAStore(let p, let why): "\(p) is not a PrefixKV spill store: \(why)"
+        case .unsupportedFormat(let p, let v): "\(p): unsupported spill store format version \(v)"
+        case .layoutMismatch(let p, let s, let e): "\(p) holds blocks of layout \(s), expected \(e)"
+        case .permissionDenied(let p, let e): "\(p): \(e)"
+        case .notFound(let p): "\(p): no such store"
+        case .alreadyOpen(let p): "\(p) is already open in this process"
+        case .lmdb(let p, let e): "\(p): \(e)"
+        }
+    }
+
+    /// Classifies a failure to open the LMDB environment at `path`.
+    init(opening path: String, _ error: LMDBError) {
+        switch error {
+        case .invalid, .versionMismatch, .corrupted, .pageNotFound, .notDirectory, .incompatible:
+            self = .notAStore(path: path, reason: error.description)
+        case .permissionDenied, .readOnlyFileSystem: self = .permissionDenied(path: path, error)
+        case .noSuchFileOrDirectory: self = .notFound(path: path)
+        case .alreadyOpenInProcess: self = .alreadyOpen(path: path)
+        default: self = .lmdb(path: path, error)
+        }
+    }
+}

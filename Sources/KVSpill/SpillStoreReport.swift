@@ -1,0 +1,84 @@
+import Foundation
+import KVCache
+import KVCore
+import LMDB
+
+/// What a spill store holds, for `kvctl stats`: read from one snapshot, beside a live writer.
+public struct SpillStoreReport: Sendable, Codable, Equatable {
+    public var path: String
+    public var formatVersion: Int
+    public var layout: KVLayout
+    /// Records stored.
+    public var entries: Int
+    /// Records with a KV payload (the others hold tokens only, from a metadata-only manager).
+    public var blocks: Int
+    /// Sum of record sizes (what the size limit bounds).
+    public var bytes: Int
+    public var tokens: Int
+    public var mapSizeBytes: Int
+    /// Bytes of the map in use: up to the last page written.
+    public var mapUsedBytes: Int
+    public var pageSize: Int
+    public var oldestEntryAgeSeconds: Double?
+    public var newestEntryAgeSeconds: Double?
+    public var entriesPerNamespace: [String: Int]
+    /// Records that do not parse or are of another layout.
+    public var unreadableEntries: Int
+    /// The stats the manager published last, and how old they are.
+    public var cache: KVCacheStats?
+    public var cacheAgeSeconds: Double?
+
+    /// Opens the store at `path` read-only (works while another process writes it) and reports it.
+    public static func inspect(path: String) throws(SpillStoreError) -> SpillStoreReport {
+        let db = try StoreDatabase.openReadOnly(path: path)
+        defer { db.close() }
+        return try db.report()
+    }
+}
+
+extension LMDBSpillStore {
+    /// The report of this open store (committed state; ``flush()`` first to include queued spills).
+    public func report() throws(SpillStoreError) -> SpillStoreReport { try database.report() }
+}
+
+extension StoreDatabase {
+    func report() throws(SpillStoreError) -> SpillStoreReport {
+        let now = nowMillis()
+        func age(_ ms: UInt64) -> Double { Double(now > ms ? now - ms : 0) / 1000 }
+        do {
+            let info = try env.info()
+            let pageSize = try env.stat().pageSize
+            var r = SpillStoreReport(path: path, formatVersion: Int(SpillRecord.formatVersion), layout: layout, entries: 0, blocks: 0,
+                                     bytes: 0, tokens: 0, mapSizeBytes: info.mapSize, mapUsedBytes: (info.lastPageNumber + 1) * pageSize,
+                                     pageSize: pageSize, entriesPerNamespace: [:], unreadableEntries: 0)
+            var oldest = UInt64.max, newest = UInt64.min
+            try env.withReadTransaction { txn in
+                try txn.forEach(in: entries) { _, value in
+                    r.entries += 1
+                    r.bytes += value.count
+                    guard let view = try? RecordView(value), view.matches(layout) else {
+                        r.unreadableEntries += 1
+                        return true
+                    }
+                    if view.payloadBytes > 0 { r.blocks += 1 }
+                    r.tokens += view.tokenCount
+                    r.entriesPerNamespace[view.namespaceString, default: 0] += 1
+                    oldest = min(oldest, view.writtenAtMillis)
+                    newest = max(newest, view.writtenAtMillis)
+                    return true
+                }
+            }
+            if r.entries > r.unreadableEntries {
+                r.oldestEntryAgeSeconds = age(oldest)
+                r.newestEntryAgeSeconds = age(newest)
+            }
+            if let published = try storedStats() {
+                r.cache = published.stats
+                r.cacheAgeSeconds = age(published.savedAtMillis)
+            }
+            return r
+        } catch {
+            throw .lmdb(path: path, error as? LMDBError ?? .invalid)
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import Foundation
+import KVCache
+import KVCore
+import LMDB
+
+/// The spill store's LMDB environment and its four databases:
+///
+/// - `entries`: prefix key (32 bytes) → record (``SpillRecord``)
+/// - `lru`: access sequence (u64 big-endian, so keys sort by age) → prefix key
+/// - `access`: prefix key → its current access sequence (to find its `lru` entry)
+/// - `meta`: `format`, `layout` (JSON), `bytes` (sum of record sizes), `stats` (JSON)
+///
+/// `lru` and `access` are written in the same transactions as `entries`, so they agree after
+/// any crash; ``checkInvariants()`` verifies it.
+final class StoreDatabase: @unchecked Sendable {
+    let env: Environment
+    let entries: Database, lru: Database, access: Database, meta: Database
+    let path: String
+    let layout: KVLayout
+
+    enum MetaKey {
+        static let format = "format", layout = "layout", bytes = "bytes", stats = "stats"
+    }
+
+    private init(env: Environment, path: String, layout: KVLayout, dbs: [Database]) {
+        self.env = env
+        self.path = path
+        self.layout = layout
+        (entries, lru, access, meta) = (dbs[0], dbs[1], dbs[2], dbs[3])
+    }
+
+    /// Opens the store for writing (creating the directory and the databases when new) and checks
+    /// its format and layout.
+    static func openForWriting(_ config: SpillStoreConfiguration) throws(SpillStoreError) -> StoreDatabase {
+        let path = config.path
+        if mkdir(path, 0o755) != 0 && errno != EEXIST {
+            let error = LMDBError(rawValue: errno)
+            // A missing parent is fine to create; anything else (no permission, read-only file
+            // system) is the answer.
+            if errno != ENOENT { throw SpillStoreError(opening: path, error) }
+            do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+                throw SpillStoreError(opening: path, .noSuchFileOrDirectory)
+            }
+        }
+        let env: Environment
+        do {
+            env = try Environment(path: path, configuration: .init(
+                mapSize: min(config.mapSizeLimit, config.initialMapSizeBytes), maxDatabases: 8,
+                flags: config.durable ? [.noTLS, .noMetaSync] : [.noTLS, .noSync]))
+        } catch { throw SpillStoreError(opening: path, error) }
+        do {
+            let main = try env.openDatabase(nil)
+            let isNew = try env.withReadTransaction { txn in try txn.stat(main).entries == 0 }
+            if isNew {
+                let dbs = try ["entries", "lru", "access", "meta"].map { name throws(LMDBError) in try env.openDatabase(name, create: true) }
+                let layoutJSON = try JSONEncoder().encode(config.layout)
+                try env.withWriteTransaction { txn in
+                    try txn.put(le(UInt32(SpillRecord.formatVersion)), for: MetaKey.format, in: dbs[3])
+                    try txn.put(Array(layoutJSON), for: MetaKey.layout, in: dbs[3])
+                    try txn.put(le(UInt64(0)), for: MetaKey.bytes, in: dbs[3])
+                }
+                return StoreDatabase(env: env, path: path, layout: config.layout, dbs: dbs)
+            }
+            let store = try openExisting(env: env, path: path)
+            guard store.layout == config.layout else {
+                throw SpillStoreError.layoutMismatch(path: path, stored: store.layout, expected: config.layout)
+            }
+            return store
+        } catch let error as SpillStoreError {
+            throw error
+        } catch {
+            throw SpillStoreError.lmdb(path: path, error as? LMDBError ?? .invalid)
+        }
+    }
+
+    /// Opens an existing store read-only (beside a process that writes it), for inspection.
+    static func openReadOnly(path: String) throws(SpillStoreError) -> StoreDatabase {
+        // Check first: LMDB would create `lock.mdb` in any directory it is pointed at.
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw .notFound(path: path) }
+        guard isDirectory.boolValue else { throw .notAStore(path: path, reason: "not a directory") }
+        guard FileManager.default.fileExists(atPath: path + "/data.mdb") else { throw .notAStore(path: path, reason: "no data.mdb") }
+        let env: Environment
+        do {
+            env = try Environment(path: path, configuration: .init(mapSize: 0, maxDatabases: 8, flags: [.noTLS, .readOnly]))
+        } catch { throw SpillStoreError(opening: path, error) }
+        do {
+            return try openExisting(env: env, path: path)
+        } catch let error as SpillStoreError {
+            throw error
+        } catch {
+            throw SpillStoreError.lmdb(path: path, error as? LMDBError ?? .invalid)
+        }
+    }
+
+    /// Opens the four databases of an environment that must already be a store, and reads its layout.
+    private static func openExisting(env: Environment, path: String) throws -> StoreDatabase {
+        let dbs = try ["entries", "lru", "access", "meta"].map { name throws(SpillStoreError) in try openNamed(name, env: env, path: path) }
+        let (format, layoutJSON) = try env.withReadTransaction { txn in
+            (try txn.copyValue(for: MetaKey.format, in: dbs[3]), try txn.copyValue(for: MetaKey.layout, in: dbs[3]))
+        }
+        guard let format, format.count == 4 else { throw SpillStoreError.notAStore(path: path, reason: "no format record") }
+        let version = Int(format.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
+        guard version == Int(SpillRecord.formatVersion) else { throw SpillStoreError.unsupportedFormat(path: path, version: version) }
+        guard let layoutJSON, let layout = try? JSONDecoder().decode(KVLayout.self, from: Data(layoutJSON)) else {
+            throw SpillStoreError.notAStore(path: path, reason: "no readable layout record")
+        }
+        return StoreDatabase(env: env, path: path, layout: layout, dbs: dbs)
+    }
+
+    /// Opens one of the store's databases; its absence means the environment is not a store.
+    /// (A helper rather than a `do`/`catch` in a loop: Swift 6.3 hangs compiling that with typed throws.)
+    private static func openNamed(_ name: String, env: Environment, path: String) throws(SpillStoreError) -> Database {
+        do { return try env.openDatabase(name) } catch {
+            if error == .notFound || error == .incompatible {
+                throw .notAStore(path: path, reason: "an LMDB environment without a '\(name)' database")
+            }
+            throw .lmdb(path: path, error)
+        }
+    }
+
+    func close() { env.close() }
+
+    // MARK: - Small reads
+
+    /// The committed sum of record sizes.
+    func storedBytes() throws -> Int {
+        try env.withReadTransaction { txn in try readBytes(txn) }
+    }
+
+    func readBytes(_ txn: borrowing Transaction) throws -> Int {
+        try txn.withValue(for: MetaKey.bytes, in: meta) { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) } ?? 0
+    }
+
+    /// The next access sequence: one past the newest in `lru`.
+    func nextSequence(_ txn: borrowing Transaction) throws -> UInt64 {
+        try txn.withCursor(lru) { c in try c.last { k, _ in UInt64(bigEndian: k.loadUnaligned(as: UInt64.self)) + 1 } } ?? 0
+    }
+
+    func storedStats() throws -> PublishedStats? {
+        let json = try env.withReadTransaction { txn in try txn.copyValue(for: MetaKey.stats, in: meta) }
+        return json.flatMap { try? JSONDecoder().decode(PublishedStats.self, from: Data($0)) }
+    }
+}
+
+func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+func be<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.bigEndian) { Array($0) } }
+
+func nowMillis() -> UInt64 { UInt64(Date().timeIntervalSince1970 * 1000) }

@@ -1,0 +1,51 @@
+import KVCache
+import LMDB
+
+extension StoreWriter {
+    /// Checks, on the committed state and with writes held off, that the three databases agree:
+    /// every entry has exactly one `access` sequence whose `lru` slot names it back, nothing
+    /// else is in `lru` or `access`, and the record sizes add up to meta `bytes` and to the
+    /// writer's count. Traps naming the broken invariant; returns the entry count.
+    @discardableResult
+    func checkInvariants() -> Int {
+        let db = store
+        return withStateLocked { state in
+            do {
+                return try db.env.withReadTransaction { txn in
+                    let entries = try txn.stat(db.entries).entries
+                    let lru = try txn.stat(db.lru).entries, access = try txn.stat(db.access).entries
+                    precondition(lru == entries, "spill store: lru has \(lru) entries, entries has \(entries)")
+                    precondition(access == entries, "spill store: access has \(access) entries, entries has \(entries)")
+                    var bytes = 0
+                    try txn.forEach(in: db.entries) { key, value in
+                        bytes += value.count
+                        let seq = try txn.copyValue(for: key, in: db.access)
+                        precondition(seq != nil, "spill store: entry \(PrefixKey(bytes: key)) has no access sequence")
+                        let back = try txn.withValue(for: seq!, in: db.lru) { $0.elementsEqual(key) }
+                        precondition(back == true, "spill store: the lru slot of entry \(PrefixKey(bytes: key)) does not name it")
+                        return true
+                    }
+                    try txn.forEach(in: db.lru) { seq, key in
+                        let linked = try txn.withValue(for: key, in: db.access) { $0.elementsEqual(seq) }
+                        precondition(linked == true, "spill store: lru slot for \(PrefixKey(bytes: key)) is not its access sequence")
+                        return true
+                    }
+                    let metaBytes = try db.readBytes(txn)
+                    precondition(metaBytes == bytes, "spill store: meta bytes \(metaBytes), records add up to \(bytes)")
+                    precondition(state.bytes == bytes, "spill store: writer counts \(state.bytes) bytes, records add up to \(bytes)")
+                    precondition(bytes <= state.limitBytes, "spill store: \(bytes) bytes stored over the limit of \(state.limitBytes)")
+                    return entries
+                }
+            } catch {
+                preconditionFailure("spill store: invariant check could not read the store: \(error)")
+            }
+        }
+    }
+}
+
+extension LMDBSpillStore {
+    /// Traps naming the first broken invariant of the committed store (see `StoreWriter.checkInvariants`).
+    /// Returns the number of committed entries. Call after ``flush()`` to include queued spills.
+    @discardableResult
+    public func checkInvariants() -> Int { writer.checkInvariants() }
+}

@@ -1,0 +1,144 @@
+import KVAttention
+import KVCache
+import KVCore
+
+/// `kvctl demo`: the whole path end to end on a small model layout.
+///
+/// Requests share a system prompt; each forks 32 samples that decode with bifurcated attention
+/// (timed against the paged kernel on the same pages, and checked against it); the pool is small
+/// enough that older requests' blocks are evicted and spilled to the store; finally the first
+/// request returns and its prompt comes back from memory and the store, verified element by element.
+public struct Demo {
+    public struct Options: Sendable {
+        public var requests = 4
+        public var samples = 32
+        public var systemPromptTokens = 1024
+        public var userPromptTokens = 192
+        public var decodeSteps = 16
+        public var capacityBlocks = 140
+        public var queryHeads = 32
+        public var layout = try! KVLayout(layerCount: 2, kvHeadCount: 8, headDim: 128, blockSize: 16, dtype: .bfloat16)
+        public var seed: UInt64 = 42
+        public init() {}
+    }
+
+    public struct Report: Sendable {
+        public var stats: KVCacheStats
+        public var decodeSteps = 0
+        public var pagedSeconds = 0.0
+        public var bifurcatedSeconds = 0.0
+        public var maxRelativeError: Float = 0
+        /// The most blocks sharing saved at once (logical − physical blocks during a decode step).
+        public var peakBlocksSaved = 0
+        public var returningCachedTokens = 0
+        public var returningStoreTokens = 0
+        public var returningPromptTokens = 0
+        public var restoredMismatches = 0
+        public var speedup: Double { pagedSeconds / max(bifurcatedSeconds, 1e-12) }
+    }
+
+    public let options: Options
+    public init(options: Options = Options()) { self.options = options }
+
+    /// Runs the demo; `say` receives one line per event.
+    public func run(store: (any ColdPrefixStore)?, say: (String) -> Void) throws -> Report {
+        let o = options, layout = o.layout
+        let cache = try KVCacheManager(layout: layout, capacityBlocks: o.capacityBlocks, allocatesPages: true, coldStore: store)
+        let arena = cache.arena!
+        let model = FakeModel(layout: layout)
+        let attention = try DecodeAttention(layout: layout, queryHeads: o.queryHeads)
+        let scale = DecodeAttention.defaultScale(headDim: layout.headDim)
+        var rng = SeededRandom(seed: o.seed)
+        var report = Report(stats: cache.stats)
+
+        say("layout: \(layout), \(o.queryHeads) query heads; pool \(o.capacityBlocks) blocks (\((o.capacityBlocks * layout.blockBytes) >> 20) MiB of KV)")
+        let system = (0..<o.systemPromptTokens).map { _ in TokenID(rng.next() % 50_000) }
+        var prompts: [[TokenID]] = []
+        for r in 0..<o.requests {
+            let prompt = system + (0..<o.userPromptTokens).map { _ in TokenID(rng.next() % 50_000) }
+            prompts.append(prompt)
+            let a = try cache.admit(prompt, namespace: "demo")
+            model.write(tokens: prompt[a.cachedTokenCount...], from: a.cachedTokenCount, blockTable: a.blockTable, arena: arena)
+            let samples = try cache.fork(a.sequence, count: o.samples)
+            try cache.release(a.sequence)
+            for step in 0..<o.decodeSteps {
+                for s in samples {
+                    let position = try cache.tokenCount(of: s)
+                    let token = TokenID(rng.next() % 50_000)
+                    try cache.append([token], to: s)
+                    model.write(tokens: [token], from: position, blockTable: try cache.blockTable(of: s), arena: arena)
+                }
+                let plan = try cache.decodePlan(for: samples)
+                let stats = cache.stats
+                report.peakBlocksSaved = max(report.peakBlocksSaved, stats.logicalBlocks - stats.physicalBlocks)
+                let query = (0..<(o.samples * o.queryHeads * layout.headDim)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+                for layer in 0..<layout.layerCount {
+                    let (paged, bifurcated, tp, tb) = try cache.withUnsafeLayerPages(layer: layer) { pages in
+                        // Alternate the order each step so neither kernel always runs on a warm cache.
+                        if step % 2 == 0 {
+                            let t0 = monotonicNanos()
+                            let p = try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale)
+                            let t1 = monotonicNanos()
+                            let b = try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
+                            return (p, b, t1 - t0, monotonicNanos() - t1)
+                        } else {
+                            let t0 = monotonicNanos()
+                            let b = try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
+                            let t1 = monotonicNanos()
+                            let p = try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale)
+                            return (p, b, monotonicNanos() - t1, t1 - t0)
+                        }
+                    }
+                    report.pagedSeconds += Double(tp) / 1e9
+                    report.bifurcatedSeconds += Double(tb) / 1e9
+                    report.maxRelativeError = max(report.maxRelativeError, maxRelativeError(bifurcated, paged))
+                }
+                report.decodeSteps += 1
+            }
+            for s in samples { try cache.release(s) }
+            let st = cache.stats
+            say("request \(r + 1): \(prompt.count) prompt tokens, \(a.cachedTokenCount) cached (\(a.memoryHitTokens) memory, \(a.storeHitTokens) store); "
+                + "\(o.samples) samples × \(o.decodeSteps) steps; evicted \(st.evictedBlocks), spilled \(st.spilledBlocks) so far")
+        }
+
+        // The first request returns: its system prompt is hot, its own part was evicted.
+        let back = try cache.admit(prompts[0], namespace: "demo")
+        report.returningPromptTokens = prompts[0].count
+        report.returningCachedTokens = back.cachedTokenCount
+        report.returningStoreTokens = back.storeHitTokens
+        report.restoredMismatches = model.mismatches(tokens: prompts[0], positions: back.memoryHitTokens..<back.cachedTokenCount,
+                                                     blockTable: back.blockTable, arena: arena)
+        say("returning request 1: \(back.cachedTokenCount) of \(prompts[0].count) tokens cached "
+            + "(\(back.memoryHitTokens) from memory, \(back.storeHitTokens) restored from the store; "
+            + "\(report.restoredMismatches) restored KV elements differ from what was written)")
+        try cache.release(back.sequence)
+        cache.checkInvariants()
+        cache.publishStats()
+        report.stats = cache.stats
+        return report
+    }
+
+    public static func summary(_ r: Report) -> String {
+        let s = r.stats
+        return renderTable(header: ["summary", "value"], rows: [
+            ["prompt tokens", "\(s.queryTokens)"],
+            ["hit rate (memory)", fixed(100 * Double(s.hitTokens) / Double(max(s.queryTokens, 1)), 1) + "%"],
+            ["hit rate (memory + store)", fixed(100 * s.hitRate, 1) + "%"],
+            ["evicted / spilled / restored blocks", "\(s.evictedBlocks) / \(s.spilledBlocks) / \(s.restoredBlocks)"],
+            ["blocks saved by sharing (peak)", "\(r.peakBlocksSaved)"],
+            ["decode steps (× layers)", "\(r.decodeSteps)"],
+            ["paged attention total", fixed(r.pagedSeconds * 1000, 2) + " ms"],
+            ["bifurcated attention total", fixed(r.bifurcatedSeconds * 1000, 2) + " ms"],
+            ["bifurcated speedup", fixed(r.speedup, 2) + "×"],
+            ["max relative error vs paged", "\(r.maxRelativeError)"],
+            ["returning request restored", "\(r.returningStoreTokens) tokens, \(r.restoredMismatches) mismatches"],
+        ])
+    }
+}
+
+/// max |a − b| / max(|b|, 1e-3) over all elements.
+func maxRelativeError(_ a: [Float], _ b: [Float]) -> Float {
+    var worst: Float = 0
+    for i in a.indices { worst = max(worst, abs(a[i] - b[i]) / max(abs(b[i]), 1e-3)) }
+    return worst
+}

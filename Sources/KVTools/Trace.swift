@@ -1,0 +1,122 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One request of a Mooncake trace: when it arrived, how long its prompt is, and the chained ids
+/// of its prompt's hash blocks (an id stands for the whole prefix up to and including its block).
+public struct TraceRequest: Sendable, Equatable {
+    /// Arrival time in milliseconds from the start of the trace.
+    public var timestamp: Int64
+    public var inputLength: Int
+    public var outputLength: Int
+    public var hashIDs: [Int64]
+    /// The 1-based line of the file the request came from (for error messages).
+    public var line: Int
+
+    public init(timestamp: Int64, inputLength: Int, outputLength: Int, hashIDs: [Int64], line: Int) {
+        self.timestamp = timestamp
+        self.inputLength = inputLength
+        self.outputLength = outputLength
+        self.hashIDs = hashIDs
+        self.line = line
+    }
+}
+
+/// Why a trace could not be read. Every content error names the 1-based line.
+public enum TraceError: Error, Equatable, Sendable, CustomStringConvertible {
+    case unreadable(path: String, reason: String)
+    case malformed(line: Int, reason: String)
+    case missingField(line: Int, field: String)
+    /// The request's fields disagree (too few hash ids for its input length, empty prompt).
+    case inconsistent(line: Int, reason: String)
+    /// A token id `hash * hashBlockTokens + i` would not fit a non-negative `TokenID`.
+    case tokenOverflow(line: Int, hashID: Int64)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let p, let r): "cannot read trace \(p): \(r)"
+        case .malformed(let l, let r): "trace line \(l): malformed JSON: \(r)"
+        case .missingField(let l, let f): "trace line \(l): missing field \"\(f)\""
+        case .inconsistent(let l, let r): "trace line \(l): \(r)"
+        case .tokenOverflow(let l, let h): "trace line \(l): hash id \(h) gives token ids beyond Int32"
+        }
+    }
+}
+
+/// A parsed trace, requests in timestamp order (stable: equal timestamps keep file order), plus
+/// the granularity its hash ids were computed at.
+public struct Trace: Sendable {
+    public var requests: [TraceRequest]
+    /// Tokens per hash block (512 for the Mooncake traces).
+    public var hashBlockTokens: Int
+
+    /// Parses JSONL bytes; blank lines are skipped.
+    public init(jsonl bytes: [UInt8], hashBlockTokens: Int = 512) throws(TraceError) {
+        guard hashBlockTokens > 0 else { throw .malformed(line: 0, reason: "hash block size must be positive") }
+        self.hashBlockTokens = hashBlockTokens
+        var parsed: [TraceRequest] = []
+        try bytes.withUnsafeBufferPointer { (buffer: UnsafeBufferPointer<UInt8>) throws(TraceError) in
+            var start = 0
+            var line = 0
+            while start < buffer.count {
+                line += 1
+                var end = start
+                while end < buffer.count && buffer[end] != UInt8(ascii: "\n") { end += 1 }
+                var parser = TraceLineParser(bytes: UnsafeBufferPointer(rebasing: buffer[start..<end]), line: line)
+                if let request = try parser.parseRequest() {
+                    try Self.validate(request, hashBlockTokens: hashBlockTokens)
+                    parsed.append(request)
+                }
+                start = end + 1
+            }
+        }
+        // Sorting (timestamp, file position) pairs makes the order stable whatever sort is used.
+        requests = parsed.enumerated()
+            .sorted { ($0.element.timestamp, $0.offset) < ($1.element.timestamp, $1.offset) }
+            .map(\.element)
+    }
+
+    /// Reads and parses a JSONL file.
+    public init(contentsOf path: String, hashBlockTokens: Int = 512) throws(TraceError) {
+        let bytes: [UInt8]
+        do { bytes = try readFile(path) } catch { throw .unreadable(path: path, reason: "\(error)") }
+        try self.init(jsonl: bytes, hashBlockTokens: hashBlockTokens)
+    }
+
+    /// The first `limit` requests (in timestamp order).
+    public func prefix(_ limit: Int) -> Trace {
+        var t = self
+        t.requests = Array(requests.prefix(limit))
+        return t
+    }
+
+    /// Total prompt tokens.
+    public var promptTokens: Int { requests.reduce(0) { $0 + $1.inputLength } }
+
+    static func validate(_ r: TraceRequest, hashBlockTokens: Int) throws(TraceError) {
+        guard r.inputLength > 0 else { throw .inconsistent(line: r.line, reason: "input_length must be positive, got \(r.inputLength)") }
+        let needed = (r.inputLength + hashBlockTokens - 1) / hashBlockTokens
+        guard r.hashIDs.count >= needed else {
+            throw .inconsistent(line: r.line, reason: "\(r.hashIDs.count) hash ids cannot cover input_length \(r.inputLength) at \(hashBlockTokens) tokens per id")
+        }
+        let limit = Int64(Int32.max) / Int64(hashBlockTokens)
+        for h in r.hashIDs.prefix(needed) where h < 0 || h >= limit { throw .tokenOverflow(line: r.line, hashID: h) }
+    }
+}
+
+/// Reads a whole file with the C library (Foundation's `Data(contentsOf:)` is not needed for this).
+private func readFile(_ path: String) throws(TraceError) -> [UInt8] {
+    guard let f = fopen(path, "rb") else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
+    defer { fclose(f) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 1 << 20)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { fread($0.baseAddress, 1, $0.count, f) }
+        if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
+        if n < chunk.count { break }
+    }
+    guard ferror(f) == 0 else { throw .unreadable(path: path, reason: "read error") }
+    return bytes
+}

@@ -1,0 +1,227 @@
+import CLMDB
+import Glibc
+import Synchronization
+
+/// One LMDB environment: a memory-mapped file holding named databases, shared safely between
+/// threads of this process and with other processes.
+///
+/// Open an environment at most once per process (the initializer enforces it, see
+/// ``LMDBError/alreadyOpenInProcess``) and share the instance. All access goes through scoped
+/// transactions: ``withReadTransaction(_:)`` and ``withWriteTransaction(_:)``.
+public final class Environment: @unchecked Sendable {
+    /// Environment flags (`MDB_*` on `mdb_env_open`).
+    public struct Flags: OptionSet, Sendable, Hashable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        /// The path names the data file itself (lock file beside it, `-lock` suffix), not a directory.
+        public static let noSubdirectory = Flags(rawValue: UInt32(MDB_NOSUBDIR))
+        /// Open read-only: no write transactions; works beside another process that writes.
+        public static let readOnly = Flags(rawValue: UInt32(MDB_RDONLY))
+        /// Don't fsync on commit: a process crash loses nothing, an OS crash may lose the last commits.
+        public static let noSync = Flags(rawValue: UInt32(MDB_NOSYNC))
+        /// Don't fsync the meta page on commit (one fsync instead of two; an OS crash may undo the last commit).
+        public static let noMetaSync = Flags(rawValue: UInt32(MDB_NOMETASYNC))
+        /// Write through a writable map instead of `pwrite` (faster, but stray pointer writes can corrupt the file).
+        public static let writeMap = Flags(rawValue: UInt32(MDB_WRITEMAP))
+        /// Tie read transactions to the transaction object, not the thread, so they may end on
+        /// another thread and a thread may hold several. Set by default here.
+        public static let noTLS = Flags(rawValue: UInt32(MDB_NOTLS))
+        /// Don't use read-ahead on the map (helps random reads when the file is larger than RAM).
+        public static let noReadAhead = Flags(rawValue: UInt32(MDB_NORDAHEAD))
+        /// Don't zero malloc'd pages before writing them.
+        public static let noMemoryInit = Flags(rawValue: UInt32(MDB_NOMEMINIT))
+    }
+
+    public struct Configuration: Sendable {
+        /// The size of the memory map, which bounds the file (rounded to pages). Grow it later with ``Environment/setMapSize(_:)``.
+        public var mapSize: Int
+        /// Named databases the environment may hold.
+        public var maxDatabases: Int
+        /// Concurrent read transactions across all processes.
+        public var maxReaders: Int
+        public var flags: Flags
+        /// Permissions of files LMDB creates.
+        public var mode: mode_t
+
+        public init(mapSize: Int = 64 << 20, maxDatabases: Int = 8, maxReaders: Int = 126,
+                    flags: Flags = [.noTLS], mode: mode_t = 0o644) {
+            self.mapSize = mapSize
+            self.maxDatabases = maxDatabases
+            self.maxReaders = maxReaders
+            self.flags = flags
+            self.mode = mode
+        }
+    }
+
+    let handle: OpaquePointer
+    let faults: FaultInjector
+    let gate = TransactionGate()
+    private let identity: OpenPaths.Identity
+    private let isClosed = Atomic<Bool>(false)
+    /// Serializes `mdb_dbi_open`, which LMDB forbids from two threads at once.
+    private let databaseOpening = Locked<Void>(())
+
+    public let path: String
+    public let flags: Flags
+    public var isReadOnly: Bool { flags.contains(.readOnly) }
+    /// Reader slots of dead processes that `mdb_reader_check` freed when this environment opened.
+    public let staleReadersCleared: Int
+
+    /// Opens (creating if needed, unless read-only) the environment at `path`: a directory that
+    /// must exist, or the data file with ``Flags/noSubdirectory``.
+    public convenience init(path: String, configuration: Configuration = Configuration()) throws(LMDBError) {
+        try self.init(path: path, configuration: configuration, faults: FaultInjector())
+    }
+
+    init(path: String, configuration: Configuration, faults: FaultInjector) throws(LMDBError) {
+        var env: OpaquePointer?
+        try check(mdb_env_create(&env))
+        let handle = env!
+        let c = configuration
+        do throws(LMDBError) {
+            try check(faults.call(.envSetMapSize) { mdb_env_set_mapsize(handle, c.mapSize) })
+            try check(mdb_env_set_maxdbs(handle, MDB_dbi(c.maxDatabases)))
+            try check(mdb_env_set_maxreaders(handle, UInt32(c.maxReaders)))
+            let createsFile = c.flags.contains(.noSubdirectory) && !c.flags.contains(.readOnly)
+            let identity = try OpenPaths.register(path: path, createFile: createsFile) { () throws(LMDBError) in
+                try check(faults.call(.envOpen) { mdb_env_open(handle, path, c.flags.rawValue, c.mode) })
+            }
+            // Free the reader slots of processes that died inside a read transaction: they would
+            // otherwise pin old pages forever and make the file grow.
+            var dead: Int32 = 0
+            let rc = faults.call(.readerCheck) { mdb_reader_check(handle, &dead) }
+            if rc != 0 { OpenPaths.release(identity); throw LMDBError(rawValue: rc) }
+            self.identity = identity
+            self.staleReadersCleared = Int(dead)
+        } catch {
+            mdb_env_close(handle)
+            throw error
+        }
+        self.handle = handle
+        self.faults = faults
+        self.path = path
+        self.flags = c.flags
+    }
+
+    /// Closes the environment (waits for transactions in flight). Idempotent; `deinit` calls it.
+    public func close() {
+        guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        gate.exclusive { mdb_env_close(handle) }
+        OpenPaths.release(identity)
+    }
+
+    deinit { close() }
+
+    func checkOpen() {
+        precondition(!isClosed.load(ordering: .acquiring), "LMDB.Environment: used after close (\(path))")
+    }
+
+    // MARK: - Map size
+
+    /// Sets the map size (grow it after `MDB_MAP_FULL`; 0 adopts the size another process set).
+    /// Waits until no transaction of this environment is active in this process, as LMDB requires;
+    /// must not be called from inside one (that traps: it would wait forever).
+    public func setMapSize(_ bytes: Int) throws(LMDBError) {
+        checkOpen()
+        try gate.exclusive { () throws(LMDBError) in
+            try check(faults.call(.envSetMapSize) { mdb_env_set_mapsize(handle, bytes) })
+        }
+    }
+
+    // MARK: - Inspection
+
+    /// Statistics of the environment's main (unnamed) database.
+    public func stat() throws(LMDBError) -> Stat {
+        checkOpen()
+        var s = MDB_stat()
+        try check(faults.call(.envStat) { mdb_env_stat(handle, &s) })
+        return Stat(s)
+    }
+
+    public func info() throws(LMDBError) -> Info {
+        checkOpen()
+        var i = MDB_envinfo()
+        try check(faults.call(.envInfo) { mdb_env_info(handle, &i) })
+        return Info(i)
+    }
+
+    /// Flushes to disk (needed only with ``Flags/noSync`` or ``Flags/noMetaSync``).
+    public func sync(force: Bool = true) throws(LMDBError) {
+        checkOpen()
+        try check(faults.call(.envSync) { mdb_env_sync(handle, force ? 1 : 0) })
+    }
+
+    /// Frees reader slots held by dead processes; returns how many.
+    public func checkReaders() throws(LMDBError) -> Int {
+        checkOpen()
+        var dead: Int32 = 0
+        try check(faults.call(.readerCheck) { mdb_reader_check(handle, &dead) })
+        return Int(dead)
+    }
+
+    // MARK: - Databases
+
+    /// Opens the named database (nil: the main one), creating it when `create` (needs a writable
+    /// environment). Handles stay valid until the environment closes: open each once and keep it.
+    public func openDatabase(_ name: String?, create: Bool = false) throws(LMDBError) -> Database {
+        checkOpen()
+        return try databaseOpening.withLock { _ throws(LMDBError) -> Database in
+            let readOnly = !create
+            let txn = try begin(readOnly: readOnly)
+            var dbi: MDB_dbi = 0
+            let flags = create ? UInt32(MDB_CREATE) : 0
+            let rc: Int32 = if let name { faults.call(.dbiOpen) { mdb_dbi_open(txn.handle, name, flags, &dbi) } }
+                            else { faults.call(.dbiOpen) { mdb_dbi_open(txn.handle, nil, flags, &dbi) } }
+            guard rc == 0 else { txn.abort(); throw LMDBError(rawValue: rc) }
+            // A handle opened in a transaction that aborts is closed again, so commit even when reading.
+            try txn.commit()
+            return Database(dbi: dbi, name: name)
+        }
+    }
+
+    // MARK: - Transactions
+
+    /// Runs `body` in a read-only snapshot transaction. Keep it short: while it runs, the pages
+    /// it sees cannot be reused and the file grows under a steady writer.
+    public func withReadTransaction<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
+        let txn = try begin(readOnly: true)
+        let result: Result<R, any Error> = Result { try body(txn) }
+        txn.abort()
+        return try result.get()
+    }
+
+    /// Runs `body` in the write transaction (LMDB allows one at a time; others wait), commits it
+    /// when `body` returns and aborts it when `body` throws. The whole call runs on the calling
+    /// thread, as LMDB's write lock requires. If an LMDB call inside failed but `body` caught the
+    /// error and returned, the transaction is aborted and that first failure is thrown: LMDB
+    /// poisons a transaction after most failures, and the first error is the informative one.
+    public func withWriteTransaction<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
+        precondition(!isReadOnly, "LMDB.Environment: write transaction on a read-only environment (\(path))")
+        let txn = try begin(readOnly: false)
+        let result: R
+        do {
+            result = try body(txn)
+        } catch {
+            txn.abort()
+            throw error
+        }
+        try txn.commit()
+        return result
+    }
+
+    func begin(readOnly: Bool) throws(LMDBError) -> Transaction {
+        checkOpen()
+        var resizedOnce = false
+        while true {
+            gate.enter()
+            var txn: OpaquePointer?
+            let rc = faults.call(.txnBegin) { mdb_txn_begin(handle, nil, readOnly ? UInt32(MDB_RDONLY) : 0, &txn) }
+            if rc == 0 { return Transaction(handle: txn!, environment: self, readOnly: readOnly) }
+            gate.leave()
+            // Another process grew the map past ours: adopt its size (0 = "as in the file"), once.
+            guard rc == MDB_MAP_RESIZED, !resizedOnce else { throw LMDBError(rawValue: rc) }
+            resizedOnce = true
+            try setMapSize(0)
+        }
+    }
+}

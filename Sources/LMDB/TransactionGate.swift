@@ -1,0 +1,66 @@
+import Glibc
+
+/// Keeps `mdb_env_set_mapsize` away from live transactions.
+///
+/// LMDB may only change the map size when this process has no transaction active: it remaps
+/// the file, and every pointer a transaction handed out would dangle. Transactions enter and
+/// leave the gate; a resize waits for the ones in flight to end and holds new ones back until
+/// it is done. A resize from a thread that itself holds a transaction would wait forever, so
+/// the gate remembers which threads are inside and traps on that misuse instead.
+final class TransactionGate: @unchecked Sendable {
+    // Heap-allocated: pthread objects must not move, and `&property` on a class gives no such promise.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var active = 0
+    private var resizing = false
+    /// Open transactions per thread (`pthread_self`), to catch a resize from inside one.
+    private var perThread: [UInt: Int] = [:]
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(changed, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(changed)
+        pthread_mutex_destroy(mutex)
+        changed.deallocate()
+        mutex.deallocate()
+    }
+
+    func enter() {
+        pthread_mutex_lock(mutex)
+        while resizing { pthread_cond_wait(changed, mutex) }
+        active += 1
+        perThread[pthread_self(), default: 0] += 1
+        pthread_mutex_unlock(mutex)
+    }
+
+    func leave() {
+        pthread_mutex_lock(mutex)
+        active -= 1
+        let me = pthread_self()
+        let n = perThread[me]! - 1
+        perThread[me] = n == 0 ? nil : n
+        if active == 0 { pthread_cond_broadcast(changed) }
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Runs `body` with no transaction active in the process's use of this environment.
+    func exclusive<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_mutex_lock(mutex)
+        precondition(perThread[pthread_self()] == nil,
+                     "LMDB.Environment: map resize or close requested from a thread inside a transaction of the same environment")
+        while resizing { pthread_cond_wait(changed, mutex) }
+        resizing = true
+        while active > 0 { pthread_cond_wait(changed, mutex) }
+        pthread_mutex_unlock(mutex)
+        defer {
+            pthread_mutex_lock(mutex)
+            resizing = false
+            pthread_cond_broadcast(changed)
+            pthread_mutex_unlock(mutex)
+        }
+        return try body()
+    }
+}

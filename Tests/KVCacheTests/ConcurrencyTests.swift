@@ -1,0 +1,44 @@
+import Dispatch
+import KVCore
+import KVTestSupport
+import Testing
+import KVCache
+
+/// Several threads drive one manager at once (run under `swift test --sanitize=thread`).
+@Suite struct ConcurrencyTests {
+    @Test func concurrentRequestsStayConsistent() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 256)
+        let threads = 4
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            var rng = SeededRandom(seed: UInt64(100 + t))
+            var mine: [SequenceHandle] = []
+            for _ in 0..<1500 {
+                do {
+                    let op = mine.isEmpty ? 0 : Int.random(in: 0..<8, using: &rng)
+                    switch op {
+                    case 0...2:
+                        let prompt = (0..<Int.random(in: 1...24, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
+                        let a = try cache.admit(prompt, namespace: t % 2 == 0 ? "even" : "odd")
+                        mine.append(a.sequence)
+                    case 3...4:
+                        try cache.append([TokenID.random(in: 0..<2, using: &rng)], to: mine.randomElement(using: &rng)!)
+                    case 5:
+                        mine += try cache.fork(mine.randomElement(using: &rng)!, count: 2)
+                    default:
+                        try cache.release(mine.remove(at: Int.random(in: 0..<mine.count, using: &rng)))
+                    }
+                } catch KVCacheError.insufficientBlocks {
+                    if let h = mine.popLast() { try? cache.release(h) }
+                } catch {
+                    Issue.record("thread \(t): \(error)")
+                }
+                _ = cache.stats
+            }
+            for h in mine { try? cache.release(h) }
+        }
+        cache.checkInvariants()
+        #expect(cache.stats.usedBlocks == 0)
+        #expect(cache.stats.liveSequences == 0)
+        #expect(cache.stats.queryTokens > 0)
+    }
+}

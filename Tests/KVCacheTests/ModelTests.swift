@@ -1,0 +1,162 @@
+import KVCore
+import KVTestSupport
+import Testing
+@testable import KVCache
+
+/// A reference model of what the cache must report, written independently of its data structures:
+/// the set of cached prefixes (as token arrays) and each live sequence's tokens.
+struct ReferenceModel {
+    let blockSize: Int
+    /// Every whole-block prefix that joined the tree, per namespace (unbounded capacity: never evicted).
+    var cached: [String: Set<[TokenID]>] = [:]
+    /// Every whole-block prefix any sequence ever filled (what a hit may name, whatever was evicted).
+    var everFilled: [String: Set<[TokenID]>] = [:]
+    var sequences: [SequenceHandle: (namespace: String, tokens: [TokenID], chainIntact: Bool)] = [:]
+
+    func hitBlocks(_ tokens: [TokenID], _ ns: String, in sets: [String: Set<[TokenID]>]? = nil) -> Int {
+        let set = (sets ?? cached)[ns, default: []]
+        var n = 0
+        while (n + 1) * blockSize <= tokens.count, set.contains(Array(tokens[0..<((n + 1) * blockSize)])) { n += 1 }
+        return n
+    }
+
+    /// A block filled: it joins the tree unless the sequence's chain broke, and an existing equal
+    /// prefix (another block) breaks the chain.
+    /// Admission: the first `hit` blocks are the cached nodes themselves; later full blocks join.
+    mutating func admitted(_ h: SequenceHandle, _ ns: String, _ prompt: [TokenID], hit: Int) {
+        sequences[h] = (ns, Array(prompt.prefix(hit * blockSize)), true)
+        for t in prompt.dropFirst(hit * blockSize) { appended(h, t) }
+    }
+
+    mutating func appended(_ h: SequenceHandle, _ t: TokenID) {
+        sequences[h]!.tokens.append(t)
+        if sequences[h]!.tokens.count % blockSize == 0 { blockFilled(h) }
+    }
+
+    mutating func blockFilled(_ h: SequenceHandle) {
+        var s = sequences[h]!
+        let prefix = Array(s.tokens)
+        everFilled[s.namespace, default: []].insert(prefix)
+        if s.chainIntact {
+            if cached[s.namespace, default: []].contains(prefix) { s.chainIntact = false } else { cached[s.namespace, default: []].insert(prefix) }
+        }
+        sequences[h] = s
+    }
+}
+
+@Suite struct ModelTests {
+    /// Thousands of random operations with room for everything: hits must equal the model's
+    /// exactly, tokens must read back, invariants must hold after every step.
+    @Test(arguments: [UInt64(1), 2, 3])
+    func unboundedMatchesReferenceModel(seed: UInt64) throws {
+        var rng = SeededRandom(seed: seed)
+        let bs = 4
+        let cache = try KVCacheManager(layout: .small(blockSize: bs), capacityBlocks: 3_000)
+        var model = ReferenceModel(blockSize: bs)
+        let namespaces = ["a", "b"]
+        let stems: [[TokenID]] = (0..<4).map { _ in (0..<12).map { _ in TokenID.random(in: 0..<3, using: &rng) } }
+        for step in 0..<3000 {
+            let live = Array(model.sequences.keys).sorted { $0.rawValue < $1.rawValue }
+            let op = live.isEmpty ? 0 : Int.random(in: 0..<10, using: &rng)
+            switch op {
+            case 0...3:
+                let ns = namespaces.randomElement(using: &rng)!
+                let stem = stems.randomElement(using: &rng)!
+                let prompt = Array(stem.prefix(Int.random(in: 0...12, using: &rng)))
+                    + (0..<Int.random(in: 1...9, using: &rng)).map { _ in TokenID.random(in: 0..<3, using: &rng) }
+                let expected = model.hitBlocks(prompt, ns)
+                #expect(try cache.lookup(prompt, namespace: Namespace(ns)).memoryTokens == expected * bs, "seed \(seed) step \(step)")
+                let a = try cache.admit(prompt, namespace: Namespace(ns))
+                #expect(a.cachedTokenCount == expected * bs, "seed \(seed) step \(step)")
+                model.admitted(a.sequence, ns, prompt, hit: expected)
+            case 4...5:
+                let h = live.randomElement(using: &rng)!
+                let tokens = (0..<Int.random(in: 1...6, using: &rng)).map { _ in TokenID.random(in: 0..<3, using: &rng) }
+                try cache.append(tokens, to: h)
+                for t in tokens { model.appended(h, t) }
+            case 6:
+                let h = live.randomElement(using: &rng)!
+                for child in try cache.fork(h, count: Int.random(in: 1...3, using: &rng)) { model.sequences[child] = model.sequences[h] }
+            default:
+                let h = live.randomElement(using: &rng)!
+                try cache.release(h)
+                model.sequences[h] = nil
+                #expect(throws: KVCacheError.releasedSequence(h)) { try cache.release(h) }
+            }
+            cache.checkInvariants()
+            if step % 50 == 0 {
+                for (h, s) in model.sequences { #expect(try cache.tokens(of: h) == s.tokens, "seed \(seed) step \(step)") }
+            }
+        }
+        #expect(cache.stats.liveSequences == model.sequences.count)
+        for h in model.sequences.keys { try cache.release(h) }
+        #expect(cache.stats.usedBlocks == 0)
+        cache.checkInvariants()
+    }
+
+    /// Random operations under memory pressure: eviction may only forget prefixes (a hit is always
+    /// a prefix the model cached), a failed call changes nothing, no block leaks.
+    @Test(arguments: [UInt64(11), 12, 13])
+    func boundedNeverLiesAndNeverLeaks(seed: UInt64) throws {
+        var rng = SeededRandom(seed: seed)
+        let bs = 4, capacity = 24
+        let cache = try KVCacheManager(layout: .small(blockSize: bs), capacityBlocks: capacity)
+        var model = ReferenceModel(blockSize: bs)
+        var failures = 0
+        for step in 0..<4000 {
+            let live = Array(model.sequences.keys).sorted { $0.rawValue < $1.rawValue }
+            var held = Set<Int32>()
+            for h in live { held.formUnion(try cache.blockTable(of: h)) }
+            #expect(cache.stats.usedBlocks == held.count)
+            let queueBefore = cache.freeQueueOrder
+            let usedBefore = cache.stats.usedBlocks
+            let op = live.isEmpty ? 0 : Int.random(in: 0..<10, using: &rng)
+            switch op {
+            case 0...3:
+                let prompt = (0..<Int.random(in: 1...20, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
+                let hit = try cache.lookup(prompt).memoryTokens / bs
+                #expect(hit <= model.hitBlocks(prompt, "default", in: model.everFilled), "seed \(seed) step \(step): hit on a prefix never cached")
+                let needed = (prompt.count + bs - 1) / bs - hit
+                do {
+                    let a = try cache.admit(prompt)
+                    #expect(a.cachedTokenCount == hit * bs)
+                    #expect(needed <= capacity - held.count + Set(a.blockTable.prefix(hit)).subtracting(held).count)
+                    model.admitted(a.sequence, "default", prompt, hit: hit)
+                } catch {
+                    guard case .insufficientBlocks = error else { throw error }
+                    failures += 1
+                    // Pinning an unreferenced hit takes it out of the evictable set too.
+                    #expect(needed + hit > capacity - held.count, "seed \(seed) step \(step)")
+                    #expect(cache.freeQueueOrder == queueBefore)
+                }
+            case 4...5:
+                let h = live.randomElement(using: &rng)!
+                let tokens = (0..<Int.random(in: 1...6, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
+                do {
+                    try cache.append(tokens, to: h)
+                    for t in tokens { model.appended(h, t) }
+                } catch {
+                    guard case .insufficientBlocks = error else { throw error }
+                    failures += 1
+                    #expect(cache.freeQueueOrder == queueBefore && cache.stats.usedBlocks == usedBefore)
+                    let tokensAfter = try cache.tokens(of: h)
+                    #expect(tokensAfter == model.sequences[h]!.tokens)
+                }
+            case 6:
+                let h = live.randomElement(using: &rng)!
+                for child in try cache.fork(h, count: Int.random(in: 1...2, using: &rng)) { model.sequences[child] = model.sequences[h] }
+            default:
+                let h = live.randomElement(using: &rng)!
+                try cache.release(h)
+                model.sequences[h] = nil
+            }
+            cache.checkInvariants()
+            for (h, s) in model.sequences { #expect(try cache.tokens(of: h) == s.tokens, "seed \(seed) step \(step)") }
+        }
+        #expect(failures > 0, "the run never hit memory pressure; raise the load")
+        #expect(cache.stats.evictedBlocks > 0)
+        for h in model.sequences.keys { try cache.release(h) }
+        #expect(cache.stats.usedBlocks == 0)
+        cache.checkInvariants()
+    }
+}

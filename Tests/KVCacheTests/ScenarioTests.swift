@@ -1,0 +1,173 @@
+import KVCore
+import Testing
+@testable import KVCache
+
+/// Scenario tests: each walks time steps and asserts exact block ids, refcounts and free-queue order.
+@Suite struct ScenarioTests {
+    /// Tokens `start ..< start + count`.
+    func run(_ start: Int32, _ count: Int) -> [TokenID] { (0..<Int32(count)).map { start + $0 } }
+
+    @Test func sharingReleaseAndLeafFirstEviction() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
+        #expect(cache.freeQueueOrder == [1, 2, 3, 4, 5, 6, 7, 8])
+
+        // t1: A = 10 tokens -> blocks 1, 2 full (cached at once), 3 partial.
+        let a = try cache.admit(run(0, 10))
+        #expect(a.blockTable == [1, 2, 3])
+        #expect(a.cachedTokenCount == 0)
+        #expect(cache.isCached(1) && cache.isCached(2) && !cache.isCached(3))
+        cache.checkInvariants()
+
+        // t2: B shares A's first 8 tokens, then differs: hits blocks 1, 2.
+        let b = try cache.admit(run(0, 8) + run(100, 4))
+        #expect(b.blockTable == [1, 2, 4])
+        #expect(b.cachedTokenCount == 8 && b.memoryHitTokens == 8)
+        #expect(cache.refcount(of: 1) == 2 && cache.refcount(of: 2) == 2 && cache.refcount(of: 4) == 1)
+        #expect(cache.freeQueueOrder == [5, 6, 7, 8])
+        cache.checkInvariants()
+
+        // t3: releasing A frees its partial block 3 at the head (nothing to keep); 1, 2 stay pinned by B.
+        try cache.release(a.sequence)
+        #expect(cache.freeQueueOrder == [3, 5, 6, 7, 8])
+        #expect(cache.refcount(of: 1) == 1)
+        cache.checkInvariants()
+
+        // t4: releasing B queues its cached blocks at the tail, deepest first.
+        try cache.release(b.sequence)
+        #expect(cache.freeQueueOrder == [3, 5, 6, 7, 8, 4, 2, 1])
+        #expect(cache.stats.cachedBlocks == 3 && cache.stats.usedBlocks == 0)
+        cache.checkInvariants()
+
+        // t5: C needs 6 fresh blocks: the 5 uncached ones, then evicts the LRU leaf, block 4.
+        let c = try cache.admit(run(1000, 24))
+        #expect(c.blockTable == [3, 5, 6, 7, 8, 4])
+        #expect(cache.freeQueueOrder == [2, 1])
+        #expect(cache.stats.evictedBlocks == 1)
+        #expect(try cache.lookup(run(0, 8) + run(100, 4)).memoryTokens == 8)
+        cache.checkInvariants()
+
+        // t6: D needs 3 blocks, only 2 are free or evictable: typed error, nothing changes.
+        #expect(throws: KVCacheError.insufficientBlocks(needed: 3, available: 2)) { try cache.admit(run(5000, 12)) }
+        #expect(cache.freeQueueOrder == [2, 1])
+        #expect(cache.stats.allocationsFailed == 1)
+        cache.checkInvariants()
+
+        // t7: C leaves; its six full blocks queue deepest first behind the older 2, 1.
+        try cache.release(c.sequence)
+        #expect(cache.freeQueueOrder == [2, 1, 4, 8, 7, 6, 5, 3])
+
+        // t8: a hit on 1, 2 takes them out of the queue; the third block evicts C's deepest leaf.
+        let e = try cache.admit(run(0, 9))
+        #expect(e.blockTable == [1, 2, 4] && e.cachedTokenCount == 8)
+        #expect(cache.freeQueueOrder == [8, 7, 6, 5, 3])
+        #expect(try cache.lookup(run(1000, 24)).memoryTokens == 20)
+        cache.checkInvariants()
+    }
+
+    @Test func forkSharesBlocksAndCopiesThePartialBlockOnWrite() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8, allocatesPages: true)
+        let p = try cache.admit(run(0, 6))  // [1 full, 2 partial (2 tokens)]
+        #expect(p.blockTable == [1, 2])
+        let kids = try cache.fork(p.sequence, count: 2)
+        #expect(cache.refcount(of: 1) == 3 && cache.refcount(of: 2) == 3)
+        #expect(cache.stats.sharedBlocks == 2)
+        #expect(abs(cache.stats.dedupRatio - 3) < 1e-9)
+
+        // The engine writes KV into the partial block before the fork is written to.
+        cache.arena!.withUnsafeMutableBlockBytes(BlockID(2), layer: 0, kind: .keys) { $0.storeBytes(of: 0xABCD, as: UInt32.self) }
+
+        // t1: child 0 writes: block 2 is shared, so it gets a private copy (block 3).
+        try cache.append([77], to: kids[0])
+        #expect(try cache.blockTable(of: kids[0]) == [1, 3])
+        #expect(cache.refcount(of: 2) == 2 && cache.refcount(of: 3) == 1)
+        #expect(try cache.tokens(of: kids[0]) == run(0, 6) + [77])
+        let copied = cache.arena!.withUnsafeBlockBytes(BlockID(3), layer: 0, kind: .keys) { $0.load(as: UInt32.self) }
+        #expect(copied == 0xABCD)
+        cache.checkInvariants()
+
+        // t2: child 1 writes: still shared with the parent, copy again (block 4).
+        try cache.append([88, 89], to: kids[1])
+        #expect(try cache.blockTable(of: kids[1]) == [1, 4])
+        #expect(cache.isCached(4))  // it filled: 6 + 2 = 8 tokens, joins the tree at once
+        #expect(cache.refcount(of: 2) == 1)
+
+        // t3: the parent is now the only owner of block 2: it writes in place.
+        try cache.append([99], to: p.sequence)
+        #expect(try cache.blockTable(of: p.sequence) == [1, 2])
+        #expect(try cache.tokens(of: p.sequence) == run(0, 6) + [99])
+        #expect(try cache.tokens(of: kids[1]) == run(0, 6) + [88, 89])
+        cache.checkInvariants()
+
+        // A new request with child 1's whole prefix hits both of its blocks.
+        #expect(try cache.lookup(run(0, 6) + [88, 89, 5]).memoryTokens == 8)
+
+        for s in [p.sequence] + kids { try cache.release(s) }
+        #expect(cache.stats.usedBlocks == 0 && cache.stats.liveSequences == 0)
+        cache.checkInvariants()
+    }
+
+    @Test func namespacesNeverShare() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
+        let a = try cache.admit(run(0, 8), namespace: "tenant-a")
+        let b = try cache.admit(run(0, 8), namespace: "tenant-b")
+        #expect(b.cachedTokenCount == 0)
+        #expect(Set(a.blockTable).isDisjoint(with: b.blockTable))
+        #expect(try cache.lookup(run(0, 8), namespace: "tenant-a").memoryTokens == 8)
+        #expect(try cache.lookup(run(0, 8), namespace: "tenant-c").memoryTokens == 0)
+        cache.checkInvariants()
+    }
+
+    @Test func lookupHasNoSideEffects() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4)
+        let a = try cache.admit(run(0, 8))
+        try cache.release(a.sequence)
+        let before = (cache.freeQueueOrder, cache.stats)
+        #expect(try cache.lookup(run(0, 8)).memoryTokens == 8)
+        #expect(try cache.lookup(run(0, 7)).memoryTokens == 4)
+        #expect(cache.freeQueueOrder == before.0 && cache.stats == before.1)
+    }
+
+    @Test func misuseGivesTypedErrors() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4)
+        #expect(throws: KVCacheError.emptyPrompt) { try cache.admit([]) }
+        #expect(throws: KVCacheError.negativeToken(index: 1, value: -5)) { try cache.admit([1, -5]) }
+        let a = try cache.admit([1, 2, 3])
+        #expect(throws: KVCacheError.negativeToken(index: 0, value: -1)) { try cache.append([-1], to: a.sequence) }
+        #expect(throws: KVCacheError.invalidForkCount(0)) { try cache.fork(a.sequence, count: 0) }
+        try cache.release(a.sequence)
+        #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.release(a.sequence) }
+        #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.append([1], to: a.sequence) }
+        let bogus = SequenceHandle(rawValue: 999)
+        #expect(throws: KVCacheError.unknownSequence(bogus)) { try cache.blockTable(of: bogus) }
+        #expect(throws: KVCacheError.noPageArena) { try cache.withUnsafeLayerPages(layer: 0) { _ in } }
+        #expect(throws: KVCacheError.invalidCapacity(0)) { try KVCacheManager(layout: .small(), capacityBlocks: 0) }
+        let other = KVLayout.small(blockSize: 8)
+        #expect(throws: KVCacheError.layoutMismatch(expected: cache.layout, got: other)) { try cache.requireLayout(other) }
+        cache.checkInvariants()
+    }
+
+    @Test func appendFailureChangesNothing() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 3)
+        let a = try cache.admit(run(0, 8))
+        #expect(throws: KVCacheError.insufficientBlocks(needed: 2, available: 1)) { try cache.append(run(50, 5), to: a.sequence) }
+        #expect(try cache.tokens(of: a.sequence) == run(0, 8))
+        #expect(try cache.blockTable(of: a.sequence) == [1, 2])
+        cache.checkInvariants()
+    }
+
+    @Test func decodePlanFromForkedSamples() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 64)
+        let p = try cache.admit(run(0, 12))  // 3 full blocks: 1, 2, 3
+        let kids = try cache.fork(p.sequence, count: 3)
+        for (i, k) in kids.enumerated() { try cache.append(run(Int32(100 * (i + 1)), 5), to: k) }
+        let plan = try cache.decodePlan(for: kids)
+        plan.checkInvariants()
+        #expect(plan.levels.count == 2)
+        #expect(plan.levels[0].nodeCount == 1)
+        #expect(Array(plan.levels[0].blocks(ofNode: 0)) == [1, 2, 3])
+        #expect(Array(plan.levels[0].sequences(ofNode: 0)) == [0, 1, 2])
+        #expect(plan.levels[1].nodeCount == 3)
+        #expect(plan.levels[1].lastBlockTokenCounts == [1, 1, 1])
+        #expect(plan.planTokenReads == 12 + 3 * 5)
+    }
+}

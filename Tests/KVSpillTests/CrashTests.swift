@@ -1,0 +1,137 @@
+import Foundation
+import KVCache
+import KVCore
+import XCTest
+@testable import KVSpill
+
+/// A second process writing the store: killed with SIGKILL mid-spill, or read beside.
+final class CrashTests: XCTestCase {
+    /// 4 layers × 8 KV heads × 128 × fp16: 256 KiB blocks, so a kill lands inside big commits.
+    static let layout = try! KVLayout(layerCount: 4, kvHeadCount: 8, headDim: 128, blockSize: 16)
+
+    static func configuration(_ dir: String) -> SpillStoreConfiguration {
+        SpillStoreConfiguration(path: dir + "/store", layout: layout, limitBytes: 24 << 20,
+                                writeMode: .background(queueLimitBytes: 8 << 20), durable: true, statsIntervalSeconds: 0.02)
+    }
+
+    /// Child mode: spills chains of 40 blocks forever (the store's limit makes it evict as it
+    /// goes), publishing stats; creates `ready` once the first blocks are committed.
+    func testChildSpiller() throws {
+        guard let dir = ChildProcess.childDirectory else { throw XCTSkip("child mode only") }
+        let store = try LMDBSpillStore(Self.configuration(dir))
+        let arena = KVPageArena(layout: Self.layout, capacityBlocks: 2)
+        var stats = KVCacheStats()
+        for chain in 0... {
+            var parent = store.rootKey(namespace: Namespace("ns\(chain % 3)"))
+            for i in 0..<40 {
+                let tokens = blockTokens(chain: chain, index: i)
+                let key = tokens.withUnsafeBufferPointer { store.childKey(parent: parent, tokens: $0) }
+                fill(arena, block: BlockID(1), tokens: tokens)
+                store.spill(key, Namespace("ns\(chain % 3)"), tokens, block: BlockID(1), arena: arena)
+                parent = key
+                stats.spilledBlocks += 1
+                store.publish(stats: stats)
+            }
+            if chain == 0 {
+                store.flush()
+                _ = FileManager.default.createFile(atPath: dir + "/ready", contents: nil)
+            }
+        }
+    }
+
+    func startSpiller(_ dir: String) throws -> ChildProcess {
+        let child = try ChildProcess(test: "KVSpillTests.CrashTests/testChildSpiller", directory: dir, logPath: dir + "/child.log")
+        guard child.waitForFile(dir + "/ready") else {
+            child.kill()
+            throw XCTSkip("the child spiller did not start: \((try? String(contentsOfFile: dir + "/child.log", encoding: .utf8)) ?? "")")
+        }
+        return child
+    }
+
+    func testAStoreKilledMidSpillOpensRestoresOnlyCorrectBlocksAndKeepsWorking() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let child = try startSpiller(dir)
+        usleep(UInt32.random(in: 150_000...400_000))
+        child.kill()
+        XCTAssertEqual(child.process.terminationReason, .uncaughtSignal)
+
+        let store = try LMDBSpillStore(Self.configuration(dir))
+        let entries = store.checkInvariants()
+        XCTAssertGreaterThan(entries, 0)
+        // Every committed entry: recompute its key from its tokens' chain, restore it through the
+        // protocol, and compare the KV with what the child wrote.
+        var records: [(PrefixKey, [TokenID], Namespace)] = []
+        try store.database.env.withReadTransaction { txn in
+            try txn.forEach(in: store.database.entries) { k, v in
+                let view = try RecordView(v)
+                records.append((PrefixKey(bytes: k), view.tokenArray, Namespace(view.namespaceString)))
+                return true
+            }
+        }
+        let arena = KVPageArena(layout: Self.layout, capacityBlocks: 2)
+        for (key, tokens, namespace) in records {
+            let chain = Int(tokens[0]) / 100_000, index = (Int(tokens[0]) % 100_000) / 16
+            XCTAssertEqual(namespace, Namespace("ns\(chain % 3)"))
+            XCTAssertEqual(key, store.key(namespace: namespace, chain: (0...index).map { blockTokens(chain: chain, index: $0) }))
+            XCTAssertTrue(store.restore(key, namespace, tokens, into: BlockID(1), arena: arena))
+            XCTAssertEqual(contents(arena, block: BlockID(1)), expectedPayload(tokens: tokens, layout: Self.layout))
+        }
+        XCTAssertEqual(store.counters.restoreHits, records.count)
+        XCTAssertEqual(store.counters.corruptDropped, 0)
+        XCTAssertGreaterThan(try store.report().cache?.spilledBlocks ?? 0, 0, "the child's published stats survived")
+
+        // And it keeps working.
+        let tokens = blockTokens(chain: 999, index: 0)
+        let key = store.key(namespace: "after", chain: [tokens])
+        fill(arena, block: BlockID(0), tokens: tokens)
+        store.spill(key, "after", tokens, block: BlockID(0), arena: arena)
+        store.flush()
+        XCTAssertTrue(store.restore(key, "after", tokens, into: BlockID(1), arena: arena))
+        XCTAssertEqual(contents(arena, block: BlockID(1)), expectedPayload(tokens: tokens, layout: Self.layout))
+        store.checkInvariants()
+    }
+
+    /// What `kvctl stats` does: open read-only while another process writes.
+    func testReadOnlyReportWhileAnotherProcessSpills() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let child = try startSpiller(dir)
+        defer { child.kill() }
+        var last = try SpillStoreReport.inspect(path: dir + "/store")
+        XCTAssertGreaterThan(last.entries, 0)
+        XCTAssertEqual(last.layout, Self.layout)
+        let deadline = Date().addingTimeInterval(10)
+        var sawGrowth = false
+        while Date() < deadline && !sawGrowth {
+            usleep(50_000)
+            let now = try SpillStoreReport.inspect(path: dir + "/store")
+            XCTAssertLessThanOrEqual(now.bytes, 24 << 20)
+            XCTAssertEqual(now.unreadableEntries, 0)
+            sawGrowth = (now.cache?.spilledBlocks ?? 0) > (last.cache?.spilledBlocks ?? 0)
+            last = now
+        }
+        XCTAssertTrue(sawGrowth, "the live stats record advances while the writer runs")
+        XCTAssertEqual(Set(last.entriesPerNamespace.keys).isSubset(of: ["ns0", "ns1", "ns2"]), true)
+
+        // The kvctl binary itself, when `swift build` has built it next to this test bundle.
+        let kvctl = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+            .deletingLastPathComponent().appendingPathComponent("kvctl").path
+        guard FileManager.default.isExecutableFile(atPath: kvctl) else {
+            throw XCTSkip("\(kvctl) not built: run `swift build` before `swift test` to test the CLI too")
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: kvctl)
+        p.arguments = ["stats", "--store", dir + "/store", "--json"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let storeSection = try XCTUnwrap(json["store"] as? [String: Any])
+        let cacheSection = try XCTUnwrap(json["cache"] as? [String: Any])
+        for k in ["entries", "bytes", "mapSizeBytes"] { XCTAssertNotNil(storeSection[k], k) }
+        for k in ["capacityBlocks", "usedBlocks", "cachedBlocks", "sharedBlocks", "queryTokens", "hitTokens", "storeHitTokens",
+                  "evictedBlocks", "spilledBlocks", "restoredBlocks"] { XCTAssertNotNil(cacheSection[k], k) }
+    }
+}

@@ -1,0 +1,272 @@
+import Foundation
+import KVCache
+import KVCore
+import XCTest
+@testable import KVSpill
+@testable import LMDB
+
+final class SpillStoreTests: XCTestCase {
+    func openStore(_ dir: String, limit: Int = 8 << 20, mode: SpillStoreConfiguration.WriteMode = .background(queueLimitBytes: 4 << 20),
+                   layout: KVLayout = testLayout, durable: Bool = false) throws -> LMDBSpillStore {
+        try LMDBSpillStore(SpillStoreConfiguration(path: dir + "/store", layout: layout, limitBytes: limit, writeMode: mode,
+                                                   durable: durable, statsIntervalSeconds: 0.05))
+    }
+
+    /// Spills `count` blocks of chain `chain` (one key chain) from an arena and returns their keys and tokens.
+    @discardableResult
+    func spillChain(_ store: LMDBSpillStore, arena: KVPageArena, chain: Int, count: Int, namespace: Namespace = .default) -> [(PrefixKey, [TokenID])] {
+        var parent = store.rootKey(namespace: namespace)
+        var out: [(PrefixKey, [TokenID])] = []
+        for i in 0..<count {
+            let tokens = blockTokens(chain: chain, index: i)
+            let key = tokens.withUnsafeBufferPointer { store.childKey(parent: parent, tokens: $0) }
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(key, namespace, tokens, block: BlockID(1), arena: arena)
+            out.append((key, tokens))
+            parent = key
+        }
+        return out
+    }
+
+    func testSpillThenRestoreRoundTripsInBothModes() throws {
+        for mode in [SpillStoreConfiguration.WriteMode.synchronous, .background(queueLimitBytes: 1 << 20)] {
+            let store = try openStore(try makeTemporaryDirectory(self) + "/\(mode == .synchronous ? "sync" : "bg")", mode: mode)
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            let blocks = spillChain(store, arena: arena, chain: 1, count: 20)
+            store.flush()
+            XCTAssertEqual(store.checkInvariants(), 20)
+            for (key, tokens) in blocks {
+                XCTAssertTrue(store.contains(key, tokens))
+                arena.withUnsafeMutableBlockBytes(BlockID(2), layer: 0, kind: .keys) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+                XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena), "\(mode)")
+                XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout))
+            }
+            let c = store.counters
+            XCTAssertEqual(c.spills, 20)
+            XCTAssertEqual(c.recordsWritten, 20)
+            XCTAssertEqual(c.restoreHits, 20)
+            XCTAssertEqual(c.restoreMisses, 0)
+            // A block evicted again after coming back is not written twice.
+            store.spill(blocks[3].0, blocks[3].1, block: BlockID(1), arena: arena)
+            store.flush()
+            XCTAssertEqual(store.counters.spills, 20)
+            store.close()
+        }
+    }
+
+    func testMissesForOtherTokensOtherNamespacesAndAbsentKeys() throws {
+        let store = try openStore(try makeTemporaryDirectory(self))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let a = spillChain(store, arena: arena, chain: 1, count: 2, namespace: "tenant-a")
+        store.flush()
+        let (key, tokens) = a[1]
+        // Same tokens and history in another namespace: another key, not found.
+        let otherKey = store.key(namespace: "tenant-b", chain: [a[0].1, a[1].1])
+        XCTAssertNotEqual(otherKey, key)
+        XCTAssertFalse(store.contains(otherKey, tokens))
+        XCTAssertFalse(store.restore(otherKey, "tenant-b", tokens, into: BlockID(2), arena: arena))
+        // Same block tokens after another history: another key.
+        XCTAssertNotEqual(store.key(namespace: "tenant-a", chain: [blockTokens(chain: 9, index: 0), tokens]), key)
+        XCTAssertEqual(store.counters.corruptDropped, 0)
+        XCTAssertEqual(store.counters.restoreMisses, 1)
+        // The key's entry asked for with other tokens: never used, dropped as bad, counted.
+        var wrong = tokens
+        wrong[5] += 1
+        XCTAssertFalse(store.contains(key, wrong))
+        XCTAssertFalse(store.restore(key, "tenant-a", wrong, into: BlockID(2), arena: arena))
+        store.flush()
+        XCTAssertEqual(store.counters.corruptDropped, 1)
+        XCTAssertFalse(store.contains(key, tokens))
+        XCTAssertEqual(store.checkInvariants(), 1)
+        XCTAssertEqual(try store.report().entriesPerNamespace, ["tenant-a": 1])
+    }
+
+    /// Rewrites the committed record of `key` through the store's own environment, as bit rot or
+    /// a torn write would (no new checksum), keeping the stored byte count honest for truncations.
+    func tamper(_ store: LMDBSpillStore, _ key: PrefixKey, _ edit: (inout [UInt8]) -> Void) throws {
+        let db = store.database
+        let shrunk = try db.env.withWriteTransaction { txn in
+            var record = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+            let before = record.count
+            edit(&record)
+            try txn.put(record, for: key.byteArray, in: db.entries)
+            try txn.put(le(UInt64(try db.readBytes(txn) - (before - record.count))), for: StoreDatabase.MetaKey.bytes, in: db.meta)
+            return before - record.count
+        }
+        store.writer.adjustCommittedBytesForTests(by: -shrunk)
+    }
+
+    func testCorruptRecordsAreMissesDroppedAndCounted() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let blocks = spillChain(store, arena: arena, chain: 2, count: 5)
+        let payloadStart = SpillRecord.payloadOffset(namespaceBytes: 7, tokenCount: 16)
+        let edits: [(String, (inout [UInt8]) -> Void)] = [
+            ("payload bit flip", { $0[payloadStart + 1000] ^= 0x10 }),
+            ("token changed", { $0[SpillRecord.fixedHeaderBytes + 8] ^= 1 }),
+            ("truncated", { $0.removeLast(100) }),
+            ("other layout", { $0[16] = 3 }),  // layer count 2 → 3
+            ("bad magic", { $0[0] = 0 }),
+        ]
+        for ((name, edit), (key, tokens)) in zip(edits, blocks) {
+            try tamper(store, key, edit)
+            let before = contents(arena, block: BlockID(3))
+            XCTAssertFalse(store.restore(key, tokens, into: BlockID(3), arena: arena), name)
+            XCTAssertEqual(contents(arena, block: BlockID(3)), before, "\(name): nothing is copied in before verification")
+        }
+        store.flush()
+        XCTAssertEqual(store.counters.corruptDropped, 5)
+        XCTAssertEqual(store.counters.restoreHits, 0)
+        XCTAssertEqual(store.checkInvariants(), 0, "every bad entry was dropped")
+        XCTAssertEqual(store.storedBytes, 0)
+    }
+
+    func testSizeLimitDropsLeastRecentlyUsedAndRestoresRefreshRecency() throws {
+        let recordBytes = SpillRecord.payloadOffset(namespaceBytes: 7, tokenCount: 16) + testLayout.blockBytes
+        let store = try openStore(try makeTemporaryDirectory(self), limit: 10 * recordBytes, mode: .synchronous)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let first = spillChain(store, arena: arena, chain: 1, count: 10)
+        XCTAssertEqual(store.storedBytes, 10 * recordBytes)
+        // Use the oldest block: it becomes the most recent.
+        XCTAssertTrue(store.restore(first[0].0, first[0].1, into: BlockID(2), arena: arena))
+        spillChain(store, arena: arena, chain: 2, count: 5)
+        store.flush()
+        XCTAssertEqual(store.checkInvariants(), 10)
+        XCTAssertLessThanOrEqual(store.storedBytes, 10 * recordBytes)
+        XCTAssertEqual(store.counters.lruEvictions, 5)
+        XCTAssertTrue(store.contains(first[0].0, first[0].1), "the restored block was refreshed")
+        for (key, tokens) in first[1...5] { XCTAssertFalse(store.contains(key, tokens), "oldest untouched blocks go first") }
+        for (key, tokens) in first[6...] { XCTAssertTrue(store.contains(key, tokens)) }
+    }
+
+    func testMapGrowsUpToTheLimitAndInjectedMapFullIsRetried() throws {
+        let layout = try KVLayout(layerCount: 2, kvHeadCount: 8, headDim: 128, blockSize: 16)  // 128 KiB blocks
+        var config = SpillStoreConfiguration(path: try makeTemporaryDirectory(self) + "/store", layout: layout, limitBytes: 64 << 20,
+                                             writeMode: .background(queueLimitBytes: 16 << 20), durable: false)
+        config.initialMapSizeBytes = 1 << 20
+        let store = try LMDBSpillStore(config)
+        let arena = KVPageArena(layout: layout, capacityBlocks: 2)
+        XCTAssertEqual(try store.database.env.info().mapSize, 1 << 20)
+        let blocks = spillChain(store, arena: arena, chain: 1, count: 200)  // 25 MiB
+        store.flush()
+        XCTAssertGreaterThanOrEqual(store.counters.mapGrowths, 5)
+        XCTAssertEqual(store.counters.recordsWritten, 200)
+        XCTAssertEqual(store.counters.recordsFailed, 0)
+        XCTAssertLessThanOrEqual(try store.database.env.info().mapSize, store.configuration.mapSizeLimit)
+
+        store.database.env.faults.fail(.put, with: .mapFull)
+        spillChain(store, arena: arena, chain: 2, count: 1)
+        store.flush()
+        XCTAssertEqual(store.counters.recordsFailed, 0)
+        XCTAssertEqual(store.counters.recordsWritten, 201)
+        XCTAssertGreaterThanOrEqual(store.counters.mapFullRetries, 2)
+        XCTAssertEqual(store.checkInvariants(), 201)
+        XCTAssertTrue(store.restore(blocks[150].0, blocks[150].1, into: BlockID(0), arena: arena))
+        XCTAssertEqual(contents(arena, block: BlockID(0)), expectedPayload(tokens: blocks[150].1, layout: layout))
+    }
+
+    func testDiskFullAndIOErrorsAreCountedAndTheStoreKeepsWorking() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        spillChain(store, arena: arena, chain: 1, count: 10)
+        let bytesBefore = store.storedBytes
+        store.database.env.faults.fail(.txnCommit, with: .noSpace)
+        let next = spillChain(store, arena: arena, chain: 2, count: 1)
+        XCTAssertEqual(store.counters.diskFullEvents, 1)
+        XCTAssertEqual(store.counters.recordsFailed, 0, "the retry after making room commits")
+        XCTAssertTrue(store.contains(next[0].0, next[0].1))
+        XCTAssertLessThanOrEqual(store.storedBytes, bytesBefore, "the store shrank to what the disk held")
+
+        store.database.env.faults.fail(.txnCommit, with: .ioError, times: 100)
+        let lost = spillChain(store, arena: arena, chain: 3, count: 2)
+        XCTAssertEqual(store.counters.recordsFailed, 2)
+        XCTAssertFalse(store.restore(lost[0].0, lost[0].1, into: BlockID(2), arena: arena))
+        store.database.env.faults.clear()
+        let later = spillChain(store, arena: arena, chain: 4, count: 2)
+        XCTAssertTrue(store.restore(later[1].0, later[1].1, into: BlockID(2), arena: arena))
+        XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: later[1].1, layout: testLayout))
+        store.checkInvariants()
+    }
+
+    func testAFullQueueDropsSpillsInsteadOfStalling() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), mode: .background(queueLimitBytes: 1))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        let start = DispatchTime.now().uptimeNanoseconds
+        let blocks = spillChain(store, arena: arena, chain: 1, count: 50)
+        XCTAssertLessThan(DispatchTime.now().uptimeNanoseconds - start, 2_000_000_000)
+        store.flush()
+        XCTAssertEqual(store.counters.spillsDroppedQueueFull, 50)
+        XCTAssertFalse(store.restore(blocks[0].0, blocks[0].1, into: BlockID(1), arena: arena))
+    }
+
+    func testMetadataOnlySpillsKeepTokensAndAreNotKVHits() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
+        let tokens = blockTokens(chain: 1, index: 0)
+        let key = store.key(chain: [tokens])
+        store.spill(key, tokens, block: BlockID(1), arena: nil)
+        XCTAssertTrue(store.restore(key, tokens, into: BlockID(1), arena: nil), "a metadata-only manager restores tokens")
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        XCTAssertFalse(store.restore(key, tokens, into: BlockID(1), arena: arena), "no KV to give a manager with pages")
+        XCTAssertEqual(store.counters.corruptDropped, 0)
+        let report = try store.report()
+        XCTAssertEqual(report.entries, 1)
+        XCTAssertEqual(report.blocks, 0)
+    }
+
+    func testReopenRestoresEarlierWritesAndTheStatsRecord() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        var stats = KVCacheStats()
+        stats.capacityBlocks = 64
+        stats.spilledBlocks = 12
+        let blocks: [(PrefixKey, [TokenID])]
+        do {
+            let store = try openStore(dir, durable: true)
+            blocks = spillChain(store, arena: arena, chain: 1, count: 12)
+            store.publish(stats: stats)
+            store.close()
+        }
+        let store = try openStore(dir, durable: true)
+        for (key, tokens) in blocks {
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena))
+            XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout))
+        }
+        let report = try store.report()
+        XCTAssertEqual(report.cache, stats)
+        XCTAssertEqual(report.entries, 12)
+        XCTAssertEqual(report.blocks, 12)
+        XCTAssertEqual(report.bytes, store.storedBytes)
+        XCTAssertNotNil(report.cacheAgeSeconds)
+        store.checkInvariants()
+    }
+
+    func testConcurrentSpillsRestoresAndPublishes() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), limit: 1 << 20, mode: .background(queueLimitBytes: 256 << 10))
+        let arenas = (0..<3).map { _ in KVPageArena(layout: testLayout, capacityBlocks: 2) }
+        DispatchQueue.concurrentPerform(iterations: 3) { t in
+            let arena = arenas[t]
+            var parent = store.rootKey(namespace: Namespace("t\(t % 2)"))
+            for i in 0..<150 {
+                let tokens = blockTokens(chain: t, index: i)
+                let key = tokens.withUnsafeBufferPointer { store.childKey(parent: parent, tokens: $0) }
+                fill(arena, block: BlockID(0), tokens: tokens)
+                store.spill(key, Namespace("t\(t % 2)"), tokens, block: BlockID(0), arena: arena)
+                if i % 3 == 0, store.restore(key, Namespace("t\(t % 2)"), tokens, into: BlockID(1), arena: arena) {
+                    XCTAssertEqual(contents(arena, block: BlockID(1)), expectedPayload(tokens: tokens, layout: testLayout))
+                }
+                _ = store.contains(key, tokens)
+                var stats = KVCacheStats()
+                stats.queryTokens = i
+                store.publish(stats: stats)
+                parent = key
+            }
+        }
+        store.flush()
+        let c = store.counters
+        XCTAssertEqual(c.spills + c.spillsDroppedQueueFull, 450)
+        XCTAssertEqual(c.recordsWritten + c.recordsFailed, c.spills)
+        XCTAssertEqual(c.corruptDropped, 0)
+        XCTAssertLessThanOrEqual(store.storedBytes, 1 << 20)
+        store.checkInvariants()
+    }
+}

@@ -1,0 +1,152 @@
+import Foundation
+import KVCache
+import KVCore
+import XCTest
+@testable import KVSpill
+@testable import LMDB
+
+/// Opening a store over bad paths and files, and running out of disk, for real.
+final class StoreOpeningTests: XCTestCase {
+    func config(_ path: String, layout: KVLayout = testLayout, limit: Int = 8 << 20,
+                mode: SpillStoreConfiguration.WriteMode = .synchronous) -> SpillStoreConfiguration {
+        SpillStoreConfiguration(path: path, layout: layout, limitBytes: limit, writeMode: mode, durable: false)
+    }
+
+    func assertOpenFails(_ config: SpillStoreConfiguration, file: StaticString = #filePath, line: UInt = #line,
+                         _ check: (SpillStoreError) -> Bool) {
+        XCTAssertThrowsError(try LMDBSpillStore(config), file: file, line: line) { error in
+            guard let e = error as? SpillStoreError else { return XCTFail("untyped \(error)", file: file, line: line) }
+            XCTAssertTrue(check(e), "unexpected \(e)", file: file, line: line)
+            XCTAssertFalse(e.description.contains("\n"), "one-line description", file: file, line: line)
+        }
+    }
+
+    func testGarbageTruncatedAndForeignFilesAreNotStores() throws {
+        let dir = try makeTemporaryDirectory(self)
+        // Garbage where the data file goes.
+        let garbage = dir + "/garbage"
+        try FileManager.default.createDirectory(atPath: garbage, withIntermediateDirectories: true)
+        try Data((0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7919) }).write(to: URL(fileURLWithPath: garbage + "/data.mdb"))
+        assertOpenFails(config(garbage)) { if case .notAStore = $0 { true } else { false } }
+        XCTAssertThrowsError(try SpillStoreReport.inspect(path: garbage)) {
+            guard case SpillStoreError.notAStore = $0 else { return XCTFail("\($0)") }
+        }
+
+        // A real store cut short.
+        let truncated = dir + "/truncated"
+        do {
+            let store = try LMDBSpillStore(config(truncated))
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+            let tokens = blockTokens(chain: 1, index: 0)
+            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+            store.close()
+        }
+        XCTAssertEqual(truncate(truncated + "/data.mdb", 4096 + 100), 0)
+        assertOpenFails(config(truncated)) { if case .notAStore = $0 { true } else { false } }
+
+        // A plain file where the store directory goes.
+        let file = dir + "/file"
+        _ = FileManager.default.createFile(atPath: file, contents: Data("hello".utf8))
+        assertOpenFails(config(file)) { if case .notAStore = $0 { true } else { false } }
+
+        // An LMDB environment of something else.
+        let foreign = dir + "/foreign"
+        try FileManager.default.createDirectory(atPath: foreign, withIntermediateDirectories: true)
+        do {
+            let env = try Environment(path: foreign)
+            let db = try env.openDatabase("other", create: true)
+            try env.withWriteTransaction { try $0.put([1], for: "x", in: db) }
+            env.close()
+        }
+        assertOpenFails(config(foreign)) { if case .notAStore = $0 { true } else { false } }
+
+        XCTAssertThrowsError(try SpillStoreReport.inspect(path: dir + "/missing")) {
+            XCTAssertEqual($0 as? SpillStoreError, .notFound(path: dir + "/missing"))
+        }
+    }
+
+    func testAnotherLayoutAndASecondOpenAreRefused() throws {
+        let path = try makeTemporaryDirectory(self) + "/store"
+        let store = try LMDBSpillStore(config(path))
+        assertOpenFails(config(path)) { $0 == .alreadyOpen(path: path) }
+        store.close()
+        let other = try KVLayout(layerCount: 4, kvHeadCount: 2, headDim: 16)
+        assertOpenFails(config(path, layout: other)) { $0 == .layoutMismatch(path: path, stored: testLayout, expected: other) }
+        XCTAssertNoThrow(try LMDBSpillStore(config(path)).close())
+    }
+
+    /// Root ignores permission bits, so as root the test makes the directory read-only with a
+    /// read-only bind mount; otherwise with chmod.
+    func testReadOnlyDirectoryGivesATypedErrorAndStillInspects() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let source = dir + "/source", view = dir + "/view"
+        do {
+            let store = try LMDBSpillStore(config(source))
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+            let tokens = blockTokens(chain: 1, index: 0)
+            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+            store.close()
+        }
+        if geteuid() == 0 {
+            try FileManager.default.createDirectory(atPath: view, withIntermediateDirectories: true)
+            guard run("/bin/mount", "--bind", "-o", "ro", source, view) == 0 else {
+                throw XCTSkip("running as root, and a read-only bind mount is not permitted here: permissions cannot be tested")
+            }
+            addTeardownBlock { _ = self.run("/bin/umount", view) }
+        } else {
+            try FileManager.default.setAttributes([.posixPermissions: 0o555], ofItemAtPath: source)
+            try FileManager.default.setAttributes([.posixPermissions: 0o444], ofItemAtPath: source + "/lock.mdb")
+            addTeardownBlock { try? FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: source) }
+        }
+        let target = geteuid() == 0 ? view : source
+        assertOpenFails(config(target)) { if case .permissionDenied = $0 { true } else { false } }
+        assertOpenFails(config(target + "/new-store")) { if case .permissionDenied = $0 { true } else { false } }
+        let report = try SpillStoreReport.inspect(path: target)
+        XCTAssertEqual(report.entries, 1)
+    }
+
+    /// A 1 MiB tmpfs (root only) really runs out of space under the store.
+    func testARealFullDiskIsCountedAndTheStoreKeepsServing() throws {
+        let dir = try makeTemporaryDirectory(self) + "/tiny"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        guard geteuid() == 0, run("/bin/mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir) == 0 else {
+            throw XCTSkip("cannot mount a tiny tmpfs (needs root): disk-full is covered through the seam in SpillStoreTests")
+        }
+        addTeardownBlock { _ = self.run("/bin/umount", dir) }
+        let store = try LMDBSpillStore(config(dir + "/store", limit: 8 << 20))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        var parent = store.rootKey(namespace: .default)
+        var spilled: [(PrefixKey, [TokenID])] = []
+        for i in 0..<400 {
+            let tokens = blockTokens(chain: 1, index: i)
+            let key = tokens.withUnsafeBufferPointer { store.childKey(parent: parent, tokens: $0) }
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(key, tokens, block: BlockID(1), arena: arena)
+            spilled.append((key, tokens))
+            parent = key
+        }
+        let c = store.counters
+        XCTAssertGreaterThanOrEqual(c.diskFullEvents, 1, "1 MiB cannot hold 400 × 4 KiB blocks")
+        XCTAssertEqual(c.spills, 400)
+        var hits = 0
+        for (key, tokens) in spilled where store.restore(key, tokens, into: BlockID(1), arena: arena) {
+            XCTAssertEqual(contents(arena, block: BlockID(1)), expectedPayload(tokens: tokens, layout: testLayout))
+            hits += 1
+        }
+        XCTAssertGreaterThan(hits, 0)
+        XCTAssertTrue(store.contains(spilled.last!.0, spilled.last!.1), "after the disk filled, new blocks still replace old ones")
+        store.checkInvariants()
+        store.close()
+    }
+
+    @discardableResult
+    func run(_ tool: String, _ args: String...) -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = args
+        p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch { return -1 }
+        p.waitUntilExit()
+        return p.terminationStatus
+    }
+}

@@ -1,0 +1,37 @@
+import Foundation
+import KVCore
+import KVSpill
+import KVTools
+import Testing
+
+/// The demo end to end at a small size, on a real LMDB store in a temporary directory.
+@Suite struct DemoTests {
+    @Test func demoSpillsAndRestoresTheReturningRequestExactly() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("prefixkv-demo-test-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var options = Demo.Options()
+        options.requests = 3
+        options.samples = 4
+        options.decodeSteps = 16
+        options.systemPromptTokens = 64
+        options.userPromptTokens = 64
+        options.capacityBlocks = 20
+        options.queryHeads = 4
+        options.layout = try KVLayout(layerCount: 2, kvHeadCount: 2, headDim: 16, blockSize: 16, dtype: .float16)
+        let store = try LMDBSpillStore(SpillStoreConfiguration(path: dir, layout: options.layout, limitBytes: 16 << 20))
+        var lines: [String] = []
+        let report = try Demo(options: options).run(store: store) { lines.append($0) }
+        store.close()
+
+        #expect(report.stats.spilledBlocks > 0)
+        #expect(report.returningStoreTokens == 64, "the returning request's own blocks come back from the store")
+        #expect(report.returningCachedTokens == 128)
+        #expect(report.restoredMismatches == 0)
+        #expect(report.maxRelativeError < 0.05)
+        #expect(report.stats.usedBlocks == 0)
+        #expect(lines.count == options.requests + 2)
+        let inspected = try SpillStoreReport.inspect(path: dir)
+        #expect(inspected.entries > 0)
+        #expect(inspected.cache?.storeHitTokens == 64)
+    }
+}
