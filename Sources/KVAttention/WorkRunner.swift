@@ -1,7 +1,6 @@
 import CKVKernels
 import Dispatch
 import KVCore
-import Synchronization
 
 /// Rows from which the C kernels switch to the GEMM-shaped path.
 let kvGemmMinRows = kvk_gemm_min_rows()
@@ -47,10 +46,15 @@ struct WorkRunner {
                     keys: pages.keys, values: pages.values, query: query.baseAddress!, output: output.baseAddress!,
                     partial: workspace.partial.base, lse: workspace.lse.base,
                     blocks: blocks.baseAddress!, sequences: sequences.baseAddress!, scratch: workspace.scratch)
-                let next = Atomic<Int>(0)
+                // A few hundred items per call: one uncontended pthread lock per item is noise,
+                // and KVCore.Locked (unlike Synchronization) is visible to ThreadSanitizer.
+                let next = Locked(0)
                 parallel(workers) { worker in
                     while true {
-                        let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                        let i = next.withLock { n in
+                            defer { n += 1 }
+                            return n
+                        }
                         guard i < order.count else { break }
                         runItem(plan.items[order[i]], buffers, scratch: buffers.scratch[worker])
                     }
