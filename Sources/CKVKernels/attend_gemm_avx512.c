@@ -284,6 +284,13 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     }
 }
 
+KVK_AVX512_INLINE void kvk_prefetch_tile(const char **kr, const char **vr, size_t hoff, int32_t n, size_t row_bytes) {
+    for (int32_t t = 0; t < n; t++) {
+        kvk_prefetch_row(kr[t] + hoff, row_bytes);
+        kvk_prefetch_row(vr[t] + hoff, row_bytes);
+    }
+}
+
 /// Tiles outer, heads inner: a block's heads are adjacent in the arena, so the run is read as
 /// contiguous stretches of head_count x 4 KiB rather than one 4 KiB island per head.
 KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype) {
@@ -299,12 +306,15 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
     int32_t n = kvk_next_tile(a, &cur, krows[0], vrows[0], row_bytes);
     for (int32_t tile = 0; n > 0; tile++) {
         const char **kr = krows[tile & 1], **vr = vrows[tile & 1];
-        const int32_t n_next = kvk_next_tile(a, &cur, krows[(tile + 1) & 1], vrows[(tile + 1) & 1], row_bytes);
-        for (int32_t t = 0; t < n_next; t++) {
-            kvk_prefetch_row(krows[(tile + 1) & 1][t], row_bytes);
-            kvk_prefetch_row(vrows[(tile + 1) & 1][t], row_bytes);
+        const char **kn = krows[(tile + 1) & 1], **vn = vrows[(tile + 1) & 1];
+        const int32_t n_next = kvk_next_tile(a, &cur, kn, vn, row_bytes);
+        for (int32_t j = 0; j < heads; j++) {
+            // Prefetch the next (head, tile) while this one computes: one head-tile ahead
+            // (16 KiB of bf16 K+V) covers DRAM latency and stays inside L1.
+            if (j + 1 < heads) kvk_prefetch_tile(kr, vr, (size_t)(j + 1) * head_bytes, n, row_bytes);
+            else kvk_prefetch_tile(kn, vn, 0, n_next, row_bytes);
+            kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16);
         }
-        for (int32_t j = 0; j < heads; j++) kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16);
         n = n_next;
     }
     for (int32_t j = 0; j < heads; j++) {
