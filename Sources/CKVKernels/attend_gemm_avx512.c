@@ -284,10 +284,18 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     }
 }
 
+#ifndef KVK_PREFETCH_AHEAD
+#define KVK_PREFETCH_AHEAD 1
+#endif
+#ifndef KVK_PF_HINT
+#define KVK_PF_HINT _MM_HINT_T1
+#endif
 KVK_AVX512_INLINE void kvk_prefetch_tile(const char **kr, const char **vr, size_t hoff, int32_t n, size_t row_bytes) {
     for (int32_t t = 0; t < n; t++) {
-        kvk_prefetch_row(kr[t] + hoff, row_bytes);
-        kvk_prefetch_row(vr[t] + hoff, row_bytes);
+        for (size_t off = 0; off < row_bytes; off += 64) {
+            _mm_prefetch(kr[t] + hoff + off, KVK_PF_HINT);
+            _mm_prefetch(vr[t] + hoff + off, KVK_PF_HINT);
+        }
     }
 }
 
@@ -311,8 +319,9 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
         for (int32_t j = 0; j < heads; j++) {
             // Prefetch the next (head, tile) while this one computes: one head-tile ahead
             // (16 KiB of bf16 K+V) covers DRAM latency and stays inside L1.
-            if (j + 1 < heads) kvk_prefetch_tile(kr, vr, (size_t)(j + 1) * head_bytes, n, row_bytes);
-            else kvk_prefetch_tile(kn, vn, 0, n_next, row_bytes);
+            const int32_t ahead = j + KVK_PREFETCH_AHEAD;
+            if (ahead < heads) kvk_prefetch_tile(kr, vr, (size_t)ahead * head_bytes, n, row_bytes);
+            else kvk_prefetch_tile(kn, vn, (size_t)(ahead - heads < heads ? ahead - heads : heads - 1) * head_bytes, n_next, row_bytes);
             kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16);
         }
         n = n_next;

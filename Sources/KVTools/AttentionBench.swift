@@ -18,6 +18,9 @@ public struct AttentionBenchPoint: Codable, Sendable {
     /// Filled when the machine limits were measured in the same run.
     public var readGBps: Double?
     public var peakGFlops: Double?
+    /// True when the compute ceiling is the in-cache probe, false when the kernel beat the probe
+    /// at this point and its achieved rate is the ceiling.
+    public var peakFromProbe: Bool?
     public var pagedPctOfBandwidth: Double?
     public var bifurcatedRooflineMs: Double?
     public var bifurcatedPctOfRoofline: Double?
@@ -135,30 +138,35 @@ public final class AttentionBench {
     }
 
     /// Adds the machine limits to a point: % of read bandwidth (paged), % of roofline (bifurcated).
-    public func annotate(_ p: inout AttentionBenchPoint, readGBps: Double, peakGFlops: Double) {
+    /// The compute ceiling is max(in-cache probe, what the kernel achieved at this point): a probe
+    /// that reads below the achieved rate (noise, another tenant) would otherwise put the roofline
+    /// above 100%.
+    public func annotate(_ p: inout AttentionBenchPoint, readGBps: Double, probeGFlops: Double) {
         let rowBytes = Double(layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth * 2)
         let bifBytes = Double(p.context + p.batch * p.decode) * rowBytes
         let flops = 4 * Double(p.batch * (p.context + p.decode) * heads * layout.headDim)
-        let roofline = max(bifBytes / (readGBps * 1e9), flops / (peakGFlops * 1e9))
+        let peak = max(probeGFlops, p.bifurcatedGFlops)
+        let roofline = max(bifBytes / (readGBps * 1e9), flops / (peak * 1e9))
         p.readGBps = readGBps
-        p.peakGFlops = peakGFlops
+        p.peakGFlops = peak
+        p.peakFromProbe = probeGFlops >= p.bifurcatedGFlops
         p.pagedPctOfBandwidth = 100 * p.pagedGBps / readGBps
         p.bifurcatedRooflineMs = roofline * 1e3
         p.bifurcatedPctOfRoofline = 100 * roofline / (p.bifurcatedMs * 1e-3)
     }
 
-    /// GFLOP/s of the bifurcated kernel itself with the pages in cache: 64 query rows per KV head
-    /// over a shared 512-token node (256 KiB of bf16 KV per head), best of many calls. The
-    /// compute ceiling of the roofline.
-    public func peakGFlops(repeats: Int = 50) throws -> Double {
-        let group = heads / layout.kvHeadCount
-        let b = max(1, 64 / group), tokens = 512, bs = layout.blockSize
-        let probeLayout = try KVLayout(layerCount: 1, kvHeadCount: threads, headDim: layout.headDim, blockSize: bs, dtype: layout.dtype)
-        let probeArena = KVPageArena(layout: probeLayout, capacityBlocks: 1 + tokens / bs)
-        let kernel = try DecodeAttention(layout: probeLayout, queryHeads: threads * group, threads: threads, math: self.kernel.math)
+    /// GFLOP/s of the bifurcated kernel itself with its pages in cache, at the point's shape:
+    /// the same KV heads, dtype, math, threads and `batch` sequences (so the same rows per head
+    /// and micro-kernel), over a shared node short enough to stay in L3 (≤ 8 MiB of KV), not
+    /// flushed, best of `repeats` calls. The compute ceiling of the roofline.
+    public func peakGFlops(batch b: Int, repeats: Int = 30) throws -> Double {
+        let bs = layout.blockSize
+        let tokensFit = (8 << 20) / max(1, 2 * layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth)
+        let tokens = max(bs, min(1024, tokensFit) / bs * bs)
+        let probeArena = KVPageArena(layout: layout, capacityBlocks: 1 + tokens / bs)
         let table = (0..<tokens / bs).map { Int32(1 + $0) }
         let plan = try DecodePlan(blockSize: bs, tables: Array(repeating: table, count: b), tokenCounts: Array(repeating: tokens, count: b))
-        let query = [Float](repeating: 0.01, count: b * threads * group * layout.headDim)
+        let query = [Float](repeating: 0.01, count: b * heads * layout.headDim)
         var out = query
         var best = Double.infinity
         let scale = DecodeAttention.defaultScale(headDim: layout.headDim)
@@ -173,7 +181,7 @@ public final class AttentionBench {
                 }
             }
         }
-        return 4 * Double(b * tokens * threads * group * layout.headDim) / best / 1e9
+        return 4 * Double(b * tokens * heads * layout.headDim) / best / 1e9
     }
 }
 

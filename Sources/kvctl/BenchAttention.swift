@@ -36,14 +36,15 @@ struct BenchAttention: ParsableCommand {
         let bench = try AttentionBench(heads: heads, kvHeads: kvHeads, headDim: headDim, dtype: kv, blockSize: blockSize,
                                        maxBatch: batches.max()!, maxContext: contexts.max()!, decode: decode,
                                        threads: threads, math: mathChoice, flusher: memory)
-        let peak = try bench.peakGFlops()
         if !json {
             print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), "
                   + "\(threads) threads, GEMM math \(bench.kernel.effectiveMath), kernels \(bench.kernel.isa)")
             print(String(format: "# streaming read %.1f GB/s (%d threads; re-measured before each point, %%BW uses that); "
-                         + "bifurcated in-cache peak %.0f GFLOP/s; LLC flushed before every call; medians of %d",
-                         bandwidth, threads, peak, `repeat`))
-            print("    b    m_c  m_d | paged ms    bif ms  speedup | read GB/s paged GB/s  %BW |  bif GB/s  GFLOP/s  roof ms  %roof |   rel err  load")
+                         + "LLC flushed before every call; medians of %d",
+                         bandwidth, threads, `repeat`))
+            print("# peak GFLOP/s per point = max(in-cache probe of the bifurcated kernel at that b, achieved; * = achieved); "
+                  + "roofline = max(KV bytes / read GB/s, FLOPs / peak)")
+            print("    b    m_c  m_d | paged ms    bif ms  speedup | read GB/s paged GB/s  %BW |  bif GB/s  GFLOP/s    peak  roof ms  %roof |   rel err  load")
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
@@ -52,13 +53,15 @@ struct BenchAttention: ParsableCommand {
                 // Other work on the machine moves the bandwidth: measure it again next to each point.
                 let pointBandwidth = memory.readGBps(threads: threads, repeats: 3)
                 var p = try bench.measure(batch: b, context: m, repeats: `repeat`)
-                bench.annotate(&p, readGBps: pointBandwidth, peakGFlops: peak)
+                let probe = try bench.peakGFlops(batch: b)
+                bench.annotate(&p, readGBps: pointBandwidth, probeGFlops: probe)
                 if json {
                     print(String(decoding: try encoder.encode(p), as: UTF8.self))
                 } else {
-                    print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %9.1f %10.1f %4.0f | %9.1f %8.0f %8.3f %6.0f | %9.2e %5.2f",
+                    print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %9.1f %10.1f %4.0f | %9.1f %8.0f %6.0f%@ %8.3f %6.0f | %9.2e %5.2f",
                                  b, m, decode, p.pagedMs, p.bifurcatedMs, p.speedup, pointBandwidth, p.pagedGBps, p.pagedPctOfBandwidth ?? 0,
-                                 p.bifurcatedGBps, p.bifurcatedGFlops, p.bifurcatedRooflineMs ?? 0, p.bifurcatedPctOfRoofline ?? 0,
+                                 p.bifurcatedGBps, p.bifurcatedGFlops, p.peakGFlops ?? 0, p.peakFromProbe == false ? "*" : " ",
+                                 p.bifurcatedRooflineMs ?? 0, p.bifurcatedPctOfRoofline ?? 0,
                                  p.maxRelError, p.loadAverage))
                 }
             }
