@@ -10,8 +10,11 @@
 #if defined(__x86_64__)
 #include "avx512_common.h"
 
-/// Blocks of look-ahead for software prefetch.
-#define KVK_PREFETCH_BLOCKS 2
+/// Look-ahead of the software prefetch, in (block, head) pages of 4 KiB (bf16, d = 128) per kind:
+/// far enough to cover DRAM latency, near enough to land in L1/L2 before it is read.
+#ifndef KVK_PREFETCH_PAGES
+#define KVK_PREFETCH_PAGES 2
+#endif
 
 /// Given 16 vectors v[t], returns the vector whose lane t is the sum of v[t]'s lanes.
 KVK_AVX512_INLINE __m512 kvk_transpose_add16(const __m512 *v) {
@@ -129,22 +132,25 @@ KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, i
     for (int32_t b = 0; b < a->block_count; b++) {
         // The heads of one block are adjacent in the arena: read them as one run.
         const size_t page = kvk_page_offset(a, a->blocks[b]);
-        const char *kpf = NULL, *vpf = NULL;
-        int32_t pf_n = 0;
-        if (b + KVK_PREFETCH_BLOCKS < a->block_count) {
-            const size_t next = kvk_page_offset(a, a->blocks[b + KVK_PREFETCH_BLOCKS]);
-            kpf = (const char *)a->keys + next;
-            vpf = (const char *)a->values + next;
-            pf_n = kvk_block_tokens(a, b + KVK_PREFETCH_BLOCKS);
-        }
         const int32_t nb = kvk_block_tokens(a, b);
         for (int32_t j = 0; j < heads; j++) {
             const size_t hoff = (size_t)j * head_bytes;
             const char *kp = (const char *)a->keys + page + hoff, *vp = (const char *)a->values + page + hoff;
+            // Prefetch the (block, head) page KVK_PREFETCH_PAGES ahead in reading order.
+            int32_t pj = j + KVK_PREFETCH_PAGES, pb = b;
+            while (pj >= heads && pb < a->block_count) { pj -= heads; pb++; }
+            const char *kpf = NULL, *vpf = NULL;
+            int32_t pf_n = 0;
+            if (pb < a->block_count) {
+                const size_t next = kvk_page_offset(a, a->blocks[pb]) + (size_t)pj * head_bytes;
+                kpf = (const char *)a->keys + next;
+                vpf = (const char *)a->values + next;
+                pf_n = kvk_block_tokens(a, pb);
+            }
             for (int32_t t0 = 0; t0 < nb; t0 += 16) {
                 const int32_t n = nb - t0 < 16 ? nb - t0 : 16;
                 const size_t off = (size_t)t0 * row_bytes;
-                const char *kf = kpf ? kpf + hoff + off : NULL, *vf = vpf ? vpf + hoff + off : NULL;
+                const char *kf = kpf ? kpf + off : NULL, *vf = vpf ? vpf + off : NULL;
                 const int32_t fn = pf_n - t0;
                 for (int32_t r0 = 0; r0 < rows; r0 += 4) {
                     const int32_t R0 = j * rows + r0;
