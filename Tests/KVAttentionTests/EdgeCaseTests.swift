@@ -48,6 +48,14 @@ import Testing
         try check(c)
     }
 
+    /// Many KV heads in one GEMM-shaped item: with head dim 16 an item takes ~34 heads, more
+    /// than the C driver interleaves at once (KVK_MAX_GEMM_HEADS = 32), so it splits the range.
+    @Test(arguments: [AttentionMath.fp32, .automatic])
+    func manyHeadsPerGemmItem(math: AttentionMath) throws {
+        try check(AttentionCase(dtype: .bfloat16, queryHeads: 48, kvHeads: 48, headDim: 16, blockSize: 16, batch: 9,
+                                levels: [80], suffix: { $0 + 2 }, seed: 8), math: math)
+    }
+
     @Test(arguments: KernelISA.allCases.filter { $0 <= .best })
     func everyVariantMatches(isa: KernelISA) throws {
         try check(AttentionCase(dtype: .float16, queryHeads: 16, kvHeads: 4, headDim: 80, blockSize: 16, batch: 5,
