@@ -137,16 +137,19 @@ public final class AttentionBench {
             bifurcatedGFlops: flops / bifS / 1e9, maxRelError: Double(err / top), loadAverage: loadAverage())
     }
 
-    /// Adds the machine limits to a point: % of read bandwidth (paged), % of roofline (bifurcated).
-    /// The compute ceiling is max(in-cache probe, what the kernel achieved at this point): a probe
-    /// that reads below the achieved rate (noise, another tenant) would otherwise put the roofline
-    /// above 100%.
+    /// Adds the machine limits to a point: % of read bandwidth (paged, against the probe), % of
+    /// roofline (bifurcated). The roofline's ceilings are max(probe, achieved): the compute one
+    /// max(in-cache probe, bifurcated GFLOP/s), the bandwidth one max(read probe, paged GB/s), since
+    /// a probe that reads below what a kernel achieved (noise, another tenant) would otherwise
+    /// put the roofline above 100%.
     public func annotate(_ p: inout AttentionBenchPoint, readGBps: Double, probeGFlops: Double) {
         let rowBytes = Double(layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth * 2)
         let bifBytes = Double(p.context + p.batch * p.decode) * rowBytes
         let flops = 4 * Double(p.batch * (p.context + p.decode) * heads * layout.headDim)
         let peak = max(probeGFlops, p.bifurcatedGFlops)
-        let roofline = max(bifBytes / (readGBps * 1e9), flops / (peak * 1e9))
+        // Same for bandwidth: the paged kernel (software prefetch) can out-read the plain probe.
+        let bandwidth = max(readGBps, p.pagedGBps)
+        let roofline = max(bifBytes / (bandwidth * 1e9), flops / (peak * 1e9))
         p.readGBps = readGBps
         p.peakGFlops = peak
         p.peakFromProbe = probeGFlops >= p.bifurcatedGFlops

@@ -43,7 +43,7 @@ struct BenchAttention: ParsableCommand {
                          + "LLC flushed before every call; medians of %d",
                          bandwidth, threads, `repeat`))
             print("# peak GFLOP/s per point = max(in-cache probe of the bifurcated kernel at that b, achieved; * = achieved); "
-                  + "roofline = max(KV bytes / read GB/s, FLOPs / peak)")
+                  + "roofline = max(KV bytes / max(read, paged GB/s), FLOPs / peak)")
             print("    b    m_c  m_d | paged ms    bif ms  speedup | read GB/s paged GB/s  %BW |  bif GB/s  GFLOP/s    peak  roof ms  %roof |   rel err  load")
         }
         let encoder = JSONEncoder()
