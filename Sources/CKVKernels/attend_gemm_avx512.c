@@ -175,14 +175,35 @@ KVK_AVX512_INLINE void kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t 
     }
 }
 
+/// Rows of the (head, tile) to prefetch while a tile computes: token rows k[t] + hoff, v[t] + hoff.
+typedef struct kvk_prefetch { const char **k, **v; size_t hoff, row_bytes; int32_t n; } kvk_prefetch;
+
+#ifndef KVK_PF_HINT
+#define KVK_PF_HINT _MM_HINT_T0
+#endif
+/// Prefetches tokens t0 ..< t1 of `pf` (clamped to its length).
+KVK_AVX512_INLINE void kvk_prefetch_tokens(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
+    if (!pf) return;
+    for (int32_t t = t0; t < t1 && t < pf->n; t++)
+        for (size_t off = 0; off < pf->row_bytes; off += 64) {
+            _mm_prefetch(pf->k[t] + pf->hoff + off, KVK_PF_HINT);
+            _mm_prefetch(pf->v[t] + pf->hoff + off, KVK_PF_HINT);
+        }
+}
+
 /// One tile of n staged tokens for the row block starting at r0 (RVB row vectors). The last
 /// register tile of scores may run past n over stale rows; softmax never reads those scores.
-KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16) {
+/// The next (head, tile) `pf` is prefetched a few tokens per score block, spread over the
+/// compute rather than issued in one burst that would stall on the miss buffers.
+KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16,
+                                     const kvk_prefetch *pf) {
     const int32_t NT = KVK_NT(RVB);
     for (int32_t t0 = 0; t0 < n; t0 += NT) {
+        kvk_prefetch_tokens(pf, t0, t0 + NT);
         if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT);
         else kvk_qk_f32(g, r0, t0, RVB, NT);
     }
+    if (pf && pf->n > n) kvk_prefetch_tokens(pf, n, pf->n);
     kvk_softmax(g, r0, n, RVB, bf16);
     int32_t i0 = 0;
     for (; i0 + NT <= g->d; i0 += NT) {
@@ -262,7 +283,7 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
 
 /// Stages one head's tile (rows of the gathered tokens, offset to head j) and runs every row block.
 KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **kr, const char **vr, size_t hoff,
-                                          int32_t n, int32_t rows, int32_t dtype, int bf16) {
+                                          int32_t n, int32_t rows, int32_t dtype, int bf16, const kvk_prefetch *pf) {
     const int32_t d = g->d;
     if (bf16) {
         for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g->kb + (size_t)t * g->dpad2, kr[t] + hoff, dtype, d, g->dpad2);
@@ -275,29 +296,20 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
         }
     }
     for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
+        const kvk_prefetch *p = r0 == 0 ? pf : NULL;
         switch ((rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16) {
-        case 1: kvk_gemm_tile(g, r0, n, 1, bf16); break;
-        case 2: kvk_gemm_tile(g, r0, n, 2, bf16); break;
-        case 3: kvk_gemm_tile(g, r0, n, 3, bf16); break;
-        default: kvk_gemm_tile(g, r0, n, 4, bf16); break;
+        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p); break;
+        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p); break;
+        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p); break;
+        default: kvk_gemm_tile(g, r0, n, 4, bf16, p); break;
         }
     }
 }
 
+/// (head, tile) units of look-ahead of the software prefetch (one unit: 16 KiB of bf16 K+V).
 #ifndef KVK_PREFETCH_AHEAD
 #define KVK_PREFETCH_AHEAD 1
 #endif
-#ifndef KVK_PF_HINT
-#define KVK_PF_HINT _MM_HINT_T1
-#endif
-KVK_AVX512_INLINE void kvk_prefetch_tile(const char **kr, const char **vr, size_t hoff, int32_t n, size_t row_bytes) {
-    for (int32_t t = 0; t < n; t++) {
-        for (size_t off = 0; off < row_bytes; off += 64) {
-            _mm_prefetch(kr[t] + hoff + off, KVK_PF_HINT);
-            _mm_prefetch(vr[t] + hoff + off, KVK_PF_HINT);
-        }
-    }
-}
 
 /// Tiles outer, heads inner: a block's heads are adjacent in the arena, so the run is read as
 /// contiguous stretches of head_count x 4 KiB rather than one 4 KiB island per head.
@@ -320,9 +332,10 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
             // Prefetch the next (head, tile) while this one computes: one head-tile ahead
             // (16 KiB of bf16 K+V) covers DRAM latency and stays inside L1.
             const int32_t ahead = j + KVK_PREFETCH_AHEAD;
-            if (ahead < heads) kvk_prefetch_tile(kr, vr, (size_t)ahead * head_bytes, n, row_bytes);
-            else kvk_prefetch_tile(kn, vn, (size_t)(ahead - heads < heads ? ahead - heads : heads - 1) * head_bytes, n_next, row_bytes);
-            kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16);
+            const kvk_prefetch pf = ahead < heads
+                ? (kvk_prefetch){kr, vr, (size_t)ahead * head_bytes, row_bytes, n}
+                : (kvk_prefetch){kn, vn, (size_t)(ahead - heads < heads ? ahead - heads : heads - 1) * head_bytes, row_bytes, n_next};
+            kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16, &pf);
         }
         n = n_next;
     }
