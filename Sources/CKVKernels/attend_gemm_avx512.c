@@ -175,14 +175,35 @@ KVK_AVX512_INLINE void kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t 
     }
 }
 
+/// Rows of the (head, tile) to prefetch while a tile computes: token rows k[t] + hoff, v[t] + hoff.
+typedef struct kvk_prefetch { const char **k, **v; size_t hoff, row_bytes; int32_t n; } kvk_prefetch;
+
+#ifndef KVK_PF_HINT
+#define KVK_PF_HINT _MM_HINT_T0
+#endif
+/// Prefetches tokens t0 ..< t1 of `pf` (clamped to its length).
+KVK_AVX512_INLINE void kvk_prefetch_tokens(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
+    if (!pf) return;
+    for (int32_t t = t0; t < t1 && t < pf->n; t++)
+        for (size_t off = 0; off < pf->row_bytes; off += 64) {
+            _mm_prefetch(pf->k[t] + pf->hoff + off, KVK_PF_HINT);
+            _mm_prefetch(pf->v[t] + pf->hoff + off, KVK_PF_HINT);
+        }
+}
+
 /// One tile of n staged tokens for the row block starting at r0 (RVB row vectors). The last
 /// register tile of scores may run past n over stale rows; softmax never reads those scores.
-KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16) {
+/// The next (head, tile) `pf` is prefetched a few tokens per score block, spread over the
+/// compute rather than issued in one burst that would stall on the miss buffers.
+KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16,
+                                     const kvk_prefetch *pf) {
     const int32_t NT = KVK_NT(RVB);
     for (int32_t t0 = 0; t0 < n; t0 += NT) {
+        kvk_prefetch_tokens(pf, t0, t0 + NT);
         if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT);
         else kvk_qk_f32(g, r0, t0, RVB, NT);
     }
+    if (pf && pf->n > n) kvk_prefetch_tokens(pf, n, pf->n);
     kvk_softmax(g, r0, n, RVB, bf16);
     int32_t i0 = 0;
     for (; i0 + NT <= g->d; i0 += NT) {
@@ -215,84 +236,116 @@ static int32_t kvk_next_tile(const kvk_attend_args *a, kvk_cursor *c, const char
     return n;
 }
 
-KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype) {
+/// Per-head state of the many-row path: queries, transposed output, softmax state. Head j's
+/// state lives in the j-th scratch slice; the staging buffers (k, v, s, p) of slice 0 serve all.
+KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a, int32_t j, char *base,
+                                     const kvk_scratch_layout *sl, int bf16) {
     const int32_t d = a->head_dim, rows = a->seq_count * a->group;
-    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype);
-    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
-    char *base = (char *)a->scratch;
-    kvk_gemm_state g = {0};
-    g.d = d;
-    g.dpad2 = kvk_round_up(d, 2);
-    g.rpad = kvk_round_up(rows, 16);
-    g.kstride = d;
-    g.ot = (float *)(base + sl.o);
-    g.m = (float *)(base + sl.m);
-    g.l = (float *)(base + sl.l);
-    g.alpha = (float *)(base + sl.alpha);
-    g.s = (float *)(base + sl.s);
-    g.kt = (float *)(base + sl.k);
-    g.vt = (float *)(base + sl.v);
-    g.kb = (uint16_t *)(base + sl.k);
-    g.vp = (uint32_t *)(base + sl.v);
-    g.p = (float *)(base + sl.p);
-    g.pp = (uint32_t *)(base + sl.p);
+    char *own = base + (size_t)j * sl->total;
+    memset(g, 0, sizeof *g);
+    g->d = d;
+    g->dpad2 = kvk_round_up(d, 2);
+    g->rpad = kvk_round_up(rows, 16);
+    g->kstride = d;
+    g->ot = (float *)(own + sl->o);
+    g->m = (float *)(own + sl->m);
+    g->l = (float *)(own + sl->l);
+    g->alpha = (float *)(base + sl->alpha);
+    g->s = (float *)(base + sl->s);
+    g->kt = (float *)(base + sl->k);
+    g->vt = (float *)(base + sl->v);
+    g->kb = (uint16_t *)(base + sl->k);
+    g->vp = (uint32_t *)(base + sl->v);
+    g->p = (float *)(base + sl->p);
+    g->pp = (uint32_t *)(base + sl->p);
     const float qscale = a->scale * KVK_LOG2E;
     if (bf16) {  // query pairs along the head dim, 16-row vectors, padded rows/dims zero
-        uint32_t *qp = (uint32_t *)(base + sl.q);
-        memset(qp, 0, (size_t)(g.dpad2 / 2) * g.rpad * 4);
+        uint32_t *qp = (uint32_t *)(own + sl->q);
+        memset(qp, 0, (size_t)(g->dpad2 / 2) * g->rpad * 4);
         for (int32_t r = 0; r < rows; r++) {
-            const float *qr = kvk_q_row(a, r);
+            const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
             for (int32_t i = 0; i < d; i++)
-                qp[(size_t)(i / 2) * g.rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
+                qp[(size_t)(i / 2) * g->rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
         }
-        g.qp = qp;
+        g->qp = qp;
     } else {
-        float *qt = (float *)(base + sl.q);
-        memset(qt, 0, (size_t)d * g.rpad * 4);
+        float *qt = (float *)(own + sl->q);
+        memset(qt, 0, (size_t)d * g->rpad * 4);
         for (int32_t r = 0; r < rows; r++) {
-            const float *qr = kvk_q_row(a, r);
-            for (int32_t i = 0; i < d; i++) qt[(size_t)i * g.rpad + r] = qr[i] * qscale;
+            const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
+            for (int32_t i = 0; i < d; i++) qt[(size_t)i * g->rpad + r] = qr[i] * qscale;
         }
-        g.qt = qt;
+        g->qt = qt;
     }
-    memset(g.ot, 0, (size_t)d * g.rpad * 4);
-    for (int32_t r = 0; r < g.rpad; r++) { g.m[r] = -INFINITY; g.l[r] = 0.f; }
+    memset(g->ot, 0, (size_t)d * g->rpad * 4);
+    for (int32_t r = 0; r < g->rpad; r++) { g->m[r] = -INFINITY; g->l[r] = 0.f; }
+}
+
+/// Stages one head's tile (rows of the gathered tokens, offset to head j) and runs every row block.
+KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **kr, const char **vr, size_t hoff,
+                                          int32_t n, int32_t rows, int32_t dtype, int bf16, const kvk_prefetch *pf) {
+    const int32_t d = g->d;
+    if (bf16) {
+        for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g->kb + (size_t)t * g->dpad2, kr[t] + hoff, dtype, d, g->dpad2);
+        for (int32_t t = 0; t < n; t += 2)
+            kvk_stage_pairs(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, dtype, d);
+    } else {
+        for (int32_t t = 0; t < n; t++) {
+            kvk_stage_f32(g->kt + (size_t)t * d, kr[t] + hoff, dtype, d);
+            kvk_stage_f32(g->vt + (size_t)t * d, vr[t] + hoff, dtype, d);
+        }
+    }
+    for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
+        const kvk_prefetch *p = r0 == 0 ? pf : NULL;
+        switch ((rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16) {
+        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p); break;
+        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p); break;
+        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p); break;
+        default: kvk_gemm_tile(g, r0, n, 4, bf16, p); break;
+        }
+    }
+}
+
+/// (head, tile) units of look-ahead of the software prefetch (one unit: 16 KiB of bf16 K+V).
+#ifndef KVK_PREFETCH_AHEAD
+#define KVK_PREFETCH_AHEAD 1
+#endif
+
+/// Tiles outer, heads inner: a block's heads are adjacent in the arena, so the run is read as
+/// contiguous stretches of head_count x 4 KiB rather than one 4 KiB island per head.
+KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype) {
+    const int32_t d = a->head_dim, rows = a->seq_count * a->group, heads = a->head_count;
+    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype), head_bytes = (size_t)a->block_size * row_bytes;
+    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
+    char *base = (char *)a->scratch;
+    kvk_gemm_state g[KVK_MAX_GEMM_HEADS];
+    for (int32_t j = 0; j < heads; j++) kvk_gemm_init(&g[j], a, j, base, &sl, bf16);
 
     const char *krows[2][KVK_TILE], *vrows[2][KVK_TILE];
     kvk_cursor cur = {0, 0};
     int32_t n = kvk_next_tile(a, &cur, krows[0], vrows[0], row_bytes);
     for (int32_t tile = 0; n > 0; tile++) {
         const char **kr = krows[tile & 1], **vr = vrows[tile & 1];
-        const int32_t n_next = kvk_next_tile(a, &cur, krows[(tile + 1) & 1], vrows[(tile + 1) & 1], row_bytes);
-        for (int32_t t = 0; t < n_next; t++) {
-            kvk_prefetch_row(krows[(tile + 1) & 1][t], row_bytes);
-            kvk_prefetch_row(vrows[(tile + 1) & 1][t], row_bytes);
-        }
-        if (bf16) {
-            for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g.kb + (size_t)t * g.dpad2, kr[t], dtype, d, g.dpad2);
-            for (int32_t t = 0; t < n; t += 2) kvk_stage_pairs(g.vp + (size_t)(t / 2) * d, vr[t], t + 1 < n ? vr[t + 1] : NULL, dtype, d);
-        } else {
-            for (int32_t t = 0; t < n; t++) {
-                kvk_stage_f32(g.kt + (size_t)t * d, kr[t], dtype, d);
-                kvk_stage_f32(g.vt + (size_t)t * d, vr[t], dtype, d);
-            }
-        }
-        for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
-            const int32_t rvb = (rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16;
-            switch (rvb) {
-            case 1: kvk_gemm_tile(&g, r0, n, 1, bf16); break;
-            case 2: kvk_gemm_tile(&g, r0, n, 2, bf16); break;
-            case 3: kvk_gemm_tile(&g, r0, n, 3, bf16); break;
-            default: kvk_gemm_tile(&g, r0, n, 4, bf16); break;
-            }
+        const char **kn = krows[(tile + 1) & 1], **vn = vrows[(tile + 1) & 1];
+        const int32_t n_next = kvk_next_tile(a, &cur, kn, vn, row_bytes);
+        for (int32_t j = 0; j < heads; j++) {
+            // Prefetch the next (head, tile) while this one computes: one head-tile ahead
+            // (16 KiB of bf16 K+V) covers DRAM latency and stays inside L1.
+            const int32_t ahead = j + KVK_PREFETCH_AHEAD;
+            const kvk_prefetch pf = ahead < heads
+                ? (kvk_prefetch){kr, vr, (size_t)ahead * head_bytes, row_bytes, n}
+                : (kvk_prefetch){kn, vn, (size_t)(ahead - heads < heads ? ahead - heads : heads - 1) * head_bytes, row_bytes, n_next};
+            kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16, &pf);
         }
         n = n_next;
     }
-    for (int32_t r = 0; r < rows; r++) {
-        const float inv = 1.f / g.l[r];
-        float *out = kvk_out_row(a, r);
-        for (int32_t i = 0; i < d; i++) out[i] = g.ot[(size_t)i * g.rpad + r] * inv;
-        kvk_store_lse(a, r, g.m[r] + log2f(g.l[r]));
+    for (int32_t j = 0; j < heads; j++) {
+        for (int32_t r = 0; r < rows; r++) {
+            const float inv = 1.f / g[j].l[r];
+            float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
+            for (int32_t i = 0; i < d; i++) out[i] = g[j].ot[(size_t)i * g[j].rpad + r] * inv;
+            if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + j * a->group + r % a->group] = g[j].m[r] + log2f(g[j].l[r]);
+        }
     }
 }
 

@@ -10,8 +10,11 @@
 #if defined(__x86_64__)
 #include "avx512_common.h"
 
-/// Blocks of look-ahead for software prefetch.
-#define KVK_PREFETCH_BLOCKS 2
+/// Look-ahead of the software prefetch, in (block, head) pages of 4 KiB (bf16, d = 128) per kind:
+/// far enough to cover DRAM latency, near enough to land in L1/L2 before it is read.
+#ifndef KVK_PREFETCH_PAGES
+#define KVK_PREFETCH_PAGES 2
+#endif
 
 /// Given 16 vectors v[t], returns the vector whose lane t is the sum of v[t]'s lanes.
 KVK_AVX512_INLINE __m512 kvk_transpose_add16(const __m512 *v) {
@@ -38,18 +41,23 @@ KVK_AVX512_INLINE void kvk_rows_scores(const char *kp, size_t row_bytes, int32_t
                                        const float *q, int32_t qstride, float *m, float *l, float *alpha, float *p) {
     __m512 part[4][16];
     for (int32_t t = 0; t < 16; t++) {
-        __m512 acc[4];
-        for (int32_t r = 0; r < RG; r++) acc[r] = _mm512_setzero_ps();
+        __m512 acc[4][2];  // two chains per row: the dot product is 2 x nv/2 dependent FMAs
+        for (int32_t r = 0; r < RG; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
         if (t < n) {
             const char *kr = kp + (size_t)t * row_bytes;
             if (pf && t < pf_n) kvk_prefetch_row(pf + (size_t)t * row_bytes, row_bytes);
-            for (int32_t v = 0; v < nv; v++) {
-                __m512 k = kvk_load16(kr, dtype, v * 16, v == nv - 1 ? tail : 0xFFFF);
+            for (int32_t v = 0; v < nv; v += 2) {
+                __m512 k0 = kvk_load16(kr, dtype, v * 16, v == nv - 1 ? tail : 0xFFFF);
                 for (int32_t r = 0; r < RG; r++)
-                    acc[r] = _mm512_fmadd_ps(k, _mm512_load_ps(q + (size_t)r * qstride + v * 16), acc[r]);
+                    acc[r][0] = _mm512_fmadd_ps(k0, _mm512_load_ps(q + (size_t)r * qstride + v * 16), acc[r][0]);
+                if (v + 1 < nv) {
+                    __m512 k1 = kvk_load16(kr, dtype, (v + 1) * 16, v + 1 == nv - 1 ? tail : 0xFFFF);
+                    for (int32_t r = 0; r < RG; r++)
+                        acc[r][1] = _mm512_fmadd_ps(k1, _mm512_load_ps(q + (size_t)r * qstride + (v + 1) * 16), acc[r][1]);
+                }
             }
         }
-        for (int32_t r = 0; r < RG; r++) part[r][t] = acc[r];
+        for (int32_t r = 0; r < RG; r++) part[r][t] = _mm512_add_ps(acc[r][0], acc[r][1]);
     }
     const __mmask16 valid = (__mmask16)((1u << n) - 1);
     for (int32_t r = 0; r < RG; r++) {
@@ -97,67 +105,92 @@ KVK_AVX512_INLINE void kvk_rows_chunk(const char *kp, const char *vp, size_t row
     for (; v0 < nv; v0++) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 1, v0, nv, tail, o, stride, alpha, p);
 }
 
-KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype) {
-    const int32_t d = a->head_dim, rows = a->seq_count * a->group, nv = (d + 15) / 16, stride = nv * 16;
-    const __mmask16 tail = kvk_tail_mask16(d);
-    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype);
-    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
+/// `NV`: head_dim / 16 as a compile-time constant for the common head dims (full unrolling,
+/// no masks), or 0 for any head dim.
+KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, int32_t NV) {
+    const int32_t d = a->head_dim, rows = a->seq_count * a->group, nv = NV ? NV : (d + 15) / 16, stride = nv * 16;
+    const int32_t heads = a->head_count, all = rows * heads;  // state row R = j * rows + r for head head + j
+    const __mmask16 tail = NV ? (__mmask16)0xFFFF : kvk_tail_mask16(d);
+    const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype), head_bytes = (size_t)a->block_size * row_bytes;
+    const kvk_scratch_layout sl = kvk_layout_scratch(all, d);
     char *base = (char *)a->scratch;
     float *q = (float *)(base + sl.q), *o = (float *)(base + sl.o), *m = (float *)(base + sl.m);
     float *l = (float *)(base + sl.l), *alpha = (float *)(base + sl.alpha), *p = (float *)(base + sl.p);
     const float qscale = a->scale * KVK_LOG2E;
-    for (int32_t r = 0; r < rows; r++) {
-        const float *qr = kvk_q_row(a, r);
-        for (int32_t i = 0; i < stride; i++) {
-            q[(size_t)r * stride + i] = i < d ? qr[i] * qscale : 0.f;
-            o[(size_t)r * stride + i] = 0.f;
+    for (int32_t j = 0; j < heads; j++) {
+        for (int32_t r = 0; r < rows; r++) {
+            const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
+            const size_t at = (size_t)(j * rows + r) * stride;
+            for (int32_t i = 0; i < stride; i++) {
+                q[at + i] = i < d ? qr[i] * qscale : 0.f;
+                o[at + i] = 0.f;
+            }
+            m[j * rows + r] = -INFINITY;
+            l[j * rows + r] = 0.f;
         }
-        m[r] = -INFINITY;
-        l[r] = 0.f;
     }
     for (int32_t b = 0; b < a->block_count; b++) {
+        // The heads of one block are adjacent in the arena: read them as one run.
         const size_t page = kvk_page_offset(a, a->blocks[b]);
-        const char *kp = (const char *)a->keys + page, *vp = (const char *)a->values + page;
-        const char *kpf = NULL, *vpf = NULL;
-        int32_t pf_n = 0;
-        if (b + KVK_PREFETCH_BLOCKS < a->block_count) {
-            const size_t next = kvk_page_offset(a, a->blocks[b + KVK_PREFETCH_BLOCKS]);
-            kpf = (const char *)a->keys + next;
-            vpf = (const char *)a->values + next;
-            pf_n = kvk_block_tokens(a, b + KVK_PREFETCH_BLOCKS);
-        }
         const int32_t nb = kvk_block_tokens(a, b);
-        for (int32_t t0 = 0; t0 < nb; t0 += 16) {
-            const int32_t n = nb - t0 < 16 ? nb - t0 : 16;
-            const size_t off = (size_t)t0 * row_bytes;
-            const char *kf = kpf ? kpf + off : NULL, *vf = vpf ? vpf + off : NULL;
-            const int32_t fn = pf_n - t0;
-            for (int32_t r0 = 0; r0 < rows; r0 += 4) {
-                float *qg = q + (size_t)r0 * stride, *og = o + (size_t)r0 * stride;
-                float *mg = m + r0, *lg = l + r0, *ag = alpha + r0, *pg = p + (size_t)r0 * 16;
-                const char *kf0 = r0 == 0 ? kf : NULL, *vf0 = r0 == 0 ? vf : NULL;
-                switch (rows - r0 < 4 ? rows - r0 : 4) {
-                case 1: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 1, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
-                case 2: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 2, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
-                case 3: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 3, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
-                default: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 4, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+        for (int32_t j = 0; j < heads; j++) {
+            const size_t hoff = (size_t)j * head_bytes;
+            const char *kp = (const char *)a->keys + page + hoff, *vp = (const char *)a->values + page + hoff;
+            // Prefetch the (block, head) page KVK_PREFETCH_PAGES ahead in reading order.
+            int32_t pj = j + KVK_PREFETCH_PAGES, pb = b;
+            while (pj >= heads && pb < a->block_count) { pj -= heads; pb++; }
+            const char *kpf = NULL, *vpf = NULL;
+            int32_t pf_n = 0;
+            if (pb < a->block_count) {
+                const size_t next = kvk_page_offset(a, a->blocks[pb]) + (size_t)pj * head_bytes;
+                kpf = (const char *)a->keys + next;
+                vpf = (const char *)a->values + next;
+                pf_n = kvk_block_tokens(a, pb);
+            }
+            for (int32_t t0 = 0; t0 < nb; t0 += 16) {
+                const int32_t n = nb - t0 < 16 ? nb - t0 : 16;
+                const size_t off = (size_t)t0 * row_bytes;
+                const char *kf = kpf ? kpf + off : NULL, *vf = vpf ? vpf + off : NULL;
+                const int32_t fn = pf_n - t0;
+                for (int32_t r0 = 0; r0 < rows; r0 += 4) {
+                    const int32_t R0 = j * rows + r0;
+                    float *qg = q + (size_t)R0 * stride, *og = o + (size_t)R0 * stride;
+                    float *mg = m + R0, *lg = l + R0, *ag = alpha + R0, *pg = p + (size_t)R0 * 16;
+                    const char *kf0 = r0 == 0 ? kf : NULL, *vf0 = r0 == 0 ? vf : NULL;
+                    switch (rows - r0 < 4 ? rows - r0 : 4) {
+                    case 1: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 1, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                    case 2: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 2, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                    case 3: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 3, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                    default: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 4, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                    }
                 }
             }
         }
     }
-    for (int32_t r = 0; r < rows; r++) {
-        const float inv = 1.f / l[r];
-        float *out = kvk_out_row(a, r);
-        for (int32_t i = 0; i < d; i++) out[i] = o[(size_t)r * stride + i] * inv;
-        kvk_store_lse(a, r, m[r] + log2f(l[r]));
+    for (int32_t j = 0; j < heads; j++) {
+        for (int32_t r = 0; r < rows; r++) {
+            const int32_t R = j * rows + r;
+            const float inv = 1.f / l[R];
+            float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
+            for (int32_t i = 0; i < d; i++) out[i] = o[(size_t)R * stride + i] * inv;
+            if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + j * a->group + r % a->group] = m[R] + log2f(l[R]);
+        }
+    }
+}
+
+KVK_AVX512_INLINE void kvk_rows_nv(const kvk_attend_args *a, int32_t NV) {
+    switch (a->dtype) {
+    case KVK_DTYPE_F16: kvk_rows_dtype(a, KVK_DTYPE_F16, NV); break;
+    case KVK_DTYPE_BF16: kvk_rows_dtype(a, KVK_DTYPE_BF16, NV); break;
+    default: kvk_rows_dtype(a, KVK_DTYPE_F32, NV); break;
     }
 }
 
 KVK_AVX512 void kvk_attend_rows_avx512(const kvk_attend_args *a) {
-    switch (a->dtype) {
-    case KVK_DTYPE_F16: kvk_rows_dtype(a, KVK_DTYPE_F16); break;
-    case KVK_DTYPE_BF16: kvk_rows_dtype(a, KVK_DTYPE_BF16); break;
-    default: kvk_rows_dtype(a, KVK_DTYPE_F32); break;
+    switch (a->head_dim) {
+    case 64: kvk_rows_nv(a, 4); break;
+    case 128: kvk_rows_nv(a, 8); break;
+    default: kvk_rows_nv(a, 0); break;
     }
 }
 #endif

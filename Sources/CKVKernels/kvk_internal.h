@@ -13,6 +13,8 @@
 #define KVK_TILE 32
 /// Rows per row block of the many-row path (four 16-lane vectors).
 #define KVK_ROW_BLOCK 64
+/// Most KV heads one many-row call interleaves (callers split larger head ranges).
+#define KVK_MAX_GEMM_HEADS 32
 
 static inline size_t kvk_align64(size_t n) { return (n + 63) & ~(size_t)63; }
 static inline int32_t kvk_round_up(int32_t n, int32_t m) { return (n + m - 1) / m * m; }

@@ -1,8 +1,10 @@
+import CKVKernels
 import KVCore
 
-/// One call of the C kernel: some query rows against a run of one KV head's blocks.
+/// One call of the C kernel: some query rows against a run of blocks of consecutive KV heads.
 struct WorkItem {
     var head: Int32
+    var headCount: Int32
     /// Range in ``WorkPlan/blocks``.
     var blockStart: Int32
     var blockCount: Int32
@@ -37,7 +39,8 @@ struct WorkPlan {
     var segmentLse: [Int] = []
     var partialFloats = 0
     var lseFloats = 0
-    var maxRows = 0
+    /// Largest kernel scratch an item needs (sizes the per-thread scratch).
+    var scratchBytes = 0
 
     var totalCost: Double { items.reduce(0) { $0 + $1.cost } }
 }
@@ -68,10 +71,17 @@ struct CostModel {
 let maxRowsPerItem = 256
 /// Shortest run (tokens) worth its own item when splitting a run across threads.
 let minTokensPerChunk = 512
+/// Scratch a many-row item may use for its heads' state (about L2 of one core).
+let gemmScratchBudget = 768 << 10
 
-/// Builds work plans: one run of blocks per (node or sequence) × KV head, split into chunks
-/// when there are too few items to keep every thread busy, and into row pieces when a shared
-/// node has more rows than ``maxRowsPerItem``.
+/// Builds work plans: one run of blocks per node (or sequence), split into chunks when there are
+/// too few items to keep every thread busy, and into row pieces when a shared node has more rows
+/// than ``maxRowsPerItem``.
+///
+/// Items take several consecutive KV heads: a block's heads are adjacent in the arena, so the
+/// item streams each block as one contiguous run (one head alone is a 4 KiB island every
+/// `kvHeads × 4 KiB`, which DRAM serves at a third of the streaming rate). Few-row runs take all
+/// heads; many-row runs as many as keep the per-head state within ``gemmScratchBudget``.
 struct WorkPlanner {
     let layout: KVLayout
     let queryHeads: Int
@@ -126,16 +136,24 @@ struct WorkPlanner {
         return plan
     }
 
+    /// KV heads per item for a run with `rows` query rows per head.
+    private func headsPerItem(rows: Int) -> Int {
+        if rows < Int(kvGemmMinRows) { return layout.kvHeadCount }
+        let perHead = kvk_attend_scratch_bytes(Int32(rows), Int32(layout.headDim), 1)
+        return max(1, min(layout.kvHeadCount, gemmScratchBudget / perHead))
+    }
+
     /// Chunks per run: enough items for `threads` workers (about four each), never chunks
     /// shorter than ``minTokensPerChunk`` tokens.
     private func chunkCounts(_ runs: [Run]) -> [Int] {
-        let perHead = runs.map { model.cost(tokens: $0.tokens, rows: $0.sequenceCount * group) }
-        let total = perHead.reduce(0, +) * Double(layout.kvHeadCount)
+        let perHead = runs.map { model.cost(tokens: $0.tokens, rows: min($0.sequenceCount * group, maxRowsPerItem)) }
+        let total = zip(runs, perHead).reduce(0) { $0 + $1.1 * Double(layout.kvHeadCount * max(1, $1.0.sequenceCount * group / maxRowsPerItem)) }
         guard threads > 1 else { return runs.map { _ in 1 } }
         let target = total / Double(threads * 4)
         return zip(runs, perHead).map { run, cost in
             let byTokens = max(1, min(run.blockCount, run.tokens / minTokensPerChunk))
-            return max(1, min(byTokens, Int((cost / target).rounded(.up))))
+            let itemCost = cost * Double(headsPerItem(rows: run.sequenceCount * group))
+            return max(1, min(byTokens, Int((itemCost / target).rounded(.up))))
         }
     }
 
@@ -167,14 +185,16 @@ struct WorkPlanner {
                 }
                 for p0 in stride(from: 0, to: run.sequenceCount, by: seqsPerItem) {
                     let n = min(seqsPerItem, run.sequenceCount - p0)
-                    let cost = model.cost(tokens: tokens, rows: n * g)
-                    plan.maxRows = max(plan.maxRows, n * g)
-                    for head in 0..<hkv {
+                    let heads = headsPerItem(rows: n * g)
+                    let cost = model.cost(tokens: tokens, rows: n * g) * Double(heads)
+                    for head in stride(from: 0, to: hkv, by: heads) {
+                        let headCount = min(heads, hkv - head)
+                        plan.scratchBytes = max(plan.scratchBytes, kvk_attend_scratch_bytes(Int32(n * g), Int32(d), Int32(headCount)))
                         let outOffset = direct
                             ? (Int(plan.sequences[run.sequenceStart]) * hq + head * g) * d
                             : outBase + (p0 * hq + head * g) * d
                         plan.items.append(WorkItem(
-                            head: Int32(head), blockStart: Int32(run.blockStart + firstBlock),
+                            head: Int32(head), headCount: Int32(headCount), blockStart: Int32(run.blockStart + firstBlock),
                             blockCount: Int32(endBlock - firstBlock),
                             lastBlockTokens: Int32(isLast ? run.lastBlockTokens : layout.blockSize),
                             sequenceStart: Int32(run.sequenceStart + p0), sequenceCount: Int32(n),

@@ -1,7 +1,6 @@
 import CKVKernels
 import Dispatch
 import KVCore
-import Synchronization
 
 /// Rows from which the C kernels switch to the GEMM-shaped path.
 let kvGemmMinRows = kvk_gemm_min_rows()
@@ -38,7 +37,7 @@ struct WorkRunner {
              output: UnsafeMutableBufferPointer<Float>, workspace: Workspace) {
         guard !plan.items.isEmpty else { return }
         let workers = plan.totalCost < singleThreadBelow ? 1 : min(threads, plan.items.count)
-        workspace.reserve(threads: workers, scratchBytes: kvk_attend_scratch_bytes(Int32(plan.maxRows), Int32(layout.headDim)),
+        workspace.reserve(threads: workers, scratchBytes: plan.scratchBytes,
                           partialFloats: plan.partialFloats, lseFloats: plan.lseFloats)
         let order = plan.items.indices.sorted { plan.items[$0].cost > plan.items[$1].cost }
         plan.blocks.withUnsafeBufferPointer { blocks in
@@ -47,10 +46,15 @@ struct WorkRunner {
                     keys: pages.keys, values: pages.values, query: query.baseAddress!, output: output.baseAddress!,
                     partial: workspace.partial.base, lse: workspace.lse.base,
                     blocks: blocks.baseAddress!, sequences: sequences.baseAddress!, scratch: workspace.scratch)
-                let next = Atomic<Int>(0)
+                // A few hundred items per call: one uncontended pthread lock per item is noise,
+                // and KVCore.Locked (unlike Synchronization) is visible to ThreadSanitizer.
+                let next = Locked(0)
                 parallel(workers) { worker in
                     while true {
-                        let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                        let i = next.withLock { n in
+                            defer { n += 1 }
+                            return n
+                        }
                         guard i < order.count else { break }
                         runItem(plan.items[order[i]], buffers, scratch: buffers.scratch[worker])
                     }
@@ -65,7 +69,7 @@ struct WorkRunner {
         let toPartial = item.writesPartial
         var args = kvk_attend_args(
             keys: b.keys, values: b.values, dtype: layout.dtype.code, kv_heads: Int32(layout.kvHeadCount),
-            block_size: Int32(layout.blockSize), head_dim: Int32(layout.headDim), head: item.head,
+            block_size: Int32(layout.blockSize), head_dim: Int32(layout.headDim), head: item.head, head_count: item.headCount,
             blocks: b.blocks + Int(item.blockStart), block_count: item.blockCount, last_block_tokens: item.lastBlockTokens,
             q: b.query, seqs: b.sequences + Int(item.sequenceStart), seq_count: item.sequenceCount,
             group: Int32(group), q_head0: item.head * Int32(group), q_seq_stride: Int64(queryHeads * layout.headDim),

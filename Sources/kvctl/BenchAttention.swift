@@ -1,6 +1,70 @@
 import ArgumentParser
+import Foundation
+import KVAttention
+import KVCore
+import KVTools
 
+/// `kvctl bench attention`: paged vs bifurcated decode attention on one shared-context batch
+/// (or the --sweep grid), with the machine's read bandwidth and the kernel's in-cache FLOP/s
+/// measured in the same run.
 struct BenchAttention: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "attention")
-    func run() throws { throw NotImplemented(what: "kvctl attention") }
+    static let configuration = CommandConfiguration(
+        commandName: "attention",
+        abstract: "Paged vs bifurcated decode attention: b sequences sharing a context of m_c tokens, m_d own tokens each.")
+
+    @Option(help: "Sequences in the batch (b).") var batch = 16
+    @Option(help: "Shared context tokens (m_c), a multiple of the block size.") var context = 8192
+    @Option(help: "Own tokens per sequence (m_d).") var decode = 128
+    @Option(help: "Query heads.") var heads = 32
+    @Option(help: "KV heads (divides --heads).") var kvHeads = 32
+    @Option(help: "Head dimension.") var headDim = 128
+    @Option(help: "KV element type: fp32, fp16, bf16.") var dtype = "bf16"
+    @Option(help: "Tokens per block.") var blockSize = 16
+    @Option(help: "Threads (cores) the kernels use.") var threads = 2
+    @Option(help: "Timed calls per kernel per point (medians reported).") var `repeat` = 7
+    @Option(help: "Math of the GEMM-shaped path: auto, fp32, bf16.") var math = "auto"
+    @Flag(help: "Sweep b over 1…64 and m_c over 2048, 8192, 16384.") var sweep = false
+    @Flag(help: "One JSON object per point, one per line.") var json = false
+
+    func run() throws {
+        guard let kv = KVDType(rawValue: dtype) else { throw ValidationError("unknown --dtype \(dtype)") }
+        guard let mathChoice = AttentionMath(rawValue: math) else { throw ValidationError("unknown --math \(math)") }
+        let batches = sweep ? [1, 2, 4, 8, 16, 32, 64] : [batch]
+        let contexts = sweep ? [2048, 8192, 16384] : [context]
+        let memory = MemoryBench(megabytes: 1024)
+        let bandwidth = memory.readGBps(threads: threads)
+        let bench = try AttentionBench(heads: heads, kvHeads: kvHeads, headDim: headDim, dtype: kv, blockSize: blockSize,
+                                       maxBatch: batches.max()!, maxContext: contexts.max()!, decode: decode,
+                                       threads: threads, math: mathChoice, flusher: memory)
+        if !json {
+            print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), "
+                  + "\(threads) threads, GEMM math \(bench.kernel.effectiveMath), kernels \(bench.kernel.isa)")
+            print(String(format: "# streaming read %.1f GB/s (%d threads; re-measured before each point, %%BW uses that); "
+                         + "LLC flushed before every call; medians of %d",
+                         bandwidth, threads, `repeat`))
+            print("# peak GFLOP/s per point = max(in-cache probe of the bifurcated kernel at that b, achieved; * = achieved); "
+                  + "roofline = max(KV bytes / max(read, paged GB/s), FLOPs / peak)")
+            print("    b    m_c  m_d | paged ms    bif ms  speedup | read GB/s paged GB/s  %BW |  bif GB/s  GFLOP/s    peak  roof ms  %roof |   rel err  load")
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        for m in contexts {
+            for b in batches {
+                // Other work on the machine moves the bandwidth: measure it again next to each point.
+                let pointBandwidth = memory.readGBps(threads: threads, repeats: 3)
+                var p = try bench.measure(batch: b, context: m, repeats: `repeat`)
+                let probe = try bench.peakGFlops(batch: b)
+                bench.annotate(&p, readGBps: pointBandwidth, probeGFlops: probe)
+                if json {
+                    print(String(decoding: try encoder.encode(p), as: UTF8.self))
+                } else {
+                    print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %9.1f %10.1f %4.0f | %9.1f %8.0f %6.0f%@ %8.3f %6.0f | %9.2e %5.2f",
+                                 b, m, decode, p.pagedMs, p.bifurcatedMs, p.speedup, pointBandwidth, p.pagedGBps, p.pagedPctOfBandwidth ?? 0,
+                                 p.bifurcatedGBps, p.bifurcatedGFlops, p.peakGFlops ?? 0, p.peakFromProbe == false ? "*" : " ",
+                                 p.bifurcatedRooflineMs ?? 0, p.bifurcatedPctOfRoofline ?? 0,
+                                 p.maxRelError, p.loadAverage))
+                }
+            }
+        }
+    }
 }

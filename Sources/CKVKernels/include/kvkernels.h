@@ -27,12 +27,15 @@ enum { KVK_MATH_F32 = 0, KVK_MATH_BF16 = 1 };
 /// Instruction-set variants, in increasing order.
 enum { KVK_ISA_PORTABLE = 0, KVK_ISA_AVX2 = 1, KVK_ISA_AVX512 = 2, KVK_ISA_AVX512_BF16 = 3 };
 
-/// One unit of attention work: `rows` query rows against the pages of one KV head.
+/// One unit of attention work: `rows` query rows against the pages of `head_count` consecutive
+/// KV heads starting at `head`.
 ///
-/// Row r (0 <= r < seq_count * group) is query head `q_head0 + r % group` of sequence
-/// `seqs[r / group]`, i.e. the fp32 vector at `q + seqs[r / group] * q_seq_stride
-/// + (q_head0 + r % group) * head_dim`. The KV is blocks[0..block_count) of KV head `head`, every
-/// block full but the last, which holds `last_block_tokens` tokens.
+/// For KV head head + j, row r (0 <= r < seq_count * group) is query head
+/// `q_head0 + j * group + r % group` of sequence `seqs[r / group]`, i.e. the fp32 vector at
+/// `q + seqs[r / group] * q_seq_stride + (q_head0 + j * group + r % group) * head_dim`. The KV is
+/// blocks[0..block_count), every block full but the last, which holds `last_block_tokens` tokens.
+/// Several heads per call let the few-row path read each block's heads as one contiguous run
+/// (head-major pages put one head's rows of a block in a 4 KiB island otherwise).
 typedef struct kvk_attend_args {
     const void *keys;            ///< the layer's K arena (block 0)
     const void *values;          ///< the layer's V arena (block 0)
@@ -40,7 +43,8 @@ typedef struct kvk_attend_args {
     int32_t kv_heads;
     int32_t block_size;
     int32_t head_dim;
-    int32_t head;                ///< KV head read
+    int32_t head;                ///< first KV head read
+    int32_t head_count;          ///< consecutive KV heads read (>= 1)
     const int32_t *blocks;
     int32_t block_count;         ///< >= 1
     int32_t last_block_tokens;   ///< 1 ... block_size
@@ -53,18 +57,20 @@ typedef struct kvk_attend_args {
     float scale;                 ///< softmax scale applied to q.k
     int32_t math;                ///< KVK_MATH_*, used by the many-row path only
     int32_t max_isa;             ///< highest KVK_ISA_* variant to use (tests compare variants)
-    /// Normalised output of row r: head_dim floats at out + (r / group) * out_seq_stride + (r % group) * head_dim.
+    /// Normalised output of row r of head head + j: head_dim floats at
+    /// out + (r / group) * out_seq_stride + (j * group + r % group) * head_dim.
     float *out;
     int64_t out_seq_stride;
-    /// Log-sum-exp of row r's scaled scores, in base 2 (log2 sum_t 2^(log2(e) * scale * q.k_t)), at
-    /// lse2[(r / group) * lse_seq_stride + r % group]; lse2 may be NULL.
+    /// Log-sum-exp of row r's scaled scores for head head + j, in base 2
+    /// (log2 sum_t 2^(log2(e) * scale * q.k_t)), at lse2[(r / group) * lse_seq_stride + j * group + r % group];
+    /// lse2 may be NULL.
     float *lse2;
     int64_t lse_seq_stride;
-    void *scratch;               ///< kvk_attend_scratch_bytes(rows, head_dim), 64-byte aligned
+    void *scratch;               ///< kvk_attend_scratch_bytes(rows, head_dim, head_count), 64-byte aligned
 } kvk_attend_args;
 
-/// Scratch bytes one kvk_attend call needs for `rows` query rows.
-size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim);
+/// Scratch bytes one kvk_attend call needs for `rows` query rows of `head_count` heads.
+size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim, int32_t head_count);
 
 /// Computes one unit of attention work (see kvk_attend_args). Thread-safe; no allocation.
 void kvk_attend(const kvk_attend_args *args);
@@ -75,8 +81,8 @@ int32_t kvk_isa(void);
 /// Row count from which kvk_attend uses the many-row (GEMM-shaped) path on AVX-512.
 int32_t kvk_gemm_min_rows(void);
 
-/// Streams `bytes` (a multiple of 256, 64-byte aligned) of `buffer` through the core with
-/// four concurrent read streams; returns a checksum so the reads cannot be elided.
+/// Streams `bytes` (a multiple of 512, 64-byte aligned) of `buffer` through the core, reading
+/// only; returns a checksum so the reads cannot be elided.
 float kvk_stream_read(const void *buffer, size_t bytes);
 
 #ifdef __cplusplus

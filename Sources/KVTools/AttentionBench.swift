@@ -1,0 +1,200 @@
+import Dispatch
+import Foundation
+import KVAttention
+import KVCore
+
+/// One measured point of `kvctl bench attention`.
+public struct AttentionBenchPoint: Codable, Sendable {
+    public var batch, context, decode, heads, kvHeads, headDim, blockSize, threads: Int
+    public var dtype: String
+    public var math: String
+    public var pagedMs, bifurcatedMs, speedup: Double
+    /// KV bytes each kernel must read / its median time.
+    public var pagedGBps, bifurcatedGBps: Double
+    /// Useful FLOPs (4 · tokens · query heads · head dim, summed over sequences) / bifurcated time.
+    public var bifurcatedGFlops: Double
+    /// max |bifurcated − paged| / max |paged|.
+    public var maxRelError: Double
+    /// Filled when the machine limits were measured in the same run.
+    public var readGBps: Double?
+    public var peakGFlops: Double?
+    /// True when the compute ceiling is the in-cache probe, false when the kernel beat the probe
+    /// at this point and its achieved rate is the ceiling.
+    public var peakFromProbe: Bool?
+    public var pagedPctOfBandwidth: Double?
+    public var bifurcatedRooflineMs: Double?
+    public var bifurcatedPctOfRoofline: Double?
+    /// Load average (1 min) when the point was measured: other work on the machine skews timings.
+    public var loadAverage: Double
+}
+
+/// The benchmark of issue 3: b sequences share a context of m_c tokens (the same block ids)
+/// and each has m_d tokens of its own; paged and bifurcated run on the same pages in the same
+/// process, alternating, with the last-level cache flushed before every timed call.
+///
+/// The arena is allocated and filled once for the largest point (first touch of fresh memory
+/// is very slow on this kind of VM) and reused by every point.
+public final class AttentionBench {
+    public let layout: KVLayout
+    public let heads: Int
+    public let decode: Int
+    public let threads: Int
+    public let kernel: DecodeAttention
+    private let arena: KVPageArena
+    private let maxContextBlocks: Int
+    private let decodeBlocks: Int
+    private let flusher: MemoryBench
+
+    public init(heads: Int, kvHeads: Int, headDim: Int, dtype: KVDType, blockSize: Int, maxBatch: Int, maxContext: Int,
+                decode: Int, threads: Int, math: AttentionMath, flusher: MemoryBench) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
+        self.heads = heads
+        self.decode = decode
+        self.threads = threads
+        kernel = try DecodeAttention(layout: layout, queryHeads: heads, threads: threads, math: math)
+        maxContextBlocks = (maxContext + blockSize - 1) / blockSize
+        decodeBlocks = (decode + blockSize - 1) / blockSize
+        arena = KVPageArena(layout: layout, capacityBlocks: 1 + maxContextBlocks + maxBatch * decodeBlocks, prefault: false)
+        self.flusher = flusher
+        fill()
+    }
+
+    /// Random values in [-1.7, 1.7] (about unit variance), generated per block on all cores.
+    private func fill() {
+        let arena = self.arena, layout = self.layout, threads = self.threads
+        let elements = layout.blockBytesPerLayerPerKind / layout.dtype.byteWidth
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            var state = UInt64(0x9E37_79B9 &+ t)
+            for block in stride(from: 1 + t, to: arena.capacityBlocks, by: threads) {
+                for kind in KVKind.allCases {
+                    arena.withUnsafeMutableBlockBytes(BlockID(Int32(block)), layer: 0, kind: kind) { raw in
+                        for i in 0..<elements {
+                            state = state &* 6364136223846793005 &+ 1442695040888963407
+                            let x = Float(Int32(truncatingIfNeeded: state >> 32)) * (1.7 / 2147483648)
+                            layout.dtype.store(x, raw.baseAddress!, i)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The block tables of a point: context blocks 1…, then each sequence's own blocks.
+    func batch(_ b: Int, context: Int) throws -> BlockTableBatch {
+        let bs = layout.blockSize
+        precondition(context % bs == 0 && context / bs <= maxContextBlocks, "AttentionBench: context \(context) does not fit the arena")
+        let shared = (0..<context / bs).map { Int32(1 + $0) }
+        let tables = (0..<b).map { s in shared + (0..<decodeBlocks).map { Int32(1 + maxContextBlocks + s * decodeBlocks + $0) } }
+        return try BlockTableBatch(blockSize: bs, tables: tables, tokenCounts: Array(repeating: context + decode, count: b))
+    }
+
+    /// Times one point: `repeats` alternating (paged, bifurcated) pairs after one warm-up each.
+    public func measure(batch b: Int, context: Int, repeats: Int) throws -> AttentionBenchPoint {
+        let batch = try batch(b, context: context)
+        let plan = try DecodePlan(batch: batch)
+        let d = layout.headDim
+        var rng = SystemRandomNumberGenerator()
+        let query = (0..<(b * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
+        var paged = [Float](repeating: 0, count: query.count), bif = paged
+        let scale = DecodeAttention.defaultScale(headDim: d)
+        var pagedTimes: [Double] = [], bifTimes: [Double] = []
+        try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try query.withUnsafeBufferPointer { q in
+                try paged.withUnsafeMutableBufferPointer { po in
+                    try bif.withUnsafeMutableBufferPointer { bo in
+                        for rep in 0...repeats {
+                            flusher.flushCaches()
+                            let t0 = DispatchTime.now().uptimeNanoseconds
+                            try kernel.paged(query: q, pages: pages, batch: batch, scale: scale, output: po)
+                            let t1 = DispatchTime.now().uptimeNanoseconds
+                            flusher.flushCaches()
+                            let t2 = DispatchTime.now().uptimeNanoseconds
+                            try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: bo)
+                            let t3 = DispatchTime.now().uptimeNanoseconds
+                            if rep > 0 {
+                                pagedTimes.append(Double(t1 - t0) * 1e-9)
+                                bifTimes.append(Double(t3 - t2) * 1e-9)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let pagedS = median(pagedTimes), bifS = median(bifTimes)
+        let rowBytes = Double(layout.kvHeadCount * d * layout.dtype.byteWidth * 2)
+        let flops = 4 * Double(batch.totalTokens * heads * d)
+        var err: Float = 0, top: Float = 0
+        for i in paged.indices {
+            err = max(err, abs(bif[i] - paged[i]))
+            top = max(top, abs(paged[i]))
+        }
+        return AttentionBenchPoint(
+            batch: b, context: context, decode: decode, heads: heads, kvHeads: layout.kvHeadCount, headDim: d,
+            blockSize: layout.blockSize, threads: threads, dtype: layout.dtype.rawValue, math: kernel.effectiveMath.rawValue,
+            pagedMs: pagedS * 1e3, bifurcatedMs: bifS * 1e3, speedup: pagedS / bifS,
+            pagedGBps: Double(batch.totalTokens) * rowBytes / pagedS / 1e9,
+            bifurcatedGBps: Double(plan.planTokenReads) * rowBytes / bifS / 1e9,
+            bifurcatedGFlops: flops / bifS / 1e9, maxRelError: Double(err / top), loadAverage: loadAverage())
+    }
+
+    /// Adds the machine limits to a point: % of read bandwidth (paged, against the probe), % of
+    /// roofline (bifurcated). The roofline's ceilings are max(probe, achieved): the compute one
+    /// max(in-cache probe, bifurcated GFLOP/s), the bandwidth one max(read probe, paged GB/s), since
+    /// a probe that reads below what a kernel achieved (noise, another tenant) would otherwise
+    /// put the roofline above 100%.
+    public func annotate(_ p: inout AttentionBenchPoint, readGBps: Double, probeGFlops: Double) {
+        let rowBytes = Double(layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth * 2)
+        let bifBytes = Double(p.context + p.batch * p.decode) * rowBytes
+        let flops = 4 * Double(p.batch * (p.context + p.decode) * heads * layout.headDim)
+        let peak = max(probeGFlops, p.bifurcatedGFlops)
+        // Same for bandwidth: the paged kernel (software prefetch) can out-read the plain probe.
+        let bandwidth = max(readGBps, p.pagedGBps)
+        let roofline = max(bifBytes / (bandwidth * 1e9), flops / (peak * 1e9))
+        p.readGBps = readGBps
+        p.peakGFlops = peak
+        p.peakFromProbe = probeGFlops >= p.bifurcatedGFlops
+        p.pagedPctOfBandwidth = 100 * p.pagedGBps / readGBps
+        p.bifurcatedRooflineMs = roofline * 1e3
+        p.bifurcatedPctOfRoofline = 100 * roofline / (p.bifurcatedMs * 1e-3)
+    }
+
+    /// GFLOP/s of the bifurcated kernel itself with its pages in cache, at the point's shape:
+    /// the same KV heads, dtype, math, threads and `batch` sequences (so the same rows per head
+    /// and micro-kernel), over a shared node short enough to stay in L3 (≤ 8 MiB of KV), not
+    /// flushed, best of `repeats` calls. The compute ceiling of the roofline.
+    public func peakGFlops(batch b: Int, repeats: Int = 30) throws -> Double {
+        let bs = layout.blockSize
+        let tokensFit = (8 << 20) / max(1, 2 * layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth)
+        let tokens = max(bs, min(1024, tokensFit) / bs * bs)
+        let probeArena = KVPageArena(layout: layout, capacityBlocks: 1 + tokens / bs)
+        let table = (0..<tokens / bs).map { Int32(1 + $0) }
+        let plan = try DecodePlan(blockSize: bs, tables: Array(repeating: table, count: b), tokenCounts: Array(repeating: tokens, count: b))
+        let query = [Float](repeating: 0.01, count: b * heads * layout.headDim)
+        var out = query
+        var best = Double.infinity
+        let scale = DecodeAttention.defaultScale(headDim: layout.headDim)
+        try probeArena.withUnsafeLayerPages(layer: 0) { pages in
+            try query.withUnsafeBufferPointer { q in
+                try out.withUnsafeMutableBufferPointer { o in
+                    for _ in 0..<repeats {
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: o)
+                        best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
+                    }
+                }
+            }
+        }
+        return 4 * Double(b * tokens * heads * layout.headDim) / best / 1e9
+    }
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.isEmpty ? .nan : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// The 1-minute load average (0 where unavailable).
+func loadAverage() -> Double {
+    var avg = [Double](repeating: 0, count: 3)
+    return getloadavg(&avg, 3) > 0 ? avg[0] : 0
+}

@@ -1,0 +1,43 @@
+import CKVKernels
+import Dispatch
+import Foundation
+
+/// Streaming-read bandwidth of this machine: the C probe (one sequential read stream per
+/// thread, loads only) over a buffer far larger than the last-level cache.
+public final class MemoryBench: @unchecked Sendable {
+    public let bytes: Int
+    private let buffer: UnsafeMutableRawPointer
+
+    /// Allocates and touches `megabytes` once (first touch is slow on virtual machines).
+    public init(megabytes: Int = 1024) {
+        bytes = megabytes << 20
+        buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 4096)
+        buffer.initializeMemory(as: Float.self, repeating: 1, count: bytes / 4)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// Best-of-`repeat` GB/s reading the whole buffer with `threads` threads (one slice each).
+    public func readGBps(threads: Int, repeats: Int = 5) -> Double {
+        let slice = bytes / threads / 512 * 512
+        let base = UInt(bitPattern: buffer)
+        var best = Double.infinity
+        for _ in 0..<repeats {
+            let start = DispatchTime.now().uptimeNanoseconds
+            DispatchQueue.concurrentPerform(iterations: threads) { t in
+                let p = UnsafeRawPointer(bitPattern: base + UInt(t * slice))!
+                blackHole(kvk_stream_read(p, slice))
+            }
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
+        }
+        return Double(slice * threads) / best / 1e9
+    }
+
+    /// Evicts the last-level cache by streaming a slice of the buffer (for cold-cache timings).
+    public func flushCaches(megabytes: Int = 96) {
+        blackHole(kvk_stream_read(buffer, min(bytes, megabytes << 20) / 512 * 512))
+    }
+}
+
+/// Keeps a value alive so the optimiser cannot drop the work that made it.
+@inline(never) func blackHole<T>(_ value: T) { _ = value }

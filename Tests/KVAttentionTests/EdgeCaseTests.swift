@@ -1,0 +1,103 @@
+import KVAttention
+import KVCore
+import Testing
+
+@Suite struct EdgeCaseTests {
+    func check(_ c: AttentionCase, threads: Int = 2, isa: KernelISA = .best, math: AttentionMath = .automatic) throws {
+        let reference = try c.reference()
+        let kernel = try c.kernel(threads: threads, math: math, isa: isa)
+        let tolerance = Tolerance.of(kernel)
+        let paged = relativeError(try c.paged(kernel), reference)
+        let bifurcated = relativeError(try c.bifurcated(kernel), reference)
+        #expect(paged <= tolerance, "paged: relative error \(paged)")
+        #expect(bifurcated <= tolerance, "bifurcated: relative error \(bifurcated)")
+    }
+
+    @Test(arguments: KVDType.allCases)
+    func contextOfOneToken(dtype: KVDType) throws {
+        try check(AttentionCase(dtype: dtype, queryHeads: 4, kvHeads: 2, headDim: 64, blockSize: 16, batch: 3,
+                                levels: [], suffix: { _ in 1 }, seed: 1))
+    }
+
+    /// Every sequence ends inside the shared node: no own blocks, the shared last block partial.
+    @Test(arguments: KVDType.allCases)
+    func emptySuffixesAndPartialSharedBlock(dtype: KVDType) throws {
+        try check(AttentionCase(dtype: dtype, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: 16, batch: 4,
+                                levels: [37], suffix: { _ in 0 }, seed: 2))
+    }
+
+    @Test(arguments: [1, 16, 32])
+    func singleSequence(blockSize: Int) throws {
+        try check(AttentionCase(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 128, blockSize: blockSize, batch: 1,
+                                levels: [], suffix: { _ in 70 }, seed: 3))
+    }
+
+    @Test(arguments: [1, 16, 32])
+    func blockSizes(blockSize: Int) throws {
+        try check(AttentionCase(dtype: .bfloat16, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: blockSize, batch: 6,
+                                levels: [2 * 32, 32], suffix: { $0 + 1 }, seed: 4))
+    }
+
+    /// Three levels of sharing (fan-out 2 per level), several KV heads, both GEMM and few-row nodes.
+    @Test(arguments: KVDType.allCases)
+    func nestedSharingThreeLevels(dtype: KVDType) throws {
+        let c = try AttentionCase(dtype: dtype, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, batch: 16,
+                                  levels: [64, 32, 16], suffix: { ($0 * 5) % 19 }, seed: 5)
+        let plan = try DecodePlan(batch: c.batch)
+        #expect(plan.levels.count == 4)
+        try check(c)
+    }
+
+    /// Many KV heads in one GEMM-shaped item: with head dim 16 an item takes ~34 heads, more
+    /// than the C driver interleaves at once (KVK_MAX_GEMM_HEADS = 32), so it splits the range.
+    @Test(arguments: [AttentionMath.fp32, .automatic])
+    func manyHeadsPerGemmItem(math: AttentionMath) throws {
+        try check(AttentionCase(dtype: .bfloat16, queryHeads: 48, kvHeads: 48, headDim: 16, blockSize: 16, batch: 9,
+                                levels: [80], suffix: { $0 + 2 }, seed: 8), math: math)
+    }
+
+    @Test(arguments: KernelISA.allCases.filter { $0 <= .best })
+    func everyVariantMatches(isa: KernelISA) throws {
+        try check(AttentionCase(dtype: .float16, queryHeads: 16, kvHeads: 4, headDim: 80, blockSize: 16, batch: 5,
+                                levels: [48], suffix: { $0 * 3 + 1 }, seed: 6), isa: isa)
+    }
+
+    @Test(arguments: [1, 2, 3])
+    func threadCounts(threads: Int) throws {
+        try check(AttentionCase(dtype: .float32, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 7,
+                                levels: [128], suffix: { $0 }, seed: 7), threads: threads)
+    }
+
+    /// Long runs are split across threads into chunks and merged back (MQA, b = 1).
+    @Test func chunkedLongSequence() throws {
+        try check(AttentionCase(dtype: .bfloat16, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 1,
+                                levels: [], suffix: { _ in 3000 }, seed: 8))
+    }
+
+    /// A plan without sharing takes the paged path and gives bit-identical results.
+    @Test func planOfSingletonsEqualsPaged() throws {
+        let c = try AttentionCase(dtype: .float16, queryHeads: 8, kvHeads: 4, headDim: 64, blockSize: 16, batch: 4,
+                                  levels: [], suffix: { $0 * 20 + 5 }, seed: 9)
+        let kernel = try c.kernel()
+        let paged = try c.paged(kernel), bifurcated = try c.bifurcated(kernel)
+        #expect(bifurcated == paged)
+    }
+
+    /// Scores far apart (huge logits) must not overflow the online softmax or the merge.
+    @Test func largeLogitsStayFinite() throws {
+        let c = try AttentionCase(dtype: .float32, queryHeads: 4, kvHeads: 4, headDim: 64, blockSize: 16, batch: 3,
+                                  levels: [64], suffix: { $0 + 1 }, seed: 10)
+        let kernel = try c.kernel()
+        let loud = c.query.map { $0 * 40 }
+        let reference = try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+            try ReferenceAttention.compute(query: loud, pages: pages, batch: c.batch, queryHeads: 4, scale: c.scale)
+        }
+        let plan = try DecodePlan(batch: c.batch)
+        let out = try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+            try kernel.bifurcated(query: loud, pages: pages, plan: plan, scale: c.scale)
+        }
+        let finite = out.allSatisfy { $0.isFinite }
+        #expect(finite)
+        #expect(relativeError(out, reference) <= 1e-4)
+    }
+}

@@ -1,0 +1,81 @@
+import KVAttention
+import KVCore
+import Testing
+
+@Suite struct ErrorTests {
+    let c: AttentionCase
+
+    init() throws {
+        c = try AttentionCase(dtype: .float16, queryHeads: 4, kvHeads: 2, headDim: 64, blockSize: 16, batch: 2,
+                              levels: [16], suffix: { _ in 4 }, seed: 1)
+    }
+
+    @Test func headsNotDivisible() {
+        #expect(throws: AttentionError.headsNotDivisible(queryHeads: 3, kvHeads: 2)) {
+            try DecodeAttention(layout: c.layout, queryHeads: 3)
+        }
+    }
+
+    @Test func invalidThreadCount() {
+        #expect(throws: AttentionError.invalidThreadCount(0)) {
+            try DecodeAttention(layout: c.layout, queryHeads: 4, threads: 0)
+        }
+    }
+
+    @Test func queryShapeMismatch() throws {
+        let kernel = try c.kernel()
+        #expect(throws: AttentionError.shapeMismatch(what: "query", expected: 2 * 4 * 64, got: 5)) {
+            try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+                try kernel.paged(query: [Float](repeating: 0, count: 5), pages: pages, batch: c.batch, scale: 1)
+            }
+        }
+    }
+
+    @Test func outputShapeMismatch() throws {
+        let kernel = try c.kernel()
+        var out = [Float](repeating: 0, count: 7)
+        #expect(throws: AttentionError.shapeMismatch(what: "output", expected: 2 * 4 * 64, got: 7)) {
+            try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+                try c.query.withUnsafeBufferPointer { q in
+                    try out.withUnsafeMutableBufferPointer { o in
+                        try kernel.paged(query: q, pages: pages, batch: c.batch, scale: 1, output: o)
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func blockOutOfRange() throws {
+        let kernel = try c.kernel()
+        let batch = try BlockTableBatch(blockSize: 16, tables: [[1, 999]], tokenCounts: [20])
+        #expect(throws: AttentionError.blockOutOfRange(block: 999, capacity: c.arena.capacityBlocks)) {
+            try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+                try kernel.bifurcated(query: [Float](repeating: 0, count: 4 * 64), pages: pages,
+                                      plan: DecodePlan(batch: batch), scale: 1)
+            }
+        }
+    }
+
+    @Test func layoutMismatch() throws {
+        let other = try KVLayout(layerCount: 1, kvHeadCount: 2, headDim: 64, blockSize: 16, dtype: .bfloat16)
+        let kernel = try DecodeAttention(layout: other, queryHeads: 4)
+        #expect(throws: AttentionError.self) {
+            try c.paged(kernel)
+        }
+        let batch32 = try BlockTableBatch(blockSize: 32, tables: [[1]], tokenCounts: [20])
+        #expect(throws: AttentionError.self) {
+            try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+                try c.kernel().paged(query: [Float](repeating: 0, count: 4 * 64), pages: pages, batch: batch32, scale: 1)
+            }
+        }
+    }
+
+    @Test func nonFiniteScale() throws {
+        let kernel = try c.kernel()
+        #expect(throws: AttentionError.invalidScale(.infinity)) {
+            try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+                try kernel.paged(query: c.query, pages: pages, batch: c.batch, scale: .infinity)
+            }
+        }
+    }
+}

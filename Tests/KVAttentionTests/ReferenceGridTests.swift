@@ -1,0 +1,67 @@
+import KVAttention
+import KVCore
+import Testing
+
+/// A shape of the randomized grid: heads, head dim, block size, batch and sharing tree.
+struct GridShape: Sendable, CustomTestStringConvertible {
+    var queryHeads: Int
+    var kvHeads: Int
+    var headDim: Int
+    var blockSize: Int
+    var batch: Int
+    var levels: [Int]
+    var suffixes: [Int]
+
+    var testDescription: String {
+        "Hq=\(queryHeads) Hkv=\(kvHeads) d=\(headDim) bs=\(blockSize) b=\(batch) levels=\(levels) suffixes=\(suffixes)"
+    }
+
+    func makeCase(_ dtype: KVDType, seed: UInt64) throws -> AttentionCase {
+        try AttentionCase(dtype: dtype, queryHeads: queryHeads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize,
+                          batch: batch, levels: levels, suffix: { suffixes[$0 % suffixes.count] }, seed: seed)
+    }
+}
+
+let gridShapes: [GridShape] = [
+    // MHA, GQA, MQA over a shared context plus ragged suffixes
+    GridShape(queryHeads: 4, kvHeads: 4, headDim: 64, blockSize: 16, batch: 6, levels: [48], suffixes: [1, 17, 33]),
+    GridShape(queryHeads: 8, kvHeads: 2, headDim: 128, blockSize: 16, batch: 5, levels: [64, 32], suffixes: [5, 0, 16]),
+    GridShape(queryHeads: 16, kvHeads: 1, headDim: 64, blockSize: 32, batch: 4, levels: [96], suffixes: [31, 2]),
+    // many rows per KV head: the GEMM-shaped path with several row vectors and row blocks
+    GridShape(queryHeads: 8, kvHeads: 1, headDim: 128, blockSize: 16, batch: 12, levels: [80], suffixes: [3, 9]),
+    // nested sharing, 3 levels, block size 1
+    GridShape(queryHeads: 4, kvHeads: 2, headDim: 64, blockSize: 1, batch: 8, levels: [40, 12, 5], suffixes: [0, 3]),
+    // a head dim that is not a multiple of 16 (generic path), odd token counts
+    GridShape(queryHeads: 6, kvHeads: 3, headDim: 80, blockSize: 16, batch: 9, levels: [32, 16], suffixes: [7, 1]),
+    GridShape(queryHeads: 2, kvHeads: 1, headDim: 40, blockSize: 8, batch: 3, levels: [24], suffixes: [3]),
+]
+
+@Suite struct ReferenceGridTests {
+    @Test(arguments: KVDType.allCases, gridShapes)
+    func pagedMatchesReference(dtype: KVDType, shape: GridShape) throws {
+        let c = try shape.makeCase(dtype, seed: 11)
+        let reference = try c.reference()
+        let kernel = try c.kernel()
+        let error = relativeError(try c.paged(kernel), reference)
+        #expect(error <= Tolerance.of(kernel), "paged: relative error \(error)")
+    }
+
+    @Test(arguments: KVDType.allCases, gridShapes)
+    func bifurcatedMatchesReference(dtype: KVDType, shape: GridShape) throws {
+        let c = try shape.makeCase(dtype, seed: 12)
+        let reference = try c.reference()
+        let kernel = try c.kernel()
+        let error = relativeError(try c.bifurcated(kernel), reference)
+        #expect(error <= Tolerance.of(kernel), "bifurcated: relative error \(error)")
+    }
+
+    /// With fp32 math every dtype must match the reference tightly, on every path.
+    @Test(arguments: KVDType.allCases, gridShapes)
+    func fp32MathIsTight(dtype: KVDType, shape: GridShape) throws {
+        let c = try shape.makeCase(dtype, seed: 13)
+        let reference = try c.reference()
+        let kernel = try c.kernel(math: .fp32)
+        #expect(relativeError(try c.paged(kernel), reference) <= Tolerance.fp32Math)
+        #expect(relativeError(try c.bifurcated(kernel), reference) <= Tolerance.fp32Math)
+    }
+}
