@@ -44,48 +44,76 @@ final class StoreWriter: Sendable {
     func apply(_ batch: WriteBatch) -> SpillStoreCounters {
         var delta = SpillStoreCounters()
         guard !batch.isEmpty else { return delta }
-        state.withLock { state in
-            for attempt in 1...6 {
-                var next = state
-                var done = SpillStoreCounters()
-                do {
-                    try store.env.withWriteTransaction { txn in try write(batch, txn, &next, &done) }
-                    state = next
-                    delta.add(done)
-                    delta.commits += 1
-                    return
-                } catch LMDBError.mapFull {
-                    delta.mapFullRetries += 1
-                    if state.mapSize < mapSizeLimit {
-                        let grown = min(mapSizeLimit, max(state.mapSize * 2, state.mapSize + 2 * batch.recordBytes))
-                        do {
-                            try store.env.setMapSize(grown)
-                            state.mapSize = grown
-                            delta.mapGrowths += 1
-                        } catch {
-                            logger.warning("spill store: growing the map to \(grown) bytes failed: \(error)")
-                        }
-                    } else {
-                        // At the ceiling: free pages in a transaction of their own (LMDB reuses
-                        // pages freed by earlier transactions only), then retry.
-                        evictSeparately(&state, freeing: max(batch.recordBytes, state.limitBytes / 16), &delta)
+        state.withLock { state in commit(batch, &state, &delta) }
+        return delta
+    }
+
+    /// Commits `batch`, handling a full map and a full disk:
+    ///
+    /// - `MDB_MAP_FULL` below ``mapSizeLimit``: grow the map and retry.
+    /// - `MDB_MAP_FULL` at the ceiling: evict least recently used entries in small transactions
+    ///   of their own (pages a transaction frees are reusable only by later ones), retry; when
+    ///   that does not help, split the batch in halves and commit each (a smaller transaction
+    ///   needs fewer copy-on-write pages). A record is dropped only when it fails alone on an
+    ///   empty store, that is, when no eviction could make room.
+    /// - Full disk: lower the limit in force to what the disk held, evict, retry.
+    private func commit(_ batch: WriteBatch, _ state: inout State, _ delta: inout SpillStoreCounters) {
+        var evictionRounds = 0, diskRounds = 0
+        while true {
+            var next = state
+            var done = SpillStoreCounters()
+            do {
+                try store.env.withWriteTransaction { txn in try write(batch, txn, &next, &done) }
+                state = next
+                delta.add(done)
+                delta.commits += 1
+                return
+            } catch LMDBError.mapFull {
+                delta.mapFullRetries += 1
+                if state.mapSize < mapSizeLimit {
+                    let grown = min(mapSizeLimit, max(state.mapSize * 2, state.mapSize + 4 * batch.recordBytes))
+                    do {
+                        try store.env.setMapSize(grown)
+                        state.mapSize = grown
+                        delta.mapGrowths += 1
+                        continue
+                    } catch {
+                        logger.warning("spill store: growing the map to \(grown) bytes failed: \(error)")
                     }
-                } catch let error as LMDBError where error == .noSpace || (error == .ioError && diskIsFull(needing: batch.recordBytes)) {
-                    // LMDB 0.9 reports a short write (what a full disk gives) as EIO, hence the free-space check.
-                    delta.diskFullEvents += 1
-                    // The disk holds what is committed and no more: keep the store that size from now on.
-                    state.limitBytes = max(0, min(state.limitBytes, state.bytes - batch.recordBytes))
-                    logger.warning("spill store: disk full, limiting the store to \(state.limitBytes) bytes")
-                    evictSeparately(&state, freeing: 0, &delta)
-                } catch {
-                    logger.error("spill store: dropping a batch of \(batch.records.count) records: \(error)")
-                    break
                 }
-                if attempt == 6 { logger.error("spill store: dropping a batch of \(batch.records.count) records after \(attempt) attempts") }
+                // At the ceiling: free pages in transactions of their own, then retry.
+                if evictionRounds < 3 && state.bytes > 0 {
+                    evictionRounds += 1
+                    let goal = max(2 * batch.recordBytes, state.bytes / 8) << (evictionRounds - 1)
+                    if evictSeparately(&state, freeing: goal, &delta) > 0 { continue }
+                }
+                if batch.records.count > 1 {
+                    let (first, second) = batch.split()
+                    commit(first, &state, &delta)
+                    commit(second, &state, &delta)
+                    return
+                }
+                if state.bytes > 0 && evictSeparately(&state, freeing: state.bytes, &delta) > 0 {
+                    evictionRounds = 3
+                    continue  // one last try on an empty store
+                }
+                logger.error("spill store: the map (\(state.mapSize) bytes) has no room for \(batch.records.count) record(s) even with the store empty; dropping them")
+            } catch let error as LMDBError where error == .noSpace || (error == .ioError && diskIsFull(needing: batch.recordBytes)) {
+                // LMDB 0.9 reports a short write (what a full disk gives) as EIO, hence the free-space check.
+                delta.diskFullEvents += 1
+                diskRounds += 1
+                // The disk holds what is committed and no more: keep the store that size from now on.
+                state.limitBytes = max(0, min(state.limitBytes, state.bytes - batch.recordBytes))
+                logger.warning("spill store: disk full, limiting the store to \(state.limitBytes) bytes")
+                _ = evictSeparately(&state, freeing: 0, &delta)
+                if diskRounds < 6 { continue }
+                logger.error("spill store: dropping a batch of \(batch.records.count) records: the disk stays full")
+            } catch {
+                logger.error("spill store: dropping a batch of \(batch.records.count) records: \(error)")
             }
             delta.recordsFailed += batch.records.count
+            return
         }
-        return delta
     }
 
     /// Whether the store's file system has less than `bytes` (plus a few pages) available.
@@ -95,22 +123,35 @@ final class StoreWriter: Sendable {
         return Int(fs.f_bavail) * Int(fs.f_frsize) < bytes + (64 << 10)
     }
 
-    /// Removes least recently used entries in a committed transaction of its own until `freeing`
-    /// bytes are gone and the store is under its limit.
-    private func evictSeparately(_ state: inout State, freeing: Int, _ delta: inout SpillStoreCounters) {
-        var next = state
-        var d = SpillStoreCounters()
-        do {
-            try store.env.withWriteTransaction { txn in
-                try evict(txn, &next, until: min(next.limitBytes, next.bytes - freeing), &d)
-                try txn.put(le(UInt64(next.bytes)), for: StoreDatabase.MetaKey.bytes, in: store.meta)
+    /// Removes least recently used entries in committed transactions of their own, at most
+    /// `chunk` entries each (fewer after a `MDB_MAP_FULL`: a delete copies pages too), until
+    /// `freeing` bytes are gone and the store is under its limit. Returns the bytes freed.
+    @discardableResult
+    private func evictSeparately(_ state: inout State, freeing: Int, _ delta: inout SpillStoreCounters) -> Int {
+        let target = max(0, min(state.limitBytes, state.bytes - freeing))
+        let before = state.bytes
+        var chunk = 1024
+        while state.bytes > target {
+            var next = state
+            var d = SpillStoreCounters()
+            do {
+                try store.env.withWriteTransaction { txn in
+                    try evict(txn, &next, until: target, maxEntries: chunk, &d)
+                    try txn.put(le(UInt64(next.bytes)), for: StoreDatabase.MetaKey.bytes, in: store.meta)
+                }
+                if next.bytes == state.bytes { break }  // nothing left to evict
+                state = next
+                delta.lruEvictions += d.lruEvictions
+                delta.commits += 1
+            } catch LMDBError.mapFull where chunk > 1 {
+                delta.mapFullRetries += 1
+                chunk /= 4
+            } catch {
+                logger.warning("spill store: evicting to make room failed: \(error)")
+                break
             }
-            state = next
-            delta.lruEvictions += d.lruEvictions
-            delta.commits += 1
-        } catch {
-            logger.warning("spill store: evicting to make room failed: \(error)")
         }
+        return before - state.bytes
     }
 
     /// The body of a batch's transaction.
@@ -131,6 +172,7 @@ final class StoreWriter: Sendable {
         }
         for r in fitting { try remove(r.key, txn, &s) }
         try evict(txn, &s, until: s.limitBytes - fitting.reduce(0) { $0 + $1.bytes.count }, &delta)
+        try evictForMapRoom(txn, &s, incoming: fitting, operations: batch.touches.count + batch.deletes.count, &delta)
         for r in fitting {
             try r.key.withBytes { k in
                 try txn.put(count: r.bytes.count, for: k, in: store.entries) { $0.copyMemory(from: UnsafeRawBufferPointer(r.bytes)) }
@@ -145,6 +187,45 @@ final class StoreWriter: Sendable {
         try txn.put(le(UInt64(s.bytes)), for: StoreDatabase.MetaKey.bytes, in: store.meta)
         delta.recordsWritten += written
         delta.recordsTooLarge += tooLarge
+    }
+
+    /// The map bytes the store's B-trees occupy as `txn` sees them (pages of all four
+    /// databases, plus the two meta pages and the main database's page).
+    func treeBytes(_ txn: borrowing Transaction) throws -> Int {
+        var pages = 3
+        var pageSize = 4096
+        for db in [store.entries, store.lru, store.access, store.meta] {
+            let st = try txn.stat(db)
+            pages += st.branchPages + st.leafPages + st.overflowPages
+            pageSize = st.pageSize
+        }
+        return pages * pageSize
+    }
+
+    /// Evicts by measured map use, beside the byte limit: the B-trees now, plus what the incoming
+    /// records will take (a small record may get a half-empty leaf page to itself), plus twice
+    /// the pages this transaction may copy on write (the copies, and the previous transaction's
+    /// freed pages LMDB cannot reuse yet), must fit in ``mapSizeLimit``. Random SHA-256 keys
+    /// leave leaves 50–70% full, so with small records the B-trees outgrow the record bytes
+    /// by 2× and more; this keeps `MDB_MAP_FULL` an exception rather than the steady state.
+    private func evictForMapRoom(_ txn: borrowing Transaction, _ s: inout State, incoming: [PendingRecord], operations: Int,
+                                 _ delta: inout SpillStoreCounters) throws {
+        let page = 4096
+        let incomingBytes = incoming.reduce(0) { total, r in
+            let node = r.bytes.count + 48
+            // Inline nodes (under ~2 KiB) may sit on a half-empty leaf; larger ones take an overflow run.
+            return total + (node < page / 2 ? 2 * node : (node + page - 1) / page * page) + 256
+        }
+        while true {
+            let tree = try treeBytes(txn)
+            let copied = min(tree, 8 * page * (incoming.count + operations + 1))
+            guard tree + incomingBytes + 2 * copied + 16 * page > mapSizeLimit, s.bytes > 0 else { return }
+            // Deleting random keys empties pages slowly (LMDB merges a leaf under 25% full): evict in steps.
+            let before = s.bytes
+            try evict(txn, &s, until: s.bytes - max(s.bytes / 64, 1), &delta)
+            if s.bytes == before { return }
+            delta.mapRoomEvictions += 1
+        }
     }
 
     /// Gives `key` the next access sequence (newest in the LRU order).
@@ -169,9 +250,13 @@ final class StoreWriter: Sendable {
         }
     }
 
-    /// Drops least recently used entries until the store holds at most `target` bytes.
-    private func evict(_ txn: borrowing Transaction, _ s: inout State, until target: Int, _ delta: inout SpillStoreCounters) throws {
-        while s.bytes > max(0, target) {
+    /// Drops least recently used entries until the store holds at most `target` bytes (or
+    /// `maxEntries` are gone).
+    private func evict(_ txn: borrowing Transaction, _ s: inout State, until target: Int, maxEntries: Int = .max,
+                       _ delta: inout SpillStoreCounters) throws {
+        var removed = 0
+        while s.bytes > max(0, target) && removed < maxEntries {
+            removed += 1
             guard let oldest = try txn.withCursor(store.lru, { c in try c.first { _, v in PrefixKey(bytes: v) } }) else { return }
             let before = s.bytes
             try remove(oldest, txn, &s)

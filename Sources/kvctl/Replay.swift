@@ -37,7 +37,7 @@ struct Replay: ParsableCommand {
     @Option(help: "With --sweep: write the hit-rate chart as SVG to this file.")
     var chart: String?
 
-    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first) and restore from it.")
+    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first) and restore from it. The store's writer runs in wait-when-full mode: when its queue is full, the replay waits for the disk instead of dropping spills (a serving stack drops; an offline replay must not).")
     var store: String?
 
     @Option(help: "With --store: the store's size limit in bytes (default: room for every distinct block of the trace).")
@@ -52,7 +52,8 @@ struct Replay: ParsableCommand {
         let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
         let bar = ProgressBar()
         let makeStore = store.map { path in
-            SpillStores.factory(path: path, limitBytes: storeLimitBytes ?? roomForEveryBlock(parsed, kvLayout), durable: false)
+            SpillStores.factory(path: path, limitBytes: storeLimitBytes ?? roomForEveryBlock(parsed, kvLayout), durable: false,
+                                whenQueueFull: .waitWhenFull)
         }
         if sweep {
             let list = try capacities.map(parseCapacities)
