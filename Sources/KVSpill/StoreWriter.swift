@@ -170,12 +170,18 @@ final class StoreWriter: Sendable {
             if !fits { tooLarge += 1 }
             return fits
         }
-        for r in fitting { try remove(r.key, txn, &s) }
+        // Room for every incoming record (a key already stored, rare, is counted twice here and
+        // replaced below: at worst a little more eviction).
         try evict(txn, &s, until: s.limitBytes - fitting.reduce(0) { $0 + $1.bytes.count }, &delta)
         try evictForMapRoom(txn, &s, incoming: fitting, operations: batch.touches.count + batch.deletes.count, &delta)
         for r in fitting {
             try r.key.withBytes { k in
-                try txn.put(count: r.bytes.count, for: k, in: store.entries) { $0.copyMemory(from: UnsafeRawBufferPointer(r.bytes)) }
+                let fill = { (dst: UnsafeMutableRawBufferPointer) in dst.copyMemory(from: UnsafeRawBufferPointer(r.bytes)) }
+                // One search for the common case (a new key); a stored key is removed, then written.
+                if try !txn.putIfAbsent(count: r.bytes.count, for: k, in: store.entries, fill: fill) {
+                    try remove(r.key, txn, &s)
+                    try txn.put(count: r.bytes.count, for: k, in: store.entries, fill: fill)
+                }
                 try link(k, txn, &s)
             }
             s.bytes += r.bytes.count
@@ -251,17 +257,30 @@ final class StoreWriter: Sendable {
     }
 
     /// Drops least recently used entries until the store holds at most `target` bytes (or
-    /// `maxEntries` are gone).
+    /// `maxEntries` are gone). One cursor walks `lru` from its oldest slot; each entry costs one
+    /// search in `entries` (seek, then delete at the cursor) and one in `access`.
     private func evict(_ txn: borrowing Transaction, _ s: inout State, until target: Int, maxEntries: Int = .max,
                        _ delta: inout SpillStoreCounters) throws {
-        var removed = 0
-        while s.bytes > max(0, target) && removed < maxEntries {
-            removed += 1
-            guard let oldest = try txn.withCursor(store.lru, { c in try c.first { _, v in PrefixKey(bytes: v) } }) else { return }
-            let before = s.bytes
-            try remove(oldest, txn, &s)
-            precondition(s.bytes < before, "StoreWriter: the LRU index names \(oldest), which has no entry")
-            delta.lruEvictions += 1
+        guard s.bytes > max(0, target) else { return }
+        try txn.withCursor(store.lru) { lru in
+            try txn.withCursor(store.entries) { entries in
+                var removed = 0
+                while s.bytes > max(0, target) && removed < maxEntries {
+                    guard let oldest = try lru.first({ _, v in PrefixKey(bytes: v) }) else { return }
+                    try lru.deleteCurrent()
+                    let size = try oldest.withBytes { k -> Int? in
+                        guard let size = try entries.seek(exactly: k, { _, v in v.count }) else { return nil }
+                        try entries.deleteCurrent()
+                        try txn.delete(k, in: store.access)
+                        return size
+                    }
+                    precondition(size != nil, "StoreWriter: the LRU index names \(oldest), which has no entry")
+                    s.bytes -= size!
+                    precondition(s.bytes >= 0, "StoreWriter: stored byte count went negative evicting \(oldest)")
+                    removed += 1
+                    delta.lruEvictions += 1
+                }
+            }
         }
     }
 }
