@@ -21,6 +21,8 @@ final class StoreWriter: Sendable {
 
     let store: StoreDatabase
     let mapSizeLimit: Int
+    /// The map size the environment had when opened (LMDB keeps a larger one an earlier run set).
+    let openedMapSize: Int
     private let logger: Logger
     private let state: Locked<State>
 
@@ -29,7 +31,9 @@ final class StoreWriter: Sendable {
         self.mapSizeLimit = mapSizeLimit
         self.logger = logger
         let (bytes, next) = try store.env.withReadTransaction { txn in (try store.readBytes(txn), try store.nextSequence(txn)) }
-        state = Locked(State(bytes: bytes, nextSequence: next, limitBytes: limitBytes, mapSize: try store.env.info().mapSize))
+        let mapSize = try store.env.info().mapSize
+        openedMapSize = mapSize
+        state = Locked(State(bytes: bytes, nextSequence: next, limitBytes: limitBytes, mapSize: mapSize))
     }
 
     var committedBytes: Int { state.withLock { $0.bytes } }
