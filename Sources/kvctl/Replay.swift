@@ -100,7 +100,7 @@ struct Replay: ParsableCommand {
     }
 
     private func printTable(_ r: ReplayResult) {
-        let rows: [(String, String)] = [
+        var rows: [(String, String)] = [
             ("requests", "\(r.requests) (\(r.rejectedRequests) rejected)"),
             ("capacity blocks", "\(r.capacityBlocks)"),
             ("prompt tokens", "\(r.promptTokens)"),
@@ -111,6 +111,12 @@ struct Replay: ParsableCommand {
             ("seconds", String(format: "%.3f (prompts %.3f, admit %.3f, release %.3f)", r.seconds, r.materializeSeconds, r.admitSeconds, r.releaseSeconds)),
             ("prompt tokens / s", String(format: "%.1fM", r.tokensPerSecond / 1e6)),
         ]
+        if let c = r.storeCounters {
+            rows.append(("store flush after the loop", String(format: "%.3f s", r.storeFlushSeconds)))
+            rows.append(("store records written / failed", "\(c.recordsWritten) / \(c.recordsFailed)"))
+            rows.append(("store spills dropped / waited", "\(c.spillsDroppedQueueFull) / \(c.spillWaits)"))
+            rows.append(("store LRU evictions (by pages)", "\(c.lruEvictions) (\(c.mapRoomEvictions))"))
+        }
         let width = rows.map(\.0.count).max() ?? 0
         for (k, v) in rows { print(k.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + v) }
     }
