@@ -22,8 +22,9 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     /// `MDB_MAP_FULL` results handled (grow or evict, then retry).
     public var mapFullRetries = 0
     public var mapGrowths = 0
-    /// Eviction steps taken because the B-trees neared ``SpillStoreConfiguration/mapSizeLimit``
-    /// (measured pages) while the record bytes were still under the limit.
+    /// Entries evicted (included in ``lruEvictions``) because the B-trees neared
+    /// ``SpillStoreConfiguration/mapSizeLimit`` (measured pages) while the record bytes were
+    /// still under the limit.
     public var mapRoomEvictions = 0
     /// Commits that failed with `ENOSPC`; the store then lowers its limit to what the disk held.
     public var diskFullEvents = 0

@@ -88,7 +88,7 @@ final class StoreWriter: Sendable {
                 // At the ceiling: free pages in transactions of their own, then retry.
                 if evictionRounds < 3 && state.bytes > 0 {
                     evictionRounds += 1
-                    let goal = max(2 * batch.recordBytes, state.bytes / 8) << (evictionRounds - 1)
+                    let goal = max(2 * batch.recordBytes, state.bytes / 32) << (evictionRounds - 1)
                     if evictSeparately(&state, freeing: goal, &delta) > 0 { continue }
                 }
                 if batch.records.count > 1 {
@@ -226,15 +226,22 @@ final class StoreWriter: Sendable {
             // Inline nodes (under ~2 KiB) may sit on a half-empty leaf; larger ones take an overflow run.
             return total + (node < page / 2 ? 2 * node : (node + page - 1) / page * page) + 256
         }
-        while true {
+        // Deleting random keys empties pages slowly (LMDB merges a leaf only under 25% full),
+        // so evicting until the pages drop at once would nearly empty the store. Instead each
+        // batch over the mark evicts at most twice as many entries as it adds: the store then
+        // shrinks steadily while new records fill the holes instead of splitting leaves, and
+        // the `MDB_MAP_FULL` handling in `commit` remains the hard backstop.
+        let cap = 2 * incoming.count + 64
+        var removed = 0
+        while removed < cap && s.bytes > 0 {
             let tree = try treeBytes(txn)
-            let copied = min(tree, 8 * page * (incoming.count + operations + 1))
-            guard tree + incomingBytes + 2 * copied + 16 * page > mapSizeLimit, s.bytes > 0 else { return }
-            // Deleting random keys empties pages slowly (LMDB merges a leaf under 25% full): evict in steps.
-            let before = s.bytes
-            try evict(txn, &s, until: s.bytes - max(s.bytes / 64, 1), &delta)
-            if s.bytes == before { return }
-            delta.mapRoomEvictions += 1
+            let copied = min(tree, 4 * page * (incoming.count + operations) + 64 * page)
+            guard tree + incomingBytes + 2 * copied > mapSizeLimit else { return }
+            let before = delta.lruEvictions
+            try evict(txn, &s, until: 0, maxEntries: min(64, cap - removed), &delta)
+            guard delta.lruEvictions > before else { return }
+            removed += delta.lruEvictions - before
+            delta.mapRoomEvictions += delta.lruEvictions - before
         }
     }
 

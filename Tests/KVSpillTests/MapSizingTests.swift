@@ -66,6 +66,7 @@ final class MapSizingTests: XCTestCase {
         // Past the first round, the store evicted to stay under its limit, and still holds most of one round.
         XCTAssertGreaterThan(store.counters.lruEvictions, 0)
         XCTAssertGreaterThanOrEqual(store.checkInvariants(), minimumEntriesKept ?? perRound / 4, "the store stays useful, not emptied by over-eviction")
+        print("\(name): \(store.counters)")
         return store.counters
     }
 
@@ -96,7 +97,7 @@ final class MapSizingTests: XCTestCase {
                                                 seed: 4, mapSizeLimit: limit + limit / 4 + (1 << 20),
                                                 // A 6 MiB map with copy-on-write room holds about a MiB of small records.
                                                 minimumEntriesKept: 500)
-        XCTAssertGreaterThan(counters.mapRoomEvictions + counters.mapFullRetries, 0, "the tight map was felt (\(counters))")
+        XCTAssertGreaterThan(counters.mapRoomEvictions, 0, "eviction by measured pages ran (\(counters))")
     }
 
     func testATightMapInSynchronousMode() throws {
@@ -104,6 +105,7 @@ final class MapSizingTests: XCTestCase {
         let limit = 2 << 20
         let counters = try fillSeveralTimesOver(layout: layout, limit: limit, rounds: 4, mode: .synchronous, seed: 5,
                                                 mapSizeLimit: limit + limit / 4 + (1 << 20), minimumEntriesKept: 300)
-        XCTAssertGreaterThan(counters.mapRoomEvictions + counters.mapFullRetries, 0, "the tight map was felt (\(counters))")
+        XCTAssertGreaterThan(counters.mapRoomEvictions, 0, "eviction by measured pages ran (\(counters))")
+        XCTAssertGreaterThan(counters.mapFullRetries, counters.mapGrowths, "MDB_MAP_FULL at the ceiling was handled, not only growth (\(counters))")
     }
 }
