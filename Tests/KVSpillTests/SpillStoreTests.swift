@@ -255,6 +255,29 @@ final class SpillStoreTests: XCTestCase {
         XCTAssertTrue(store.restore(blocks[9].0, blocks[9].1, into: BlockID(2), arena: arena))
     }
 
+    /// A key already stored with another payload size is replaced in place of the old record
+    /// (the writer's insert-if-absent path falls back to remove + write), not duplicated.
+    func testARecordReplacingAStoredKeyKeepsOneEntryAndTheNewBytes() throws {
+        for mode in [SpillStoreConfiguration.WriteMode.synchronous, .background(queueLimitBytes: 4 << 20)] {
+            let store = try openStore(try makeTemporaryDirectory(self), mode: mode)
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            let tokens = blockTokens(chain: 7, index: 0)
+            let key = store.key(chain: [tokens])
+            store.spill(key, tokens, block: BlockID(1), arena: nil)  // tokens only
+            store.flush()
+            let tokensOnlyBytes = store.storedBytes
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(key, tokens, block: BlockID(1), arena: arena)  // now with KV: not "already held"
+            store.flush()
+            XCTAssertEqual(store.checkInvariants(), 1, "\(mode): one entry, replaced")
+            XCTAssertEqual(store.storedBytes, tokensOnlyBytes + testLayout.blockBytes, "\(mode)")
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena), "\(mode)")
+            XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout), "\(mode)")
+            XCTAssertEqual(store.counters.recordsWritten, 2)
+            store.close()
+        }
+    }
+
     func testMetadataOnlySpillsKeepTokensAndAreNotKVHits() throws {
         let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
         let tokens = blockTokens(chain: 1, index: 0)
