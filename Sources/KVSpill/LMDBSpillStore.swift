@@ -109,7 +109,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
             return
         }
         let size = SpillRecord.payloadOffset(namespaceBytes: ns.count, tokenCount: tokens.count) + payloadBytes
-        guard queue.admits(bytes: size) else { return }
+        guard queue.admits(bytes: size, wait: configuration.whenQueueFull == .waitWhenFull) else { return }
         let record = PendingRecord(key: key, byteCount: size, pool: buffers)
         let payload = SpillRecord.writeHeader(into: record.bytes, layout: layout, namespace: ns, tokens: tokens,
                                               payloadBytes: payloadBytes, writtenAtMillis: nowMillis())

@@ -45,4 +45,13 @@ struct WriteBatch {
 
     var isEmpty: Bool { records.isEmpty && touches.isEmpty && deletes.isEmpty && stats == nil }
     var recordBytes: Int { records.reduce(0) { $0 + $1.bytes.count } }
+
+    /// Two batches with half the records each; touches, deletions and stats go with the first.
+    func split() -> (WriteBatch, WriteBatch) {
+        let half = records.count / 2
+        var first = self, second = WriteBatch()
+        first.records = Array(records[..<half])
+        second.records = Array(records[half...])
+        return (first, second)
+    }
 }

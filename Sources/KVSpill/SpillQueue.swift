@@ -9,7 +9,11 @@ import KVCache
 final class SpillQueue: @unchecked Sendable {
     private let lock = NSCondition()
     private var pending: [PrefixKey: PendingRecord] = [:]
+    /// Records waiting for the writer, oldest first, from `head` on (a head index rather than
+    /// `removeFirst`, which shifts the whole array: with hundreds of thousands of small records
+    /// queued, that memmove was half the replay's time).
     private var queue: [PendingRecord] = []
+    private var head = 0
     /// Bytes of the records in `pending` (queued or being written).
     private var pendingBytes = 0
     private var touches: [PrefixKey] = []
@@ -44,11 +48,23 @@ final class SpillQueue: @unchecked Sendable {
     /// Whether a record of `bytes` fits in the queue now; counts the drop when it does not.
     /// (Checked before the record is built, so concurrent spillers may overshoot the limit by a
     /// record each; the manager calls `spill` under its lock, one at a time.)
-    func admits(bytes: Int) -> Bool {
+    ///
+    /// With `wait`, blocks instead until the writer has made room (a record larger than the
+    /// whole queue waits for the queue to empty) and returns true; false only after a stop.
+    func admits(bytes: Int, wait: Bool = false) -> Bool {
         locked {
             if pendingBytes + bytes <= queueLimitBytes { return true }
-            counters.spillsDroppedQueueFull += 1
-            return false
+            guard wait else {
+                counters.spillsDroppedQueueFull += 1
+                return false
+            }
+            counters.spillWaits += 1
+            while pendingBytes + bytes > queueLimitBytes && pendingBytes > 0 && !stopRequested { lock.wait() }
+            if stopRequested {
+                counters.spillsDroppedQueueFull += 1
+                return false
+            }
+            return true
         }
     }
 
@@ -106,12 +122,20 @@ final class SpillQueue: @unchecked Sendable {
         var batch = WriteBatch()
         batch.records = extra
         var bytes = 0
-        while let r = queue.first, batch.records.isEmpty || bytes + r.bytes.count <= maxBytes {
+        while head < queue.count, batch.records.isEmpty || bytes + queue[head].bytes.count <= maxBytes {
             // (Synchronous mode never queues, so `extra` and the queue never mix.)
-            queue.removeFirst()
+            let r = queue[head]
+            head += 1
             if r.superseded { continue }
             batch.records.append(r)
             bytes += r.bytes.count
+        }
+        if head == queue.count {
+            queue.removeAll(keepingCapacity: true)
+            head = 0
+        } else if head >= 4096 && head * 2 >= queue.count {
+            queue.removeFirst(head)  // amortized: at most once per `head` records taken
+            head = 0
         }
         let now = nowMillis()
         // Touches and deletions ride along with records, or go alone once per interval.
@@ -165,7 +189,7 @@ final class SpillQueue: @unchecked Sendable {
         locked {
             flushWaiters += 1
             lock.broadcast()
-            while !(queue.allSatisfy(\.superseded) && touches.isEmpty && deletes.isEmpty && batchesInFlight == 0) {
+            while !(queue[head...].allSatisfy(\.superseded) && touches.isEmpty && deletes.isEmpty && batchesInFlight == 0) {
                 lock.wait()
             }
             flushWaiters -= 1

@@ -12,6 +12,17 @@ public struct SpillStoreConfiguration: Sendable {
         case background(queueLimitBytes: Int)
     }
 
+    /// What a background-mode `spill` does when its block does not fit in the queue.
+    public enum QueueFullPolicy: Sendable, Equatable {
+        /// Drop the spill and count it (`spillsDroppedQueueFull`): the caller (a serving stack,
+        /// under the cache manager's lock) never waits for the disk. The default.
+        case dropWhenFull
+        /// Wait until the writer has committed enough of the queue, so no spill is lost: for
+        /// offline work such as `kvctl replay --store`, where completeness matters more than
+        /// latency. The wait is counted (`spillWaits`). Never use it where a request must not stall.
+        case waitWhenFull
+    }
+
     /// The store's directory (created if missing); LMDB keeps `data.mdb` and `lock.mdb` in it.
     public var path: String
     /// The KV layout of the blocks stored; a store written with another layout refuses to open.
@@ -21,6 +32,8 @@ public struct SpillStoreConfiguration: Sendable {
     /// free-page overhead, bounded by ``mapSizeLimit``.
     public var limitBytes: Int
     public var writeMode: WriteMode
+    /// What a background-mode `spill` does when the queue is full (default: drop it).
+    public var whenQueueFull: QueueFullPolicy = .dropWhenFull
     /// fsync every commit (default; `MDB_NOMETASYNC`: one fsync, and an OS crash may undo at
     /// most the last commit). Off (`MDB_NOSYNC`), commits reach the disk at `flush()`, `close()`
     /// or the kernel's writeback: a process crash still loses nothing committed, but an OS crash
@@ -35,7 +48,8 @@ public struct SpillStoreConfiguration: Sendable {
 
     public init(path: String, layout: KVLayout, limitBytes: Int = 1 << 30,
                 writeMode: WriteMode = .background(queueLimitBytes: 256 << 20),
-                durable: Bool = true, statsIntervalSeconds: Double = 1) {
+                durable: Bool = true, statsIntervalSeconds: Double = 1, whenQueueFull: QueueFullPolicy = .dropWhenFull) {
+        self.whenQueueFull = whenQueueFull
         self.path = path
         self.layout = layout
         self.limitBytes = limitBytes
@@ -44,9 +58,21 @@ public struct SpillStoreConfiguration: Sendable {
         self.statsIntervalSeconds = statsIntervalSeconds
     }
 
-    /// The map size the store grows to at most: the limit plus room for LMDB's B-tree pages and
-    /// for pages freed by one batch, which LMDB reuses only from the next transaction on.
-    public var mapSizeLimit: Int { limitBytes + limitBytes / 4 + (16 << 20) }
+    /// The map size the store grows to at most, which bounds the file: 3 × the limit + 32 MiB.
+    ///
+    /// Record bytes are not the pages they take. Keys are random SHA-256 digests, so B-tree
+    /// leaves split in the middle and sit 50–70% full: small records (the 512-byte blocks of
+    /// `kvctl replay`'s default layout, at most five to a 4 KiB leaf) take about 1.6–2× their
+    /// bytes, and the `lru`/`access` indexes add ~100 bytes per entry. Then each transaction
+    /// copies every page it touches (copy-on-write) and the pages it frees become reusable only
+    /// by later transactions, so the map also needs room for about two transactions' dirty
+    /// pages. Records of a KiB and more (overflow pages) take about their own size.
+    /// The writer also evicts by measured B-tree pages (`mdb_stat`) when they near this
+    /// ceiling, and handles `MDB_MAP_FULL` at it by evicting in small transactions.
+    public var mapSizeLimit: Int { mapSizeLimitOverride ?? 3 * limitBytes + (32 << 20) }
+
+    /// Tests set a tighter map ceiling to put the writer under map pressure at small sizes.
+    var mapSizeLimitOverride: Int?
 
     /// The most record bytes one background transaction commits (it always takes one record).
     /// Small on purpose: LMDB mallocs every dirty overflow page run of a transaction and frees

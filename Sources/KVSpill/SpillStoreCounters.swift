@@ -5,6 +5,8 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public var spills = 0
     /// Spills dropped because the background queue was full.
     public var spillsDroppedQueueFull = 0
+    /// Spills that waited for room in the queue (``SpillStoreConfiguration/QueueFullPolicy/waitWhenFull``).
+    public var spillWaits = 0
     /// Records committed to LMDB.
     public var recordsWritten = 0
     /// Records lost because their batch could not be committed (I/O error, disk full after retries).
@@ -20,6 +22,10 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     /// `MDB_MAP_FULL` results handled (grow or evict, then retry).
     public var mapFullRetries = 0
     public var mapGrowths = 0
+    /// Entries evicted (included in ``lruEvictions``) because the B-trees neared
+    /// ``SpillStoreConfiguration/mapSizeLimit`` (measured pages) while the record bytes were
+    /// still under the limit.
+    public var mapRoomEvictions = 0
     /// Commits that failed with `ENOSPC`; the store then lowers its limit to what the disk held.
     public var diskFullEvents = 0
     /// Write transactions committed.
@@ -28,10 +34,11 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public init() {}
 
     mutating func add(_ o: SpillStoreCounters) {
-        spills += o.spills; spillsDroppedQueueFull += o.spillsDroppedQueueFull
+        spills += o.spills; spillsDroppedQueueFull += o.spillsDroppedQueueFull; spillWaits += o.spillWaits
         recordsWritten += o.recordsWritten; recordsFailed += o.recordsFailed; recordsTooLarge += o.recordsTooLarge
         restoreHits += o.restoreHits; restoreMisses += o.restoreMisses; corruptDropped += o.corruptDropped
         lruEvictions += o.lruEvictions; mapFullRetries += o.mapFullRetries; mapGrowths += o.mapGrowths
+        mapRoomEvictions += o.mapRoomEvictions
         diskFullEvents += o.diskFullEvents; commits += o.commits
     }
 }

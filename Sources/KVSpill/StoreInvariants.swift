@@ -4,8 +4,10 @@ import LMDB
 extension StoreWriter {
     /// Checks, on the committed state and with writes held off, that the three databases agree:
     /// every entry has exactly one `access` sequence whose `lru` slot names it back, nothing
-    /// else is in `lru` or `access`, and the record sizes add up to meta `bytes` and to the
-    /// writer's count. Traps naming the broken invariant; returns the entry count.
+    /// else is in `lru` or `access`, the record sizes add up to meta `bytes` and to the
+    /// writer's count and stay within the limit, and the map is within
+    /// ``mapSizeLimit``, with every page in use inside it. Traps naming the broken invariant;
+    /// returns the entry count.
     @discardableResult
     func checkInvariants() -> Int {
         let db = store
@@ -34,6 +36,12 @@ extension StoreWriter {
                     precondition(metaBytes == bytes, "spill store: meta bytes \(metaBytes), records add up to \(bytes)")
                     precondition(state.bytes == bytes, "spill store: writer counts \(state.bytes) bytes, records add up to \(bytes)")
                     precondition(bytes <= state.limitBytes, "spill store: \(bytes) bytes stored over the limit of \(state.limitBytes)")
+                    let info = try db.env.info()
+                    // (A store reopened with a smaller limit keeps the map it had: LMDB never shrinks one.)
+                    precondition(info.mapSize <= max(mapSizeLimit, openedMapSize),
+                                 "spill store: the map (\(info.mapSize) bytes) outgrew its ceiling \(mapSizeLimit)")
+                    let used = (info.lastPageNumber + 1) * (try txn.stat(db.entries).pageSize)
+                    precondition(used <= info.mapSize, "spill store: \(used) bytes of pages in use beyond the map of \(info.mapSize)")
                     return entries
                 }
             } catch {

@@ -21,6 +21,8 @@ final class StoreWriter: Sendable {
 
     let store: StoreDatabase
     let mapSizeLimit: Int
+    /// The map size the environment had when opened (LMDB keeps a larger one an earlier run set).
+    let openedMapSize: Int
     private let logger: Logger
     private let state: Locked<State>
 
@@ -29,7 +31,9 @@ final class StoreWriter: Sendable {
         self.mapSizeLimit = mapSizeLimit
         self.logger = logger
         let (bytes, next) = try store.env.withReadTransaction { txn in (try store.readBytes(txn), try store.nextSequence(txn)) }
-        state = Locked(State(bytes: bytes, nextSequence: next, limitBytes: limitBytes, mapSize: try store.env.info().mapSize))
+        let mapSize = try store.env.info().mapSize
+        openedMapSize = mapSize
+        state = Locked(State(bytes: bytes, nextSequence: next, limitBytes: limitBytes, mapSize: mapSize))
     }
 
     var committedBytes: Int { state.withLock { $0.bytes } }
@@ -44,48 +48,76 @@ final class StoreWriter: Sendable {
     func apply(_ batch: WriteBatch) -> SpillStoreCounters {
         var delta = SpillStoreCounters()
         guard !batch.isEmpty else { return delta }
-        state.withLock { state in
-            for attempt in 1...6 {
-                var next = state
-                var done = SpillStoreCounters()
-                do {
-                    try store.env.withWriteTransaction { txn in try write(batch, txn, &next, &done) }
-                    state = next
-                    delta.add(done)
-                    delta.commits += 1
-                    return
-                } catch LMDBError.mapFull {
-                    delta.mapFullRetries += 1
-                    if state.mapSize < mapSizeLimit {
-                        let grown = min(mapSizeLimit, max(state.mapSize * 2, state.mapSize + 2 * batch.recordBytes))
-                        do {
-                            try store.env.setMapSize(grown)
-                            state.mapSize = grown
-                            delta.mapGrowths += 1
-                        } catch {
-                            logger.warning("spill store: growing the map to \(grown) bytes failed: \(error)")
-                        }
-                    } else {
-                        // At the ceiling: free pages in a transaction of their own (LMDB reuses
-                        // pages freed by earlier transactions only), then retry.
-                        evictSeparately(&state, freeing: max(batch.recordBytes, state.limitBytes / 16), &delta)
+        state.withLock { state in commit(batch, &state, &delta) }
+        return delta
+    }
+
+    /// Commits `batch`, handling a full map and a full disk:
+    ///
+    /// - `MDB_MAP_FULL` below ``mapSizeLimit``: grow the map and retry.
+    /// - `MDB_MAP_FULL` at the ceiling: evict least recently used entries in small transactions
+    ///   of their own (pages a transaction frees are reusable only by later ones), retry; when
+    ///   that does not help, split the batch in halves and commit each (a smaller transaction
+    ///   needs fewer copy-on-write pages). A record is dropped only when it fails alone on an
+    ///   empty store, that is, when no eviction could make room.
+    /// - Full disk: lower the limit in force to what the disk held, evict, retry.
+    private func commit(_ batch: WriteBatch, _ state: inout State, _ delta: inout SpillStoreCounters) {
+        var evictionRounds = 0, diskRounds = 0
+        while true {
+            var next = state
+            var done = SpillStoreCounters()
+            do {
+                try store.env.withWriteTransaction { txn in try write(batch, txn, &next, &done) }
+                state = next
+                delta.add(done)
+                delta.commits += 1
+                return
+            } catch LMDBError.mapFull {
+                delta.mapFullRetries += 1
+                if state.mapSize < mapSizeLimit {
+                    let grown = min(mapSizeLimit, max(state.mapSize * 2, state.mapSize + 4 * batch.recordBytes))
+                    do {
+                        try store.env.setMapSize(grown)
+                        state.mapSize = grown
+                        delta.mapGrowths += 1
+                        continue
+                    } catch {
+                        logger.warning("spill store: growing the map to \(grown) bytes failed: \(error)")
                     }
-                } catch let error as LMDBError where error == .noSpace || (error == .ioError && diskIsFull(needing: batch.recordBytes)) {
-                    // LMDB 0.9 reports a short write (what a full disk gives) as EIO, hence the free-space check.
-                    delta.diskFullEvents += 1
-                    // The disk holds what is committed and no more: keep the store that size from now on.
-                    state.limitBytes = max(0, min(state.limitBytes, state.bytes - batch.recordBytes))
-                    logger.warning("spill store: disk full, limiting the store to \(state.limitBytes) bytes")
-                    evictSeparately(&state, freeing: 0, &delta)
-                } catch {
-                    logger.error("spill store: dropping a batch of \(batch.records.count) records: \(error)")
-                    break
                 }
-                if attempt == 6 { logger.error("spill store: dropping a batch of \(batch.records.count) records after \(attempt) attempts") }
+                // At the ceiling: free pages in transactions of their own, then retry.
+                if evictionRounds < 3 && state.bytes > 0 {
+                    evictionRounds += 1
+                    let goal = max(2 * batch.recordBytes, state.bytes / 32) << (evictionRounds - 1)
+                    if evictSeparately(&state, freeing: goal, &delta) > 0 { continue }
+                }
+                if batch.records.count > 1 {
+                    let (first, second) = batch.split()
+                    commit(first, &state, &delta)
+                    commit(second, &state, &delta)
+                    return
+                }
+                if state.bytes > 0 && evictSeparately(&state, freeing: state.bytes, &delta) > 0 {
+                    evictionRounds = 3
+                    continue  // one last try on an empty store
+                }
+                logger.error("spill store: the map (\(state.mapSize) bytes) has no room for \(batch.records.count) record(s) even with the store empty; dropping them")
+            } catch let error as LMDBError where error == .noSpace || (error == .ioError && diskIsFull(needing: batch.recordBytes)) {
+                // LMDB 0.9 reports a short write (what a full disk gives) as EIO, hence the free-space check.
+                delta.diskFullEvents += 1
+                diskRounds += 1
+                // The disk holds what is committed and no more: keep the store that size from now on.
+                state.limitBytes = max(0, min(state.limitBytes, state.bytes - batch.recordBytes))
+                logger.warning("spill store: disk full, limiting the store to \(state.limitBytes) bytes")
+                _ = evictSeparately(&state, freeing: 0, &delta)
+                if diskRounds < 6 { continue }
+                logger.error("spill store: dropping a batch of \(batch.records.count) records: the disk stays full")
+            } catch {
+                logger.error("spill store: dropping a batch of \(batch.records.count) records: \(error)")
             }
             delta.recordsFailed += batch.records.count
+            return
         }
-        return delta
     }
 
     /// Whether the store's file system has less than `bytes` (plus a few pages) available.
@@ -95,22 +127,35 @@ final class StoreWriter: Sendable {
         return Int(fs.f_bavail) * Int(fs.f_frsize) < bytes + (64 << 10)
     }
 
-    /// Removes least recently used entries in a committed transaction of its own until `freeing`
-    /// bytes are gone and the store is under its limit.
-    private func evictSeparately(_ state: inout State, freeing: Int, _ delta: inout SpillStoreCounters) {
-        var next = state
-        var d = SpillStoreCounters()
-        do {
-            try store.env.withWriteTransaction { txn in
-                try evict(txn, &next, until: min(next.limitBytes, next.bytes - freeing), &d)
-                try txn.put(le(UInt64(next.bytes)), for: StoreDatabase.MetaKey.bytes, in: store.meta)
+    /// Removes least recently used entries in committed transactions of their own, at most
+    /// `chunk` entries each (fewer after a `MDB_MAP_FULL`: a delete copies pages too), until
+    /// `freeing` bytes are gone and the store is under its limit. Returns the bytes freed.
+    @discardableResult
+    private func evictSeparately(_ state: inout State, freeing: Int, _ delta: inout SpillStoreCounters) -> Int {
+        let target = max(0, min(state.limitBytes, state.bytes - freeing))
+        let before = state.bytes
+        var chunk = 1024
+        while state.bytes > target {
+            var next = state
+            var d = SpillStoreCounters()
+            do {
+                try store.env.withWriteTransaction { txn in
+                    try evict(txn, &next, until: target, maxEntries: chunk, &d)
+                    try txn.put(le(UInt64(next.bytes)), for: StoreDatabase.MetaKey.bytes, in: store.meta)
+                }
+                if next.bytes == state.bytes { break }  // nothing left to evict
+                state = next
+                delta.lruEvictions += d.lruEvictions
+                delta.commits += 1
+            } catch LMDBError.mapFull where chunk > 1 {
+                delta.mapFullRetries += 1
+                chunk /= 4
+            } catch {
+                logger.warning("spill store: evicting to make room failed: \(error)")
+                break
             }
-            state = next
-            delta.lruEvictions += d.lruEvictions
-            delta.commits += 1
-        } catch {
-            logger.warning("spill store: evicting to make room failed: \(error)")
         }
+        return before - state.bytes
     }
 
     /// The body of a batch's transaction.
@@ -129,11 +174,18 @@ final class StoreWriter: Sendable {
             if !fits { tooLarge += 1 }
             return fits
         }
-        for r in fitting { try remove(r.key, txn, &s) }
+        // Room for every incoming record (a key already stored, rare, is counted twice here and
+        // replaced below: at worst a little more eviction).
         try evict(txn, &s, until: s.limitBytes - fitting.reduce(0) { $0 + $1.bytes.count }, &delta)
+        try evictForMapRoom(txn, &s, incoming: fitting, operations: batch.touches.count + batch.deletes.count, &delta)
         for r in fitting {
             try r.key.withBytes { k in
-                try txn.put(count: r.bytes.count, for: k, in: store.entries) { $0.copyMemory(from: UnsafeRawBufferPointer(r.bytes)) }
+                let fill = { (dst: UnsafeMutableRawBufferPointer) in dst.copyMemory(from: UnsafeRawBufferPointer(r.bytes)) }
+                // One search for the common case (a new key); a stored key is removed, then written.
+                if try !txn.putIfAbsent(count: r.bytes.count, for: k, in: store.entries, fill: fill) {
+                    try remove(r.key, txn, &s)
+                    try txn.put(count: r.bytes.count, for: k, in: store.entries, fill: fill)
+                }
                 try link(k, txn, &s)
             }
             s.bytes += r.bytes.count
@@ -145,6 +197,52 @@ final class StoreWriter: Sendable {
         try txn.put(le(UInt64(s.bytes)), for: StoreDatabase.MetaKey.bytes, in: store.meta)
         delta.recordsWritten += written
         delta.recordsTooLarge += tooLarge
+    }
+
+    /// The map bytes the store's B-trees occupy as `txn` sees them (pages of all four
+    /// databases, plus the two meta pages and the main database's page).
+    func treeBytes(_ txn: borrowing Transaction) throws -> Int {
+        var pages = 3
+        var pageSize = 4096
+        for db in [store.entries, store.lru, store.access, store.meta] {
+            let st = try txn.stat(db)
+            pages += st.branchPages + st.leafPages + st.overflowPages
+            pageSize = st.pageSize
+        }
+        return pages * pageSize
+    }
+
+    /// Evicts by measured map use, beside the byte limit: the B-trees now, plus what the incoming
+    /// records will take (a small record may get a half-empty leaf page to itself), plus twice
+    /// the pages this transaction may copy on write (the copies, and the previous transaction's
+    /// freed pages LMDB cannot reuse yet), must fit in ``mapSizeLimit``. Random SHA-256 keys
+    /// leave leaves 50–70% full, so with small records the B-trees outgrow the record bytes
+    /// by 2× and more; this keeps `MDB_MAP_FULL` an exception rather than the steady state.
+    private func evictForMapRoom(_ txn: borrowing Transaction, _ s: inout State, incoming: [PendingRecord], operations: Int,
+                                 _ delta: inout SpillStoreCounters) throws {
+        let page = 4096
+        let incomingBytes = incoming.reduce(0) { total, r in
+            let node = r.bytes.count + 48
+            // Inline nodes (under ~2 KiB) may sit on a half-empty leaf; larger ones take an overflow run.
+            return total + (node < page / 2 ? 2 * node : (node + page - 1) / page * page) + 256
+        }
+        // Deleting random keys empties pages slowly (LMDB merges a leaf only under 25% full),
+        // so evicting until the pages drop at once would nearly empty the store. Instead each
+        // batch over the mark evicts at most twice as many entries as it adds: the store then
+        // shrinks steadily while new records fill the holes instead of splitting leaves, and
+        // the `MDB_MAP_FULL` handling in `commit` remains the hard backstop.
+        let cap = 2 * incoming.count + 64
+        var removed = 0
+        while removed < cap && s.bytes > 0 {
+            let tree = try treeBytes(txn)
+            let copied = min(tree, 4 * page * (incoming.count + operations) + 64 * page)
+            guard tree + incomingBytes + 2 * copied > mapSizeLimit else { return }
+            let before = delta.lruEvictions
+            try evict(txn, &s, until: 0, maxEntries: min(64, cap - removed), &delta)
+            guard delta.lruEvictions > before else { return }
+            removed += delta.lruEvictions - before
+            delta.mapRoomEvictions += delta.lruEvictions - before
+        }
     }
 
     /// Gives `key` the next access sequence (newest in the LRU order).
@@ -169,14 +267,31 @@ final class StoreWriter: Sendable {
         }
     }
 
-    /// Drops least recently used entries until the store holds at most `target` bytes.
-    private func evict(_ txn: borrowing Transaction, _ s: inout State, until target: Int, _ delta: inout SpillStoreCounters) throws {
-        while s.bytes > max(0, target) {
-            guard let oldest = try txn.withCursor(store.lru, { c in try c.first { _, v in PrefixKey(bytes: v) } }) else { return }
-            let before = s.bytes
-            try remove(oldest, txn, &s)
-            precondition(s.bytes < before, "StoreWriter: the LRU index names \(oldest), which has no entry")
-            delta.lruEvictions += 1
+    /// Drops least recently used entries until the store holds at most `target` bytes (or
+    /// `maxEntries` are gone). One cursor walks `lru` from its oldest slot; each entry costs one
+    /// search in `entries` (seek, then delete at the cursor) and one in `access`.
+    private func evict(_ txn: borrowing Transaction, _ s: inout State, until target: Int, maxEntries: Int = .max,
+                       _ delta: inout SpillStoreCounters) throws {
+        guard s.bytes > max(0, target) else { return }
+        try txn.withCursor(store.lru) { lru in
+            try txn.withCursor(store.entries) { entries in
+                var removed = 0
+                while s.bytes > max(0, target) && removed < maxEntries {
+                    guard let oldest = try lru.first({ _, v in PrefixKey(bytes: v) }) else { return }
+                    try lru.deleteCurrent()
+                    let size = try oldest.withBytes { k -> Int? in
+                        guard let size = try entries.seek(exactly: k, { _, v in v.count }) else { return nil }
+                        try entries.deleteCurrent()
+                        try txn.delete(k, in: store.access)
+                        return size
+                    }
+                    precondition(size != nil, "StoreWriter: the LRU index names \(oldest), which has no entry")
+                    s.bytes -= size!
+                    precondition(s.bytes >= 0, "StoreWriter: stored byte count went negative evicting \(oldest)")
+                    removed += 1
+                    delta.lruEvictions += 1
+                }
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ import Darwin
 #endif
 import KVCache
 import KVCore
+import KVSpill
 
 /// Makes a fresh, empty cold store for a replay (each sweep point needs its own).
 public typealias ColdStoreFactory = @Sendable (KVLayout) throws -> any ColdPrefixStore
@@ -49,6 +50,12 @@ public struct ReplayResult: Sendable, Equatable, Codable {
     public var materializeSeconds = 0.0
     public var admitSeconds = 0.0
     public var releaseSeconds = 0.0
+    /// With an LMDB store: the time after the loop until every queued spill was committed
+    /// (`flush()`), which `seconds` does not include. Work the replay caused, so wall time is
+    /// `seconds + storeFlushSeconds`.
+    public var storeFlushSeconds = 0.0
+    /// The store's own counters (LMDB spill tier only): drops, waits, evictions, map handling.
+    public var storeCounters: SpillStoreCounters?
 
     public init() {}
 }
@@ -85,6 +92,12 @@ public func replay(_ trace: Trace, options: ReplayOptions = ReplayOptions(),
         if let progress, (n + 1) % step == 0 || n + 1 == total { progress(n + 1, total) }
     }
     let elapsed = Double(monotonicNanos() - start) / 1e9
+    if let lmdb = store as? LMDBSpillStore {
+        let t = monotonicNanos()
+        lmdb.flush()
+        result.storeFlushSeconds = Double(monotonicNanos() - t) / 1e9
+        result.storeCounters = lmdb.counters
+    }
     let stats = cache.stats
     result.requests = total
     result.promptTokens = trace.promptTokens

@@ -23,14 +23,16 @@ public enum SpillStores {
 
     /// A factory for `ReplayOptions.makeStore` / `StressOptions.makeStore`: every call opens the
     /// store at `path` afresh (cleared first when `fresh`), so each replay or sweep point starts
-    /// empty. The previous store must be closed (released) before the next call.
+    /// empty. The previous store must be closed (released) before the next call. `whenQueueFull`
+    /// `.waitWhenFull` suits offline runs (replay), where a dropped spill would understate the store.
     public static func factory(path: String, limitBytes: Int, fresh: Bool = true,
                                writeMode: SpillStoreConfiguration.WriteMode = .background(queueLimitBytes: 256 << 20),
-                               durable: Bool = true) -> ColdStoreFactory {
+                               durable: Bool = true,
+                               whenQueueFull: SpillStoreConfiguration.QueueFullPolicy = .dropWhenFull) -> ColdStoreFactory {
         return { layout in
             if fresh { try clear(path: path) }
             return try LMDBSpillStore(SpillStoreConfiguration(path: path, layout: layout, limitBytes: limitBytes,
-                                                              writeMode: writeMode, durable: durable))
+                                                              writeMode: writeMode, durable: durable, whenQueueFull: whenQueueFull))
         }
     }
 }

@@ -134,6 +134,22 @@ public struct Transaction: ~Copyable {
         try fill(UnsafeMutableRawBufferPointer(start: data.mv_data, count: count))
     }
 
+    /// Like ``put(count:for:in:flags:fill:)`` with ``PutFlags/noOverwrite``, but an existing key is
+    /// an answer, not an error: returns false (and calls nothing) when `key` is already there.
+    /// One B-tree search instead of a lookup followed by a put.
+    public func putIfAbsent(count: Int, for key: some LMDBBytes, in db: Database,
+                            fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> Bool {
+        var data = MDB_val(mv_size: count, mv_data: nil)
+        let rc = key.withLMDBBytes { k in
+            var kv = MDB_val(k)
+            return call(.put) { mdb_put(handle, db.dbi, &kv, &data, UInt32(MDB_NOOVERWRITE) | UInt32(MDB_RESERVE)) }
+        }
+        if rc == MDB_KEYEXIST { return false }
+        try check(rc)
+        try fill(UnsafeMutableRawBufferPointer(start: data.mv_data, count: count))
+        return true
+    }
+
     /// Deletes `key`; returns whether it was there.
     @discardableResult
     public func delete(_ key: some LMDBBytes, in db: Database) throws(LMDBError) -> Bool {

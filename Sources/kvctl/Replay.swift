@@ -37,7 +37,7 @@ struct Replay: ParsableCommand {
     @Option(help: "With --sweep: write the hit-rate chart as SVG to this file.")
     var chart: String?
 
-    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first) and restore from it.")
+    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first) and restore from it. The store's writer runs in wait-when-full mode: when its queue is full, the replay waits for the disk instead of dropping spills (a serving stack drops; an offline replay must not).")
     var store: String?
 
     @Option(help: "With --store: the store's size limit in bytes (default: room for every distinct block of the trace).")
@@ -52,7 +52,8 @@ struct Replay: ParsableCommand {
         let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
         let bar = ProgressBar()
         let makeStore = store.map { path in
-            SpillStores.factory(path: path, limitBytes: storeLimitBytes ?? roomForEveryBlock(parsed, kvLayout), durable: false)
+            SpillStores.factory(path: path, limitBytes: storeLimitBytes ?? roomForEveryBlock(parsed, kvLayout), durable: false,
+                                whenQueueFull: .waitWhenFull)
         }
         if sweep {
             let list = try capacities.map(parseCapacities)
@@ -99,7 +100,7 @@ struct Replay: ParsableCommand {
     }
 
     private func printTable(_ r: ReplayResult) {
-        let rows: [(String, String)] = [
+        var rows: [(String, String)] = [
             ("requests", "\(r.requests) (\(r.rejectedRequests) rejected)"),
             ("capacity blocks", "\(r.capacityBlocks)"),
             ("prompt tokens", "\(r.promptTokens)"),
@@ -110,6 +111,12 @@ struct Replay: ParsableCommand {
             ("seconds", String(format: "%.3f (prompts %.3f, admit %.3f, release %.3f)", r.seconds, r.materializeSeconds, r.admitSeconds, r.releaseSeconds)),
             ("prompt tokens / s", String(format: "%.1fM", r.tokensPerSecond / 1e6)),
         ]
+        if let c = r.storeCounters {
+            rows.append(("store flush after the loop", String(format: "%.3f s", r.storeFlushSeconds)))
+            rows.append(("store records written / failed", "\(c.recordsWritten) / \(c.recordsFailed)"))
+            rows.append(("store spills dropped / waited", "\(c.spillsDroppedQueueFull) / \(c.spillWaits)"))
+            rows.append(("store LRU evictions (by pages)", "\(c.lruEvictions) (\(c.mapRoomEvictions))"))
+        }
         let width = rows.map(\.0.count).max() ?? 0
         for (k, v) in rows { print(k.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + v) }
     }

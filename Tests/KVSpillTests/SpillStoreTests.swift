@@ -199,6 +199,85 @@ final class SpillStoreTests: XCTestCase {
         XCTAssertFalse(store.restore(blocks[0].0, blocks[0].1, into: BlockID(1), arena: arena))
     }
 
+    func testDropWhenFullIsTheDefaultAndNeverWaits() throws {
+        let config = SpillStoreConfiguration(path: "/unused", layout: testLayout)
+        XCTAssertEqual(config.whenQueueFull, .dropWhenFull)
+        let store = try LMDBSpillStore(SpillStoreConfiguration(path: try makeTemporaryDirectory(self) + "/store", layout: testLayout,
+                                                               writeMode: .background(queueLimitBytes: 1), durable: false))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        spillChain(store, arena: arena, chain: 1, count: 20)
+        store.flush()
+        XCTAssertEqual(store.counters.spillsDroppedQueueFull, 20)
+        XCTAssertEqual(store.counters.spillWaits, 0)
+        XCTAssertEqual(store.checkInvariants(), 0)
+    }
+
+    func testWaitWhenFullLosesNoSpillWithATinyQueue() throws {
+        let store = try LMDBSpillStore(SpillStoreConfiguration(path: try makeTemporaryDirectory(self) + "/store", layout: testLayout,
+                                                               writeMode: .background(queueLimitBytes: 3 * testLayout.blockBytes),
+                                                               durable: false, whenQueueFull: .waitWhenFull))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        // Hold the writer off for a while (as a slow disk would), so the queue fills for certain.
+        let holding = DispatchSemaphore(value: 0)
+        let blocker = Thread {
+            store.writer.withStateLocked { _ in
+                holding.signal()
+                usleep(300_000)
+            }
+        }
+        blocker.start()
+        holding.wait()
+        let start = DispatchTime.now().uptimeNanoseconds
+        let blocks = spillChain(store, arena: arena, chain: 1, count: 200)
+        XCTAssertGreaterThan(DispatchTime.now().uptimeNanoseconds - start, 100_000_000, "spills waited for the held writer")
+        store.flush()
+        let c = store.counters
+        XCTAssertEqual(c.spillsDroppedQueueFull, 0)
+        XCTAssertGreaterThan(c.spillWaits, 0, "a queue of three blocks must have made spills wait")
+        XCTAssertEqual(c.recordsWritten, 200)
+        XCTAssertEqual(store.checkInvariants(), 200)
+        for (i, (key, tokens)) in blocks.enumerated() where i % 37 == 0 || i == 199 {
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena), "block \(i)")
+            XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout))
+        }
+    }
+
+    /// A record larger than the whole queue waits for the queue to empty instead of waiting forever.
+    func testWaitWhenFullAdmitsARecordLargerThanTheQueue() throws {
+        let store = try LMDBSpillStore(SpillStoreConfiguration(path: try makeTemporaryDirectory(self) + "/store", layout: testLayout,
+                                                               writeMode: .background(queueLimitBytes: 1),
+                                                               durable: false, whenQueueFull: .waitWhenFull))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let blocks = spillChain(store, arena: arena, chain: 1, count: 10)
+        store.flush()
+        XCTAssertEqual(store.counters.recordsWritten, 10)
+        XCTAssertEqual(store.counters.spillsDroppedQueueFull, 0)
+        XCTAssertTrue(store.restore(blocks[9].0, blocks[9].1, into: BlockID(2), arena: arena))
+    }
+
+    /// A key already stored with another payload size is replaced in place of the old record
+    /// (the writer's insert-if-absent path falls back to remove + write), not duplicated.
+    func testARecordReplacingAStoredKeyKeepsOneEntryAndTheNewBytes() throws {
+        for mode in [SpillStoreConfiguration.WriteMode.synchronous, .background(queueLimitBytes: 4 << 20)] {
+            let store = try openStore(try makeTemporaryDirectory(self), mode: mode)
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            let tokens = blockTokens(chain: 7, index: 0)
+            let key = store.key(chain: [tokens])
+            store.spill(key, tokens, block: BlockID(1), arena: nil)  // tokens only
+            store.flush()
+            let tokensOnlyBytes = store.storedBytes
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(key, tokens, block: BlockID(1), arena: arena)  // now with KV: not "already held"
+            store.flush()
+            XCTAssertEqual(store.checkInvariants(), 1, "\(mode): one entry, replaced")
+            XCTAssertEqual(store.storedBytes, tokensOnlyBytes + testLayout.blockBytes, "\(mode)")
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena), "\(mode)")
+            XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout), "\(mode)")
+            XCTAssertEqual(store.counters.recordsWritten, 2)
+            store.close()
+        }
+    }
+
     func testMetadataOnlySpillsKeepTokensAndAreNotKVHits() throws {
         let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
         let tokens = blockTokens(chain: 1, index: 0)

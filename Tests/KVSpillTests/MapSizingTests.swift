@@ -1,0 +1,111 @@
+import Foundation
+import KVCache
+import KVCore
+import KVTestSupport
+import XCTest
+@testable import KVSpill
+@testable import LMDB
+
+/// The map must hold a store at its size limit with random (SHA-256) keys: half-full B-tree
+/// pages, the LRU index, the freelist and the pages copy-on-write needs during a transaction.
+/// These tests fill small-limit stores several times over and require that no batch is ever
+/// dropped, that the limit holds, and that the invariants hold after every round.
+final class MapSizingTests: XCTestCase {
+    /// Spills `count` blocks under random one-block prefixes (random keys spread over the B-tree),
+    /// filling each payload from its tokens. Returns the keys and tokens.
+    @discardableResult
+    func spillRandom(_ store: LMDBSpillStore, arena: KVPageArena, count: Int, rng: inout SeededRandom) -> [(PrefixKey, [TokenID])] {
+        let root = store.rootKey(namespace: .default)
+        var out: [(PrefixKey, [TokenID])] = []
+        out.reserveCapacity(count)
+        for _ in 0..<count {
+            let tokens = (0..<arena.layout.blockSize).map { _ in TokenID(truncatingIfNeeded: rng.next() & 0x3FFF_FFFF) }
+            let key = tokens.withUnsafeBufferPointer { store.childKey(parent: root, tokens: $0) }
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(key, tokens, block: BlockID(1), arena: arena)
+            out.append((key, tokens))
+        }
+        return out
+    }
+
+    @discardableResult
+    func fillSeveralTimesOver(layout: KVLayout, limit: Int, rounds: Int, mode: SpillStoreConfiguration.WriteMode, seed: UInt64,
+                              mapSizeLimit: Int? = nil, minimumEntriesKept: Int? = nil) throws -> SpillStoreCounters {
+        let dir = try makeTemporaryDirectory(self)
+        var config = SpillStoreConfiguration(path: dir + "/store", layout: layout, limitBytes: limit, writeMode: mode,
+                                             durable: false, statsIntervalSeconds: 0.05)
+        config.initialMapSizeBytes = 1 << 20
+        config.mapSizeLimitOverride = mapSizeLimit
+        let store = try LMDBSpillStore(config)
+        defer { store.close() }
+        let arena = KVPageArena(layout: layout, capacityBlocks: 4)
+        let recordBytes = SpillRecord.payloadOffset(namespaceBytes: 7, tokenCount: layout.blockSize) + layout.blockBytes
+        let perRound = limit / recordBytes
+        var rng = SeededRandom(seed: seed)
+        var last: [(PrefixKey, [TokenID])] = []
+        for round in 1...rounds {
+            last = spillRandom(store, arena: arena, count: perRound, rng: &rng)
+            store.flush()
+            let entries = store.checkInvariants()
+            let c = store.counters
+            XCTAssertEqual(c.recordsFailed, 0, "round \(round): no batch may be dropped (\(c))")
+            XCTAssertEqual(c.spillsDroppedQueueFull, 0, "round \(round)")
+            XCTAssertEqual(c.recordsWritten, round * perRound, "round \(round)")
+            XCTAssertLessThanOrEqual(store.storedBytes, limit, "round \(round): the size limit holds")
+            XCTAssertGreaterThan(entries, 0)
+            let info = try store.database.env.info()
+            XCTAssertLessThanOrEqual(info.mapSize, config.mapSizeLimit, "round \(round)")
+            XCTAssertLessThanOrEqual((info.lastPageNumber + 1) * 4096, config.mapSizeLimit, "round \(round)")
+            let size = (try FileManager.default.attributesOfItem(atPath: dir + "/store/data.mdb")[.size] as? Int) ?? 0
+            XCTAssertLessThanOrEqual(size, config.mapSizeLimit, "round \(round): the file stays within the map limit")
+        }
+        // The store keeps the most recent entries: the newest block restores, byte for byte.
+        let (key, tokens) = last[last.count - 1]
+        XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena))
+        XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: layout))
+        // Past the first round, the store evicted to stay under its limit, and still holds most of one round.
+        XCTAssertGreaterThan(store.counters.lruEvictions, 0)
+        XCTAssertGreaterThanOrEqual(store.checkInvariants(), minimumEntriesKept ?? perRound / 4, "the store stays useful, not emptied by over-eviction")
+        print("\(name): \(store.counters)")
+        return store.counters
+    }
+
+    /// Small records (512-byte payload, ~640-byte records): at most five per 4 KiB leaf, the
+    /// worst case for B-tree fill and the one replay uses by default.
+    func testSmallRecordsFillTheLimitFiveTimesOverWithoutDroppingABatch() throws {
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
+        try fillSeveralTimesOver(layout: layout, limit: 4 << 20, rounds: 5, mode: .background(queueLimitBytes: 64 << 20), seed: 1)
+    }
+
+    /// 4 KiB payloads: each record is an overflow-page run.
+    func testOverflowRecordsFillTheLimitFiveTimesOverWithoutDroppingABatch() throws {
+        try fillSeveralTimesOver(layout: testLayout, limit: 4 << 20, rounds: 5, mode: .background(queueLimitBytes: 64 << 20), seed: 2)
+    }
+
+    func testSynchronousModeFillsTheLimitSeveralTimesOver() throws {
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
+        try fillSeveralTimesOver(layout: layout, limit: 1 << 20, rounds: 4, mode: .synchronous, seed: 3)
+    }
+
+    /// The old sizing (1.25 × limit + a little) is too small for random keys and small records:
+    /// the writer must evict by measured pages and handle `MDB_MAP_FULL` by evicting in small
+    /// transactions and splitting batches, never dropping one while eviction can make room.
+    func testATightMapEvictsByMeasuredPagesInsteadOfDroppingBatches() throws {
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
+        let limit = 4 << 20
+        let counters = try fillSeveralTimesOver(layout: layout, limit: limit, rounds: 5, mode: .background(queueLimitBytes: 64 << 20),
+                                                seed: 4, mapSizeLimit: limit + limit / 4 + (1 << 20),
+                                                // A 6 MiB map with copy-on-write room holds about a MiB of small records.
+                                                minimumEntriesKept: 500)
+        XCTAssertGreaterThan(counters.mapRoomEvictions, 0, "eviction by measured pages ran (\(counters))")
+    }
+
+    func testATightMapInSynchronousMode() throws {
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
+        let limit = 2 << 20
+        let counters = try fillSeveralTimesOver(layout: layout, limit: limit, rounds: 4, mode: .synchronous, seed: 5,
+                                                mapSizeLimit: limit + limit / 4 + (1 << 20), minimumEntriesKept: 300)
+        XCTAssertGreaterThan(counters.mapRoomEvictions, 0, "eviction by measured pages ran (\(counters))")
+        XCTAssertGreaterThan(counters.mapFullRetries, counters.mapGrowths, "MDB_MAP_FULL at the ceiling was handled, not only growth (\(counters))")
+    }
+}
