@@ -26,14 +26,18 @@ public final class KVCacheManager: Sendable {
     private let state: Locked<CacheState>
     private let metrics: CacheMetrics
     private let logger: Logger
+    private let statsPublisher: StatsPublisher?
 
     /// Creates a manager over `capacityBlocks` allocatable blocks (plus the null block 0).
     /// - Parameters:
     ///   - allocatesPages: allocate the page arenas now (false: metadata only).
     ///   - coldStore: a tier that keeps evicted blocks (the LMDB spill tier); its layout must match.
     ///   - onEvict: called, under the manager's lock, for every cached block evicted from memory.
+    ///   - statsPublishInterval: how often a mutation hands the stats to `coldStore` (for its live
+    ///     record, `kvctl stats`); the manager also publishes when it is deinitialised.
     public init(layout: KVLayout, capacityBlocks: Int, allocatesPages: Bool = false,
                 coldStore: (any ColdPrefixStore)? = nil, onEvict: (@Sendable (EvictedBlock) -> Void)? = nil,
+                statsPublishInterval: Duration = .seconds(1),
                 logger: Logger = Logger(label: "prefixkv.cache")) throws(KVCacheError) {
         guard capacityBlocks >= 1 else { throw .invalidCapacity(capacityBlocks) }
         if let storeLayout = coldStore?.storeLayout, storeLayout != layout {
@@ -45,6 +49,7 @@ public final class KVCacheManager: Sendable {
         self.state = Locked(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore, onEvict: onEvict))
         self.metrics = CacheMetrics(label: "prefixkv")
         self.logger = logger
+        self.statsPublisher = coldStore.map { StatsPublisher(store: $0, interval: statsPublishInterval) }
         logger.debug("cache created", metadata: ["layout": "\(layout)", "capacityBlocks": "\(capacityBlocks)", "pages": "\(allocatesPages)"])
     }
 
@@ -138,11 +143,13 @@ public final class KVCacheManager: Sendable {
     /// A consistent snapshot of the counters and gauges.
     public var stats: KVCacheStats { state.withLock { $0.stats } }
 
-    /// Hands the current stats to the cold store to publish (for `kvctl stats`).
+    /// Hands the current stats to the cold store to publish now (for `kvctl stats`); mutations
+    /// already do so every `statsPublishInterval`.
     public func publishStats() {
-        let (stats, store) = state.withLock { ($0.stats, $0.coldStore) }
-        store?.publish(stats: stats)
+        statsPublisher?.publishNow(stats)
     }
+
+    deinit { publishStats() }
 
     /// Checks every invariant (see docs/INVARIANTS.md); traps naming the broken state.
     public func checkInvariants() { state.withLock { $0.checkInvariants() } }
@@ -165,10 +172,12 @@ public final class KVCacheManager: Sendable {
     public func isCached(_ block: Int32) -> Bool { state.withLock { $0.index.inTree[Int(block)] } }
 
     private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> (R, KVCacheStats) {
-        try state.withLock { (s: inout CacheState) throws(KVCacheError) -> (R, KVCacheStats) in
+        let (r, stats) = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> (R, KVCacheStats) in
             let r = try body(&s)
             return (r, s.stats)
         }
+        statsPublisher?.mutated(stats)
+        return (r, stats)
     }
 }
 

@@ -85,9 +85,10 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     /// The committed sum of record sizes (what the size limit bounds).
     public var storedBytes: Int { writer.committedBytes }
 
-    private func checkOpen() {
-        precondition(!isClosed.load(ordering: .acquiring), "LMDBSpillStore: used after close (\(configuration.path))")
-    }
+    /// After `close()` the store answers like an empty one: spills are dropped, restores and
+    /// probes miss, stats are ignored. A manager that outlives its store (teardown order) keeps
+    /// serving from memory instead of crashing. Close the store after the manager's last call.
+    private var isOpen: Bool { !isClosed.load(ordering: .acquiring) }
 
     // MARK: - ColdPrefixStore
 
@@ -98,7 +99,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     }
 
     public func spill(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, block: BlockID, arena: KVPageArena?) {
-        checkOpen()
+        guard isOpen else { return }
         precondition(arena == nil || arena!.layout == layout,
                      "LMDBSpillStore.spill: arena layout \(arena!.layout) differs from the store's \(layout)")
         let ns = Array(namespace.rawValue.utf8)
@@ -124,7 +125,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     }
 
     public func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool {
-        checkOpen()
+        guard isOpen else { return false }
         precondition(arena == nil || arena!.layout == layout,
                      "LMDBSpillStore.restore: arena layout \(arena!.layout) differs from the store's \(layout)")
         let ns = Array(namespace.rawValue.utf8)
@@ -169,7 +170,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     }
 
     public func contains(key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool {
-        checkOpen()
+        guard isOpen else { return false }
         if let found = queue.withPending(key, { $0.view.tokens.elementsEqual(UnsafeRawBufferPointer(tokens)) }) { return found }
         return (try? database.env.withReadTransaction { txn in
             try key.withBytes { k in
@@ -182,7 +183,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     }
 
     public func publish(stats: KVCacheStats) {
-        checkOpen()
+        guard isOpen else { return }
         queue.publish(stats)
         if background == nil { commitInline(force: false) }
     }

@@ -184,12 +184,12 @@ final class SpillQueue: @unchecked Sendable {
         }
     }
 
-    /// Waits until every record queued so far, and every touch and deletion, is committed (or failed).
+    /// Waits until every record queued so far, and every touch, deletion and published stats record, is committed (or failed).
     func waitUntilDrained() {
         locked {
             flushWaiters += 1
             lock.broadcast()
-            while !(queue[head...].allSatisfy(\.superseded) && touches.isEmpty && deletes.isEmpty && batchesInFlight == 0) {
+            while !(queue[head...].allSatisfy(\.superseded) && touches.isEmpty && deletes.isEmpty && !statsDirty && batchesInFlight == 0) {
                 lock.wait()
             }
             flushWaiters -= 1

@@ -102,4 +102,35 @@ final class ManagerIntegrationTests: XCTestCase {
         assertKV(manager, adm, prompt: a)
         cold.checkInvariants()
     }
+
+    /// The live record follows the manager without anyone calling `publishStats()`: mutations
+    /// publish every interval, and the manager publishes its last stats when it goes away.
+    func testTheManagerPublishesItsStatsPeriodicallyAndWhenItGoesAway() throws {
+        let cold = try store(try makeTemporaryDirectory(self) + "/s", mode: .background(queueLimitBytes: 1 << 20))
+        let a = prompt(chain: 11, blocks: 2)
+        do {
+            let manager = try KVCacheManager(layout: testLayout, capacityBlocks: 8, allocatesPages: true, coldStore: cold,
+                                             statsPublishInterval: .zero)
+            let adm = try manager.admit(a)
+            try manager.release(adm.sequence)
+            cold.flush()
+            XCTAssertEqual(try cold.report().cache, manager.stats,
+                           "a zero interval publishes after every mutation")
+        }
+        var last: KVCacheStats
+        do {
+            let slow = try KVCacheManager(layout: testLayout, capacityBlocks: 8, allocatesPages: true, coldStore: cold,
+                                          statsPublishInterval: .seconds(3600))
+            _ = try slow.admit(a)   // the first mutation publishes, the next ones wait for the interval
+            let before = slow.stats
+            _ = try slow.admit(a)
+            cold.flush()
+            XCTAssertEqual(try cold.report().cache, before)
+            last = slow.stats
+            XCTAssertNotEqual(last, before)
+        }
+        cold.close()
+        XCTAssertEqual(try SpillStoreReport.inspect(path: cold.configuration.path).cache, last,
+                       "the manager publishes its last stats when it is deinitialised")
+    }
 }
