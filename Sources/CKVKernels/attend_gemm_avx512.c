@@ -215,14 +215,19 @@ typedef struct kvk_prefetch_unit { const char **k, **v; size_t hoff; int32_t n; 
 /// `near`, the next unit, from L2 into L1.
 typedef struct kvk_prefetch { kvk_prefetch_unit near, far; size_t row_bytes; } kvk_prefetch;
 
-/// Prefetches tokens t0 ..< t1 of both units (clamped to their lengths).
-KVK_AVX512_INLINE void kvk_prefetch_tokens(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
+/// Prefetches tokens t0 ..< t1 of the far unit into L2 (clamped to its length).
+KVK_AVX512_INLINE void kvk_prefetch_far(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
     if (!pf) return;
     for (int32_t t = t0; t < t1 && t < pf->far.n; t++)
         for (size_t off = 0; off < pf->row_bytes; off += 64) {
             _mm_prefetch(pf->far.k[t] + pf->far.hoff + off, _MM_HINT_T1);
             _mm_prefetch(pf->far.v[t] + pf->far.hoff + off, _MM_HINT_T1);
         }
+}
+
+/// Prefetches tokens t0 ..< t1 of the near unit into L1 (clamped to its length).
+KVK_AVX512_INLINE void kvk_prefetch_near(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
+    if (!pf) return;
     for (int32_t t = t0; t < t1 && t < pf->near.n; t++)
         for (size_t off = 0; off < pf->row_bytes; off += 64) {
             _mm_prefetch(pf->near.k[t] + pf->near.hoff + off, _MM_HINT_T0);
@@ -238,15 +243,20 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
                                      const kvk_prefetch *pf, const uint16_t *const *kdirect) {
     const int32_t NT = KVK_NT(RVB);
     for (int32_t t0 = 0; t0 < n; t0 += NT) {
-        kvk_prefetch_tokens(pf, t0, t0 + NT);
+        kvk_prefetch_near(pf, t0, t0 + NT);
         if (bf16 && kdirect) kvk_qk_bf16(g, r0, t0, RVB, NT, kdirect + t0);
         else if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT, NULL);
         else kvk_qk_f32(g, r0, t0, RVB, NT);
     }
-    if (pf) kvk_prefetch_tokens(pf, n, KVK_TILE);
+    kvk_prefetch_near(pf, n, KVK_TILE);
     const int rescale = kvk_softmax(g, r0, n, RVB, bf16);
+    // The L2 prefetch is spread over the P.V blocks: a few tokens each, no burst of misses.
+    const int32_t nblk = g->d / NT > 0 ? g->d / NT : 1;
     int32_t i0 = 0;
+    if (nblk == 1 || g->d < NT) kvk_prefetch_far(pf, 0, KVK_TILE);
     for (; i0 + NT <= g->d; i0 += NT) {
+        const int32_t b = i0 / NT;
+        if (nblk > 1) kvk_prefetch_far(pf, b * KVK_TILE / nblk, (b + 1) * KVK_TILE / nblk);
         if (bf16) {
             if (g->vlanes) {
                 if (rescale) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1, 1);
