@@ -18,6 +18,10 @@
 #if defined(__x86_64__)
 #include "avx512_common.h"
 
+/// Register tiles must unroll fully or their accumulators live in memory: -O2 (the package's
+/// release level) stopped doing so on its own for the 16-wide tiles.
+#define KVK_UNROLL _Pragma("GCC unroll 16")
+
 /// Row-vector blocks x tokens (or x dims) of a micro-kernel's register tile, by row vectors.
 #define KVK_NT(RVB) ((RVB) == 1 ? 16 : (RVB) == 4 ? 4 : 8)
 
@@ -110,19 +114,21 @@ KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
                                    const uint16_t *const *krows) {
     __m512 acc[4][16];
     for (int32_t rv = 0; rv < RVB; rv++)
+        KVK_UNROLL
         for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
-    const uint16_t *kr[16];
-    for (int32_t t = 0; t < NT; t++) kr[t] = krows ? krows[t] : g->kb + (size_t)(t0 + t) * g->dpad2;
+    const uint16_t *k = g->kb + (size_t)t0 * g->dpad2;  // staged: one base, constant row offsets
     for (int32_t i2 = 0; i2 < g->dpad2 / 2; i2++) {
         __m512bh qv[4];
         for (int32_t rv = 0; rv < RVB; rv++) qv[rv] = (__m512bh)_mm512_load_si512(g->qp + (size_t)i2 * g->rpad + r0 + rv * 16);
+        KVK_UNROLL
         for (int32_t t = 0; t < NT; t++) {
             int32_t w;
-            memcpy(&w, kr[t] + 2 * i2, 4);
+            memcpy(&w, (krows ? krows[t] : k + (size_t)t * g->dpad2) + 2 * i2, 4);
             __m512bh kb = (__m512bh)_mm512_set1_epi32(w);
             for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_dpbf16_ps(acc[rv][t], qv[rv], kb);
         }
     }
+    KVK_UNROLL
     for (int32_t t = 0; t < NT; t++)
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->s + (size_t)(t0 + t) * KVK_ROW_BLOCK + rv * 16, acc[rv][t]);
 }
@@ -155,6 +161,7 @@ KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
     __m512 acc[16][4], al[4];
     const uint32_t *vrow = g->vp + (VL ? kvk_vpos(i0) : i0);
     for (int32_t rv = 0; rv < RVB; rv++) al[rv] = _mm512_load_ps(g->alpha + r0 + rv * 16);
+    KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
         for (int32_t rv = 0; rv < RVB; rv++) {
             acc[i][rv] = _mm512_load_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16);
@@ -163,11 +170,13 @@ KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
     for (int32_t tp = 0; tp < npairs; tp++) {
         __m512bh pv[4];
         for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = (__m512bh)_mm512_load_si512(g->pp + (size_t)tp * KVK_ROW_BLOCK + rv * 16);
+        KVK_UNROLL
         for (int32_t i = 0; i < NI; i++) {
             __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)vrow[(size_t)tp * g->d + (VL ? kvk_vpos(i) : i)]);
             for (int32_t rv = 0; rv < RVB; rv++) acc[i][rv] = _mm512_dpbf16_ps(acc[i][rv], pv[rv], vb);
         }
     }
+    KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16, acc[i][rv]);
 }
