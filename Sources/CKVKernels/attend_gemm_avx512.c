@@ -18,11 +18,16 @@
 #if defined(__x86_64__)
 #include "avx512_common.h"
 
+/// Register tiles must unroll fully or their accumulators live in memory: -O2 (the package's
+/// release level) stopped doing so on its own for the 16-wide tiles.
+#define KVK_UNROLL _Pragma("GCC unroll 16")
+
 /// Row-vector blocks x tokens (or x dims) of a micro-kernel's register tile, by row vectors.
 #define KVK_NT(RVB) ((RVB) == 1 ? 16 : (RVB) == 4 ? 4 : 8)
 
 typedef struct kvk_gemm_state {
     int32_t d, dpad2, rpad, kstride;
+    int32_t vlanes;           // bf16 math: value pairs stored in the unpack order (kvk_stage_pairs_bf16)
     const float *qt;          // fp32 math: d x rpad
     const uint32_t *qp;       // bf16 math: dpad2/2 x rpad pairs
     float *ot, *m, *l, *alpha, *s;
@@ -65,6 +70,24 @@ KVK_AVX512_INLINE void kvk_stage_pairs(uint32_t *dst, const char *a, const char 
     }
 }
 
+/// Two bf16 value rows (d % 32 == 0) interleaved as pairs with in-lane unpacks, which is much
+/// cheaper than widening: each 32-dim chunk holds dims {0-3, 8-11, 16-19, 24-27} then
+/// {4-7, 12-15, 20-23, 28-31}; kvk_vpos maps a dim to its slot. b may be NULL: zeros.
+KVK_AVX512_INLINE void kvk_stage_pairs_bf16(uint32_t *dst, const char *a, const char *b, int32_t d) {
+    for (int32_t i = 0; i < d; i += 32) {
+        __m512i x = _mm512_loadu_si512((const uint16_t *)a + i);
+        __m512i y = b ? _mm512_loadu_si512((const uint16_t *)b + i) : _mm512_setzero_si512();
+        _mm512_store_si512(dst + i, _mm512_unpacklo_epi16(x, y));
+        _mm512_store_si512(dst + i + 16, _mm512_unpackhi_epi16(x, y));
+    }
+}
+
+/// Slot of dim i in a pair row staged by kvk_stage_pairs_bf16.
+static inline int32_t kvk_vpos(int32_t i) {
+    const int32_t c = i & 31;
+    return (i - c) + ((c & 4) << 2) + ((c >> 3) << 2) + (c & 3);
+}
+
 // ---------------------------------------------------------------------------------- micro-kernels
 
 /// S^T[t0 ..< t0+NT][r0 ..< r0+16*RVB] = K . Q^T, fp32.
@@ -86,21 +109,26 @@ KVK_AVX512_INLINE void kvk_qk_f32(const kvk_gemm_state *g, int32_t r0, int32_t t
 }
 
 /// Same with bf16 pairs: each vdpbf16ps adds two dims' products.
-KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT) {
+/// krows: the NT key rows (bf16, dpad2 long) read in place, or NULL: the staged tile.
+KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
+                                   const uint16_t *const *krows) {
     __m512 acc[4][16];
     for (int32_t rv = 0; rv < RVB; rv++)
+        KVK_UNROLL
         for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
-    const uint16_t *k = g->kb + (size_t)t0 * g->dpad2;
+    const uint16_t *k = g->kb + (size_t)t0 * g->dpad2;  // staged: one base, constant row offsets
     for (int32_t i2 = 0; i2 < g->dpad2 / 2; i2++) {
         __m512bh qv[4];
         for (int32_t rv = 0; rv < RVB; rv++) qv[rv] = (__m512bh)_mm512_load_si512(g->qp + (size_t)i2 * g->rpad + r0 + rv * 16);
+        KVK_UNROLL
         for (int32_t t = 0; t < NT; t++) {
             int32_t w;
-            memcpy(&w, k + (size_t)t * g->dpad2 + 2 * i2, 4);
+            memcpy(&w, (krows ? krows[t] : k + (size_t)t * g->dpad2) + 2 * i2, 4);
             __m512bh kb = (__m512bh)_mm512_set1_epi32(w);
             for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_dpbf16_ps(acc[rv][t], qv[rv], kb);
         }
     }
+    KVK_UNROLL
     for (int32_t t = 0; t < NT; t++)
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->s + (size_t)(t0 + t) * KVK_ROW_BLOCK + rv * 16, acc[rv][t]);
 }
@@ -125,32 +153,45 @@ KVK_AVX512_INLINE void kvk_pv_f32(const kvk_gemm_state *g, int32_t r0, int32_t i
 }
 
 /// Same with bf16 pairs of tokens: each vdpbf16ps adds two tokens' products.
-KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t i0, int32_t npairs, int32_t RVB, int32_t NI) {
+/// rescale == 0: no row's max moved this tile (alpha is 1), so O^T is only loaded. VL: pairs in
+/// the unpack order; with i0 a multiple of NI (a power of two), slot(i0 + i) = slot(i0) + slot(i),
+/// so the broadcasts keep constant offsets.
+KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t i0, int32_t npairs, int32_t RVB, int32_t NI,
+                                   int rescale, int VL) {
     __m512 acc[16][4], al[4];
+    const uint32_t *vrow = g->vp + (VL ? kvk_vpos(i0) : i0);
     for (int32_t rv = 0; rv < RVB; rv++) al[rv] = _mm512_load_ps(g->alpha + r0 + rv * 16);
+    KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
-        for (int32_t rv = 0; rv < RVB; rv++)
-            acc[i][rv] = _mm512_mul_ps(_mm512_load_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16), al[rv]);
+        for (int32_t rv = 0; rv < RVB; rv++) {
+            acc[i][rv] = _mm512_load_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16);
+            if (rescale) acc[i][rv] = _mm512_mul_ps(acc[i][rv], al[rv]);
+        }
     for (int32_t tp = 0; tp < npairs; tp++) {
         __m512bh pv[4];
         for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = (__m512bh)_mm512_load_si512(g->pp + (size_t)tp * KVK_ROW_BLOCK + rv * 16);
+        KVK_UNROLL
         for (int32_t i = 0; i < NI; i++) {
-            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)g->vp[(size_t)tp * g->d + i0 + i]);
+            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)vrow[(size_t)tp * g->d + (VL ? kvk_vpos(i) : i)]);
             for (int32_t rv = 0; rv < RVB; rv++) acc[i][rv] = _mm512_dpbf16_ps(acc[i][rv], pv[rv], vb);
         }
     }
+    KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16, acc[i][rv]);
 }
 
 /// Online-softmax update of one row block from the scores of n tokens: new max, rescale
-/// factor alpha, probabilities (fp32, or bf16 pairs of tokens), row sums.
-KVK_AVX512_INLINE void kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16) {
+/// factor alpha, probabilities (fp32, or bf16 pairs of tokens), row sums. Returns whether any
+/// row's max moved (otherwise alpha is 1 and O^T needs no rescale).
+KVK_AVX512_INLINE int kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16) {
+    __mmask16 moved = 0;
     for (int32_t rv = 0; rv < RVB; rv++) {
         const size_t c = (size_t)rv * 16;
         __m512 mx = _mm512_set1_ps(-INFINITY);
         for (int32_t t = 0; t < n; t++) mx = _mm512_max_ps(mx, _mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c));
         __m512 mo = _mm512_load_ps(g->m + r0 + c), mn = _mm512_max_ps(mo, mx);
+        moved |= _mm512_cmp_ps_mask(mn, mo, _CMP_NEQ_UQ);
         __m512 al = kvk_exp2_16(_mm512_sub_ps(mo, mn)), sum = _mm512_setzero_ps();
         if (!bf16) {
             for (int32_t t = 0; t < n; t++) {
@@ -160,9 +201,9 @@ KVK_AVX512_INLINE void kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t 
             }
         } else {
             for (int32_t t = 0; t < n; t += 2) {
-                __m256i e0 = (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c), mn)));
+                __m256i e0 = (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16_bf16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c), mn)));
                 __m256i e1 = t + 1 < n
-                    ? (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)(t + 1) * KVK_ROW_BLOCK + c), mn)))
+                    ? (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16_bf16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)(t + 1) * KVK_ROW_BLOCK + c), mn)))
                     : _mm256_setzero_si256();
                 __m512i lo = _mm512_cvtepu16_epi32(e0), hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32(e1), 16);
                 _mm512_store_si512(g->pp + (size_t)(t / 2) * KVK_ROW_BLOCK + c, _mm512_or_si512(lo, hi));
@@ -173,21 +214,33 @@ KVK_AVX512_INLINE void kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t 
         _mm512_store_ps(g->l + r0 + c, _mm512_fmadd_ps(_mm512_load_ps(g->l + r0 + c), al, sum));
         _mm512_store_ps(g->m + r0 + c, mn);
     }
+    return moved != 0;
 }
 
-/// Rows of the (head, tile) to prefetch while a tile computes: token rows k[t] + hoff, v[t] + hoff.
-typedef struct kvk_prefetch { const char **k, **v; size_t hoff, row_bytes; int32_t n; } kvk_prefetch;
+/// A (head, tile) to prefetch while a tile computes: token rows k[t] + hoff, v[t] + hoff.
+typedef struct kvk_prefetch_unit { const char **k, **v; size_t hoff; int32_t n; } kvk_prefetch_unit;
+/// Two levels: `far` into L2, KVK_PREFETCH_FAR units ahead, so enough DRAM misses are in flight (L1 has
+/// few miss buffers; T0 prefetches of one unit alone left DRAM runs ~30% slower than in-cache);
+/// `near`, the next unit, from L2 into L1.
+typedef struct kvk_prefetch { kvk_prefetch_unit near, far; size_t row_bytes; } kvk_prefetch;
 
-#ifndef KVK_PF_HINT
-#define KVK_PF_HINT _MM_HINT_T0
-#endif
-/// Prefetches tokens t0 ..< t1 of `pf` (clamped to its length).
-KVK_AVX512_INLINE void kvk_prefetch_tokens(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
+/// Prefetches tokens t0 ..< t1 of the far unit into L2 (clamped to its length).
+KVK_AVX512_INLINE void kvk_prefetch_far(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
     if (!pf) return;
-    for (int32_t t = t0; t < t1 && t < pf->n; t++)
+    for (int32_t t = t0; t < t1 && t < pf->far.n; t++)
         for (size_t off = 0; off < pf->row_bytes; off += 64) {
-            _mm_prefetch(pf->k[t] + pf->hoff + off, KVK_PF_HINT);
-            _mm_prefetch(pf->v[t] + pf->hoff + off, KVK_PF_HINT);
+            _mm_prefetch(pf->far.k[t] + pf->far.hoff + off, _MM_HINT_T1);
+            _mm_prefetch(pf->far.v[t] + pf->far.hoff + off, _MM_HINT_T1);
+        }
+}
+
+/// Prefetches tokens t0 ..< t1 of the near unit into L1 (clamped to its length).
+KVK_AVX512_INLINE void kvk_prefetch_near(const kvk_prefetch *pf, int32_t t0, int32_t t1) {
+    if (!pf) return;
+    for (int32_t t = t0; t < t1 && t < pf->near.n; t++)
+        for (size_t off = 0; off < pf->row_bytes; off += 64) {
+            _mm_prefetch(pf->near.k[t] + pf->near.hoff + off, _MM_HINT_T0);
+            _mm_prefetch(pf->near.v[t] + pf->near.hoff + off, _MM_HINT_T0);
         }
 }
 
@@ -196,22 +249,34 @@ KVK_AVX512_INLINE void kvk_prefetch_tokens(const kvk_prefetch *pf, int32_t t0, i
 /// The next (head, tile) `pf` is prefetched a few tokens per score block, spread over the
 /// compute rather than issued in one burst that would stall on the miss buffers.
 KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16,
-                                     const kvk_prefetch *pf) {
+                                     const kvk_prefetch *pf, const uint16_t *const *kdirect) {
     const int32_t NT = KVK_NT(RVB);
     for (int32_t t0 = 0; t0 < n; t0 += NT) {
-        kvk_prefetch_tokens(pf, t0, t0 + NT);
-        if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT);
+        kvk_prefetch_near(pf, t0, t0 + NT);
+        if (bf16 && kdirect) kvk_qk_bf16(g, r0, t0, RVB, NT, kdirect + t0);
+        else if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT, NULL);
         else kvk_qk_f32(g, r0, t0, RVB, NT);
     }
-    if (pf && pf->n > n) kvk_prefetch_tokens(pf, n, pf->n);
-    kvk_softmax(g, r0, n, RVB, bf16);
+    kvk_prefetch_near(pf, n, KVK_TILE);
+    const int rescale = kvk_softmax(g, r0, n, RVB, bf16);
+    // The L2 prefetch is spread over the P.V blocks: a few tokens each, no burst of misses.
+    const int32_t nblk = g->d / NT > 0 ? g->d / NT : 1;
     int32_t i0 = 0;
+    if (nblk == 1 || g->d < NT) kvk_prefetch_far(pf, 0, KVK_TILE);
     for (; i0 + NT <= g->d; i0 += NT) {
-        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT);
-        else kvk_pv_f32(g, r0, i0, n, RVB, NT);
+        const int32_t b = i0 / NT;
+        if (nblk > 1) kvk_prefetch_far(pf, b * KVK_TILE / nblk, (b + 1) * KVK_TILE / nblk);
+        if (bf16) {
+            if (g->vlanes) {
+                if (rescale) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1, 1);
+                else kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 0, 1);
+            } else
+                kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1, 0);
+        } else
+            kvk_pv_f32(g, r0, i0, n, RVB, NT);
     }
     for (; i0 < g->d; i0++) {
-        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1);
+        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1, 1, 0);  // vlanes implies d % 32 == 0
         else kvk_pv_f32(g, r0, i0, n, RVB, 1);
     }
 }
@@ -247,6 +312,7 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
     g->dpad2 = kvk_round_up(d, 2);
     g->rpad = kvk_round_up(rows, 16);
     g->kstride = d;
+    g->vlanes = bf16 && a->dtype == KVK_DTYPE_BF16 && d % 32 == 0;
     g->ot = (float *)(own + sl->o);
     g->m = (float *)(own + sl->m);
     g->l = (float *)(own + sl->l);
@@ -285,10 +351,21 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
 KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **kr, const char **vr, size_t hoff,
                                           int32_t n, int32_t rows, int32_t dtype, int bf16, const kvk_prefetch *pf) {
     const int32_t d = g->d;
+    // bf16 keys of even length are already in the operand layout: each is read once per row
+    // block, so copying them to L1 first only adds traffic. Rows past n repeat the last one.
+    const uint16_t *kdirect[KVK_TILE + 16];
+    const int direct = bf16 && dtype == KVK_DTYPE_BF16 && g->dpad2 == d;
+    if (direct)
+        for (int32_t t = 0; t < KVK_TILE + 16; t++) kdirect[t] = (const uint16_t *)(kr[t < n ? t : n - 1] + hoff);
     if (bf16) {
-        for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g->kb + (size_t)t * g->dpad2, kr[t] + hoff, dtype, d, g->dpad2);
-        for (int32_t t = 0; t < n; t += 2)
-            kvk_stage_pairs(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, dtype, d);
+        if (!direct)
+            for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g->kb + (size_t)t * g->dpad2, kr[t] + hoff, dtype, d, g->dpad2);
+        if (g->vlanes)
+            for (int32_t t = 0; t < n; t += 2)
+                kvk_stage_pairs_bf16(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, d);
+        else
+            for (int32_t t = 0; t < n; t += 2)
+                kvk_stage_pairs(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, dtype, d);
     } else {
         for (int32_t t = 0; t < n; t++) {
             kvk_stage_f32(g->kt + (size_t)t * d, kr[t] + hoff, dtype, d);
@@ -298,18 +375,27 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
         const kvk_prefetch *p = r0 == 0 ? pf : NULL;
         switch ((rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16) {
-        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p); break;
-        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p); break;
-        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p); break;
-        default: kvk_gemm_tile(g, r0, n, 4, bf16, p); break;
+        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p, direct ? kdirect : NULL); break;
+        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p, direct ? kdirect : NULL); break;
+        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p, direct ? kdirect : NULL); break;
+        default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL); break;
         }
     }
 }
 
-/// (head, tile) units of look-ahead of the software prefetch (one unit: 16 KiB of bf16 K+V).
-#ifndef KVK_PREFETCH_AHEAD
-#define KVK_PREFETCH_AHEAD 1
+/// (head, tile) units of look-ahead of the L2 prefetch (one unit: 16 KiB of bf16 K+V); 2, 4 and
+/// 8 measured within noise from DRAM, 2 a little ahead with both cores streaming.
+#ifndef KVK_PREFETCH_FAR
+#define KVK_PREFETCH_FAR 2
 #endif
+
+/// The unit `ahead` (< heads) after head j of this tile: a head of this tile or of the next.
+static inline kvk_prefetch_unit kvk_unit_ahead(int32_t j, int32_t ahead, int32_t heads, size_t head_bytes, const char **kr,
+                                               const char **vr, int32_t n, const char **kn, const char **vn, int32_t n_next) {
+    const int32_t h = j + ahead;
+    if (h < heads) return (kvk_prefetch_unit){kr, vr, (size_t)h * head_bytes, n};
+    return (kvk_prefetch_unit){kn, vn, (size_t)(h - heads < heads ? h - heads : heads - 1) * head_bytes, n_next};
+}
 
 /// Tiles outer, heads inner: a block's heads are adjacent in the arena, so the run is read as
 /// contiguous stretches of head_count x 4 KiB rather than one 4 KiB island per head.
@@ -329,12 +415,10 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
         const char **kn = krows[(tile + 1) & 1], **vn = vrows[(tile + 1) & 1];
         const int32_t n_next = kvk_next_tile(a, &cur, kn, vn, row_bytes);
         for (int32_t j = 0; j < heads; j++) {
-            // Prefetch the next (head, tile) while this one computes: one head-tile ahead
-            // (16 KiB of bf16 K+V) covers DRAM latency and stays inside L1.
-            const int32_t ahead = j + KVK_PREFETCH_AHEAD;
-            const kvk_prefetch pf = ahead < heads
-                ? (kvk_prefetch){kr, vr, (size_t)ahead * head_bytes, row_bytes, n}
-                : (kvk_prefetch){kn, vn, (size_t)(ahead - heads < heads ? ahead - heads : heads - 1) * head_bytes, row_bytes, n_next};
+            // While this (head, tile) computes: the next one into L1, a few further into L2.
+            const int32_t far = KVK_PREFETCH_FAR < heads ? KVK_PREFETCH_FAR : heads;
+            const kvk_prefetch pf = {kvk_unit_ahead(j, 1, heads, head_bytes, kr, vr, n, kn, vn, n_next),
+                                     kvk_unit_ahead(j, far, heads, head_bytes, kr, vr, n, kn, vn, n_next), row_bytes};
             kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16, &pf);
         }
         n = n_next;
