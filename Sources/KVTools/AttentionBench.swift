@@ -17,10 +17,8 @@ public struct AttentionBenchPoint: Codable, Sendable {
     public var maxRelError: Double
     /// Filled when the machine limits were measured in the same run.
     public var readGBps: Double?
+    /// The machine's compute ceiling on `threads` cores for the kernel's math (``ComputePeak``).
     public var peakGFlops: Double?
-    /// True when the compute ceiling is the in-cache probe, false when the kernel beat the probe
-    /// at this point and its achieved rate is the ceiling.
-    public var peakFromProbe: Bool?
     public var pagedPctOfBandwidth: Double?
     public var bifurcatedRooflineMs: Double?
     public var bifurcatedPctOfRoofline: Double?
@@ -137,54 +135,22 @@ public final class AttentionBench {
             bifurcatedGFlops: flops / bifS / 1e9, maxRelError: Double(err / top), loadAverage: loadAverage())
     }
 
-    /// Adds the machine limits to a point: % of read bandwidth (paged, against the probe), % of
-    /// roofline (bifurcated). The roofline's ceilings are max(probe, achieved): the compute one
-    /// max(in-cache probe, bifurcated GFLOP/s), the bandwidth one max(read probe, paged GB/s), since
-    /// a probe that reads below what a kernel achieved (noise, another tenant) would otherwise
-    /// put the roofline above 100%.
-    public func annotate(_ p: inout AttentionBenchPoint, readGBps: Double, probeGFlops: Double) {
+    /// Adds the machine limits to a point: % of read bandwidth (paged, against the probe) and % of
+    /// roofline (bifurcated), roofline = max(KV bytes / bandwidth, FLOPs / `peakGFlops`), where
+    /// the peak is the instruction probe (``ComputePeak``) and the bandwidth max(read probe, paged
+    /// GB/s): the paged kernel (software prefetch, shared blocks found in L3) can out-read the
+    /// plain probe, and a roofline must not sit below what a kernel achieved.
+    public func annotate(_ p: inout AttentionBenchPoint, readGBps: Double, peakGFlops: Double) {
         let rowBytes = Double(layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth * 2)
         let bifBytes = Double(p.context + p.batch * p.decode) * rowBytes
         let flops = 4 * Double(p.batch * (p.context + p.decode) * heads * layout.headDim)
-        let peak = max(probeGFlops, p.bifurcatedGFlops)
-        // Same for bandwidth: the paged kernel (software prefetch) can out-read the plain probe.
         let bandwidth = max(readGBps, p.pagedGBps)
-        let roofline = max(bifBytes / (bandwidth * 1e9), flops / (peak * 1e9))
+        let roofline = max(bifBytes / (bandwidth * 1e9), flops / (peakGFlops * 1e9))
         p.readGBps = readGBps
-        p.peakGFlops = peak
-        p.peakFromProbe = probeGFlops >= p.bifurcatedGFlops
+        p.peakGFlops = peakGFlops
         p.pagedPctOfBandwidth = 100 * p.pagedGBps / readGBps
         p.bifurcatedRooflineMs = roofline * 1e3
         p.bifurcatedPctOfRoofline = 100 * roofline / (p.bifurcatedMs * 1e-3)
-    }
-
-    /// GFLOP/s of the bifurcated kernel itself with its pages in cache, at the point's shape:
-    /// the same KV heads, dtype, math, threads and `batch` sequences (so the same rows per head
-    /// and micro-kernel), over a shared node short enough to stay in L3 (≤ 8 MiB of KV), not
-    /// flushed, best of `repeats` calls. The compute ceiling of the roofline.
-    public func peakGFlops(batch b: Int, repeats: Int = 30) throws -> Double {
-        let bs = layout.blockSize
-        let tokensFit = (8 << 20) / max(1, 2 * layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth)
-        let tokens = max(bs, min(1024, tokensFit) / bs * bs)
-        let probeArena = KVPageArena(layout: layout, capacityBlocks: 1 + tokens / bs)
-        let table = (0..<tokens / bs).map { Int32(1 + $0) }
-        let plan = try DecodePlan(blockSize: bs, tables: Array(repeating: table, count: b), tokenCounts: Array(repeating: tokens, count: b))
-        let query = [Float](repeating: 0.01, count: b * heads * layout.headDim)
-        var out = query
-        var best = Double.infinity
-        let scale = DecodeAttention.defaultScale(headDim: layout.headDim)
-        try probeArena.withUnsafeLayerPages(layer: 0) { pages in
-            try query.withUnsafeBufferPointer { q in
-                try out.withUnsafeMutableBufferPointer { o in
-                    for _ in 0..<repeats {
-                        let t0 = DispatchTime.now().uptimeNanoseconds
-                        try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: o)
-                        best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
-                    }
-                }
-            }
-        }
-        return 4 * Double(b * tokens * heads * layout.headDim) / best / 1e9
     }
 }
 

@@ -5,8 +5,8 @@ import KVCore
 import KVTools
 
 /// `kvctl bench attention`: paged vs bifurcated decode attention on one shared-context batch
-/// (or the --sweep grid), with the machine's read bandwidth and the kernel's in-cache FLOP/s
-/// measured in the same run.
+/// (or the --sweep grid), with the machine's read bandwidth and the compute peak of its
+/// multiply instruction (``ComputePeak``) measured in the same run.
 struct BenchAttention: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "attention",
@@ -42,8 +42,10 @@ struct BenchAttention: ParsableCommand {
             print(String(format: "# streaming read %.1f GB/s (%d threads; re-measured before each point, %%BW uses that); "
                          + "LLC flushed before every call; medians of %d",
                          bandwidth, threads, `repeat`))
-            print("# peak GFLOP/s per point = max(in-cache probe of the bifurcated kernel at that b, achieved; * = achieved); "
-                  + "roofline = max(KV bytes / max(read, paged GB/s), FLOPs / peak)")
+            print(String(format: "# compute peak %.0f GFLOP/s (%d threads at once issuing the %@ instruction of the GEMM math, re-measured before each point); "
+                         + "roofline = max(KV bytes / max(read, paged GB/s), FLOPs / peak)",
+                         ComputePeak.gflops(threads: threads, bf16Math: bench.kernel.effectiveMath == .bf16), threads,
+                         bench.kernel.effectiveMath == .bf16 ? "vdpbf16ps" : "FMA"))
             print("    b    m_c  m_d | paged ms    bif ms  speedup | read GB/s paged GB/s  %BW |  bif GB/s  GFLOP/s    peak  roof ms  %roof |   rel err  load")
         }
         let encoder = JSONEncoder()
@@ -53,14 +55,14 @@ struct BenchAttention: ParsableCommand {
                 // Other work on the machine moves the bandwidth: measure it again next to each point.
                 let pointBandwidth = memory.readGBps(threads: threads, repeats: 3)
                 var p = try bench.measure(batch: b, context: m, repeats: `repeat`)
-                let probe = try bench.peakGFlops(batch: b)
-                bench.annotate(&p, readGBps: pointBandwidth, probeGFlops: probe)
+                let peak = ComputePeak.gflops(threads: threads, bf16Math: bench.kernel.effectiveMath == .bf16)
+                bench.annotate(&p, readGBps: pointBandwidth, peakGFlops: peak)
                 if json {
                     print(String(decoding: try encoder.encode(p), as: UTF8.self))
                 } else {
-                    print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %9.1f %10.1f %4.0f | %9.1f %8.0f %6.0f%@ %8.3f %6.0f | %9.2e %5.2f",
+                    print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %9.1f %10.1f %4.0f | %9.1f %8.0f %7.0f %8.3f %6.0f | %9.2e %5.2f",
                                  b, m, decode, p.pagedMs, p.bifurcatedMs, p.speedup, pointBandwidth, p.pagedGBps, p.pagedPctOfBandwidth ?? 0,
-                                 p.bifurcatedGBps, p.bifurcatedGFlops, p.peakGFlops ?? 0, p.peakFromProbe == false ? "*" : " ",
+                                 p.bifurcatedGBps, p.bifurcatedGFlops, p.peakGFlops ?? 0,
                                  p.bifurcatedRooflineMs ?? 0, p.bifurcatedPctOfRoofline ?? 0,
                                  p.maxRelError, p.loadAverage))
                 }

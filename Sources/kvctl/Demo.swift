@@ -31,7 +31,7 @@ struct Demo: ParsableCommand {
         print(KVTools.Demo.summary(report))
         print()
         print("$ kvctl stats --store \(store)")
-        var stats = try Stats.parse(["--store", store])
+        let stats = try Stats.parse(["--store", store])
         try stats.run()
     }
 }

@@ -85,6 +85,11 @@ int32_t kvk_gemm_min_rows(void);
 /// only; returns a checksum so the reads cannot be elided.
 float kvk_stream_read(const void *buffer, size_t bytes);
 
+/// Runs `iterations` rounds of sixteen independent chains of the instruction the many-row path
+/// multiplies with (vdpbf16ps when `bf16_math` and the CPU has it, else the widest FMA) and
+/// returns the FLOPs done: the per-core compute ceiling of the bench's roofline.
+double kvk_peak_probe(int32_t bf16_math, int64_t iterations);
+
 #ifdef __cplusplus
 }
 #endif
