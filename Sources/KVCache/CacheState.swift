@@ -7,7 +7,9 @@ import KVCore
 
 /// What the eviction observer hook receives: a cached block leaving memory.
 public struct EvictedBlock: Sendable, Equatable {
+    /// The block being evicted (its pages are still intact during the hook).
     public var block: BlockID
+    /// The namespace whose tree held it.
     public var namespace: Namespace
     /// How many blocks precede it in its prefix (its depth in the tree).
     public var depth: Int

@@ -4,7 +4,9 @@ import KVCore
 /// cold tier computes it: a chained digest, so a block's key depends on all blocks before it.
 /// The manager treats it as opaque and caches it per block once computed.
 public struct PrefixKey: Hashable, Sendable, CustomStringConvertible {
+    /// The 256-bit digest as four words.
     public var bytes: (UInt64, UInt64, UInt64, UInt64)
+    /// A key from its four words.
     public init(_ a: UInt64, _ b: UInt64, _ c: UInt64, _ d: UInt64) { bytes = (a, b, c, d) }
     public static func == (l: PrefixKey, r: PrefixKey) -> Bool {
         l.bytes.0 == r.bytes.0 && l.bytes.1 == r.bytes.1 && l.bytes.2 == r.bytes.2 && l.bytes.3 == r.bytes.3

@@ -19,7 +19,9 @@ import Logging
 /// reads those blocks (the same contract as vLLM's scheduler: prompt blocks join the tree at
 /// admission).
 public final class KVCacheManager: Sendable {
+    /// The KV layout every block holds.
     public let layout: KVLayout
+    /// Allocatable blocks (the null block excluded).
     public let capacityBlocks: Int
     /// The page arena, or nil for a metadata-only manager (simulation, trace replay).
     public let arena: KVPageArena?

@@ -18,12 +18,18 @@ public struct KVCacheStats: Sendable, Equatable, Codable {
     public var hitTokens: Int = 0
     /// Prompt tokens restored from the cold store, in whole blocks.
     public var storeHitTokens: Int = 0
+    /// Cached blocks taken out of the tree to make room (each reported to the eviction hook).
     public var evictedBlocks: Int = 0
+    /// Evicted blocks handed to the cold store.
     public var spilledBlocks: Int = 0
+    /// Blocks whose KV came back from the cold store.
     public var restoredBlocks: Int = 0
+    /// Admissions, appends and forks refused for want of blocks.
     public var allocationsFailed: Int = 0
+    /// Sequences admitted or forked and not yet released.
     public var liveSequences: Int = 0
 
+    /// All zeros.
     public init() {}
 
     /// Logical over physical blocks: how many times sharing multiplies memory (1 = no sharing).

@@ -5,11 +5,16 @@
 /// `tokenCounts[i]` tokens of KV: every block but the last is full, the last holds
 /// `lastBlockTokenCount(i)` tokens (1…blockSize).
 public struct BlockTableBatch: Sendable, Equatable {
+    /// Tokens per block.
     public let blockSize: Int
+    /// Offsets into `indices`, one per sequence plus one.
     public let indptr: [Int32]
+    /// Every sequence's block ids, concatenated in batch order.
     public let indices: [Int32]
+    /// Tokens of KV each sequence holds.
     public let tokenCounts: [Int32]
 
+    /// Sequences in the batch.
     @inlinable public var sequenceCount: Int { tokenCounts.count }
 
     /// Builds a batch from one block table and one token count per sequence, checking that each

@@ -20,18 +20,28 @@
 /// `parentIndices[j]` of level `k-1` (-1 on level 0). Nodes without blocks are omitted, so a
 /// sequence whose KV ends inside a shared node has no leaf.
 public struct DecodePlan: Sendable, Equatable {
+    /// One depth of the tree: its nodes as CSR arrays (see the type's description).
     public struct Level: Sendable, Equatable {
+        /// Offsets into `sequenceIndices`, one per node plus one.
         public internal(set) var sequenceIndptr: [Int32] = [0]
+        /// Batch positions each node serves, ascending within a node.
         public internal(set) var sequenceIndices: [Int32] = []
+        /// Offsets into `blockIndices`, one per node plus one.
         public internal(set) var blockIndptr: [Int32] = [0]
+        /// Block ids each node reads, in token order.
         public internal(set) var blockIndices: [Int32] = []
+        /// Tokens in each node's last block (1…blockSize).
         public internal(set) var lastBlockTokenCounts: [Int32] = []
+        /// The node of the previous level each node continues (-1 on level 0).
         public internal(set) var parentIndices: [Int32] = []
 
+        /// Nodes on this level.
         @inlinable public var nodeCount: Int { lastBlockTokenCounts.count }
+        /// Batch positions of the sequences node `j` serves.
         @inlinable public func sequences(ofNode j: Int) -> ArraySlice<Int32> {
             sequenceIndices[Int(sequenceIndptr[j])..<Int(sequenceIndptr[j + 1])]
         }
+        /// Block ids node `j` reads.
         @inlinable public func blocks(ofNode j: Int) -> ArraySlice<Int32> {
             blockIndices[Int(blockIndptr[j])..<Int(blockIndptr[j + 1])]
         }
@@ -41,14 +51,17 @@ public struct DecodePlan: Sendable, Equatable {
         }
     }
 
+    /// Tokens per block, as in the batch.
     public let blockSize: Int
     /// The batch the plan was built from (each sequence's full block table): the paged fallback.
     public let batch: BlockTableBatch
+    /// The tree's levels, root level first.
     public internal(set) var levels: [Level]
     /// A permutation of batch positions in depth-first order: sequences that share a node are
     /// adjacent, for engines that want contiguous query ranges per node.
     public internal(set) var depthFirstOrder: [Int32]
 
+    /// Sequences in the batch.
     @inlinable public var sequenceCount: Int { batch.sequenceCount }
 
     /// Builds the plan by grouping the batch's block tables on their common block-id prefixes.
@@ -62,6 +75,7 @@ public struct DecodePlan: Sendable, Equatable {
         try split(members: Array(0..<batch.sequenceCount), at: 0, level: 0, parent: -1)
     }
 
+    /// Builds the plan from per-sequence block tables and token counts (see ``BlockTableBatch``).
     public init(blockSize: Int, tables: [[Int32]], tokenCounts: [Int]) throws(DecodePlanError) {
         try self.init(batch: BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: tokenCounts))
     }

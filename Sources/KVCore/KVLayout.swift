@@ -35,13 +35,18 @@ public enum KVDType: String, Sendable, Hashable, CaseIterable, Codable, CustomSt
 /// block             = [head 0: blockSize × headDim][head 1: …]…
 /// ```
 public struct KVLayout: Hashable, Sendable, Codable, CustomStringConvertible {
+    /// Transformer layers; each has its own K and V arena.
     public var layerCount: Int
+    /// KV heads per layer (query heads may be a multiple of it: GQA, MQA).
     public var kvHeadCount: Int
+    /// Elements per head vector.
     public var headDim: Int
     /// Tokens per block (default 16).
     public var blockSize: Int
+    /// The element type of K and V.
     public var dtype: KVDType
 
+    /// A layout; every count must be positive (`KVLayoutError.invalid` names the one that is not).
     public init(layerCount: Int, kvHeadCount: Int, headDim: Int, blockSize: Int = 16, dtype: KVDType = .float16) throws(KVLayoutError) {
         guard layerCount > 0 else { throw .invalid("layerCount must be positive, got \(layerCount)") }
         guard kvHeadCount > 0 else { throw .invalid("kvHeadCount must be positive, got \(kvHeadCount)") }

@@ -140,11 +140,16 @@ public final class KVPageArena: @unchecked Sendable {
 /// Block `b`, head `h`, token `t`, dim `i` of the keys is element
 /// `((b * kvHeadCount + h) * blockSize + t) * headDim + i` from `keys`.
 public struct KVLayerPages: @unchecked Sendable {
+    /// Start of the layer's K arena.
     public let keys: UnsafeRawPointer
+    /// Start of the layer's V arena.
     public let values: UnsafeRawPointer
+    /// The layout the arenas hold.
     public let layout: KVLayout
+    /// Blocks in each arena; block ids must be below it.
     public let capacityBlocks: Int
 
+    /// Wraps arenas owned elsewhere (a test's or an engine's own buffers).
     public init(keys: UnsafeRawPointer, values: UnsafeRawPointer, layout: KVLayout, capacityBlocks: Int) {
         self.keys = keys
         self.values = values

@@ -12,7 +12,9 @@ import Synchronization
 /// ``SpillStoreConfiguration/WriteMode/synchronous`` mode). Nothing here throws after opening:
 /// trouble is counted in ``counters`` and behaves as a miss.
 public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
+    /// How the store was opened.
     public let configuration: SpillStoreConfiguration
+    /// The layout of every block stored.
     public var layout: KVLayout { configuration.layout }
 
     let database: StoreDatabase
@@ -92,12 +94,17 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
 
     // MARK: - ColdPrefixStore
 
+    /// SHA-256 of the namespace: the root of its key chain.
     public func rootKey(namespace: Namespace) -> PrefixKey { PrefixKeys.root(namespace: namespace) }
 
+    /// SHA-256 over the parent key and the block's tokens: one key names one exact prefix.
     public func childKey(parent: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> PrefixKey {
         PrefixKeys.child(parent: parent, tokens: tokens)
     }
 
+    /// Copies the block's tokens and KV (every layer, K and V) into a record and queues it for
+    /// the writer (or commits it, in synchronous mode). Never blocks on the disk unless the store
+    /// was opened with `.waitWhenFull`; a record that cannot be queued is dropped and counted.
     public func spill(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, block: BlockID, arena: KVPageArena?) {
         guard isOpen else { return }
         precondition(arena == nil || arena!.layout == layout,
@@ -124,6 +131,9 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         }
     }
 
+    /// Copies the stored KV of `key` into `block` when the record verifies: same tokens, same
+    /// layout, checksum intact. Anything else is a miss; a bad record is dropped and counted.
+    /// Records still queued for the writer are restored from the queue.
     public func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool {
         guard isOpen else { return false }
         precondition(arena == nil || arena!.layout == layout,
@@ -169,6 +179,8 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         return outcome == .hit
     }
 
+    /// Whether a restore of `key` with these tokens could hit (tokens and layout checked; the
+    /// payload's checksum is checked only by `restore`). For side-effect-free lookups.
     public func contains(key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool {
         guard isOpen else { return false }
         if let found = queue.withPending(key, { $0.view.tokens.elementsEqual(UnsafeRawBufferPointer(tokens)) }) { return found }
@@ -182,6 +194,8 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         }) ?? false
     }
 
+    /// Keeps `stats` as the live record `kvctl stats` shows; the writer persists it at most every
+    /// `statsIntervalSeconds`, and at `flush()` and `close()`.
     public func publish(stats: KVCacheStats) {
         guard isOpen else { return }
         queue.publish(stats)

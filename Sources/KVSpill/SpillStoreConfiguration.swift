@@ -31,6 +31,7 @@ public struct SpillStoreConfiguration: Sendable {
     /// recently written or restored entries are dropped. The file is larger by LMDB's page and
     /// free-page overhead, bounded by ``mapSizeLimit``.
     public var limitBytes: Int
+    /// Synchronous or background writes (default: background with a 256 MiB queue).
     public var writeMode: WriteMode
     /// What a background-mode `spill` does when the queue is full (default: drop it).
     public var whenQueueFull: QueueFullPolicy = .dropWhenFull
@@ -46,6 +47,7 @@ public struct SpillStoreConfiguration: Sendable {
     /// Small by default so small stores stay small in address space and `mdb_stat` output.
     public var initialMapSizeBytes: Int = 64 << 20
 
+    /// A configuration with the defaults above: 1 GiB limit, background writer, durable commits.
     public init(path: String, layout: KVLayout, limitBytes: Int = 1 << 30,
                 writeMode: WriteMode = .background(queueLimitBytes: 256 << 20),
                 durable: Bool = true, statsIntervalSeconds: Double = 1, whenQueueFull: QueueFullPolicy = .dropWhenFull) {

@@ -13,7 +13,9 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public var recordsFailed = 0
     /// Records larger than the whole store limit, never written.
     public var recordsTooLarge = 0
+    /// Restores that copied verified KV into a block.
     public var restoreHits = 0
+    /// Restores that found nothing usable (absent, other tokens, or bad and dropped).
     public var restoreMisses = 0
     /// Stored records that failed verification (checksum, layout, lengths, tokens) on restore and were dropped.
     public var corruptDropped = 0
@@ -21,6 +23,7 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public var lruEvictions = 0
     /// `MDB_MAP_FULL` results handled (grow or evict, then retry).
     public var mapFullRetries = 0
+    /// Times the map doubled (up to ``SpillStoreConfiguration/mapSizeLimit``).
     public var mapGrowths = 0
     /// Entries evicted (included in ``lruEvictions``) because the B-trees neared
     /// ``SpillStoreConfiguration/mapSizeLimit`` (measured pages) while the record bytes were

@@ -5,8 +5,11 @@ import LMDB
 
 /// What a spill store holds, for `kvctl stats`: read from one snapshot, beside a live writer.
 public struct SpillStoreReport: Sendable, Codable, Equatable {
+    /// The store's directory.
     public var path: String
+    /// The record format version the store was created with.
     public var formatVersion: Int
+    /// The layout the store holds.
     public var layout: KVLayout
     /// Records stored.
     public var entries: Int
@@ -14,18 +17,25 @@ public struct SpillStoreReport: Sendable, Codable, Equatable {
     public var blocks: Int
     /// Sum of record sizes (what the size limit bounds).
     public var bytes: Int
+    /// Tokens over all records.
     public var tokens: Int
+    /// LMDB's current map size (the file's upper bound until the map grows again).
     public var mapSizeBytes: Int
     /// Bytes of the map in use: up to the last page written.
     public var mapUsedBytes: Int
+    /// LMDB's page size.
     public var pageSize: Int
+    /// Age of the oldest readable record, by the time it was written (nil when none).
     public var oldestEntryAgeSeconds: Double?
+    /// Age of the newest readable record, by the time it was written (nil when none).
     public var newestEntryAgeSeconds: Double?
+    /// Records per namespace name.
     public var entriesPerNamespace: [String: Int]
     /// Records that do not parse or are of another layout.
     public var unreadableEntries: Int
     /// The stats the manager published last, and how old they are.
     public var cache: KVCacheStats?
+    /// Seconds since that record was published.
     public var cacheAgeSeconds: Double?
 
     /// Opens the store at `path` read-only (works while another process writes it) and reports it.
