@@ -1,6 +1,7 @@
 import Foundation
 import KVCache
 import KVCore
+import KVTestSupport
 import XCTest
 @testable import KVSpill
 

@@ -37,7 +37,7 @@ final class SpillStoreTests: XCTestCase {
             XCTAssertEqual(store.checkInvariants(), 20)
             for (key, tokens) in blocks {
                 XCTAssertTrue(store.contains(key, tokens))
-                arena.withUnsafeMutableBlockBytes(BlockID(2), layer: 0, kind: .keys) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
+                arena.withUnsafeMutableBlockBytes(BlockID(2), layer: 0, kind: .keys) { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) }
                 XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena), "\(mode)")
                 XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout))
             }

@@ -1,11 +1,12 @@
 import Foundation
+import KVTestSupport
 import XCTest
 @testable import LMDB
 
 /// Two processes on one environment: this test binary re-runs itself as the second one.
 final class CrossProcessTests: XCTestCase {
     /// The environment (directory) a child-mode run works on; nil in a normal run.
-    static var childDirectory: String? { ProcessInfo.processInfo.environment[ChildProcess.childModeVariable] }
+    static var childDirectory: String? { ChildProcess.childDirectory }
 
     /// Child mode: writes one new entry per transaction forever (until killed), announcing
     /// the first commit with a `ready` file.
@@ -37,7 +38,7 @@ final class CrossProcessTests: XCTestCase {
         let dir = try makeTemporaryDirectory(self) + "/writer"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let child = try ChildProcess(test: "LMDBTests.CrossProcessTests/testChildWriter",
-                                     environment: [ChildProcess.childModeVariable: dir], logPath: dir + "/../child.log")
+                                     directory: dir, logPath: dir + "/../child.log")
         defer { child.kill() }
         XCTAssertTrue(child.waitForFile(dir + "/ready"), "child writer never committed")
 
@@ -78,7 +79,7 @@ final class CrossProcessTests: XCTestCase {
         let env = try Environment(path: dir)
         XCTAssertEqual(env.staleReadersCleared, 0)
         let child = try ChildProcess(test: "LMDBTests.CrossProcessTests/testChildReader",
-                                     environment: [ChildProcess.childModeVariable: dir], logPath: dir + "/../child.log")
+                                     directory: dir, logPath: dir + "/../child.log")
         XCTAssertTrue(child.waitForFile(dir + "/ready"), "child reader never started")
         child.kill()
         XCTAssertEqual(try env.checkReaders(), 1)
