@@ -328,9 +328,17 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
     if (bf16) {  // query pairs along the head dim, 16-row vectors, padded rows/dims zero
         uint32_t *qp = (uint32_t *)(own + sl->q);
         memset(qp, 0, (size_t)(g->dpad2 / 2) * g->rpad * 4);
+        const __m512 qs = _mm512_set1_ps(qscale);
         for (int32_t r = 0; r < rows; r++) {
             const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
-            for (int32_t i = 0; i < d; i++)
+            int32_t i = 0;
+            for (; i + 32 <= d; i += 32) {  // 32 dims: one rounding to 16 pairs, then one pair per row vector
+                uint32_t w[16];
+                _mm512_storeu_si512(w, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(qr + i + 16), qs),
+                                                                   _mm512_mul_ps(_mm512_loadu_ps(qr + i), qs)));
+                for (int32_t k = 0; k < 16; k++) qp[(size_t)(i / 2 + k) * g->rpad + r] = w[k];
+            }
+            for (; i < d; i++)
                 qp[(size_t)(i / 2) * g->rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
         }
         g->qp = qp;
@@ -423,11 +431,17 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
         }
         n = n_next;
     }
+    const __m512i dims = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(kvk_round_up(rows, 16)));
     for (int32_t j = 0; j < heads; j++) {
         for (int32_t r = 0; r < rows; r++) {
             const float inv = 1.f / g[j].l[r];
             float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
-            for (int32_t i = 0; i < d; i++) out[i] = g[j].ot[(size_t)i * g[j].rpad + r] * inv;
+            for (int32_t i = 0; i < d; i += 16) {  // O^T column r, 16 dims per gather
+                const __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+                const __m512 o = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, dims, g[j].ot + (size_t)i * g[j].rpad + r, 4);
+                _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(o, _mm512_set1_ps(inv)));
+            }
             if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + j * a->group + r % a->group] = g[j].m[r] + log2f(g[j].l[r]);
         }
     }

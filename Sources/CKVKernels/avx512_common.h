@@ -52,9 +52,10 @@ KVK_AVX512_INLINE __m512 kvk_exp2_16_bf16(__m512 x) {
     return _mm512_scalef_ps(p, x);
 }
 
-/// Prefetches the `bytes` of one row into L1.
+/// Prefetches the `bytes` of one row into L2 (not L1: its few miss buffers are left to the
+/// demand loads; T0 prefetches held the few-row path at ~8 GB/s per core from DRAM).
 KVK_AVX512_INLINE void kvk_prefetch_row(const char *p, size_t bytes) {
-    for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
+    for (size_t off = 0; off < bytes; off += 64) _mm_prefetch(p + off, _MM_HINT_T1);
 }
 
 #endif
