@@ -10,7 +10,9 @@ public enum AttentionError: Error, Equatable, Sendable, CustomStringConvertible 
     case layoutMismatch(String)
     /// A block table names a block the arena does not have.
     case blockOutOfRange(block: Int32, capacity: Int)
+    /// A kernel was asked for fewer than one thread.
     case invalidThreadCount(Int)
+    /// The softmax scale is NaN or infinite.
     case invalidScale(Float)
 
     public var description: String {

@@ -27,7 +27,14 @@ public enum AttentionMath: String, Sendable, CaseIterable, CustomStringConvertib
 
 /// The instruction-set variant the kernels run (for reports and tests).
 public enum KernelISA: Int32, Sendable, CaseIterable, Comparable, CustomStringConvertible {
-    case portable = 0, avx2 = 1, avx512 = 2, avx512bf16 = 3
+    /// Scalar C, any CPU (arm64 too).
+    case portable = 0
+    /// AVX2 + FMA + F16C.
+    case avx2 = 1
+    /// AVX-512 F/BW/VL/DQ: the few-row and many-row paths in fp32 math.
+    case avx512 = 2
+    /// AVX-512 with BF16 dot products (`vdpbf16ps`) for the many-row path's bf16 math.
+    case avx512bf16 = 3
 
     public static func < (a: KernelISA, b: KernelISA) -> Bool { a.rawValue < b.rawValue }
 

@@ -16,9 +16,13 @@ import Darwin
 /// An instance owns reusable scratch and partial buffers, so it serves one call at a time
 /// (it is not `Sendable`); keep one per engine thread. Both kernels use up to `threads` cores.
 public final class DecodeAttention {
+    /// The layout of the pages every call reads.
     public let layout: KVLayout
+    /// Query heads per sequence: a multiple of `layout.kvHeadCount`.
     public let queryHeads: Int
+    /// Most threads a call uses (small calls stay on the caller's thread).
     public let threads: Int
+    /// Which multiply the GEMM-shaped path uses (see ``AttentionMath``).
     public let math: AttentionMath
     /// The kernel variant in use: the best the CPU has, or a lower one asked for at init.
     public let isa: KernelISA
@@ -30,6 +34,9 @@ public final class DecodeAttention {
     /// The usual softmax scale, 1/√headDim.
     public static func defaultScale(headDim: Int) -> Float { 1 / Float(headDim).squareRoot() }
 
+    /// Kernels for `layout` with `queryHeads` query heads (throws `headsNotDivisible` unless they
+    /// are a multiple of the KV heads, `invalidThreadCount` unless `threads > 0`). `isa` caps the
+    /// kernel variant (tests use it to run the AVX2 and portable variants on an AVX-512 CPU).
     public init(layout: KVLayout, queryHeads: Int, threads: Int = DecodeAttention.defaultThreadCount,
                 math: AttentionMath = .automatic, isa: KernelISA = .best) throws(AttentionError) {
         guard queryHeads > 0, queryHeads % layout.kvHeadCount == 0 else {
@@ -75,6 +82,7 @@ public final class DecodeAttention {
 
     // MARK: - Array conveniences
 
+    /// ``paged(query:pages:batch:scale:output:)`` into a new array.
     public func paged(query: [Float], pages: KVLayerPages, batch: BlockTableBatch, scale: Float) throws(AttentionError) -> [Float] {
         var output = [Float](repeating: 0, count: query.count)
         try query.withUnsafeBufferPointer { (q) throws(AttentionError) in
@@ -85,6 +93,7 @@ public final class DecodeAttention {
         return output
     }
 
+    /// ``bifurcated(query:pages:plan:scale:output:)`` into a new array.
     public func bifurcated(query: [Float], pages: KVLayerPages, plan: DecodePlan, scale: Float) throws(AttentionError) -> [Float] {
         var output = [Float](repeating: 0, count: query.count)
         try query.withUnsafeBufferPointer { (q) throws(AttentionError) in

@@ -75,7 +75,7 @@ public struct StoreBench: Sendable {
         var readSeconds: [Double] = [], callNanos: [Double] = []
         var keys: [PrefixKey] = []
         var store: LMDBSpillStore!
-        for round in 0..<rounds {
+        for _ in 0..<rounds {
             writeSeconds.append(try plainWrite(arena, blocks: blocks))
 
             try? FileManager.default.removeItem(atPath: directory + "/sync")
