@@ -51,15 +51,15 @@ public final class KVPageArena: @unchecked Sendable {
 
     /// Allocates the arena on a 2 MiB boundary and, on Linux, asks for transparent huge pages
     /// (`MADV_HUGEPAGE`, before the first touch): kernels stream KV across many 4 KiB pages per
-    /// block run, and TLB misses were most of their DRAM penalty (2 MiB pages: both attention
-    /// kernels ~7 % faster from DRAM). Where THP is off, or the advice fails, it is a plain
-    /// allocation.
+    /// block run, and TLB walks were most of their DRAM penalty (in a one-thread harness both
+    /// attention kernels ran ~7 % faster from DRAM on 2 MiB pages). Where THP is off, or the
+    /// advice fails, it is a plain allocation.
     static func allocatePages(byteCount: Int) -> UnsafeMutableRawPointer {
         let bytes = max(byteCount, 1)
         guard bytes >= hugePageBytes else { return .allocate(byteCount: bytes, alignment: 4096) }
         let rounded = (bytes + hugePageBytes - 1) / hugePageBytes * hugePageBytes
         let pointer = UnsafeMutableRawPointer.allocate(byteCount: rounded, alignment: hugePageBytes)
-        #if os(Linux)
+        #if canImport(Glibc)
         _ = madvise(pointer, rounded, MADV_HUGEPAGE)
         #endif
         return pointer
