@@ -46,7 +46,7 @@ KVK_AVX512_INLINE __m256i kvk_load16_bf16(const void *row, int32_t dtype, int32_
 
 KVK_AVX512_INLINE void kvk_stage_f32(float *dst, const char *src, int32_t dtype, int32_t d) {
     for (int32_t i = 0; i < d; i += 16) {
-        __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+        __mmask16 m = kvk_step_mask16(d - i);
         _mm512_mask_storeu_ps(dst + i, m, kvk_load16(src, dtype, i, m));
     }
 }
@@ -54,7 +54,7 @@ KVK_AVX512_INLINE void kvk_stage_f32(float *dst, const char *src, int32_t dtype,
 /// A key row as bf16, padded with a zero to an even length.
 KVK_AVX512_INLINE void kvk_stage_bf16(uint16_t *dst, const char *src, int32_t dtype, int32_t d, int32_t dpad2) {
     for (int32_t i = 0; i < d; i += 16) {
-        __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+        __mmask16 m = kvk_step_mask16(d - i);
         _mm256_mask_storeu_epi16(dst + i, m, kvk_load16_bf16(src, dtype, i, m));
     }
     if (dpad2 > d) dst[d] = 0;
@@ -63,7 +63,7 @@ KVK_AVX512_INLINE void kvk_stage_bf16(uint16_t *dst, const char *src, int32_t dt
 /// Two value rows interleaved as bf16 pairs (b may be NULL: zeros).
 KVK_AVX512_INLINE void kvk_stage_pairs(uint32_t *dst, const char *a, const char *b, int32_t dtype, int32_t d) {
     for (int32_t i = 0; i < d; i += 16) {
-        __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+        __mmask16 m = kvk_step_mask16(d - i);
         __m512i lo = _mm512_cvtepu16_epi32(kvk_load16_bf16(a, dtype, i, m));
         __m512i hi = b ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(kvk_load16_bf16(b, dtype, i, m)), 16) : _mm512_setzero_si512();
         _mm512_mask_storeu_epi32(dst + i, m, _mm512_or_si512(lo, hi));
@@ -431,14 +431,15 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
         }
         n = n_next;
     }
-    const __m512i dims = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(kvk_round_up(rows, 16)));
     for (int32_t j = 0; j < heads; j++) {
+        // Gather offsets of 16 consecutive dims in one O^T column.
+        const __m512i dims = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                                _mm512_set1_epi32(g[j].rpad));
         for (int32_t r = 0; r < rows; r++) {
             const float inv = 1.f / g[j].l[r];
             float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
             for (int32_t i = 0; i < d; i += 16) {  // O^T column r, 16 dims per gather
-                const __mmask16 m = d - i >= 16 ? 0xFFFF : (__mmask16)((1u << (d - i)) - 1);
+                const __mmask16 m = kvk_step_mask16(d - i);
                 const __m512 o = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, dims, g[j].ot + (size_t)i * g[j].rpad + r, 4);
                 _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(o, _mm512_set1_ps(inv)));
             }

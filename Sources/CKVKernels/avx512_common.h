@@ -15,6 +15,11 @@ static inline __mmask16 kvk_tail_mask16(int32_t n) {
     return r ? (__mmask16)((1u << r) - 1) : (__mmask16)0xFFFF;
 }
 
+/// Lanes of a 16-wide step with `remaining` elements left in the row (all 16 when at least 16).
+static inline __mmask16 kvk_step_mask16(int32_t remaining) {
+    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1);
+}
+
 /// Elements i ..< i+16 of a row stored as `dtype` (masked-off lanes read as 0, never fault).
 KVK_AVX512_INLINE __m512 kvk_load16(const void *row, int32_t dtype, int32_t i, __mmask16 m) {
     if (dtype == KVK_DTYPE_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + i);

@@ -94,7 +94,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
 
     // MARK: - ColdPrefixStore
 
-    /// SHA-256 of the namespace: the root of its key chain.
+    /// SHA-256 of a fixed tag and the namespace: the root of its key chain.
     public func rootKey(namespace: Namespace) -> PrefixKey { PrefixKeys.root(namespace: namespace) }
 
     /// SHA-256 over the parent key and the block's tokens: one key names one exact prefix.

@@ -5,13 +5,10 @@ import XCTest
 
 /// Two processes on one environment: this test binary re-runs itself as the second one.
 final class CrossProcessTests: XCTestCase {
-    /// The environment (directory) a child-mode run works on; nil in a normal run.
-    static var childDirectory: String? { ChildProcess.childDirectory }
-
     /// Child mode: writes one new entry per transaction forever (until killed), announcing
     /// the first commit with a `ready` file.
     func testChildWriter() throws {
-        guard let dir = Self.childDirectory, dir.hasSuffix("/writer") else { throw XCTSkip("child mode only") }
+        guard let dir = ChildProcess.childDirectory, dir.hasSuffix("/writer") else { throw XCTSkip("child mode only") }
         let env = try Environment(path: dir, configuration: .init(mapSize: 64 << 20))
         let db = try env.openDatabase("d", create: true)
         var n: UInt32 = 0
@@ -26,7 +23,7 @@ final class CrossProcessTests: XCTestCase {
 
     /// Child mode: holds a read transaction open until killed (to leave a stale reader slot).
     func testChildReader() throws {
-        guard let dir = Self.childDirectory, dir.hasSuffix("/reader") else { throw XCTSkip("child mode only") }
+        guard let dir = ChildProcess.childDirectory, dir.hasSuffix("/reader") else { throw XCTSkip("child mode only") }
         let env = try Environment(path: dir)
         try env.withReadTransaction { _ in
             _ = FileManager.default.createFile(atPath: dir + "/ready", contents: nil)
