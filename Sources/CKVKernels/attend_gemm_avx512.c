@@ -159,26 +159,31 @@ KVK_AVX512_INLINE void kvk_pv_f32(const kvk_gemm_state *g, int32_t r0, int32_t i
 KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t i0, int32_t npairs, int32_t RVB, int32_t NI,
                                    int rescale, int VL) {
     __m512 acc[16][4], al[4];
-    const uint32_t *vrow = g->vp + (VL ? kvk_vpos(i0) : i0);
+    // Local restrict pointers: stores through g's fields would make the compiler reload the
+    // fields (and rebuild each address) after every store of the epilogue.
+    const size_t rpad = (size_t)g->rpad, d = (size_t)g->d;
+    float *restrict ot = g->ot + (size_t)i0 * rpad + r0;
+    const uint32_t *restrict pp = g->pp;
+    const uint32_t *restrict vrow = g->vp + (VL ? kvk_vpos(i0) : i0);
     for (int32_t rv = 0; rv < RVB; rv++) al[rv] = _mm512_load_ps(g->alpha + r0 + rv * 16);
     KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
         for (int32_t rv = 0; rv < RVB; rv++) {
-            acc[i][rv] = _mm512_load_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16);
+            acc[i][rv] = _mm512_load_ps(ot + (size_t)i * rpad + rv * 16);
             if (rescale) acc[i][rv] = _mm512_mul_ps(acc[i][rv], al[rv]);
         }
     for (int32_t tp = 0; tp < npairs; tp++) {
         __m512bh pv[4];
-        for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = (__m512bh)_mm512_load_si512(g->pp + (size_t)tp * KVK_ROW_BLOCK + rv * 16);
+        for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = (__m512bh)_mm512_load_si512(pp + (size_t)tp * KVK_ROW_BLOCK + rv * 16);
         KVK_UNROLL
         for (int32_t i = 0; i < NI; i++) {
-            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)vrow[(size_t)tp * g->d + (VL ? kvk_vpos(i) : i)]);
+            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)vrow[(size_t)tp * d + (VL ? kvk_vpos(i) : i)]);
             for (int32_t rv = 0; rv < RVB; rv++) acc[i][rv] = _mm512_dpbf16_ps(acc[i][rv], pv[rv], vb);
         }
     }
     KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
-        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16, acc[i][rv]);
+        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(ot + (size_t)i * rpad + rv * 16, acc[i][rv]);
 }
 
 /// Online-softmax update of one row block from the scores of n tokens: new max, rescale
@@ -200,15 +205,24 @@ KVK_AVX512_INLINE int kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t n
                 sum = _mm512_add_ps(sum, e);
             }
         } else {
+            // Two tokens' probabilities round to bf16 in one instruction and interleave into
+            // pairs with one word permute; the row sums add the rounded pairs with vdpbf16ps
+            // against (1, 1), in two chains. A missing odd token scores -200: exp2 gives 0.
+            const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                   23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+            __m512 sum2 = _mm512_setzero_ps();
             for (int32_t t = 0; t < n; t += 2) {
-                __m256i e0 = (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16_bf16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c), mn)));
-                __m256i e1 = t + 1 < n
-                    ? (__m256i)_mm512_cvtneps_pbh(kvk_exp2_16_bf16(_mm512_sub_ps(_mm512_load_ps(g->s + (size_t)(t + 1) * KVK_ROW_BLOCK + c), mn)))
-                    : _mm256_setzero_si256();
-                __m512i lo = _mm512_cvtepu16_epi32(e0), hi = _mm512_slli_epi32(_mm512_cvtepu16_epi32(e1), 16);
-                _mm512_store_si512(g->pp + (size_t)(t / 2) * KVK_ROW_BLOCK + c, _mm512_or_si512(lo, hi));
-                sum = _mm512_add_ps(sum, _mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(lo, 16)), _mm512_castsi512_ps(hi)));
+                const __m512 x0 = _mm512_sub_ps(_mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c), mn);
+                const __m512 x1 = t + 1 < n ? _mm512_sub_ps(_mm512_load_ps(g->s + (size_t)(t + 1) * KVK_ROW_BLOCK + c), mn)
+                                            : _mm512_set1_ps(-200.f);
+                const __m512i pr = _mm512_permutexvar_epi16(
+                    pairs, (__m512i)_mm512_cvtne2ps_pbh(kvk_exp2_16_bf16(x1), kvk_exp2_16_bf16(x0)));
+                _mm512_store_si512(g->pp + (size_t)(t / 2) * KVK_ROW_BLOCK + c, pr);
+                if (t & 2) sum2 = _mm512_dpbf16_ps(sum2, (__m512bh)pr, ones);
+                else sum = _mm512_dpbf16_ps(sum, (__m512bh)pr, ones);
             }
+            sum = _mm512_add_ps(sum, sum2);
         }
         _mm512_store_ps(g->alpha + r0 + c, al);
         _mm512_store_ps(g->l + r0 + c, _mm512_fmadd_ps(_mm512_load_ps(g->l + r0 + c), al, sum));

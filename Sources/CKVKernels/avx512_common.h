@@ -44,11 +44,12 @@ KVK_AVX512_INLINE __m512 kvk_exp2_16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/// 2^x to ~1e-4 relative, for probabilities that are rounded to bf16 right after (whose own
-/// rounding error is 2e-3): x = floor(x) + f, a cubic in f on [0, 1), and vscalefps applies
-/// 2^floor(x) itself, so n is never formed. x clamps at -127 as in kvk_exp2_16 (-inf -> ~0).
+/// 2^x to ~1e-4 relative for finite x <= 0, for probabilities that are rounded to bf16 right
+/// after (whose own rounding error is 2e-3): x = floor(x) + f, a cubic in f on [0, 1), and
+/// vscalefps applies 2^floor(x) itself, so n is never formed and x far below -127 gives 0 with
+/// no clamp. The callers pass scores minus their running max: finite (padded rows have zero
+/// queries).
 KVK_AVX512_INLINE __m512 kvk_exp2_16_bf16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
     __m512 f = _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     __m512 p = _mm512_set1_ps(7.790716737508774e-2f);
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.262331992387772e-1f));
