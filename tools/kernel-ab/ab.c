@@ -1,0 +1,95 @@
+// A/B harness for the C kernels: loads two (or more) builds of CKVKernels as shared objects and
+// times kvk_attend on the same data in one process, alternating builds call by call, medians.
+// The default item is the goal point's GEMM-shaped item: 32 rows (b = 32, MHA) x 9 KV heads x
+// 4096 tokens (half the shared context), bf16 KV and math, last-level cache flushed before each
+// call. Environment: HEADS, TOKENS, SEQS (rows), REPS, HOT=1 (no flush). Built and run by ab.sh.
+// The builds must share kvk_attend_args' layout.
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include "kvkernels.h"
+
+typedef void (*attend_fn)(const kvk_attend_args *);
+typedef size_t (*scratch_fn)(int32_t, int32_t, int32_t);
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static int env(const char *name, int fallback) { return getenv(name) ? atoi(getenv(name)) : fallback; }
+
+int main(int argc, char **argv) {
+    const int builds = argc - 1;
+    if (builds < 1 || builds > 8) { fprintf(stderr, "usage: ab build.so... (1 to 8)\n"); return 2; }
+    const int heads = env("HEADS", 9), tokens = env("TOKENS", 4096), rows = env("SEQS", 32), reps = env("REPS", 15);
+    const int cold = !getenv("HOT"), kv_heads = 32, block = 16, d = 128, blocks = tokens / block;
+    attend_fn attend[8];
+    scratch_fn scratch_bytes = NULL;
+    for (int v = 0; v < builds; v++) {
+        void *h = dlopen(argv[v + 1], RTLD_NOW | RTLD_LOCAL);
+        if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+        attend[v] = (attend_fn)dlsym(h, "kvk_attend");
+        if (!scratch_bytes) scratch_bytes = (scratch_fn)dlsym(h, "kvk_attend_scratch_bytes");
+    }
+    // KV pages (bf16, 2 MiB pages as KVPageArena asks for), random values of unit scale.
+    const size_t block_bytes = (size_t)kv_heads * block * d * 2, bytes = ((block_bytes * blocks) | ((1 << 21) - 1)) + 1;
+    uint16_t *k = aligned_alloc(1 << 21, bytes), *vv = aligned_alloc(1 << 21, bytes);
+    madvise(k, bytes, MADV_HUGEPAGE);
+    madvise(vv, bytes, MADV_HUGEPAGE);
+    srand(1);
+    for (size_t i = 0; i < bytes / 2; i++) {
+        k[i] = 0x3f00 + (rand() & 0xff);
+        vv[i] = 0xbf00 + (rand() & 0x1ff);
+    }
+    int32_t *table = malloc(4 * (size_t)blocks), *seqs = malloc(4 * (size_t)rows);
+    for (int i = 0; i < blocks; i++) table[i] = i;
+    for (int i = 0; i < rows; i++) seqs[i] = i;
+    float *q = malloc(4 * (size_t)rows * kv_heads * d);
+    for (size_t i = 0; i < (size_t)rows * kv_heads * d; i++) q[i] = (rand() / (float)RAND_MAX - 0.5f) * 3.4f;
+    float *out[8], *lse[8];
+    for (int v = 0; v < builds; v++) {
+        out[v] = calloc((size_t)rows * kv_heads * d, 4);
+        lse[v] = calloc((size_t)rows * kv_heads, 4);
+    }
+    void *scratch = aligned_alloc(64, (scratch_bytes(rows, d, heads) + 63) / 64 * 64);
+    const size_t flush_bytes = (size_t)128 << 20;
+    char *flush = malloc(flush_bytes);
+    memset(flush, 1, flush_bytes);
+    double t[8][64];
+    for (int r = 0; r < reps && r < 64; r++)
+        for (int v = 0; v < builds; v++) {
+            kvk_attend_args a = {k, vv, 2, kv_heads, block, d, 0, heads, table, blocks, block, q, seqs, rows, 1, 0,
+                                 (int64_t)kv_heads * d, 0.088f, 1, 3, out[v], (int64_t)kv_heads * d, lse[v], kv_heads, scratch};
+            if (cold) {
+                volatile char sink = 0;
+                for (size_t i = 0; i < flush_bytes; i += 64) sink += flush[i];
+            }
+            const double t0 = now();
+            attend[v](&a);
+            t[v][r] = now() - t0;
+        }
+    const double flops = 4.0 * rows * heads * (double)tokens * d;
+    const int n = reps < 64 ? reps : 64;
+    printf("# %d rows x %d heads x %d tokens, d %d, bf16, %s, medians of %d alternating calls\n", rows, heads, tokens, d,
+           cold ? "LLC flushed" : "hot", n);
+    for (int v = 0; v < builds; v++) {
+        double diff = 0;
+        for (size_t i = 0; i < (size_t)rows * heads * d; i++) {
+            const double x = out[v][i] - out[0][i];
+            if (x > diff || -x > diff) diff = x < 0 ? -x : x;
+        }
+        qsort(t[v], n, sizeof(double), by_value);
+        printf("%-40s %.3f ms  %6.1f GFLOP/s  (min %.3f)  max |out - first build's| %.1e\n", argv[v + 1], t[v][n / 2] * 1e3,
+               flops / t[v][n / 2] / 1e9, t[v][0] * 1e3, diff);
+    }
+    return 0;
+}
