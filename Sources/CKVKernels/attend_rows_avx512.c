@@ -60,7 +60,7 @@ KVK_AVX512_INLINE void kvk_rows_scores(const char *kp, size_t row_bytes, int32_t
         }
         for (int32_t r = 0; r < RG; r++) part[r][t] = _mm512_add_ps(acc[r][0], acc[r][1]);
     }
-    const __mmask16 valid = (__mmask16)((1u << n) - 1);
+    const __mmask16 valid = kvk_step_mask16(n);
     for (int32_t r = 0; r < RG; r++) {
         __m512 s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), kvk_transpose_add16(part[r]));
         float mn = _mm512_reduce_max_ps(s);
