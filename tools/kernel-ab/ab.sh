@@ -14,7 +14,8 @@ CC=${CC:-$(dirname "$(command -v swift)")/clang}
 mkdir -p "$work/a"
 git -C "$repo" archive "$rev" Sources/CKVKernels | tar -x -C "$work/a" --strip-components=2
 build() { "$CC" -O2 -fPIC -shared -Wl,-Bsymbolic -I"$1/include" -I"$1" "$1"/*.c -o "$2" -lm; }
-build "$work/a" "$work/A-$rev.so"
-build "$repo/Sources/CKVKernels" "$work/B-worktree.so"
-"$CC" -O2 -I"$repo/Sources/CKVKernels/include" "$repo/tools/kernel-ab/ab.c" -o "$work/ab" -ldl
-"$work/ab" "$work/A-$rev.so" "$work/B-worktree.so" "$work/A-$rev.so" "$work/B-worktree.so"
+a="$work/A-${rev//\//_}.so" b="$work/B-worktree.so"  # a revision like origin/main names one file
+build "$work/a" "$a"
+build "$repo/Sources/CKVKernels" "$b"
+"$CC" -O2 -I"$repo/Sources/CKVKernels/include" "$repo/tools/kernel-ab/ab.c" -o "$work/ab" -ldl -lm
+"$work/ab" "$a" "$b" "$a" "$b"
