@@ -58,6 +58,24 @@ KVK_AVX512_INLINE __m512 kvk_exp2_16_bf16(__m512 x) {
     return _mm512_scalef_ps(p, x);
 }
 
+/// Given 16 vectors v[t], returns the vector whose lane t is the sum of v[t]'s lanes.
+KVK_AVX512_INLINE __m512 kvk_transpose_add16(const __m512 *v) {
+    __m512 b[8], c[4];
+    for (int i = 0; i < 8; i++)  // lanes 0-1: token 2i, lanes 2-3: token 2i+1
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++)  // 128-bit lane j: token 4i+j
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+    __m512 e0 = _mm512_add_ps(_mm512_unpacklo_ps(c[0], c[1]), _mm512_unpackhi_ps(c[0], c[1]));
+    __m512 e1 = _mm512_add_ps(_mm512_unpacklo_ps(c[2], c[3]), _mm512_unpackhi_ps(c[2], c[3]));
+    __m512d x0 = _mm512_castps_pd(e0), x1 = _mm512_castps_pd(e1);
+    __m512 r = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x0, x1)), _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x1)));
+    // lane 4j+k now holds token j+4k
+    const __m512i back = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(back, r);
+}
+
 /// Prefetches the `bytes` of one row into L2 (not L1: its few miss buffers are left to the
 /// demand loads; T0 prefetches held the few-row path at ~8 GB/s per core from DRAM).
 KVK_AVX512_INLINE void kvk_prefetch_row(const char *p, size_t bytes) {

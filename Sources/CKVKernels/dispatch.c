@@ -7,6 +7,12 @@
 /// few-row 23.5 ms vs GEMM 25.4 ms, at b = 12 GEMM 25.4 ms vs few-row 31 ms.
 #define KVK_GEMM_MIN_ROWS 9
 
+/// Rows from which the few-row path takes bf16 products (when the call asks for bf16 math):
+/// one row from DRAM is memory-bound either way and the fp32 kernel streamed ~6 % faster
+/// (1 row x 32 heads x 2048 tokens, 1.53 vs 1.61-1.64 ms); 4 rows (a GQA group) ran 6 % faster
+/// on one thread in bf16 (2.11 -> 1.98 ms) and ~20 % at b = 1, 32/8 heads, 2 threads.
+#define KVK_BF16_ROWS_MIN_ROWS 2
+
 static int32_t kvk_detect(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -59,8 +65,8 @@ void kvk_attend(const kvk_attend_args *a) {
     const int32_t isa = kvk_isa() < a->max_isa ? kvk_isa() : a->max_isa;
 #if defined(__x86_64__)
     if (isa >= KVK_ISA_AVX512) {
+        const int bf16 = a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16;
         if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS) {
-            const int bf16 = a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16;
             kvk_attend_args part = *a;  // at most KVK_MAX_GEMM_HEADS heads per pass
             for (int32_t j = 0; j < a->head_count; j += KVK_MAX_GEMM_HEADS) {
                 part.head = a->head + j;
@@ -70,7 +76,9 @@ void kvk_attend(const kvk_attend_args *a) {
                 part.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
                 kvk_attend_gemm_avx512(&part, bf16);
             }
-        } else
+        } else if (bf16 && a->dtype == KVK_DTYPE_BF16 && a->head_dim % 32 == 0 && a->seq_count * a->group >= KVK_BF16_ROWS_MIN_ROWS)
+            kvk_attend_rows_bf16_avx512(a);
+        else
             kvk_attend_rows_avx512(a);
         return;
     }

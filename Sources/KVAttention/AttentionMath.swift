@@ -1,8 +1,10 @@
 import CKVKernels
 import KVCore
 
-/// The arithmetic of the GEMM-shaped (many-row) path. The few-row path (paged decode of one
-/// sequence with a small GQA group) always multiplies in fp32.
+/// The arithmetic of the kernels' products. bf16 math applies to the GEMM-shaped (many-row)
+/// path, and to the few-row path for bf16 KV (head dims a multiple of 32) from 2 rows per KV
+/// head (a GQA group, a small shared node); one row per KV head (MHA paged decode, own blocks)
+/// always multiplies in fp32: it is memory-bound either way.
 public enum AttentionMath: String, Sendable, CaseIterable, CustomStringConvertible {
     /// bf16 products (vdpbf16ps) for bf16 KV when the CPU has AVX512-BF16, fp32 otherwise.
     case automatic = "auto"
@@ -33,7 +35,7 @@ public enum KernelISA: Int32, Sendable, CaseIterable, Comparable, CustomStringCo
     case avx2 = 1
     /// AVX-512 F/BW/VL/DQ: the few-row and many-row paths in fp32 math.
     case avx512 = 2
-    /// AVX-512 with BF16 dot products (`vdpbf16ps`) for the many-row path's bf16 math.
+    /// AVX-512 with BF16 dot products (`vdpbf16ps`) for bf16 math.
     case avx512bf16 = 3
 
     public static func < (a: KernelISA, b: KernelISA) -> Bool { a.rawValue < b.rawValue }

@@ -22,7 +22,7 @@ public final class DecodeAttention {
     public let queryHeads: Int
     /// Most threads a call uses (small calls stay on the caller's thread).
     public let threads: Int
-    /// Which multiply the GEMM-shaped path uses (see ``AttentionMath``).
+    /// Which multiply the kernels use (see ``AttentionMath`` for which paths take bf16).
     public let math: AttentionMath
     /// The kernel variant in use: the best the CPU has, or a lower one asked for at init.
     public let isa: KernelISA

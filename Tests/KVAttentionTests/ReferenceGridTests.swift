@@ -65,3 +65,31 @@ let gridShapes: [GridShape] = [
         #expect(relativeError(try c.bifurcated(kernel), reference) <= Tolerance.fp32Math)
     }
 }
+
+/// The few-row path's bf16 products (bf16 KV, head dims that are multiples of 32, 2…8 rows per
+/// KV head): within the bf16 bound, and really taken — its result differs from fp32 math, which
+/// it would equal exactly if the call fell back to the fp32 few-row kernel.
+@Suite struct FewRowBF16Tests {
+    /// Shapes, and whether the paged kernel takes the path (its rows are the GQA group).
+    static let shapes: [(GridShape, pagedTakesIt: Bool)] = [
+        // paged rows = the GQA group (2, 4, 8); odd tails; block sizes 16, 1 and 32
+        (GridShape(queryHeads: 4, kvHeads: 2, headDim: 128, blockSize: 16, batch: 3, levels: [32], suffixes: [1, 15, 6]), true),
+        (GridShape(queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 1, batch: 2, levels: [7], suffixes: [3, 0]), true),
+        (GridShape(queryHeads: 8, kvHeads: 1, headDim: 96, blockSize: 32, batch: 2, levels: [64], suffixes: [33, 1]), true),
+        // MHA: shared nodes of 2…6 rows take it; one row (paged, own blocks) stays on fp32
+        (GridShape(queryHeads: 2, kvHeads: 2, headDim: 128, blockSize: 16, batch: 6, levels: [48, 16], suffixes: [5, 2]), false),
+    ]
+
+    @Test(arguments: shapes)
+    func matchesReferenceAndIsTaken(shape: GridShape, pagedTakesIt: Bool) throws {
+        let c = try shape.makeCase(.bfloat16, seed: 21)
+        let reference = try c.reference()
+        let bf16 = try c.kernel(math: .bf16), fp32 = try c.kernel(math: .fp32)
+        let paged = try c.paged(bf16), bifurcated = try c.bifurcated(bf16)
+        #expect(relativeError(paged, reference) <= Tolerance.bf16Math)
+        #expect(relativeError(bifurcated, reference) <= Tolerance.bf16Math)
+        guard bf16.effectiveMath == .bf16 else { return }  // no AVX512-BF16: fp32 either way
+        #expect((paged != (try c.paged(fp32))) == pagedTakesIt, "paged: few-row kernel in the wrong math")
+        #expect(bifurcated != (try c.bifurcated(fp32)), "bifurcated ran only the fp32 few-row kernel")
+    }
+}

@@ -20,8 +20,9 @@ extern "C" {
 /// Element types of stored KV (same codes as KVCore's KVDType.code).
 enum { KVK_DTYPE_F32 = 0, KVK_DTYPE_F16 = 1, KVK_DTYPE_BF16 = 2 };
 
-/// Arithmetic of the many-row (GEMM-shaped) path. F32: products in fp32 (FMA). BF16: queries,
-/// keys, probabilities and values rounded to bf16, products summed in fp32 by vdpbf16ps.
+/// Arithmetic of the products. F32: products in fp32 (FMA). BF16: queries, keys, probabilities
+/// and values rounded to bf16, products summed in fp32 by vdpbf16ps; taken by the many-row path,
+/// and by the few-row path for bf16 KV with head_dim % 32 == 0 from 2 rows on (dispatch.c).
 enum { KVK_MATH_F32 = 0, KVK_MATH_BF16 = 1 };
 
 /// Instruction-set variants, in increasing order.
@@ -55,7 +56,7 @@ typedef struct kvk_attend_args {
     int32_t q_head0;
     int64_t q_seq_stride;        ///< floats between two sequences' queries (query heads * head_dim)
     float scale;                 ///< softmax scale applied to q.k
-    int32_t math;                ///< KVK_MATH_*, used by the many-row path only
+    int32_t math;                ///< KVK_MATH_* (see above for where bf16 applies)
     int32_t max_isa;             ///< highest KVK_ISA_* variant to use (tests compare variants)
     /// Normalised output of row r of head head + j: head_dim floats at
     /// out + (r / group) * out_seq_stride + (j * group + r % group) * head_dim.
