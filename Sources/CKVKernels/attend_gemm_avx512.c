@@ -82,12 +82,6 @@ KVK_AVX512_INLINE void kvk_stage_pairs_bf16(uint32_t *dst, const char *a, const 
     }
 }
 
-/// Slot of dim i in a pair row staged by kvk_stage_pairs_bf16.
-static inline int32_t kvk_vpos(int32_t i) {
-    const int32_t c = i & 31;
-    return (i - c) + ((c & 4) << 2) + ((c >> 3) << 2) + (c & 3);
-}
-
 // ---------------------------------------------------------------------------------- micro-kernels
 
 /// S^T[t0 ..< t0+NT][r0 ..< r0+16*RVB] = K . Q^T, fp32.

@@ -2,13 +2,13 @@
 // vdpbf16ps doing the products and no widening of K or V.
 //
 // The fp32 few-row path widens every K and V element to fp32 (two instructions per 16) and
-// multiplies with FMAs; from L2 it spends ~700 cycles on a 16-token page of one head, so one
-// core cannot keep up with DRAM. Here the widening is gone and each instruction multiplies two
+// multiplies with FMAs: ~700 cycles per 16-token page of one head and row from L2, which a GQA
+// group's rows multiply. Here the widening is gone and each instruction multiplies two
 // elements: S = K.q pairs dims (a key row's 32 bf16 against the query's, in place), P.V pairs
 // tokens (two value rows interleaved in registers by in-lane unpacks, which leaves the output
-// dims of each 32-dim chunk in the order kvk_vpos gives; the output is un-permuted once at the
-// end). Queries and probabilities are rounded to bf16, as in the many-row path's bf16 math; the
-// row sums use the rounded probabilities, the weights P.V uses.
+// dims of each 32-dim chunk in kvk_vpos order, as the many-row path's staged pairs; the output
+// is un-permuted once at the end). Queries and probabilities are rounded to bf16, as in the
+// many-row path's bf16 math; the row sums use the rounded probabilities, the weights P.V uses.
 //
 // For bf16 KV and head dims that are multiples of 32, from 2 rows per KV head (dispatch.c checks
 // all three). From L2/L3 it is ~20 % faster than the fp32 path at one row (1 row x 32 heads x
@@ -24,12 +24,6 @@
 
 /// Rows per register group (the chunk loop's accumulators: rows x 2 x chunks per dims block).
 #define KVK_RB_GROUP 4
-
-/// Slot of dim i in an output row whose 32-dim chunks are in in-lane unpack order.
-static inline int32_t kvk_rb_slot(int32_t i) {
-    const int32_t c = i & 31;
-    return (i - c) + ((c & 4) << 2) + ((c >> 3) << 2) + (c & 3);
-}
 
 /// Scores of n tokens for RG rows, then their online-softmax update: pp[r][0..8) gets the
 /// probabilities as bf16 pairs of consecutive tokens (0 past n), alpha[r] the old outputs' factor.
@@ -178,7 +172,7 @@ KVK_AVX512_INLINE void kvk_rb_run(const kvk_attend_args *a, int32_t NC) {
             const int32_t R = j * rows + r;
             const float inv = 1.f / l[R], *orow = o + (size_t)R * d;
             float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
-            for (int32_t i = 0; i < d; i++) out[i] = orow[kvk_rb_slot(i)] * inv;
+            for (int32_t i = 0; i < d; i++) out[i] = orow[kvk_vpos(i)] * inv;
             if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + j * a->group + r % a->group] = m[R] + log2f(l[R]);
         }
 }

@@ -76,6 +76,14 @@ KVK_AVX512_INLINE __m512 kvk_transpose_add16(const __m512 *v) {
     return _mm512_permutexvar_ps(back, r);
 }
 
+/// Slot of dim i in a row of 32-dim chunks interleaved by in-lane word unpacks (unpacklo then
+/// unpackhi of two rows): each chunk holds dims {0-3, 8-11, 16-19, 24-27} then {4-7, 12-15,
+/// 20-23, 28-31}. The bf16 paths' value pairs and the bf16 few-row output are in this order.
+static inline int32_t kvk_vpos(int32_t i) {
+    const int32_t c = i & 31;
+    return (i - c) + ((c & 4) << 2) + ((c >> 3) << 2) + (c & 3);
+}
+
 /// Prefetches the `bytes` of one row into L2 (not L1: its few miss buffers are left to the
 /// demand loads; T0 prefetches held the few-row path at ~8 GB/s per core from DRAM).
 KVK_AVX512_INLINE void kvk_prefetch_row(const char *p, size_t bytes) {
