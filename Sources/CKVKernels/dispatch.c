@@ -4,13 +4,14 @@
 
 /// Below this many rows the few-row path (lanes along the head dim) beats the many-row path,
 /// whose 16-lane row vectors would be mostly padding: measured at b = 8 (MHA, bf16, m_c 8192)
-/// few-row 23.5 ms vs GEMM 25.4 ms, at b = 12 GEMM 25.4 ms vs few-row 31 ms.
+/// few-row 23.5 ms vs GEMM 25.4 ms, at b = 12 GEMM 25.4 ms vs few-row 31 ms (fp32 few-row); against
+/// the bf16 few-row kernel, b = 12: GEMM 10.8 ms vs few-row 12.7-14.1 ms.
 #define KVK_GEMM_MIN_ROWS 9
 
 /// Rows from which the few-row path takes bf16 products (when the call asks for bf16 math):
 /// one row from DRAM is memory-bound either way and the fp32 kernel streamed ~6 % faster
 /// (1 row x 32 heads x 2048 tokens, 1.53 vs 1.61-1.64 ms); 4 rows (a GQA group) ran 6 % faster
-/// on one thread in bf16 (2.11 -> 1.98 ms) and ~20 % at b = 1, 32/8 heads, 2 threads.
+/// on one thread in bf16 (2.11 -> 1.98 ms); paged GQA 32/8 at b = 16 / 32 15-23 % faster.
 #define KVK_BF16_ROWS_MIN_ROWS 2
 
 static int32_t kvk_detect(void) {
