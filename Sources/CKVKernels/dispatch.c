@@ -59,7 +59,7 @@ static void kvk_per_head(const kvk_attend_args *a, void (*run)(const kvk_attend_
 
 static void kvk_portable_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_portable(a); }
 #if defined(__x86_64__)
-static void kvk_avx2_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_avx2(a); }
+static void kvk_avx2_gemm_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_gemm_avx2(a); }
 #endif
 
 void kvk_attend(const kvk_attend_args *a) {
@@ -84,7 +84,8 @@ void kvk_attend(const kvk_attend_args *a) {
         return;
     }
     if (isa == KVK_ISA_AVX2) {
-        kvk_per_head(a, kvk_avx2_adapter, 0);
+        if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS) kvk_per_head(a, kvk_avx2_gemm_adapter, 0);
+        else kvk_attend_avx2(a);
         return;
     }
 #endif

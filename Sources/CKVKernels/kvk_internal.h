@@ -117,6 +117,7 @@ void kvk_attend_portable(const kvk_attend_args *a);
 float kvk_stream_read_portable(const void *buffer, size_t bytes);
 #if defined(__x86_64__)
 void kvk_attend_avx2(const kvk_attend_args *a);
+void kvk_attend_gemm_avx2(const kvk_attend_args *a);
 float kvk_stream_read_avx2(const void *buffer, size_t bytes);
 void kvk_attend_rows_avx512(const kvk_attend_args *a);
 void kvk_attend_rows_bf16_avx512(const kvk_attend_args *a);

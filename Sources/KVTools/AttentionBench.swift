@@ -44,12 +44,12 @@ public final class AttentionBench {
     private let flusher: MemoryBench
 
     public init(heads: Int, kvHeads: Int, headDim: Int, dtype: KVDType, blockSize: Int, maxBatch: Int, maxContext: Int,
-                decode: Int, threads: Int, math: AttentionMath, flusher: MemoryBench) throws {
+                decode: Int, threads: Int, math: AttentionMath, isa: KernelISA = .best, flusher: MemoryBench) throws {
         layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
         self.heads = heads
         self.decode = decode
         self.threads = threads
-        kernel = try DecodeAttention(layout: layout, queryHeads: heads, threads: threads, math: math)
+        kernel = try DecodeAttention(layout: layout, queryHeads: heads, threads: threads, math: math, isa: isa)
         maxContextBlocks = (maxContext + blockSize - 1) / blockSize
         decodeBlocks = (decode + blockSize - 1) / blockSize
         arena = KVPageArena(layout: layout, capacityBlocks: 1 + maxContextBlocks + maxBatch * decodeBlocks, prefault: false)

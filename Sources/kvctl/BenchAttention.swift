@@ -23,19 +23,25 @@ struct BenchAttention: ParsableCommand {
     @Option(help: "Threads (cores) the kernels use.") var threads = 2
     @Option(help: "Timed calls per kernel per point (medians reported).") var `repeat` = 7
     @Option(help: "Math of the GEMM-shaped path: auto, fp32, bf16.") var math = "auto"
+    @Option(help: "Highest kernel variant to run: portable, avx2, avx512, avx512bf16 (default: the best this CPU has).")
+    var isa: String?
     @Flag(help: "Sweep b over 1…64 and m_c over 2048, 8192, 16384.") var sweep = false
     @Flag(help: "One JSON object per point, one per line.") var json = false
 
     func run() throws {
         guard let kv = KVDType(rawValue: dtype) else { throw ValidationError("unknown --dtype \(dtype)") }
         guard let mathChoice = AttentionMath(rawValue: math) else { throw ValidationError("unknown --math \(math)") }
+        let isaNames: [String: KernelISA] = ["portable": .portable, "avx2": .avx2, "avx512": .avx512, "avx512bf16": .avx512bf16]
+        guard let isaChoice = isa.map({ isaNames[$0] }) ?? .best else {
+            throw ValidationError("unknown --isa \(isa ?? ""): one of \(isaNames.keys.sorted().joined(separator: ", "))")
+        }
         let batches = sweep ? [1, 2, 4, 8, 16, 32, 64] : [batch]
         let contexts = sweep ? [2048, 8192, 16384] : [context]
         let memory = MemoryBench(megabytes: 1024)
         let bandwidth = memory.readGBps(threads: threads)
         let bench = try AttentionBench(heads: heads, kvHeads: kvHeads, headDim: headDim, dtype: kv, blockSize: blockSize,
                                        maxBatch: batches.max()!, maxContext: contexts.max()!, decode: decode,
-                                       threads: threads, math: mathChoice, flusher: memory)
+                                       threads: threads, math: mathChoice, isa: isaChoice, flusher: memory)
         if !json {
             print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), "
                   + "\(threads) threads, GEMM math \(bench.kernel.effectiveMath), kernels \(bench.kernel.isa)")

@@ -93,3 +93,21 @@ let gridShapes: [GridShape] = [
         #expect(bifurcated != (try c.bifurcated(fp32)), "bifurcated ran only the fp32 few-row kernel")
     }
 }
+
+/// The AVX2 variants (few-row and many-row, fp32 math), which machines without AVX-512 run,
+/// on the whole grid and on head dims with 8- and 4-element tails.
+@Suite struct AVX2VariantTests {
+    static let shapes = gridShapes + [
+        GridShape(queryHeads: 12, kvHeads: 2, headDim: 18, blockSize: 4, batch: 5, levels: [20, 8], suffixes: [3, 0, 5]),
+        GridShape(queryHeads: 4, kvHeads: 4, headDim: 36, blockSize: 16, batch: 11, levels: [32], suffixes: [2, 9]),
+    ]
+
+    @Test(.enabled(if: KernelISA.best >= .avx2), arguments: KVDType.allCases, shapes)
+    func matchesReference(dtype: KVDType, shape: GridShape) throws {
+        let c = try shape.makeCase(dtype, seed: 31)
+        let reference = try c.reference()
+        let kernel = try c.kernel(isa: .avx2)
+        #expect(relativeError(try c.paged(kernel), reference) <= Tolerance.fp32Math)
+        #expect(relativeError(try c.bifurcated(kernel), reference) <= Tolerance.fp32Math)
+    }
+}

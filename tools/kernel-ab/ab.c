@@ -32,6 +32,7 @@ int main(int argc, char **argv) {
     const int builds = argc - 1;
     if (builds < 1 || builds > 8) { fprintf(stderr, "usage: ab build.so... (1 to 8)\n"); return 2; }
     const int heads = env("HEADS", 9), tokens = env("TOKENS", 4096), rows = env("SEQS", 32), reps = env("REPS", 15);
+    const int isa = env("ISA", 3);  // highest kernel variant: 1 AVX2, 2 AVX-512, 3 AVX-512 + BF16
     const int cold = !getenv("HOT"), kv_heads = 32, block = 16, d = 128, blocks = tokens / block;
     attend_fn attend[8];
     scratch_fn scratch_bytes = NULL;
@@ -69,7 +70,7 @@ int main(int argc, char **argv) {
     for (int r = 0; r < reps && r < 64; r++)
         for (int v = 0; v < builds; v++) {
             kvk_attend_args a = {k, vv, 2, kv_heads, block, d, 0, heads, table, blocks, block, q, seqs, rows, 1, 0,
-                                 (int64_t)kv_heads * d, 0.088f, 1, 3, out[v], (int64_t)kv_heads * d, lse[v], kv_heads, scratch};
+                                 (int64_t)kv_heads * d, 0.088f, 1, isa, out[v], (int64_t)kv_heads * d, lse[v], kv_heads, scratch};
             if (cold) {
                 volatile char sink = 0;
                 for (size_t i = 0; i < flush_bytes; i += 64) sink += flush[i];
@@ -80,8 +81,8 @@ int main(int argc, char **argv) {
         }
     const double flops = 4.0 * rows * heads * (double)tokens * d;
     const int n = reps < 64 ? reps : 64;
-    printf("# %d rows x %d heads x %d tokens, d %d, bf16, %s, medians of %d alternating calls\n", rows, heads, tokens, d,
-           cold ? "LLC flushed" : "hot", n);
+    printf("# %d rows x %d heads x %d tokens, d %d, bf16, isa <= %d, %s, medians of %d alternating calls\n", rows, heads, tokens, d,
+           isa, cold ? "LLC flushed" : "hot", n);
     for (int v = 0; v < builds; v++) {
         double diff = 0;  // over every row's output (the heads not computed stay 0 in every build)
         for (size_t i = 0; i < (size_t)rows * kv_heads * d; i++) diff = fmax(diff, fabs((double)out[v][i] - out[0][i]));

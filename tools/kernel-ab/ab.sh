@@ -3,6 +3,7 @@
 #   tools/kernel-ab/ab.sh HEAD~1                 # the goal point's GEMM item, LLC flushed
 #   SEQS=16 tools/kernel-ab/ab.sh HEAD~1          # b = 16
 #   HOT=1 HEADS=1 TOKENS=2048 tools/kernel-ab/ab.sh HEAD~1
+#   ISA=1 SEQS=1 HEADS=32 TOKENS=2048 tools/kernel-ab/ab.sh HEAD~1   # the AVX2 variants (ISA: 1 AVX2, 2 AVX-512, 3 +BF16)
 # Builds each tree into a shared object with the toolchain's clang at -O2 (as SwiftPM's release
 # build does, no machine flags), then runs ab.c, which alternates the builds call by call.
 set -euo pipefail
