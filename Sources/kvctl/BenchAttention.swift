@@ -22,7 +22,8 @@ struct BenchAttention: ParsableCommand {
     @Option(help: "Tokens per block.") var blockSize = 16
     @Option(help: "Threads (cores) the kernels use.") var threads = 2
     @Option(help: "Timed calls per kernel per point (medians reported).") var `repeat` = 7
-    @Option(help: "Math of the GEMM-shaped path: auto, fp32, bf16.") var math = "auto"
+    @Option(help: "Math of the products: auto, fp32, bf16 (bf16: the GEMM-shaped path, and the few-row path from 2 rows per KV head for bf16 KV).")
+    var math = "auto"
     @Option(help: "Highest kernel variant to run: portable, avx2, avx512, avx512bf16 (default: the best this CPU has).")
     var isa: String?
     @Flag(help: "Sweep b over 1…64 and m_c over 2048, 8192, 16384.") var sweep = false
