@@ -8,6 +8,8 @@ public struct AttentionBenchPoint: Codable, Sendable {
     public var batch, context, decode, heads, kvHeads, headDim, blockSize, threads: Int
     public var dtype: String
     public var math: String
+    /// The kernel variant that ran (``KernelISA``'s description, e.g. "avx512+bf16").
+    public var isa: String
     public var pagedMs, bifurcatedMs, speedup: Double
     /// KV bytes each kernel must read / its median time.
     public var pagedGBps, bifurcatedGBps: Double
@@ -129,6 +131,7 @@ public final class AttentionBench {
         return AttentionBenchPoint(
             batch: b, context: context, decode: decode, heads: heads, kvHeads: layout.kvHeadCount, headDim: d,
             blockSize: layout.blockSize, threads: threads, dtype: layout.dtype.rawValue, math: kernel.effectiveMath.rawValue,
+            isa: kernel.isa.description,
             pagedMs: pagedS * 1e3, bifurcatedMs: bifS * 1e3, speedup: pagedS / bifS,
             pagedGBps: Double(batch.totalTokens) * rowBytes / pagedS / 1e9,
             bifurcatedGBps: Double(plan.planTokenReads) * rowBytes / bifS / 1e9,
