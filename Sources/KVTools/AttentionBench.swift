@@ -46,8 +46,10 @@ public final class AttentionBench {
     private let flusher: MemoryBench
 
     public init(heads: Int, kvHeads: Int, headDim: Int, dtype: KVDType, blockSize: Int, maxBatch: Int, maxContext: Int,
-                decode: Int, threads: Int, math: AttentionMath, isa: KernelISA = .best, flusher: MemoryBench) throws {
-        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
+                decode: Int, threads: Int, math: AttentionMath, isa: KernelISA = .best, valueOrder: KVValueOrder = .tokenRows,
+                flusher: MemoryBench) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype,
+                              valueOrder: valueOrder)
         self.heads = heads
         self.decode = decode
         self.threads = threads
@@ -125,6 +127,8 @@ public final class AttentionBench {
         let flops = 4 * Double(batch.totalTokens * heads * d)
         var err: Float = 0, top: Float = 0
         for i in paged.indices {
+            // `max` would pass a NaN over: a non-finite output is an infinite error.
+            guard bif[i].isFinite, paged[i].isFinite else { err = .infinity; continue }
             err = max(err, abs(bif[i] - paged[i]))
             top = max(top, abs(paged[i]))
         }

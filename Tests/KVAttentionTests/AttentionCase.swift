@@ -20,8 +20,9 @@ struct AttentionCase {
     ///     sequence ends there); level k is shared by groups of `batch / fanout^k` sequences.
     ///   - suffix: own tokens per sequence.
     init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int, batch b: Int,
-         levels: [Int], fanout: Int = 2, suffix: (Int) -> Int, seed: UInt64) throws {
-        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
+         levels: [Int], fanout: Int = 2, suffix: (Int) -> Int, seed: UInt64, valueOrder: KVValueOrder = .tokenRows) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype,
+                              valueOrder: valueOrder)
         self.queryHeads = queryHeads
         var tables = [[Int32]](repeating: [], count: b)
         var tokens = [Int](repeating: 0, count: b)
@@ -88,11 +89,13 @@ struct AttentionCase {
     }
 }
 
-/// max |a − b| / max |b|: the error measure of the tests and benchmarks.
+/// max |a − b| / max |b|: the error measure of the tests and benchmarks; infinite when any
+/// value is not finite (`max` would otherwise pass a NaN over).
 func relativeError(_ a: [Float], _ b: [Float]) -> Float {
     precondition(a.count == b.count, "relativeError: \(a.count) vs \(b.count) values")
     var err: Float = 0, scale: Float = 0
     for i in a.indices {
+        guard a[i].isFinite, b[i].isFinite else { return .infinity }
         err = max(err, abs(a[i] - b[i]))
         scale = max(scale, abs(b[i]))
     }
