@@ -111,7 +111,7 @@ KVK_AVX2_INLINE void kvk_avx2_run(const kvk_attend_args *a, int32_t dtype) {
                 for (int32_t t = 0; t < n; t++) {
                     const size_t at = (size_t)(t0 + t) * row_bytes;
                     kvk_widen8(k + (size_t)t * d8, (const char *)a->keys + hpage + at, dtype, d, d8);
-                    kvk_widen8_v(v + (size_t)t * d8, (const char *)a->values + hpage, dtype, a->value_pairs, d, d8, t0 + t);
+                    kvk_widen8(v + (size_t)t * d8, (const char *)a->values + hpage + at, dtype, d, d8);
                     if (has_next)
                         for (size_t off = 0; off < row_bytes; off += 64) {
                             _mm_prefetch((const char *)a->keys + next + at + off, _MM_HINT_T1);

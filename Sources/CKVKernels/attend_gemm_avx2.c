@@ -103,7 +103,7 @@ KVK_AVX2_INLINE void kvk_g2_run(const kvk_attend_args *a, int32_t dtype) {
             const int32_t nb = kvk_block_tokens(a, block);
             for (; token < nb && n < KVK_TILE; token++, n++) {
                 kvk_widen8(kt + (size_t)n * d, (const char *)a->keys + page + (size_t)token * row_bytes, dtype, d, d);
-                kvk_widen8_v(vt + (size_t)n * d, (const char *)a->values + page, dtype, a->value_pairs, d, d, token);
+                kvk_widen8(vt + (size_t)n * d, (const char *)a->values + page + (size_t)token * row_bytes, dtype, d, d);
             }
             if (token == nb) { block++; token = 0; }
         }

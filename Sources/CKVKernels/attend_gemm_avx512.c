@@ -28,7 +28,6 @@
 typedef struct kvk_gemm_state {
     int32_t d, dpad2, rpad, kstride;
     int32_t vlanes;           // bf16 math: value pairs stored in the unpack order (kvk_stage_pairs_bf16)
-    int32_t vpairs;           // the pages hold values in token pairs (kvk_attend_args.value_pairs)
     const float *qt;          // fp32 math: d x rpad
     const uint32_t *qp;       // bf16 math: dpad2/2 x rpad pairs
     float *ot, *m, *l, *alpha, *s;
@@ -49,16 +48,6 @@ KVK_AVX512_INLINE void kvk_stage_f32(float *dst, const char *src, int32_t dtype,
     for (int32_t i = 0; i < d; i += 16) {
         __mmask16 m = kvk_step_mask16(d - i);
         _mm512_mask_storeu_ps(dst + i, m, kvk_load16(src, dtype, i, m));
-    }
-}
-
-/// Value token `odd` (0 or 1) of a pair row (bf16 pairs, d % 16 == 0) widened to fp32: the even
-/// token is the low half of each dword, the odd token the high half.
-KVK_AVX512_INLINE void kvk_stage_f32_vpair(float *dst, const char *pair_row, int32_t odd, int32_t d) {
-    for (int32_t i = 0; i < d; i += 16) {
-        const __m512i x = _mm512_loadu_si512((const uint32_t *)pair_row + i);
-        _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(odd ? _mm512_and_si512(x, _mm512_set1_epi32((int32_t)0xffff0000u))
-                                                         : _mm512_slli_epi32(x, 16)));
     }
 }
 
@@ -191,37 +180,6 @@ KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(ot + (size_t)i * rpad + rv * 16, acc[i][rv]);
 }
 
-/// P.V on value pairs read in place from pages in token-pair layout (kvk_attend_args.value_pairs):
-/// vpp[tp] points at the pair row of tokens 2tp, 2tp+1 (d dwords (V[2tp][i], V[2tp+1][i]), dims in
-/// natural order), so nothing is staged.
-KVK_AVX512_INLINE void kvk_pv_bf16_direct(const kvk_gemm_state *g, int32_t r0, int32_t i0, int32_t npairs, int32_t RVB, int32_t NI,
-                                          int rescale, const uint32_t *const *vpp) {
-    __m512 acc[16][4], al[4];
-    const size_t rpad = (size_t)g->rpad;
-    float *restrict ot = g->ot + (size_t)i0 * rpad + r0;
-    const uint32_t *restrict pp = g->pp;
-    for (int32_t rv = 0; rv < RVB; rv++) al[rv] = _mm512_load_ps(g->alpha + r0 + rv * 16);
-    KVK_UNROLL
-    for (int32_t i = 0; i < NI; i++)
-        for (int32_t rv = 0; rv < RVB; rv++) {
-            acc[i][rv] = _mm512_load_ps(ot + (size_t)i * rpad + rv * 16);
-            if (rescale) acc[i][rv] = _mm512_mul_ps(acc[i][rv], al[rv]);
-        }
-    for (int32_t tp = 0; tp < npairs; tp++) {
-        __m512bh pv[4];
-        for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = (__m512bh)_mm512_load_si512(pp + (size_t)tp * KVK_ROW_BLOCK + rv * 16);
-        const uint32_t *restrict vrow = vpp[tp] + i0;
-        KVK_UNROLL
-        for (int32_t i = 0; i < NI; i++) {
-            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)vrow[i]);
-            for (int32_t rv = 0; rv < RVB; rv++) acc[i][rv] = _mm512_dpbf16_ps(acc[i][rv], pv[rv], vb);
-        }
-    }
-    KVK_UNROLL
-    for (int32_t i = 0; i < NI; i++)
-        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(ot + (size_t)i * rpad + rv * 16, acc[i][rv]);
-}
-
 /// Online-softmax update of one row block from the scores of n tokens: new max, rescale
 /// factor alpha, probabilities (fp32, or bf16 pairs of tokens), row sums. Returns whether any
 /// row's max moved (otherwise alpha is 1 and O^T needs no rescale).
@@ -299,7 +257,7 @@ KVK_AVX512_INLINE void kvk_prefetch_near(const kvk_prefetch *pf, int32_t t0, int
 /// The next (head, tile) `pf` is prefetched a few tokens per score block, spread over the
 /// compute rather than issued in one burst that would stall on the miss buffers.
 KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16,
-                                     const kvk_prefetch *pf, const uint16_t *const *kdirect, const uint32_t *const *vdirect) {
+                                     const kvk_prefetch *pf, const uint16_t *const *kdirect) {
     const int32_t NT = KVK_NT(RVB);
     for (int32_t t0 = 0; t0 < n; t0 += NT) {
         kvk_prefetch_near(pf, t0, t0 + NT);
@@ -316,10 +274,7 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
     for (; i0 + NT <= g->d; i0 += NT) {
         const int32_t b = i0 / NT;
         if (nblk > 1) kvk_prefetch_far(pf, b * KVK_TILE / nblk, (b + 1) * KVK_TILE / nblk);
-        if (bf16 && vdirect) {
-            if (rescale) kvk_pv_bf16_direct(g, r0, i0, (n + 1) / 2, RVB, NT, 1, vdirect);
-            else kvk_pv_bf16_direct(g, r0, i0, (n + 1) / 2, RVB, NT, 0, vdirect);
-        } else if (bf16) {
+        if (bf16) {
             if (g->vlanes) {
                 if (rescale) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1, 1);
                 else kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 0, 1);
@@ -329,7 +284,7 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
             kvk_pv_f32(g, r0, i0, n, RVB, NT);
     }
     for (; i0 < g->d; i0++) {
-        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1, 1, 0);  // vlanes and value pairs imply d % 32 == 0
+        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1, 1, 0);  // vlanes implies d % 32 == 0
         else kvk_pv_f32(g, r0, i0, n, RVB, 1);
     }
 }
@@ -366,7 +321,6 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
     g->rpad = kvk_round_up(rows, 16);
     g->kstride = d;
     g->vlanes = bf16 && a->dtype == KVK_DTYPE_BF16 && d % 32 == 0;
-    g->vpairs = a->value_pairs && a->dtype == KVK_DTYPE_BF16;
     g->ot = (float *)(own + sl->o);
     g->m = (float *)(own + sl->m);
     g->l = (float *)(own + sl->l);
@@ -419,28 +373,10 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     const int direct = bf16 && dtype == KVK_DTYPE_BF16 && g->dpad2 == d;
     if (direct)
         for (int32_t t = 0; t < KVK_TILE + 16; t++) kdirect[t] = (const uint16_t *)(kr[t < n ? t : n - 1] + hoff);
-    // Values in token-pair layout (bf16, even block size: a tile's pairs never straddle blocks):
-    // bf16 math reads the pair rows in place; only a last pair missing its odd token is copied,
-    // with that token's halves zeroed (its slot may hold anything, and 0 x NaN is NaN).
-    const uint32_t *vdirect[KVK_TILE / 2];
-    const int pairs = g->vpairs;
-    if (pairs && bf16)
-        for (int32_t t = 0; t < n; t += 2) {
-            const uint32_t *pr = (const uint32_t *)(vr[t] + hoff);
-            if (t + 1 < n) {
-                vdirect[t / 2] = pr;
-            } else {
-                uint32_t *dst = g->vp + (size_t)(t / 2) * d;
-                for (int32_t i = 0; i < d; i += 16)
-                    _mm512_storeu_si512(dst + i, _mm512_and_si512(_mm512_loadu_si512(pr + i), _mm512_set1_epi32(0xffff)));
-                vdirect[t / 2] = dst;
-            }
-        }
     if (bf16) {
         if (!direct)
             for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g->kb + (size_t)t * g->dpad2, kr[t] + hoff, dtype, d, g->dpad2);
-        if (pairs) {
-        } else if (g->vlanes)
+        if (g->vlanes)
             for (int32_t t = 0; t < n; t += 2)
                 kvk_stage_pairs_bf16(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, d);
         else
@@ -449,17 +385,16 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     } else {
         for (int32_t t = 0; t < n; t++) {
             kvk_stage_f32(g->kt + (size_t)t * d, kr[t] + hoff, dtype, d);
-            if (pairs) kvk_stage_f32_vpair(g->vt + (size_t)t * d, vr[t & ~1] + hoff, t & 1, d);
-            else kvk_stage_f32(g->vt + (size_t)t * d, vr[t] + hoff, dtype, d);
+            kvk_stage_f32(g->vt + (size_t)t * d, vr[t] + hoff, dtype, d);
         }
     }
     for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
         const kvk_prefetch *p = r0 == 0 ? pf : NULL;
         switch ((rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16) {
-        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p, direct ? kdirect : NULL, pairs && bf16 ? vdirect : NULL); break;
-        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p, direct ? kdirect : NULL, pairs && bf16 ? vdirect : NULL); break;
-        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p, direct ? kdirect : NULL, pairs && bf16 ? vdirect : NULL); break;
-        default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL, pairs && bf16 ? vdirect : NULL); break;
+        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p, direct ? kdirect : NULL); break;
+        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p, direct ? kdirect : NULL); break;
+        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p, direct ? kdirect : NULL); break;
+        default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL); break;
         }
     }
 }

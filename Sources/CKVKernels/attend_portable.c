@@ -17,12 +17,12 @@ void kvk_attend_portable(const kvk_attend_args *a) {
             const size_t page = kvk_page_offset(a, a->blocks[b]);
             const char *kp = (const char *)a->keys + page, *vp = (const char *)a->values + page;
             for (int32_t t = 0, n = kvk_block_tokens(a, b); t < n; t++) {
-                const void *kr = kp + (size_t)t * row_bytes;
+                const void *kr = kp + (size_t)t * row_bytes, *vr = vp + (size_t)t * row_bytes;
                 float s = 0.f;
                 for (int32_t i = 0; i < d; i++) s += q[i] * kvk_load_elt(kr, a->dtype, i);
                 const float m_new = s > m ? s : m, alpha = exp2f(m - m_new), p = exp2f(s - m_new);
                 l = l * alpha + p;
-                for (int32_t i = 0; i < d; i++) o[i] = o[i] * alpha + p * kvk_load_v(vp, a->dtype, a->value_pairs, d, t, i);
+                for (int32_t i = 0; i < d; i++) o[i] = o[i] * alpha + p * kvk_load_elt(vr, a->dtype, i);
                 m = m_new;
             }
         }

@@ -56,10 +56,9 @@ KVK_AVX512_INLINE void kvk_rows_scores(const char *kp, size_t row_bytes, int32_t
 }
 
 /// o[r] = o[r] * alpha[r] + sum_t p[r][t] * V[t] for rows r0 ..< r0+RG, dims [16*v0, 16*(v0+NV)).
-/// With `pairs`, value token t is its half of pair row t / 2 (kvk_attend_args.value_pairs).
 KVK_AVX512_INLINE void kvk_rows_pv(const char *vp, size_t row_bytes, int32_t n, const char *pf, int32_t pf_n,
                                    int32_t dtype, int32_t RG, int32_t NV, int32_t v0, int32_t nv, __mmask16 tail,
-                                   float *o, int32_t ostride, const float *alpha, const float *p, int32_t pairs) {
+                                   float *o, int32_t ostride, const float *alpha, const float *p) {
     __m512 acc[4][4];
     for (int32_t r = 0; r < RG; r++)
         for (int32_t j = 0; j < NV; j++)
@@ -68,15 +67,7 @@ KVK_AVX512_INLINE void kvk_rows_pv(const char *vp, size_t row_bytes, int32_t n, 
         const char *vr = vp + (size_t)t * row_bytes;
         if (pf && v0 == 0 && t < pf_n) kvk_prefetch_row(pf + (size_t)t * row_bytes, row_bytes);
         __m512 v[4];
-        if (pairs) {  // bf16, d % 32 == 0: each dword holds (even token, odd token) of one dim
-            const char *pr = vp + (size_t)(t & ~1) * row_bytes;
-            for (int32_t j = 0; j < NV; j++) {
-                const __m512i x = _mm512_loadu_si512(pr + (size_t)(v0 + j) * 64);
-                v[j] = _mm512_castsi512_ps((t & 1) ? _mm512_and_si512(x, _mm512_set1_epi32((int32_t)0xffff0000u))
-                                                   : _mm512_slli_epi32(x, 16));
-            }
-        } else
-            for (int32_t j = 0; j < NV; j++) v[j] = kvk_load16(vr, dtype, (v0 + j) * 16, v0 + j == nv - 1 ? tail : 0xFFFF);
+        for (int32_t j = 0; j < NV; j++) v[j] = kvk_load16(vr, dtype, (v0 + j) * 16, v0 + j == nv - 1 ? tail : 0xFFFF);
         for (int32_t r = 0; r < RG; r++) {
             __m512 pr = _mm512_set1_ps(p[(size_t)r * 16 + t]);
             for (int32_t j = 0; j < NV; j++) acc[r][j] = _mm512_fmadd_ps(pr, v[j], acc[r][j]);
@@ -90,16 +81,16 @@ KVK_AVX512_INLINE void kvk_rows_pv(const char *vp, size_t row_bytes, int32_t n, 
 KVK_AVX512_INLINE void kvk_rows_chunk(const char *kp, const char *vp, size_t row_bytes, int32_t n,
                                       const char *kpf, const char *vpf, int32_t pf_n, int32_t dtype, int32_t RG,
                                       int32_t nv, __mmask16 tail, const float *q, float *o, int32_t stride,
-                                      float *m, float *l, float *alpha, float *p, int32_t pairs) {
+                                      float *m, float *l, float *alpha, float *p) {
     kvk_rows_scores(kp, row_bytes, n, kpf, pf_n, dtype, RG, nv, tail, q, stride, m, l, alpha, p);
     int32_t v0 = 0;
-    for (; v0 + 4 <= nv; v0 += 4) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 4, v0, nv, tail, o, stride, alpha, p, pairs);
-    for (; v0 < nv; v0++) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 1, v0, nv, tail, o, stride, alpha, p, pairs);
+    for (; v0 + 4 <= nv; v0 += 4) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 4, v0, nv, tail, o, stride, alpha, p);
+    for (; v0 < nv; v0++) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 1, v0, nv, tail, o, stride, alpha, p);
 }
 
 /// `NV`: head_dim / 16 as a compile-time constant for the common head dims (full unrolling,
 /// no masks), or 0 for any head dim.
-KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, int32_t NV, int32_t pairs) {
+KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, int32_t NV) {
     const int32_t d = a->head_dim, rows = a->seq_count * a->group, nv = NV ? NV : (d + 15) / 16, stride = nv * 16;
     const int32_t heads = a->head_count, all = rows * heads;  // state row R = j * rows + r for head head + j
     const __mmask16 tail = NV ? (__mmask16)0xFFFF : kvk_tail_mask16(d);
@@ -150,10 +141,10 @@ KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, i
                     float *mg = m + R0, *lg = l + R0, *ag = alpha + R0, *pg = p + (size_t)R0 * 16;
                     const char *kf0 = r0 == 0 ? kf : NULL, *vf0 = r0 == 0 ? vf : NULL;
                     switch (rows - r0 < 4 ? rows - r0 : 4) {
-                    case 1: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 1, nv, tail, qg, og, stride, mg, lg, ag, pg, pairs); break;
-                    case 2: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 2, nv, tail, qg, og, stride, mg, lg, ag, pg, pairs); break;
-                    case 3: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 3, nv, tail, qg, og, stride, mg, lg, ag, pg, pairs); break;
-                    default: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 4, nv, tail, qg, og, stride, mg, lg, ag, pg, pairs); break;
+                    case 1: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 1, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                    case 2: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 2, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                    case 3: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 3, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
+                    default: kvk_rows_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, dtype, 4, nv, tail, qg, og, stride, mg, lg, ag, pg); break;
                     }
                 }
             }
@@ -172,12 +163,9 @@ KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, i
 
 KVK_AVX512_INLINE void kvk_rows_nv(const kvk_attend_args *a, int32_t NV) {
     switch (a->dtype) {
-    case KVK_DTYPE_F16: kvk_rows_dtype(a, KVK_DTYPE_F16, NV, 0); break;
-    case KVK_DTYPE_BF16:
-        if (a->value_pairs) kvk_rows_dtype(a, KVK_DTYPE_BF16, NV, 1);
-        else kvk_rows_dtype(a, KVK_DTYPE_BF16, NV, 0);
-        break;
-    default: kvk_rows_dtype(a, KVK_DTYPE_F32, NV, 0); break;
+    case KVK_DTYPE_F16: kvk_rows_dtype(a, KVK_DTYPE_F16, NV); break;
+    case KVK_DTYPE_BF16: kvk_rows_dtype(a, KVK_DTYPE_BF16, NV); break;
+    default: kvk_rows_dtype(a, KVK_DTYPE_F32, NV); break;
     }
 }
 

@@ -61,11 +61,9 @@ KVK_AVX512_INLINE void kvk_rb_scores(const char *kp, size_t row_bytes, int32_t n
 /// o[r] = o[r] * alpha[r] + sum_t p[r][t] V[t] for RG rows, 32-dim chunks [c0, c0 + CB), over
 /// n tokens taken in pairs (a missing odd token's value row reads as zeros: its slot in the
 /// page may hold anything, and 0 x NaN is NaN).
-/// With `pairs` the page already holds value pairs (kvk_attend_args.value_pairs): each chunk is
-/// two plain loads in natural dim order, the missing odd token's halves masked to zero.
 KVK_AVX512_INLINE void kvk_rb_pv(const char *vp, size_t row_bytes, int32_t n, const char *pf, int32_t pf_n,
                                  int32_t RG, int32_t CB, int32_t c0, float *o, int32_t ostride,
-                                 const float *alpha, const uint32_t *pp, int32_t pairs) {
+                                 const float *alpha, const uint32_t *pp) {
     __m512 acc[KVK_RB_GROUP][8];
     for (int32_t r = 0; r < RG; r++) {
         const __m512 al = _mm512_set1_ps(alpha[r]);
@@ -81,16 +79,10 @@ KVK_AVX512_INLINE void kvk_rb_pv(const char *vp, size_t row_bytes, int32_t n, co
         }
         __m512bh lo[4], hi[4];
         for (int32_t c = 0; c < CB; c++) {
-            if (pairs) {
-                const __m512i keep = _mm512_set1_epi32(pair ? -1 : 0xffff);
-                lo[c] = (__m512bh)_mm512_and_si512(_mm512_loadu_si512(va + (size_t)(c0 + c) * 128), keep);
-                hi[c] = (__m512bh)_mm512_and_si512(_mm512_loadu_si512(va + (size_t)(c0 + c) * 128 + 64), keep);
-            } else {
-                const __m512i x = _mm512_loadu_si512(va + (size_t)(c0 + c) * 64);
-                const __m512i y = pair ? _mm512_loadu_si512(vb + (size_t)(c0 + c) * 64) : _mm512_setzero_si512();
-                lo[c] = (__m512bh)_mm512_unpacklo_epi16(x, y);
-                hi[c] = (__m512bh)_mm512_unpackhi_epi16(x, y);
-            }
+            const __m512i x = _mm512_loadu_si512(va + (size_t)(c0 + c) * 64);
+            const __m512i y = pair ? _mm512_loadu_si512(vb + (size_t)(c0 + c) * 64) : _mm512_setzero_si512();
+            lo[c] = (__m512bh)_mm512_unpacklo_epi16(x, y);
+            hi[c] = (__m512bh)_mm512_unpackhi_epi16(x, y);
         }
         for (int32_t r = 0; r < RG; r++) {
             const __m512bh pr = (__m512bh)_mm512_set1_epi32((int32_t)pp[(size_t)r * 8 + t / 2]);
@@ -107,15 +99,15 @@ KVK_AVX512_INLINE void kvk_rb_pv(const char *vp, size_t row_bytes, int32_t n, co
 /// One chunk of up to 16 tokens for a group of RG rows; NC = head_dim / 32.
 KVK_AVX512_INLINE void kvk_rb_chunk(const char *kp, const char *vp, size_t row_bytes, int32_t n, const char *kpf,
                                     const char *vpf, int32_t pf_n, int32_t RG, int32_t NC, const __m512bh *q,
-                                    float *o, int32_t stride, float *m, float *l, float *alpha, uint32_t *pp, int32_t pairs) {
+                                    float *o, int32_t stride, float *m, float *l, float *alpha, uint32_t *pp) {
     kvk_rb_scores(kp, row_bytes, n, kpf, pf_n, RG, NC, q, NC, m, l, alpha, pp);
     // Dims blocks small enough that RG x 2 x CB accumulators stay in registers.
     const int32_t CB = RG <= 2 ? (NC < 4 ? NC : 4) : (NC < 2 ? NC : 2);
     for (int32_t c0 = 0; c0 < NC; c0 += CB)
-        kvk_rb_pv(vp, row_bytes, n, vpf, pf_n, RG, NC - c0 < CB ? NC - c0 : CB, c0, o, stride, alpha, pp, pairs);
+        kvk_rb_pv(vp, row_bytes, n, vpf, pf_n, RG, NC - c0 < CB ? NC - c0 : CB, c0, o, stride, alpha, pp);
 }
 
-KVK_AVX512_INLINE void kvk_rb_run(const kvk_attend_args *a, int32_t NC, int32_t pairs) {
+KVK_AVX512_INLINE void kvk_rb_run(const kvk_attend_args *a, int32_t NC) {
     const int32_t d = a->head_dim, rows = a->seq_count * a->group;
     const int32_t heads = a->head_count, all = rows * heads;  // state row R = j * rows + r for head head + j
     const size_t row_bytes = (size_t)d * 2, head_bytes = (size_t)a->block_size * row_bytes;
@@ -166,10 +158,10 @@ KVK_AVX512_INLINE void kvk_rb_run(const kvk_attend_args *a, int32_t NC, int32_t 
                     uint32_t *pg = pp + (size_t)R0 * 8;
                     const char *kf0 = r0 == 0 ? kf : NULL, *vf0 = r0 == 0 ? vf : NULL;
                     switch (rows - r0 < KVK_RB_GROUP ? rows - r0 : KVK_RB_GROUP) {
-                    case 1: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 1, NC, qg, og, d, mg, lg, ag, pg, pairs); break;
-                    case 2: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 2, NC, qg, og, d, mg, lg, ag, pg, pairs); break;
-                    case 3: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 3, NC, qg, og, d, mg, lg, ag, pg, pairs); break;
-                    default: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 4, NC, qg, og, d, mg, lg, ag, pg, pairs); break;
+                    case 1: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 1, NC, qg, og, d, mg, lg, ag, pg); break;
+                    case 2: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 2, NC, qg, og, d, mg, lg, ag, pg); break;
+                    case 3: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 3, NC, qg, og, d, mg, lg, ag, pg); break;
+                    default: kvk_rb_chunk(kp + off, vp + off, row_bytes, n, kf0, vf0, fn, 4, NC, qg, og, d, mg, lg, ag, pg); break;
                     }
                 }
             }
@@ -180,17 +172,16 @@ KVK_AVX512_INLINE void kvk_rb_run(const kvk_attend_args *a, int32_t NC, int32_t 
             const int32_t R = j * rows + r;
             const float inv = 1.f / l[R], *orow = o + (size_t)R * d;
             float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
-            for (int32_t i = 0; i < d; i++) out[i] = orow[pairs ? i : kvk_vpos(i)] * inv;
+            for (int32_t i = 0; i < d; i++) out[i] = orow[kvk_vpos(i)] * inv;
             if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + j * a->group + r % a->group] = m[R] + log2f(l[R]);
         }
 }
 
 KVK_AVX512 void kvk_attend_rows_bf16_avx512(const kvk_attend_args *a) {
-    const int32_t pairs = a->value_pairs != 0;
     switch (a->head_dim) {
-    case 64: pairs ? kvk_rb_run(a, 2, 1) : kvk_rb_run(a, 2, 0); break;
-    case 128: pairs ? kvk_rb_run(a, 4, 1) : kvk_rb_run(a, 4, 0); break;
-    default: kvk_rb_run(a, a->head_dim / 32, pairs); break;
+    case 64: kvk_rb_run(a, 2); break;
+    case 128: kvk_rb_run(a, 4); break;
+    default: kvk_rb_run(a, a->head_dim / 32); break;
     }
 }
 #endif

@@ -31,22 +31,6 @@ KVK_AVX2_INLINE void kvk_widen8(float *dst, const char *row, int32_t dtype, int3
     for (; i < d8; i++) dst[i] = i < d ? kvk_load_elt(row, dtype, i) : 0.f;
 }
 
-/// Widens value token t of one (block, head) page into `dst` (d8 floats): a token row, or with
-/// `pairs` (bf16, d % 32 == 0) its half of pair row t / 2 — the even token's bf16 is the low
-/// half of each dword (shift it up), the odd token's the high half (mask the low half off).
-KVK_AVX2_INLINE void kvk_widen8_v(float *dst, const char *page, int32_t dtype, int32_t pairs, int32_t d, int32_t d8, int32_t t) {
-    if (!pairs) {
-        kvk_widen8(dst, page + (size_t)t * d * kvk_elt_bytes(dtype), dtype, d, d8);
-        return;
-    }
-    const uint32_t *pr = (const uint32_t *)page + (size_t)(t >> 1) * d;
-    for (int32_t i = 0; i < d; i += 8) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(pr + i));
-        const __m256i w = (t & 1) ? _mm256_and_si256(x, _mm256_set1_epi32((int32_t)0xffff0000u)) : _mm256_slli_epi32(x, 16);
-        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(w));
-    }
-}
-
 /// 2^x for x <= 0 (below -126 it returns ~1e-38 instead of 0: softmax weights that small are
 /// noise). Cephes' exp2f polynomial on [-0.5, 0.5], ~1 ulp; the exponent is built in the
 /// integer unit, since AVX2 has no vscalefps.

@@ -87,13 +87,6 @@ static inline float kvk_load_elt(const void *row, int32_t dtype, int32_t i) {
     }
 }
 
-/// Element (token t, dim i) of the values of one (block, head) page: token rows, or token pairs
-/// (see kvk_attend_args.value_pairs).
-static inline float kvk_load_v(const char *page, int32_t dtype, int32_t pairs, int32_t d, int32_t t, int32_t i) {
-    if (!pairs) return kvk_load_elt(page + (size_t)t * d * (dtype == KVK_DTYPE_F32 ? 4 : 2), dtype, i);
-    return kvk_bf16_to_f32(((const uint16_t *)page)[(size_t)(t & ~1) * d + 2 * (size_t)i + (t & 1)]);
-}
-
 /// The scratch of the SIMD paths, carved from one buffer (offsets in bytes, 64-aligned), with
 /// rpad = rows rounded up to 16 and dpad = head_dim rounded up to 16.
 /// Many-row path: q holds the queries transposed (dpad x rpad fp32, or dpad/2 x rpad x 2 bf16),

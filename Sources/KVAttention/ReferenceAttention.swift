@@ -15,17 +15,15 @@ public enum ReferenceAttention {
         let elt = layout.dtype.byteWidth
         var output = [Float](repeating: 0, count: query.count)
         for s in 0..<batch.sequenceCount {
-            // The sequence's tokens for one KV head, in order: its key row, and the start of its
-            // block in the V arena with its index there (values may be stored in token pairs).
-            func rows(head: Int) -> [(UnsafeRawPointer, UnsafeRawPointer, Int)] {
-                var result: [(UnsafeRawPointer, UnsafeRawPointer, Int)] = []
+            // The sequence's token rows for one KV head, in order, as (keys, values) row pointers.
+            func rows(head: Int) -> [(UnsafeRawPointer, UnsafeRawPointer)] {
+                var result: [(UnsafeRawPointer, UnsafeRawPointer)] = []
                 let table = batch.table(s)
                 for (n, block) in table.enumerated() {
                     let tokens = n == table.count - 1 ? batch.lastBlockTokenCount(s) : layout.blockSize
-                    let blockStart = Int(block) * layout.kvHeadCount * layout.blockSize * d
                     for t in 0..<tokens {
-                        let key = blockStart + layout.keyElementIndex(head: head, token: t, dim: 0)
-                        result.append((pages.keys + key * elt, pages.values + blockStart * elt, t))
+                        let element = ((Int(block) * layout.kvHeadCount + head) * layout.blockSize + t) * d
+                        result.append((pages.keys + element * elt, pages.values + element * elt))
                     }
                 }
                 return result
@@ -34,7 +32,7 @@ public enum ReferenceAttention {
                 let kv = rows(head: head)
                 for qh in head * group..<(head + 1) * group {
                     let q = (s * hq + qh) * d
-                    let scores = kv.map { (k, _, _) in
+                    let scores = kv.map { (k, _) in
                         (0..<d).reduce(0.0) { $0 + Double(query[q + $1]) * Double(layout.dtype.load(k, $1)) } * Double(scale)
                     }
                     let top = scores.max()!
@@ -42,9 +40,7 @@ public enum ReferenceAttention {
                     let total = weights.reduce(0, +)
                     for i in 0..<d {
                         var acc = 0.0
-                        for (n, (_, v, t)) in kv.enumerated() {
-                            acc += weights[n] * Double(layout.dtype.load(v, layout.valueElementIndex(head: head, token: t, dim: i)))
-                        }
+                        for (t, (_, v)) in kv.enumerated() { acc += weights[t] * Double(layout.dtype.load(v, i)) }
                         output[q + i] = Float(acc / total)
                     }
                 }

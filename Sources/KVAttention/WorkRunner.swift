@@ -67,33 +67,16 @@ struct WorkRunner {
     private func runItem(_ item: WorkItem, _ b: CallBuffers, scratch: UnsafeMutableRawPointer) {
         let group = queryHeads / layout.kvHeadCount
         let toPartial = item.writesPartial
-        var args = kvk_attend_args()
-        args.keys = b.keys
-        args.values = b.values
-        args.dtype = layout.dtype.code
-        args.kv_heads = Int32(layout.kvHeadCount)
-        args.block_size = Int32(layout.blockSize)
-        args.head_dim = Int32(layout.headDim)
-        args.head = item.head
-        args.head_count = item.headCount
-        args.blocks = b.blocks + Int(item.blockStart)
-        args.block_count = item.blockCount
-        args.last_block_tokens = item.lastBlockTokens
-        args.q = b.query
-        args.seqs = b.sequences + Int(item.sequenceStart)
-        args.seq_count = item.sequenceCount
-        args.group = Int32(group)
-        args.q_head0 = item.head * Int32(group)
-        args.q_seq_stride = Int64(queryHeads * layout.headDim)
-        args.scale = scale
-        args.math = math
-        args.max_isa = isa.rawValue
-        args.out = (toPartial ? b.partial! : b.output) + item.outOffset
-        args.out_seq_stride = Int64(item.outSequenceStride)
-        args.lse2 = toPartial ? b.lse! + item.lseOffset : nil
-        args.lse_seq_stride = Int64(item.lseSequenceStride)
-        args.scratch = scratch
-        args.value_pairs = layout.valueOrder == .tokenPairs ? 1 : 0
+        var args = kvk_attend_args(
+            keys: b.keys, values: b.values, dtype: layout.dtype.code, kv_heads: Int32(layout.kvHeadCount),
+            block_size: Int32(layout.blockSize), head_dim: Int32(layout.headDim), head: item.head, head_count: item.headCount,
+            blocks: b.blocks + Int(item.blockStart), block_count: item.blockCount, last_block_tokens: item.lastBlockTokens,
+            q: b.query, seqs: b.sequences + Int(item.sequenceStart), seq_count: item.sequenceCount,
+            group: Int32(group), q_head0: item.head * Int32(group), q_seq_stride: Int64(queryHeads * layout.headDim),
+            scale: scale, math: math, max_isa: isa.rawValue,
+            out: (toPartial ? b.partial! : b.output) + item.outOffset, out_seq_stride: Int64(item.outSequenceStride),
+            lse2: toPartial ? b.lse! + item.lseOffset : nil, lse_seq_stride: Int64(item.lseSequenceStride),
+            scratch: scratch)
         kvk_attend(&args)
     }
 

@@ -6,8 +6,7 @@ import KVCore
 /// ```
 ///  0  magic "PKVS"            4   format version (u16), flags (u16, 0)
 ///  8  checksum: XXH64 of bytes 16..<end
-/// 16  layers, kv heads, head dim, block size, dtype code (+ 0x100 for token-pair values)
-///                                                               (u32 each: the layout fingerprint)
+/// 16  layers, kv heads, head dim, block size, dtype code      (u32 each: the layout fingerprint)
 /// 36  namespace bytes (u32)  40  token count (u32)  44  reserved (u32, 0)
 /// 48  payload bytes (u64: 0 for a token-only record, else the layout's block bytes)
 /// 56  written at (u64, Unix milliseconds)
@@ -42,7 +41,7 @@ enum SpillRecord {
         put(UInt32(layout.kvHeadCount), at: 20)
         put(UInt32(layout.headDim), at: 24)
         put(UInt32(layout.blockSize), at: 28)
-        put(UInt32(bitPattern: RecordView.dtypeField(layout)), at: 32)
+        put(UInt32(bitPattern: layout.dtype.code), at: 32)
         put(UInt32(namespace.count), at: 36)
         put(UInt32(tokens.count), at: 40)
         put(UInt32(0), at: 44)
@@ -111,16 +110,10 @@ struct RecordView {
         payloadBytes = Int(payload)
     }
 
-    /// The fingerprint's dtype word: the dtype code, plus 0x100 when values are in token pairs
-    /// (records of token-row layouts keep the plain code, so existing stores read unchanged).
-    static func dtypeField(_ layout: KVLayout) -> Int32 {
-        layout.dtype.code | (layout.valueOrder == .tokenPairs ? 0x100 : 0)
-    }
-
     /// Whether the record was written for `layout` (and holds a whole block of it, or no payload).
     func matches(_ layout: KVLayout) -> Bool {
         layerCount == layout.layerCount && kvHeadCount == layout.kvHeadCount && headDim == layout.headDim
-            && blockSize == layout.blockSize && dtypeCode == Self.dtypeField(layout)
+            && blockSize == layout.blockSize && dtypeCode == layout.dtype.code
             && (payloadBytes == 0 || payloadBytes == layout.blockBytes)
     }
 

@@ -46,10 +46,8 @@ public final class AttentionBench {
     private let flusher: MemoryBench
 
     public init(heads: Int, kvHeads: Int, headDim: Int, dtype: KVDType, blockSize: Int, maxBatch: Int, maxContext: Int,
-                decode: Int, threads: Int, math: AttentionMath, isa: KernelISA = .best, valueOrder: KVValueOrder = .tokenRows,
-                flusher: MemoryBench) throws {
-        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype,
-                              valueOrder: valueOrder)
+                decode: Int, threads: Int, math: AttentionMath, isa: KernelISA = .best, flusher: MemoryBench) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
         self.heads = heads
         self.decode = decode
         self.threads = threads

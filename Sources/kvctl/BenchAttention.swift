@@ -26,8 +26,6 @@ struct BenchAttention: ParsableCommand {
     var math = "auto"
     @Option(help: "Highest kernel variant to run: portable, avx2, avx512, avx512bf16 (default: the best this CPU has).")
     var isa: String?
-    @Option(help: "Order of the values in a page: rows, or pairs (token pairs; bf16, even block size, head dim a multiple of 32).")
-    var valueOrder = "rows"
     @Flag(help: "Sweep b over 1…64 and m_c over 2048, 8192, 16384.") var sweep = false
     @Flag(help: "One JSON object per point, one per line.") var json = false
 
@@ -38,16 +36,15 @@ struct BenchAttention: ParsableCommand {
         guard let isaChoice = isa.map({ isaNames[$0] }) ?? .best else {
             throw ValidationError("unknown --isa \(isa ?? ""): one of \(isaNames.keys.sorted().joined(separator: ", "))")
         }
-        guard let order = KVValueOrder(rawValue: valueOrder) else { throw ValidationError("unknown --value-order \(valueOrder): rows or pairs") }
         let batches = sweep ? [1, 2, 4, 8, 16, 32, 64] : [batch]
         let contexts = sweep ? [2048, 8192, 16384] : [context]
         let memory = MemoryBench(megabytes: 1024)
         let bandwidth = memory.readGBps(threads: threads)
         let bench = try AttentionBench(heads: heads, kvHeads: kvHeads, headDim: headDim, dtype: kv, blockSize: blockSize,
                                        maxBatch: batches.max()!, maxContext: contexts.max()!, decode: decode,
-                                       threads: threads, math: mathChoice, isa: isaChoice, valueOrder: order, flusher: memory)
+                                       threads: threads, math: mathChoice, isa: isaChoice, flusher: memory)
         if !json {
-            print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), values in token \(order), block size \(blockSize), "
+            print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), "
                   + "\(threads) threads, GEMM math \(bench.kernel.effectiveMath), kernels \(bench.kernel.isa)")
             print(String(format: "# streaming read %.1f GB/s (%d threads; re-measured before each point, %%BW uses that); "
                          + "LLC flushed before every call; medians of %d",

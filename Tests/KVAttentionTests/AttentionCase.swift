@@ -20,9 +20,8 @@ struct AttentionCase {
     ///     sequence ends there); level k is shared by groups of `batch / fanout^k` sequences.
     ///   - suffix: own tokens per sequence.
     init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int, batch b: Int,
-         levels: [Int], fanout: Int = 2, suffix: (Int) -> Int, seed: UInt64, valueOrder: KVValueOrder = .tokenRows) throws {
-        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype,
-                              valueOrder: valueOrder)
+         levels: [Int], fanout: Int = 2, suffix: (Int) -> Int, seed: UInt64) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
         self.queryHeads = queryHeads
         var tables = [[Int32]](repeating: [], count: b)
         var tokens = [Int](repeating: 0, count: b)

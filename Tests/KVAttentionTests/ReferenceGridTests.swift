@@ -16,10 +16,9 @@ struct GridShape: Sendable, CustomTestStringConvertible {
         "Hq=\(queryHeads) Hkv=\(kvHeads) d=\(headDim) bs=\(blockSize) b=\(batch) levels=\(levels) suffixes=\(suffixes)"
     }
 
-    func makeCase(_ dtype: KVDType, seed: UInt64, valueOrder: KVValueOrder = .tokenRows) throws -> AttentionCase {
+    func makeCase(_ dtype: KVDType, seed: UInt64) throws -> AttentionCase {
         try AttentionCase(dtype: dtype, queryHeads: queryHeads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize,
-                          batch: batch, levels: levels, suffix: { suffixes[$0 % suffixes.count] }, seed: seed,
-                          valueOrder: valueOrder)
+                          batch: batch, levels: levels, suffix: { suffixes[$0 % suffixes.count] }, seed: seed)
     }
 }
 

@@ -68,10 +68,6 @@ typedef struct kvk_attend_args {
     float *lse2;
     int64_t lse_seq_stride;
     void *scratch;               ///< kvk_attend_scratch_bytes(rows, head_dim, head_count), 64-byte aligned
-    /// 0: V pages hold token rows like K. 1: token pairs (bf16, even block_size, head_dim % 32 == 0):
-    /// pair row k of a (block, head) page holds (V[2k][i], V[2k+1][i]) for i = 0 ..< head_dim, so the
-    /// bf16 products, which pair the reduction index, read values in place.
-    int32_t value_pairs;
 } kvk_attend_args;
 
 /// Scratch bytes one kvk_attend call needs for `rows` query rows of `head_count` heads.
