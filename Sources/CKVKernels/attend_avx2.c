@@ -102,9 +102,9 @@ KVK_AVX2_INLINE void kvk_avx2_run(const kvk_attend_args *a, int32_t dtype) {
         const int32_t nb = kvk_block_tokens(a, b);
         for (int32_t j = 0; j < heads; j++) {
             // The next (block, head) page in reading order, prefetched into L2 a row at a time.
-            const int has_next = j + 1 < heads || b + 1 < a->block_count;
-            const size_t next = j + 1 < heads ? page + (size_t)(j + 1) * head_bytes
-                                              : has_next ? kvk_page_offset(a, a->blocks[b + 1]) : 0;
+            const kvk_page_ref ahead = kvk_page_ahead(a, b, j, 1, head_bytes);
+            const int has_next = ahead.tokens > 0;
+            const size_t next = ahead.offset;
             const size_t hpage = page + (size_t)j * head_bytes;
             for (int32_t t0 = 0; t0 < nb; t0 += KVK_A2_CHUNK) {
                 const int32_t n = nb - t0 < KVK_A2_CHUNK ? nb - t0 : KVK_A2_CHUNK;

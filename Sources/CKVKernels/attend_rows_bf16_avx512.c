@@ -136,16 +136,10 @@ KVK_AVX512_INLINE void kvk_rb_run(const kvk_attend_args *a, int32_t NC) {
             const size_t hoff = (size_t)j * head_bytes;
             const char *kp = (const char *)a->keys + page + hoff, *vp = (const char *)a->values + page + hoff;
             // Prefetch the (block, head) page KVK_RB_PREFETCH_PAGES ahead in reading order into L2.
-            int32_t pj = j + KVK_RB_PREFETCH_PAGES, pb = b;
-            while (pj >= heads && pb < a->block_count) { pj -= heads; pb++; }
-            const char *kpf = NULL, *vpf = NULL;
-            int32_t pf_n = 0;
-            if (pb < a->block_count) {
-                const size_t next = kvk_page_offset(a, a->blocks[pb]) + (size_t)pj * head_bytes;
-                kpf = (const char *)a->keys + next;
-                vpf = (const char *)a->values + next;
-                pf_n = kvk_block_tokens(a, pb);
-            }
+            const kvk_page_ref next = kvk_page_ahead(a, b, j, KVK_RB_PREFETCH_PAGES, head_bytes);
+            const char *kpf = next.tokens ? (const char *)a->keys + next.offset : NULL;
+            const char *vpf = next.tokens ? (const char *)a->values + next.offset : NULL;
+            const int32_t pf_n = next.tokens;
             for (int32_t t0 = 0; t0 < nb; t0 += 16) {
                 const int32_t n = nb - t0 < 16 ? nb - t0 : 16;
                 const size_t off = (size_t)t0 * row_bytes;

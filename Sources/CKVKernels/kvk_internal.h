@@ -45,6 +45,19 @@ static inline int32_t kvk_block_tokens(const kvk_attend_args *a, int32_t i) {
     return i == a->block_count - 1 ? a->last_block_tokens : a->block_size;
 }
 
+/// A (block, KV head) page of a call's run: its byte offset in a layer arena and its tokens
+/// (0: past the run's end).
+typedef struct kvk_page_ref { size_t offset; int32_t tokens; } kvk_page_ref;
+
+/// The page `ahead` pages after block b, head j (head `a->head + j`) in the few-row paths'
+/// reading order (blocks outer, the call's heads inner): what they prefetch while reading (b, j).
+static inline kvk_page_ref kvk_page_ahead(const kvk_attend_args *a, int32_t b, int32_t j, int32_t ahead, size_t head_bytes) {
+    int32_t pj = j + ahead, pb = b;
+    while (pj >= a->head_count && pb < a->block_count) { pj -= a->head_count; pb++; }
+    if (pb >= a->block_count) return (kvk_page_ref){0, 0};
+    return (kvk_page_ref){kvk_page_offset(a, a->blocks[pb]) + (size_t)pj * head_bytes, kvk_block_tokens(a, pb)};
+}
+
 static inline float kvk_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
