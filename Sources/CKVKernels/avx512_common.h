@@ -34,12 +34,12 @@ KVK_AVX512_INLINE __m512 kvk_exp2_16(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-127.f));
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
-    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    __m512 p = _mm512_set1_ps(KVK_EXP2_C5);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVK_EXP2_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVK_EXP2_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVK_EXP2_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVK_EXP2_C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(KVK_EXP2_C0));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
     return _mm512_scalef_ps(p, n);
 }

@@ -16,6 +16,15 @@
 /// Most KV heads one many-row call interleaves (callers split larger head ranges).
 #define KVK_MAX_GEMM_HEADS 32
 
+/// Cephes' exp2f polynomial on [-0.5, 0.5], ~1 ulp: 2^f = (((((C5 f + C4) f + C3) f + C2) f + C1) f + C0) f + 1.
+/// The SIMD exp2s (AVX-512, AVX2) evaluate it lane-wise.
+#define KVK_EXP2_C5 1.535336188319500e-4f
+#define KVK_EXP2_C4 1.339887440266574e-3f
+#define KVK_EXP2_C3 9.618437357674640e-3f
+#define KVK_EXP2_C2 5.550332471162809e-2f
+#define KVK_EXP2_C1 2.402264791363012e-1f
+#define KVK_EXP2_C0 6.931472028550421e-1f
+
 static inline size_t kvk_align64(size_t n) { return (n + 63) & ~(size_t)63; }
 static inline int32_t kvk_round_up(int32_t n, int32_t m) { return (n + m - 1) / m * m; }
 
