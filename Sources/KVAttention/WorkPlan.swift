@@ -37,6 +37,9 @@ struct WorkPlan {
     var segmentIndptr: [Int32] = []
     var segmentOut: [Int] = []
     var segmentLse: [Int] = []
+    /// Per sequence, how many items write one of its partial results (0: none, or written
+    /// directly). The runner merges a sequence as soon as the last of them is done.
+    var partialWriters: [Int32] = []
     var partialFloats = 0
     var lseFloats = 0
     /// Largest kernel scratch an item needs (sizes the per-thread scratch).
@@ -166,6 +169,7 @@ struct WorkPlanner {
             for p in 0..<run.sequenceCount { partialCount[Int(plan.sequences[run.sequenceStart + p])] += c }
         }
         var segments = [[(out: Int, lse: Int)]](repeating: [], count: sequenceCount)
+        plan.partialWriters = [Int32](repeating: 0, count: sequenceCount)
         let seqsPerItem = max(1, maxRowsPerItem / g)
         for (run, c) in zip(runs, chunks) {
             let direct = run.sequenceCount == 1 && c == 1 && partialCount[Int(plan.sequences[run.sequenceStart])] == 1
@@ -201,6 +205,9 @@ struct WorkPlanner {
                             outOffset: outOffset, outSequenceStride: hq * d,
                             lseOffset: direct ? -1 : lseBase + p0 * hq + head * g, lseSequenceStride: hq,
                             cost: cost))
+                        if !direct {
+                            for p in p0..<p0 + n { plan.partialWriters[Int(plan.sequences[run.sequenceStart + p])] += 1 }
+                        }
                     }
                 }
             }

@@ -24,7 +24,13 @@ struct CallBuffers: @unchecked Sendable {
 }
 
 /// Runs a ``WorkPlan``: kernel items longest first on up to `threads` workers (dynamic
-/// scheduling, one scratch per worker), then the log-sum-exp merge of partial results.
+/// scheduling, one scratch per worker); each sequence's partial results merge by log-sum-exp
+/// as soon as the last item writing one of them is done, on the worker that finished it.
+///
+/// Merging on completion, rather than in a pass after every item: the merge of the sequences
+/// finished early overlaps the items still running on other workers, the merging worker has
+/// the partial it just wrote in its own cache, and the call needs no second wake-up of the
+/// workers.
 struct WorkRunner {
     let layout: KVLayout
     let queryHeads: Int
@@ -33,6 +39,13 @@ struct WorkRunner {
     let math: Int32
     let isa: KernelISA
 
+    /// The shared state of one call's workers: the next item in `order`, and per sequence the
+    /// items still to write one of its partials.
+    private struct Progress {
+        var next = 0
+        var remaining: [Int32]
+    }
+
     func run(_ plan: WorkPlan, pages: KVLayerPages, query: UnsafeBufferPointer<Float>,
              output: UnsafeMutableBufferPointer<Float>, workspace: Workspace) {
         guard !plan.items.isEmpty else { return }
@@ -40,6 +53,7 @@ struct WorkRunner {
         workspace.reserve(threads: workers, scratchBytes: plan.scratchBytes,
                           partialFloats: plan.partialFloats, lseFloats: plan.lseFloats)
         let order = plan.items.indices.sorted { plan.items[$0].cost > plan.items[$1].cost }
+        let maxSequencesPerItem = plan.items.reduce(0) { max($0, Int($1.sequenceCount)) }
         plan.blocks.withUnsafeBufferPointer { blocks in
             plan.sequences.withUnsafeBufferPointer { sequences in
                 let buffers = CallBuffers(
@@ -47,19 +61,37 @@ struct WorkRunner {
                     partial: workspace.partial.base, lse: workspace.lse.base,
                     blocks: blocks.baseAddress!, sequences: sequences.baseAddress!, scratch: workspace.scratch)
                 // A few hundred items per call: one uncontended pthread lock per item is noise,
-                // and KVCore.Locked (unlike Synchronization) is visible to ThreadSanitizer.
-                let next = Locked(0)
+                // and KVCore.Locked (unlike Synchronization) is visible to ThreadSanitizer. The
+                // lock also orders a partial's writes before the merge that reads them.
+                let progress = Locked(Progress(remaining: plan.partialWriters))
                 parallel(workers) { worker in
+                    var ready: [Int] = []
+                    ready.reserveCapacity(maxSequencesPerItem)
+                    var finished: Int? = nil
                     while true {
-                        let i = next.withLock { n in
-                            defer { n += 1 }
-                            return n
+                        let i: Int? = progress.withLock { state in
+                            if let f = finished {
+                                let item = plan.items[f]
+                                if item.writesPartial {
+                                    for p in 0..<Int(item.sequenceCount) {
+                                        let s = Int(buffers.sequences[Int(item.sequenceStart) + p])
+                                        state.remaining[s] -= 1
+                                        precondition(state.remaining[s] >= 0, "WorkRunner: sequence \(s) finished more partial writers than planned")
+                                        if state.remaining[s] == 0 { ready.append(s) }
+                                    }
+                                }
+                            }
+                            guard state.next < order.count else { return nil }
+                            defer { state.next += 1 }
+                            return order[state.next]
                         }
-                        guard i < order.count else { break }
-                        runItem(plan.items[order[i]], buffers, scratch: buffers.scratch[worker])
+                        for s in ready { merge(sequence: s, plan, buffers) }
+                        ready.removeAll(keepingCapacity: true)
+                        guard let i else { break }
+                        runItem(plan.items[i], buffers, scratch: buffers.scratch[worker])
+                        finished = i
                     }
                 }
-                merge(plan, buffers, workers: workers)
             }
         }
     }
@@ -80,34 +112,25 @@ struct WorkRunner {
         kvk_attend(&args)
     }
 
-    /// out = Σ_j 2^(lse_j − M) · O_j / Σ_j 2^(lse_j − M) per sequence and query head, M = max_j lse_j:
-    /// exact softmax over the union of the segments' tokens.
-    private func merge(_ plan: WorkPlan, _ b: CallBuffers, workers: Int) {
-        let merged = (0..<plan.segmentIndptr.count - 1).filter { plan.segmentIndptr[$0 + 1] > plan.segmentIndptr[$0] }
-        guard !merged.isEmpty else { return }
+    /// out = Σ_j 2^(lse_j − M) · O_j / Σ_j 2^(lse_j − M) for every query head of sequence `s`,
+    /// M = max_j lse_j: the exact softmax over the union of its segments' tokens.
+    private func merge(sequence s: Int, _ plan: WorkPlan, _ b: CallBuffers) {
         let d = layout.headDim, hq = queryHeads
-        let floats = plan.segmentOut.count * hq * d
-        let workers = Double(floats) * 1e-9 < singleThreadBelow ? 1 : workers
-        parallel(workers) { worker in
-            for k in stride(from: worker, to: merged.count, by: workers) {
-                let s = merged[k]
-                let segments = Int(plan.segmentIndptr[s])..<Int(plan.segmentIndptr[s + 1])
-                for qh in 0..<hq {
-                    var top = -Float.infinity
-                    for j in segments { top = max(top, b.lse![plan.segmentLse[j] + qh]) }
-                    let out = b.output + (s * hq + qh) * d
-                    out.update(repeating: 0, count: d)
-                    var total: Float = 0
-                    for j in segments {
-                        let w = exp2f(b.lse![plan.segmentLse[j] + qh] - top)
-                        total += w
-                        let part = b.partial! + plan.segmentOut[j] + qh * d
-                        for i in 0..<d { out[i] += w * part[i] }
-                    }
-                    let inv = 1 / total
-                    for i in 0..<d { out[i] *= inv }
-                }
+        let segments = Int(plan.segmentIndptr[s])..<Int(plan.segmentIndptr[s + 1])
+        for qh in 0..<hq {
+            var top = -Float.infinity
+            for j in segments { top = max(top, b.lse![plan.segmentLse[j] + qh]) }
+            let out = b.output + (s * hq + qh) * d
+            out.update(repeating: 0, count: d)
+            var total: Float = 0
+            for j in segments {
+                let w = exp2f(b.lse![plan.segmentLse[j] + qh] - top)
+                total += w
+                let part = b.partial! + plan.segmentOut[j] + qh * d
+                for i in 0..<d { out[i] += w * part[i] }
             }
+            let inv = 1 / total
+            for i in 0..<d { out[i] *= inv }
         }
     }
 }

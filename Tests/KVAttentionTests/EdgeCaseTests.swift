@@ -68,6 +68,19 @@ import Testing
                                 levels: [128], suffix: { $0 }, seed: 7), threads: threads)
     }
 
+    /// Big enough for several workers: nested levels split into chunks, every sequence with
+    /// several partials, each merged by whichever worker finishes its last one. The result must
+    /// not depend on that worker: repeated calls give bit-identical outputs.
+    @Test(arguments: [2, 3])
+    func mergesOnCompletionDeterministically(threads: Int) throws {
+        let c = try AttentionCase(dtype: .bfloat16, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: 16, batch: 12,
+                                  levels: [1024, 256], suffix: { $0 * 7 + 3 }, seed: 10)
+        let kernel = try c.kernel(threads: threads)
+        let first = try c.bifurcated(kernel)
+        #expect(relativeError(first, try c.reference()) <= Tolerance.of(kernel))
+        for _ in 0..<3 { #expect(try c.bifurcated(kernel) == first) }
+    }
+
     /// Long runs are split across threads into chunks and merged back (MQA, b = 1).
     @Test func chunkedLongSequence() throws {
         try check(AttentionCase(dtype: .bfloat16, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 1,
