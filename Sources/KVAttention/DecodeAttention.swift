@@ -27,6 +27,18 @@ public final class DecodeAttention {
     /// The kernel variant in use: the best the CPU has, or a lower one asked for at init.
     public let isa: KernelISA
     private let workspace = Workspace()
+    /// The last paged and the last bifurcated call's work plans, reused while calls bring the
+    /// same block tables: every layer of a decode step runs on one batch, so an engine plans
+    /// once per step, not once per layer.
+    private var lastPaged: CachedWork<BlockTableBatch>?
+    private var lastCascade: CachedWork<DecodePlan>?
+
+    private struct CachedWork<Key: Equatable> {
+        let key: Key
+        let work: WorkPlan
+        /// Largest block id the tables name: a later call's range check is one comparison.
+        let maxBlock: Int32
+    }
 
     /// Cores available to this process.
     public static var defaultThreadCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
@@ -59,9 +71,9 @@ public final class DecodeAttention {
     /// group is processed together, so every block is read once per sequence.
     public func paged(query: UnsafeBufferPointer<Float>, pages: KVLayerPages, batch: BlockTableBatch,
                       scale: Float, output: UnsafeMutableBufferPointer<Float>) throws(AttentionError) {
-        try validate(pages: pages, batch: batch, queryCount: query.count, outputCount: output.count, scale: scale)
-        let plan = planner.pagedPlan(batch)
-        runner(scale: scale).run(plan, pages: pages, query: query, output: output, workspace: workspace)
+        let work = try workPlan(batch, cache: &lastPaged, batch: batch, pages: pages, queryCount: query.count,
+                                outputCount: output.count, scale: scale) { $0.pagedPlan(batch) }
+        runner(scale: scale).run(work, pages: pages, query: query, output: output, workspace: workspace)
     }
 
     // MARK: - Bifurcated
@@ -75,8 +87,8 @@ public final class DecodeAttention {
         guard plan.hasSharing else {
             return try paged(query: query, pages: pages, batch: plan.batch, scale: scale, output: output)
         }
-        try validate(pages: pages, batch: plan.batch, queryCount: query.count, outputCount: output.count, scale: scale)
-        let work = planner.cascadePlan(plan)
+        let work = try workPlan(plan, cache: &lastCascade, batch: plan.batch, pages: pages, queryCount: query.count,
+                                outputCount: output.count, scale: scale) { $0.cascadePlan(plan) }
         runner(scale: scale).run(work, pages: pages, query: query, output: output, workspace: workspace)
     }
 
@@ -116,14 +128,24 @@ public final class DecodeAttention {
                    math: math.kernelCode(for: layout.dtype, isa: isa), isa: isa)
     }
 
-    private func validate(pages: KVLayerPages, batch: BlockTableBatch, queryCount: Int, outputCount: Int,
-                          scale: Float) throws(AttentionError) {
+    /// Validates the call, then returns the work plan: the cached one when the block tables
+    /// equal the last call's (arrays passed on unchanged compare by identity, so the check
+    /// costs next to nothing), else a new one from `build`.
+    private func workPlan<Key: Equatable>(_ key: Key, cache: inout CachedWork<Key>?, batch: BlockTableBatch,
+                                          pages: KVLayerPages, queryCount: Int, outputCount: Int, scale: Float,
+                                          build: (WorkPlanner) -> WorkPlan) throws(AttentionError) -> WorkPlan {
         let p = pages.layout
         guard p.kvHeadCount == layout.kvHeadCount, p.headDim == layout.headDim, p.blockSize == layout.blockSize,
               p.dtype == layout.dtype else {
             throw .layoutMismatch("pages hold \(p), kernel built for \(layout)")
         }
+        let cached = cache.flatMap { $0.key == key ? $0 : nil }
         try AttentionValidation.check(layout: layout, queryHeads: queryHeads, batch: batch, capacity: pages.capacityBlocks,
+                                      knownMaxBlock: cached?.maxBlock,
                                       queryCount: queryCount, outputCount: outputCount, scale: scale)
+        if let cached { return cached.work }
+        let work = build(planner)
+        cache = CachedWork(key: key, work: work, maxBlock: batch.indices.max() ?? -1)
+        return work
     }
 }

@@ -81,6 +81,27 @@ import Testing
         for _ in 0..<3 { #expect(try c.bifurcated(kernel) == first) }
     }
 
+    /// One kernel reused across calls caches its last work plan per kind: calls alternating
+    /// between two batches (same shape, different tables and sharing) each match their own
+    /// reference, and a repeated batch gives the same bits as its first call.
+    @Test func cachedPlansFollowTheirTables() throws {
+        let a = try AttentionCase(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, batch: 6,
+                                  levels: [160], suffix: { $0 + 1 }, seed: 11)
+        let b = try AttentionCase(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, batch: 6,
+                                  levels: [48, 32], suffix: { 40 - $0 }, seed: 12)
+        let kernel = try a.kernel()
+        let tolerance = Tolerance.of(kernel)
+        let (refA, refB) = (try a.reference(), try b.reference())
+        let (firstA, firstPagedA) = (try a.bifurcated(kernel), try a.paged(kernel))
+        for _ in 0..<2 {
+            #expect(relativeError(try b.bifurcated(kernel), refB) <= tolerance)
+            #expect(relativeError(try b.paged(kernel), refB) <= tolerance)
+            #expect(try a.bifurcated(kernel) == firstA)
+            #expect(try a.paged(kernel) == firstPagedA)
+        }
+        #expect(relativeError(firstA, refA) <= tolerance)
+    }
+
     /// Long runs are split across threads into chunks and merged back (MQA, b = 1).
     @Test func chunkedLongSequence() throws {
         try check(AttentionCase(dtype: .bfloat16, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 1,

@@ -56,6 +56,25 @@ import Testing
         }
     }
 
+    /// A work plan cached from a call on a big arena must not let the same tables past the
+    /// range check on a smaller one.
+    @Test func blockOutOfRangeAfterCachedPlan() throws {
+        let kernel = try c.kernel()
+        let plan = try DecodePlan(batch: c.batch)
+        _ = try c.bifurcated(kernel)
+        _ = try c.paged(kernel)
+        let small = KVPageArena(layout: c.layout, capacityBlocks: 2)
+        let top = c.batch.indices.first { $0 >= 2 }!  // the first block outside, as the check reports it
+        try small.withUnsafeLayerPages(layer: 0) { pages in
+            #expect(throws: AttentionError.blockOutOfRange(block: top, capacity: 2)) {
+                try kernel.bifurcated(query: c.query, pages: pages, plan: plan, scale: c.scale)
+            }
+            #expect(throws: AttentionError.blockOutOfRange(block: top, capacity: 2)) {
+                try kernel.paged(query: c.query, pages: pages, batch: c.batch, scale: c.scale)
+            }
+        }
+    }
+
     @Test func layoutMismatch() throws {
         let other = try KVLayout(layerCount: 1, kvHeadCount: 2, headDim: 64, blockSize: 16, dtype: .bfloat16)
         let kernel = try DecodeAttention(layout: other, queryHeads: 4)
