@@ -76,6 +76,33 @@ KVK_AVX512_INLINE __m512 kvk_transpose_add16(const __m512 *v) {
     return _mm512_permutexvar_ps(back, r);
 }
 
+/// Transposes the 16 x 16 block v[row][lane] in place: afterwards v[k] holds lane k of every
+/// input row. Four stages of in-lane and 128-bit-lane shuffles (64 in all), instead of 256
+/// scalar moves or 16 gathers.
+KVK_AVX512_INLINE void kvk_transpose16(__m512 *v) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {  // per 128-bit lane L: (a, b) interleaved, columns 4L..4L+3
+        t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  // u[i + c], lane L: column 4L + c of rows i .. i+3
+        const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 2]);
+        const __m512d c = _mm512_castps_pd(t[i + 1]), e = _mm512_castps_pd(t[i + 3]);
+        u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, e));
+        u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, e));
+    }
+    for (int c = 0; c < 4; c++) {  // column 4L + c: lane L of u[c], u[4 + c], u[8 + c], u[12 + c]
+        const __m512 x = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), y = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+        const __m512 x2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), y2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+        v[c] = _mm512_shuffle_f32x4(x, x2, 0x88);
+        v[4 + c] = _mm512_shuffle_f32x4(x, x2, 0xDD);
+        v[8 + c] = _mm512_shuffle_f32x4(y, y2, 0x88);
+        v[12 + c] = _mm512_shuffle_f32x4(y, y2, 0xDD);
+    }
+}
+
 /// Slot of dim i in a row of 32-dim chunks interleaved by in-lane word unpacks (unpacklo then
 /// unpackhi of two rows): each chunk holds dims {0-3, 8-11, 16-19, 24-27} then {4-7, 12-15,
 /// 20-23, 28-31}. The bf16 paths' value pairs and the bf16 few-row output are in this order.

@@ -42,6 +42,20 @@ static inline void kvk_store_lse(const kvk_attend_args *a, int32_t r, float lse2
     if (a->lse2) a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + r % a->group] = lse2;
 }
 
+/// Prefetches into L2 the call's query rows (`for_output` 0) or output rows (1). A sequence's
+/// rows for the call's heads are adjacent (head_count x group x head_dim floats), so each
+/// sequence is one contiguous span; the spans lie a sequence stride apart, in 4 KiB pages the
+/// hardware prefetcher does not cross. Read row by row when cold (the many-row path's setup
+/// and its final gather of the output), they cost one memory latency per row.
+static inline void kvk_prefetch_row_spans(const kvk_attend_args *a, int for_output) {
+    const size_t span = (size_t)a->head_count * (size_t)a->group * (size_t)a->head_dim * sizeof(float);
+    for (int32_t s = 0; s < a->seq_count; s++) {
+        const char *p = for_output ? (const char *)(a->out + (int64_t)s * a->out_seq_stride)
+                                   : (const char *)(a->q + (int64_t)a->seqs[s] * a->q_seq_stride + (int64_t)a->q_head0 * a->head_dim);
+        for (size_t off = 0; off < span; off += 64) __builtin_prefetch(p + off, 0, 2);
+    }
+}
+
 static inline size_t kvk_elt_bytes(int32_t dtype) { return dtype == KVK_DTYPE_F32 ? 4 : 2; }
 
 /// Byte offset of (block, head, token 0) in a layer arena.
