@@ -92,6 +92,11 @@ struct WorkRunner {
                         finished = i
                     }
                 }
+                progress.withLock { state in  // every partial written was merged
+                    if let s = state.remaining.firstIndex(where: { $0 != 0 }) {
+                        preconditionFailure("WorkRunner: sequence \(s) left unmerged, \(state.remaining[s]) partial writers outstanding")
+                    }
+                }
             }
         }
     }
