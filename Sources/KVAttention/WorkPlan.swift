@@ -46,6 +46,23 @@ struct WorkPlan {
     var scratchBytes = 0
 
     var totalCost: Double { items.reduce(0) { $0 + $1.cost } }
+
+    /// Checks that `partialWriters` counts, per sequence, the items that write one of its
+    /// partials, and that a sequence has merge segments exactly when it has such writers.
+    /// Traps naming the broken invariant. Run by the planner in debug builds (every test call).
+    func checkInvariants() {
+        var writers = [Int32](repeating: 0, count: partialWriters.count)
+        for item in items where item.writesPartial {
+            for p in 0..<Int(item.sequenceCount) { writers[Int(sequences[Int(item.sequenceStart) + p])] += 1 }
+        }
+        for s in writers.indices {
+            precondition(writers[s] == partialWriters[s],
+                         "WorkPlan: sequence \(s) has \(writers[s]) partial-writing items, partialWriters says \(partialWriters[s])")
+            let segments = segmentIndptr[s + 1] - segmentIndptr[s]
+            precondition((segments > 0) == (writers[s] > 0),
+                         "WorkPlan: sequence \(s) has \(segments) merge segments and \(writers[s]) partial-writing items")
+        }
+    }
 }
 
 /// Rough per-thread machine model used only to split and order work (not to report speed).
@@ -220,5 +237,6 @@ struct WorkPlanner {
             }
             plan.segmentIndptr.append(Int32(plan.segmentOut.count))
         }
+        assert({ plan.checkInvariants(); return true }())
     }
 }
