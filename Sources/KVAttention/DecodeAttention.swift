@@ -15,6 +15,8 @@ import Darwin
 ///
 /// An instance owns reusable scratch and partial buffers, so it serves one call at a time
 /// (it is not `Sendable`); keep one per engine thread. Both kernels use up to `threads` cores.
+/// It also keeps the work plan of its last paged and last bifurcated call and reuses it while
+/// calls bring equal block tables, so pass one batch / plan to every layer of a decode step.
 public final class DecodeAttention {
     /// The layout of the pages every call reads.
     public let layout: KVLayout
