@@ -118,17 +118,14 @@ KVK_AVX512_INLINE void kvk_rows_dtype(const kvk_attend_args *a, int32_t dtype, i
         const int32_t nb = kvk_block_tokens(a, b);
         for (int32_t j = 0; j < heads; j++) {
             const size_t hoff = (size_t)j * head_bytes;
-            const char *kp = (const char *)a->keys + page + hoff, *vp = (const char *)a->values + page + hoff;
             // Prefetch the (block, head) page KVK_PREFETCH_PAGES ahead in reading order.
-            const kvk_page_ref next = kvk_page_ahead(a, b, j, KVK_PREFETCH_PAGES, head_bytes);
-            const char *kpf = next.tokens ? (const char *)a->keys + next.offset : NULL;
-            const char *vpf = next.tokens ? (const char *)a->values + next.offset : NULL;
-            const int32_t pf_n = next.tokens;
+            const kvk_kv_page next = kvk_kv_page_ahead(a, b, j, KVK_PREFETCH_PAGES, head_bytes);
+            const char *kp = (const char *)a->keys + page + hoff, *vp = (const char *)a->values + page + hoff;
             for (int32_t t0 = 0; t0 < nb; t0 += 16) {
                 const int32_t n = nb - t0 < 16 ? nb - t0 : 16;
                 const size_t off = (size_t)t0 * row_bytes;
-                const char *kf = kpf ? kpf + off : NULL, *vf = vpf ? vpf + off : NULL;
-                const int32_t fn = pf_n - t0;
+                const char *kf = next.k ? next.k + off : NULL, *vf = next.v ? next.v + off : NULL;
+                const int32_t fn = next.tokens - t0;
                 for (int32_t r0 = 0; r0 < rows; r0 += 4) {
                     const int32_t R0 = j * rows + r0;
                     float *qg = q + (size_t)R0 * stride, *og = o + (size_t)R0 * stride;

@@ -81,6 +81,17 @@ static inline kvk_page_ref kvk_page_ahead(const kvk_attend_args *a, int32_t b, i
     return (kvk_page_ref){kvk_page_offset(a, a->blocks[pb]) + (size_t)pj * head_bytes, kvk_block_tokens(a, pb)};
 }
 
+/// A (block, KV head) page as row pointers into the K and V arenas, and its tokens (NULLs and 0
+/// past the run's end).
+typedef struct kvk_kv_page { const char *k, *v; int32_t tokens; } kvk_kv_page;
+
+/// kvk_page_ahead as K and V pointers: the page the few-row paths prefetch while reading (b, j).
+static inline kvk_kv_page kvk_kv_page_ahead(const kvk_attend_args *a, int32_t b, int32_t j, int32_t ahead, size_t head_bytes) {
+    const kvk_page_ref p = kvk_page_ahead(a, b, j, ahead, head_bytes);
+    if (!p.tokens) return (kvk_kv_page){NULL, NULL, 0};
+    return (kvk_kv_page){(const char *)a->keys + p.offset, (const char *)a->values + p.offset, p.tokens};
+}
+
 static inline float kvk_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
