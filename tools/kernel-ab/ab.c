@@ -2,7 +2,7 @@
 // times kvk_attend on the same data in one process, alternating builds call by call, medians.
 // The default item is the goal point's GEMM-shaped item: 32 rows (b = 32, MHA) x 9 KV heads x
 // 4096 tokens (half the shared context), bf16 KV and math, last-level cache flushed before each
-// call. Environment: HEADS, TOKENS, SEQS (rows), REPS, HOT=1 (no flush). Built and run by ab.sh.
+// call. Environment: HEADS, TOKENS, SEQS (rows), REPS, HOT=1 (no flush), ISA, DTYPE, MATH. Built and run by ab.sh.
 // The builds must share kvk_attend_args' layout.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -33,6 +33,8 @@ int main(int argc, char **argv) {
     if (builds < 1 || builds > 8) { fprintf(stderr, "usage: ab build.so... (1 to 8)\n"); return 2; }
     const int heads = env("HEADS", 9), tokens = env("TOKENS", 4096), rows = env("SEQS", 32), reps = env("REPS", 15);
     const int isa = env("ISA", 3);  // highest kernel variant: 1 AVX2, 2 AVX-512, 3 AVX-512 + BF16
+    // KVK_DTYPE_* (0 fp32, 1 fp16, 2 bf16: the same random bits read as that type), KVK_MATH_* (0 fp32, 1 bf16)
+    const int dtype = env("DTYPE", 2), math = env("MATH", 1);
     const int cold = !getenv("HOT"), kv_heads = 32, block = 16, d = 128, blocks = tokens / block;
     attend_fn attend[8];
     scratch_fn scratch_bytes = NULL;
@@ -43,7 +45,7 @@ int main(int argc, char **argv) {
         if (!scratch_bytes) scratch_bytes = (scratch_fn)dlsym(h, "kvk_attend_scratch_bytes");
     }
     // KV pages (bf16, 2 MiB pages as KVPageArena asks for), random values of unit scale.
-    const size_t block_bytes = (size_t)kv_heads * block * d * 2, bytes = ((block_bytes * blocks) | ((1 << 21) - 1)) + 1;
+    const size_t block_bytes = (size_t)kv_heads * block * d * (dtype == 0 ? 4 : 2), bytes = ((block_bytes * blocks) | ((1 << 21) - 1)) + 1;
     uint16_t *k = aligned_alloc(1 << 21, bytes), *vv = aligned_alloc(1 << 21, bytes);
     madvise(k, bytes, MADV_HUGEPAGE);
     madvise(vv, bytes, MADV_HUGEPAGE);
@@ -69,8 +71,8 @@ int main(int argc, char **argv) {
     double t[8][64];
     for (int r = 0; r < reps && r < 64; r++)
         for (int v = 0; v < builds; v++) {
-            kvk_attend_args a = {k, vv, 2, kv_heads, block, d, 0, heads, table, blocks, block, q, seqs, rows, 1, 0,
-                                 (int64_t)kv_heads * d, 0.088f, 1, isa, out[v], (int64_t)kv_heads * d, lse[v], kv_heads, scratch};
+            kvk_attend_args a = {k, vv, dtype, kv_heads, block, d, 0, heads, table, blocks, block, q, seqs, rows, 1, 0,
+                                 (int64_t)kv_heads * d, 0.088f, math, isa, out[v], (int64_t)kv_heads * d, lse[v], kv_heads, scratch};
             if (cold) {
                 volatile char sink = 0;
                 for (size_t i = 0; i < flush_bytes; i += 64) sink += flush[i];
@@ -81,8 +83,9 @@ int main(int argc, char **argv) {
         }
     const double flops = 4.0 * rows * heads * (double)tokens * d;
     const int n = reps < 64 ? reps : 64;
-    printf("# %d rows x %d heads x %d tokens, d %d, bf16, isa <= %d, %s, medians of %d alternating calls\n", rows, heads, tokens, d,
-           isa, cold ? "LLC flushed" : "hot", n);
+    static const char *dtypes[] = {"fp32", "fp16", "bf16"};
+    printf("# %d rows x %d heads x %d tokens, d %d, %s KV, %s math, isa <= %d, %s, medians of %d alternating calls\n", rows, heads,
+           tokens, d, dtypes[dtype], math ? "bf16" : "fp32", isa, cold ? "LLC flushed" : "hot", n);
     for (int v = 0; v < builds; v++) {
         double diff = 0;  // over every row's output (the heads not computed stay 0 in every build)
         for (size_t i = 0; i < (size_t)rows * kv_heads * d; i++) diff = fmax(diff, fabs((double)out[v][i] - out[0][i]));
