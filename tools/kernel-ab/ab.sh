@@ -4,6 +4,7 @@
 #   SEQS=16 tools/kernel-ab/ab.sh HEAD~1          # b = 16
 #   HOT=1 HEADS=1 TOKENS=2048 tools/kernel-ab/ab.sh HEAD~1
 #   ISA=1 SEQS=1 HEADS=32 TOKENS=2048 tools/kernel-ab/ab.sh HEAD~1   # the AVX2 variants (ISA: 1 AVX2, 2 AVX-512, 3 +BF16)
+#   DTYPE=1 MATH=0 tools/kernel-ab/ab.sh HEAD~1   # fp16 KV, fp32 products (DTYPE: 0 fp32, 1 fp16, 2 bf16; MATH: 0 fp32, 1 bf16)
 # Builds each tree into a shared object with the toolchain's clang at -O2 (as SwiftPM's release
 # build does, no machine flags), then runs ab.c, which alternates the builds call by call.
 set -euo pipefail
