@@ -72,6 +72,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     /// stats. On a store opened with `durable: false` it then fsyncs, so `flush()` is where its
     /// commits become durable (like a plain file's one `fsync` after its writes).
     public func flush() {
+        guard isOpen else { return }  // close() committed and synced everything already
         if background != nil { queue.waitUntilDrained() } else { commitInline(force: true) }
         syncIfNotDurable()
     }
@@ -88,9 +89,11 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     public var storedBytes: Int { writer.committedBytes }
 
     /// After `close()` the store answers like an empty one: spills are dropped, restores and
-    /// probes miss, stats are ignored. A manager that outlives its store (teardown order) keeps
-    /// serving from memory instead of crashing. Close the store after the manager's last call.
-    private var isOpen: Bool { !isClosed.load(ordering: .acquiring) }
+    /// probes miss, stats are ignored, `flush()` does nothing. A manager that outlives its store
+    /// (teardown order) keeps serving from memory instead of crashing. Close the store after the
+    /// manager's last call. (`report()` throws `.closed`: an empty report would misstate the file.)
+    /// A call racing `close()` gets `LMDBError.environmentClosed` from the environment, a miss here.
+    var isOpen: Bool { !isClosed.load(ordering: .acquiring) }
 
     // MARK: - ColdPrefixStore
 

@@ -18,6 +18,8 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
     case alreadyOpen(path: String)
     /// Any other failure from LMDB or the system.
     case lmdb(path: String, LMDBError)
+    /// The store was closed (``LMDBSpillStore/report()`` after ``LMDBSpillStore/close()``).
+    case closed(path: String)
 
     public var description: String {
         switch self {
@@ -28,6 +30,7 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
         case .notFound(let p): "\(p): no such store"
         case .alreadyOpen(let p): "\(p) is already open in this process"
         case .lmdb(let p, let e): "\(p): \(e)"
+        case .closed(let p): "\(p): the store is closed"
         }
     }
 

@@ -48,7 +48,11 @@ public struct SpillStoreReport: Sendable, Codable, Equatable {
 
 extension LMDBSpillStore {
     /// The report of this open store (committed state; ``flush()`` first to include queued spills).
-    public func report() throws(SpillStoreError) -> SpillStoreReport { try database.report() }
+    /// Throws ``SpillStoreError/closed(path:)`` after ``close()``.
+    public func report() throws(SpillStoreError) -> SpillStoreReport {
+        guard isOpen else { throw .closed(path: configuration.path) }
+        do { return try database.report() } catch .lmdb(_, .environmentClosed) { throw .closed(path: configuration.path) }
+    }
 }
 
 extension StoreDatabase {

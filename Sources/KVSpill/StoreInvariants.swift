@@ -54,6 +54,7 @@ extension StoreWriter {
 extension LMDBSpillStore {
     /// Traps naming the first broken invariant of the committed store (see `StoreWriter.checkInvariants`).
     /// Returns the number of committed entries. Call after ``flush()`` to include queued spills.
+    /// A closed store has nothing open to check and returns 0 (it answers like an empty one).
     @discardableResult
-    public func checkInvariants() -> Int { writer.checkInvariants() }
+    public func checkInvariants() -> Int { isOpen ? writer.checkInvariants() : 0 }
 }

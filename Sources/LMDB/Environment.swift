@@ -112,8 +112,16 @@ public final class Environment: @unchecked Sendable {
 
     deinit { close() }
 
-    func checkOpen() {
-        precondition(!isClosed.load(ordering: .acquiring), "LMDB.Environment: used after close (\(path))")
+    /// Whether ``close()`` has run (or is running).
+    public var isOpen: Bool { !isClosed.load(ordering: .acquiring) }
+
+    /// Runs `body` on the open handle, inside the gate so `close()` cannot free it meanwhile;
+    /// use after close is ``LMDBError/environmentClosed``, not a trap.
+    private func withHandle<R>(_ body: () throws(LMDBError) -> R) throws(LMDBError) -> R {
+        gate.enter()
+        defer { gate.leave() }
+        guard isOpen else { throw .environmentClosed }
+        return try body()
     }
 
     // MARK: - Map size
@@ -122,8 +130,8 @@ public final class Environment: @unchecked Sendable {
     /// Waits until no transaction of this environment is active in this process, as LMDB requires;
     /// must not be called from inside one (that traps: it would wait forever).
     public func setMapSize(_ bytes: Int) throws(LMDBError) {
-        checkOpen()
         try gate.exclusive { () throws(LMDBError) in
+            guard isOpen else { throw .environmentClosed }
             try check(faults.call(.envSetMapSize) { mdb_env_set_mapsize(handle, bytes) })
         }
     }
@@ -132,31 +140,33 @@ public final class Environment: @unchecked Sendable {
 
     /// Statistics of the environment's main (unnamed) database.
     public func stat() throws(LMDBError) -> Stat {
-        checkOpen()
-        var s = MDB_stat()
-        try check(faults.call(.envStat) { mdb_env_stat(handle, &s) })
-        return Stat(s)
+        try withHandle { () throws(LMDBError) in
+            var s = MDB_stat()
+            try check(faults.call(.envStat) { mdb_env_stat(handle, &s) })
+            return Stat(s)
+        }
     }
 
     public func info() throws(LMDBError) -> Info {
-        checkOpen()
-        var i = MDB_envinfo()
-        try check(faults.call(.envInfo) { mdb_env_info(handle, &i) })
-        return Info(i)
+        try withHandle { () throws(LMDBError) in
+            var i = MDB_envinfo()
+            try check(faults.call(.envInfo) { mdb_env_info(handle, &i) })
+            return Info(i)
+        }
     }
 
     /// Flushes to disk (needed only with ``Flags/noSync`` or ``Flags/noMetaSync``).
     public func sync(force: Bool = true) throws(LMDBError) {
-        checkOpen()
-        try check(faults.call(.envSync) { mdb_env_sync(handle, force ? 1 : 0) })
+        try withHandle { () throws(LMDBError) in try check(faults.call(.envSync) { mdb_env_sync(handle, force ? 1 : 0) }) }
     }
 
     /// Frees reader slots held by dead processes; returns how many.
     public func checkReaders() throws(LMDBError) -> Int {
-        checkOpen()
-        var dead: Int32 = 0
-        try check(faults.call(.readerCheck) { mdb_reader_check(handle, &dead) })
-        return Int(dead)
+        try withHandle { () throws(LMDBError) in
+            var dead: Int32 = 0
+            try check(faults.call(.readerCheck) { mdb_reader_check(handle, &dead) })
+            return Int(dead)
+        }
     }
 
     // MARK: - Databases
@@ -164,8 +174,7 @@ public final class Environment: @unchecked Sendable {
     /// Opens the named database (nil: the main one), creating it when `create` (needs a writable
     /// environment). Handles stay valid until the environment closes: open each once and keep it.
     public func openDatabase(_ name: String?, create: Bool = false) throws(LMDBError) -> Database {
-        checkOpen()
-        return try databaseOpening.withLock { _ throws(LMDBError) -> Database in
+        try databaseOpening.withLock { _ throws(LMDBError) -> Database in
             let readOnly = !create
             let txn = try begin(readOnly: readOnly)
             var dbi: MDB_dbi = 0
@@ -210,10 +219,12 @@ public final class Environment: @unchecked Sendable {
     }
 
     func begin(readOnly: Bool) throws(LMDBError) -> Transaction {
-        checkOpen()
         var resizedOnce = false
         while true {
             gate.enter()
+            // Checked inside the gate: `close()` marks the environment closed before it waits for
+            // the gate, so a thread that got in after that must not touch the freed handle.
+            guard isOpen else { gate.leave(); throw .environmentClosed }
             var txn: OpaquePointer?
             let rc = faults.call(.txnBegin) { mdb_txn_begin(handle, nil, readOnly ? UInt32(MDB_RDONLY) : 0, &txn) }
             if rc == 0 { return Transaction(handle: txn!, environment: self, readOnly: readOnly) }

@@ -20,6 +20,7 @@ public struct LMDBError: Error, RawRepresentable, Hashable, Sendable, CustomStri
         if self == .alreadyOpenInProcess {
             return "The environment is already open in this process (LMDB forbids opening it twice)"
         }
+        if self == .environmentClosed { return "The environment is closed" }
         return String(cString: mdb_strerror(rawValue))
     }
 
@@ -101,4 +102,6 @@ public struct LMDBError: Error, RawRepresentable, Hashable, Sendable, CustomStri
     /// handle would share them, and closing it would silently drop the first handle's locks.
     /// A code below LMDB's range (`MDB_KEYEXIST` is -30799), never returned by LMDB or errno.
     public static var alreadyOpenInProcess: LMDBError { LMDBError(-30900) }
+    /// The environment was closed: every call afterwards answers this instead of touching freed memory.
+    public static var environmentClosed: LMDBError { LMDBError(-30901) }
 }

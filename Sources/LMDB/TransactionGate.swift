@@ -30,9 +30,12 @@ final class TransactionGate: @unchecked Sendable {
 
     func enter() {
         pthread_mutex_lock(mutex)
-        while resizing { pthread_cond_wait(changed, mutex) }
+        let me = pthread_self()
+        // A thread already inside goes on: the resize waits for it anyway, so holding it back
+        // would deadlock (e.g. `Environment.info()` called inside a transaction).
+        while resizing && perThread[me] == nil { pthread_cond_wait(changed, mutex) }
         active += 1
-        perThread[pthread_self(), default: 0] += 1
+        perThread[me, default: 0] += 1
         pthread_mutex_unlock(mutex)
     }
 

@@ -188,6 +188,29 @@ final class SpillStoreTests: XCTestCase {
         store.checkInvariants()
     }
 
+    /// "After close() the store answers like an empty one": `flush()` of a non-durable store
+    /// trapped (it synced a closed environment) and `report()` trapped reading its info. Now
+    /// every public call is safe after close; `report()` throws `.closed`.
+    func testEveryCallAfterCloseAnswersWithoutTrapping() throws {
+        for mode in [SpillStoreConfiguration.WriteMode.synchronous, .background(queueLimitBytes: 1 << 20)] {
+            let path = try makeTemporaryDirectory(self) + "/\(mode == .synchronous ? "sync" : "bg")"
+            let store = try openStore(path, mode: mode, durable: false)
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            let (key, tokens) = spillChain(store, arena: arena, chain: 1, count: 1)[0]
+            store.close()
+            store.flush()
+            XCTAssertThrowsError(try store.report()) { XCTAssertEqual($0 as? SpillStoreError, .closed(path: path + "/store")) }
+            XCTAssertFalse(store.restore(key, tokens, into: BlockID(2), arena: arena))
+            XCTAssertFalse(store.contains(key, tokens))
+            spillChain(store, arena: arena, chain: 2, count: 1)
+            store.publish(stats: KVCacheStats())
+            XCTAssertEqual(store.checkInvariants(), 0)
+            XCTAssertEqual(store.counters.recordsWritten, 1)
+            store.close()
+            XCTAssertEqual(try SpillStoreReport.inspect(path: path + "/store").entries, 1, "\(mode): what close() committed is there")
+        }
+    }
+
     func testAFullQueueDropsSpillsInsteadOfStalling() throws {
         let store = try openStore(try makeTemporaryDirectory(self), mode: .background(queueLimitBytes: 1))
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)

@@ -211,6 +211,40 @@ final class EnvironmentTests: XCTestCase {
         XCTAssertThrowsError(try open(dir)) { XCTAssertEqual($0 as? LMDBError, .invalid) }
     }
 
+    /// After `close()` every call answers `.environmentClosed` instead of trapping, including a
+    /// transaction that was waiting to begin while `close()` waited for a reader to finish (it
+    /// would otherwise call `mdb_txn_begin` on the freed environment).
+    func testUseAfterCloseIsATypedErrorEvenForATransactionWaitingOnClose() throws {
+        let env = try open(try makeTemporaryDirectory(self))
+        let db = try env.openDatabase("d", create: true)
+        try env.withWriteTransaction { try $0.put([1], for: "k", in: db) }
+        let readerIn = DispatchSemaphore(value: 0), done = DispatchGroup()
+        DispatchQueue.global().async(group: done) {
+            try? env.withReadTransaction { _ in
+                readerIn.signal()
+                usleep(200_000)  // close() waits for this reader meanwhile
+            }
+        }
+        readerIn.wait()
+        DispatchQueue.global().async(group: done) { env.close() }
+        usleep(50_000)  // close() is now waiting for the gate
+        let late = Locked<(any Error)?>(nil)
+        DispatchQueue.global().async(group: done) {
+            do { _ = try env.withReadTransaction { try $0.copyValue(for: "k", in: db) } } catch { late.withLock { $0 = error } }
+        }
+        done.wait()
+        XCTAssertEqual(late.withLock { $0 } as? LMDBError, .environmentClosed)
+        XCTAssertFalse(env.isOpen)
+        XCTAssertThrowsError(try env.info()) { XCTAssertEqual($0 as? LMDBError, .environmentClosed) }
+        XCTAssertThrowsError(try env.stat()) { XCTAssertEqual($0 as? LMDBError, .environmentClosed) }
+        XCTAssertThrowsError(try env.sync()) { XCTAssertEqual($0 as? LMDBError, .environmentClosed) }
+        XCTAssertThrowsError(try env.checkReaders()) { XCTAssertEqual($0 as? LMDBError, .environmentClosed) }
+        XCTAssertThrowsError(try env.setMapSize(32 << 20)) { XCTAssertEqual($0 as? LMDBError, .environmentClosed) }
+        XCTAssertThrowsError(try env.openDatabase("d")) { XCTAssertEqual($0 as? LMDBError, .environmentClosed) }
+        XCTAssertThrowsError(try env.withWriteTransaction { try $0.put([2], for: "k", in: db) }) {
+            XCTAssertEqual($0 as? LMDBError, .environmentClosed)
+        }
+    }
     func testResizeWaitsForReadersOnOtherThreads() throws {
         let env = try open(try makeTemporaryDirectory(self), mapSize: 1 << 20)
         let db = try env.openDatabase("d", create: true)
@@ -236,5 +270,6 @@ final class EnvironmentTests: XCTestCase {
         XCTAssertFalse(LMDBError.noSpace.isLMDBCode)
         XCTAssertTrue(LMDBError.mapResized ~= LMDBError(rawValue: -30785))
         XCTAssertFalse(LMDBError.alreadyOpenInProcess.isLMDBCode)
+        XCTAssertFalse(LMDBError.environmentClosed.isLMDBCode)
     }
 }
