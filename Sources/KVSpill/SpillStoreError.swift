@@ -37,7 +37,7 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
     /// Classifies a failure to open the LMDB environment at `path`.
     init(opening path: String, _ error: LMDBError) {
         switch error {
-        case .invalid, .versionMismatch, .corrupted, .pageNotFound, .notDirectory, .incompatible:
+        case .invalid, .versionMismatch, .corrupted, .pageNotFound, .notDirectory, .incompatible, .truncatedDataFile:
             self = .notAStore(path: path, reason: error.description)
         case .permissionDenied, .readOnlyFileSystem: self = .permissionDenied(path: path, error)
         case .noSuchFileOrDirectory: self = .notFound(path: path)

@@ -91,6 +91,7 @@ public final class Environment: @unchecked Sendable {
             var dead: Int32 = 0
             let rc = faults.call(.readerCheck) { mdb_reader_check(handle, &dead) }
             if rc != 0 { OpenPaths.release(identity); throw LMDBError(rawValue: rc) }
+            do throws(LMDBError) { try Self.checkFileLength(handle) } catch { OpenPaths.release(identity); throw error }
             self.identity = identity
             self.staleReadersCleared = Int(dead)
         } catch {
@@ -101,6 +102,20 @@ public final class Environment: @unchecked Sendable {
         self.faults = faults
         self.path = path
         self.flags = c.flags
+    }
+
+    /// Throws ``LMDBError/truncatedDataFile`` when the data file ends before the last page the
+    /// meta page names. LMDB 0.9 opens such a file (it reads only the meta pages) and the first
+    /// read of a missing page is SIGBUS; an interrupted copy or a disk that filled while copying
+    /// leaves exactly that. A longer file is normal (the map size, freed pages).
+    private static func checkFileLength(_ handle: OpaquePointer) throws(LMDBError) {
+        var info = MDB_envinfo(), st = MDB_stat(), fd: Int32 = -1
+        try check(mdb_env_info(handle, &info))
+        try check(mdb_env_stat(handle, &st))
+        try check(mdb_env_get_fd(handle, &fd))
+        var file = Glibc.stat()
+        guard fstat(fd, &file) == 0 else { throw LMDBError(rawValue: errno) }
+        if Int(file.st_size) < (info.me_last_pgno + 1) * Int(st.ms_psize) { throw .truncatedDataFile }
     }
 
     /// Closes the environment (waits for transactions in flight). Idempotent; `deinit` calls it.

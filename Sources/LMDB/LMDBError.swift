@@ -21,6 +21,9 @@ public struct LMDBError: Error, RawRepresentable, Hashable, Sendable, CustomStri
             return "The environment is already open in this process (LMDB forbids opening it twice)"
         }
         if self == .environmentClosed { return "The environment is closed" }
+        if self == .truncatedDataFile {
+            return "The data file is shorter than the pages its meta page records (truncated copy, or the disk filled while copying)"
+        }
         return String(cString: mdb_strerror(rawValue))
     }
 
@@ -104,4 +107,7 @@ public struct LMDBError: Error, RawRepresentable, Hashable, Sendable, CustomStri
     public static var alreadyOpenInProcess: LMDBError { LMDBError(-30900) }
     /// The environment was closed: every call afterwards answers this instead of touching freed memory.
     public static var environmentClosed: LMDBError { LMDBError(-30901) }
+    /// The data file ends before the last page its meta page names (LMDB 0.9 does not check, and
+    /// reading a page past the end of a mapped file is SIGBUS). Checked at open.
+    public static var truncatedDataFile: LMDBError { LMDBError(-30902) }
 }

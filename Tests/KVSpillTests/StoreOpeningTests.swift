@@ -65,6 +65,32 @@ final class StoreOpeningTests: XCTestCase {
         }
     }
 
+    /// A data file cut short after its meta pages (an interrupted copy, a disk that filled while
+    /// copying): LMDB 0.9 opens it and the first page read was SIGBUS, in the store's open and in
+    /// `kvctl stats`. Both now answer `.notAStore`.
+    func testADataFileCutShortAfterItsMetaPagesIsNotAStoreForOpenAndReport() throws {
+        let path = try makeTemporaryDirectory(self) + "/store"
+        do {
+            let store = try LMDBSpillStore(config(path))
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+            for i in 0..<200 {  // ~1 MiB of pages
+                let tokens = blockTokens(chain: 1, index: i)
+                fill(arena, block: BlockID(1), tokens: tokens)
+                store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+            }
+            store.close()
+        }
+        let length = (try FileManager.default.attributesOfItem(atPath: path + "/data.mdb")[.size] as? Int) ?? 0
+        XCTAssertGreaterThan(length, 64 << 10)
+        XCTAssertEqual(truncate(path + "/data.mdb", 4 * 4096), 0)  // both meta pages intact, the B-trees gone
+        assertOpenFails(config(path)) { e in
+            if case .notAStore(_, let why) = e { why.contains("shorter") } else { false }
+        }
+        XCTAssertThrowsError(try SpillStoreReport.inspect(path: path)) {
+            guard case SpillStoreError.notAStore = $0 else { return XCTFail("\($0)") }
+        }
+    }
+
     func testAnotherLayoutAndASecondOpenAreRefused() throws {
         let path = try makeTemporaryDirectory(self) + "/store"
         let store = try LMDBSpillStore(config(path))

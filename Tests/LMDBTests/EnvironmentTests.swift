@@ -211,6 +211,38 @@ final class EnvironmentTests: XCTestCase {
         XCTAssertThrowsError(try open(dir)) { XCTAssertEqual($0 as? LMDBError, .invalid) }
     }
 
+    /// LMDB 0.9 opens a data file that ends after its meta pages (it reads only those) and the
+    /// first page read past the end is SIGBUS; the open compares the length and refuses it.
+    func testADataFileCutShortAfterItsMetaPagesIsRefusedAtOpen() throws {
+        let dir = try makeTemporaryDirectory(self)
+        do {
+            let env = try open(dir)
+            let db = try env.openDatabase("d", create: true)
+            try env.withWriteTransaction { txn in
+                for i in 0..<2000 { try txn.put([UInt8](repeating: UInt8(i & 0xFF), count: 200), for: "key\(i)", in: db) }
+            }
+            env.close()
+        }
+        let length = (try FileManager.default.attributesOfItem(atPath: dir + "/data.mdb")[.size] as? Int) ?? 0
+        XCTAssertGreaterThan(length, 64 << 10)
+        XCTAssertEqual(truncate(dir + "/data.mdb", 4 * 4096), 0)  // both meta pages intact, the B-tree gone
+        XCTAssertThrowsError(try open(dir)) { XCTAssertEqual($0 as? LMDBError, .truncatedDataFile) }
+        XCTAssertThrowsError(try open(dir, flags: [.noTLS, .readOnly])) { XCTAssertEqual($0 as? LMDBError, .truncatedDataFile) }
+        // A file longer than its last page (the map size, freed pages) is normal.
+        let longer = dir + "/longer"
+        try FileManager.default.createDirectory(atPath: longer, withIntermediateDirectories: false)
+        do {
+            let env = try open(longer)
+            let db = try env.openDatabase("d", create: true)
+            try env.withWriteTransaction { try $0.put([7], for: "k", in: db) }
+            env.close()
+        }
+        XCTAssertEqual(truncate(longer + "/data.mdb", 1 << 20), 0)
+        let env = try open(longer)
+        let db = try env.openDatabase("d")
+        XCTAssertEqual(try env.withReadTransaction { try $0.copyValue(for: "k", in: db) }, [7])
+    }
+
     /// After `close()` every call answers `.environmentClosed` instead of trapping, including a
     /// transaction that was waiting to begin while `close()` waited for a reader to finish (it
     /// would otherwise call `mdb_txn_begin` on the freed environment).
@@ -271,5 +303,6 @@ final class EnvironmentTests: XCTestCase {
         XCTAssertTrue(LMDBError.mapResized ~= LMDBError(rawValue: -30785))
         XCTAssertFalse(LMDBError.alreadyOpenInProcess.isLMDBCode)
         XCTAssertFalse(LMDBError.environmentClosed.isLMDBCode)
+        XCTAssertTrue("\(LMDBError.truncatedDataFile)".contains("shorter"))
     }
 }
