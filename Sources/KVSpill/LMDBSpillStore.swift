@@ -35,7 +35,8 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         database = try StoreDatabase.openForWriting(configuration)
         do {
             writer = try StoreWriter(store: database, limitBytes: configuration.limitBytes,
-                                     mapSizeLimit: configuration.mapSizeLimit, logger: logger)
+                                     mapSizeLimit: configuration.mapSizeLimit,
+                                     readerCheckIntervalSeconds: configuration.statsIntervalSeconds, logger: logger)
         } catch {
             database.close()
             throw .lmdb(path: configuration.path, error as? LMDBError ?? .invalid)

@@ -33,6 +33,9 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public var diskFullEvents = 0
     /// Write transactions committed.
     public var commits = 0
+    /// Reader slots of dead processes (a `kvctl stats` killed inside its read) freed by the
+    /// writer; each pinned old pages, so the file grew instead of reusing them.
+    public var staleReadersCleared = 0
 
     public init() {}
 
@@ -42,6 +45,6 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
         restoreHits += o.restoreHits; restoreMisses += o.restoreMisses; corruptDropped += o.corruptDropped
         lruEvictions += o.lruEvictions; mapFullRetries += o.mapFullRetries; mapGrowths += o.mapGrowths
         mapRoomEvictions += o.mapRoomEvictions
-        diskFullEvents += o.diskFullEvents; commits += o.commits
+        diskFullEvents += o.diskFullEvents; commits += o.commits; staleReadersCleared += o.staleReadersCleared
     }
 }

@@ -17,19 +17,23 @@ final class StoreWriter: Sendable {
         /// The size limit in force: the configured one, lowered after the disk filled up.
         var limitBytes: Int
         var mapSize: Int
+        /// When `mdb_reader_check` last ran (see `reapDeadReaders`).
+        var lastReaderCheckMillis: UInt64 = 0
     }
 
     let store: StoreDatabase
     let mapSizeLimit: Int
+    private let readerCheckIntervalMillis: UInt64
     /// The map size the environment had when opened (LMDB keeps a larger one an earlier run set).
     let openedMapSize: Int
     private let logger: Logger
     private let state: Locked<State>
 
-    init(store: StoreDatabase, limitBytes: Int, mapSizeLimit: Int, logger: Logger) throws {
+    init(store: StoreDatabase, limitBytes: Int, mapSizeLimit: Int, readerCheckIntervalSeconds: Double, logger: Logger) throws {
         self.store = store
         self.mapSizeLimit = mapSizeLimit
         self.logger = logger
+        readerCheckIntervalMillis = UInt64(max(0, readerCheckIntervalSeconds) * 1000)
         let (bytes, next) = try store.env.withReadTransaction { txn in (try store.readBytes(txn), try store.nextSequence(txn)) }
         let mapSize = try store.env.info().mapSize
         openedMapSize = mapSize
@@ -48,8 +52,31 @@ final class StoreWriter: Sendable {
     func apply(_ batch: WriteBatch) -> SpillStoreCounters {
         var delta = SpillStoreCounters()
         guard !batch.isEmpty else { return delta }
-        state.withLock { state in commit(batch, &state, &delta) }
+        state.withLock { state in
+            if nowMillis() >= state.lastReaderCheckMillis + readerCheckIntervalMillis { reapDeadReaders(&state, &delta) }
+            commit(batch, &state, &delta)
+        }
         return delta
+    }
+
+    /// Frees the reader slots of processes that died inside a read transaction (a `kvctl stats`
+    /// killed mid-read): such a slot pins its snapshot, so pages freed since are never reused and
+    /// the file runs into the map ceiling. LMDB checks only when asked (the environment asks at
+    /// open), so the writer asks once per stats interval and on `MDB_MAP_FULL`. Returns how many.
+    @discardableResult
+    private func reapDeadReaders(_ state: inout State, _ delta: inout SpillStoreCounters) -> Int {
+        state.lastReaderCheckMillis = nowMillis()
+        do {
+            let freed = try store.env.checkReaders()
+            if freed > 0 {
+                delta.staleReadersCleared += freed
+                logger.warning("spill store: freed \(freed) reader slot(s) left by dead processes (they pinned old pages)")
+            }
+            return freed
+        } catch {
+            logger.warning("spill store: checking for dead readers failed: \(error)")
+            return 0
+        }
     }
 
     /// Commits `batch`, handling a full map and a full disk:
@@ -62,7 +89,7 @@ final class StoreWriter: Sendable {
     ///   empty store, that is, when no eviction could make room.
     /// - Full disk: lower the limit in force to what the disk held, evict, retry.
     private func commit(_ batch: WriteBatch, _ state: inout State, _ delta: inout SpillStoreCounters) {
-        var evictionRounds = 0, diskRounds = 0
+        var evictionRounds = 0, diskRounds = 0, readersReaped = false
         while true {
             var next = state
             var done = SpillStoreCounters()
@@ -74,6 +101,11 @@ final class StoreWriter: Sendable {
                 return
             } catch LMDBError.mapFull {
                 delta.mapFullRetries += 1
+                // A dead process's reader slot may be what keeps freed pages from reuse.
+                if !readersReaped {
+                    readersReaped = true
+                    if reapDeadReaders(&state, &delta) > 0 { continue }
+                }
                 if state.mapSize < mapSizeLimit {
                     let grown = min(mapSizeLimit, max(state.mapSize * 2, state.mapSize + 4 * batch.recordBytes))
                     do {

@@ -40,6 +40,91 @@ final class CrashTests: XCTestCase {
         }
     }
 
+    /// Child mode: what `kvctl stats` does (read-only open, one read transaction), then waits
+    /// inside the transaction to be killed.
+    func testChildStatsReader() throws {
+        guard let dir = ChildProcess.childDirectory, dir.hasSuffix("/statsreader") else { throw XCTSkip("child mode only") }
+        let db = try StoreDatabase.openReadOnly(path: dir + "/store")
+        try db.env.withReadTransaction { txn in
+            _ = try txn.stat(db.entries)
+            _ = FileManager.default.createFile(atPath: dir + "/ready", contents: nil)
+            while true { sleep(1) }
+        }
+    }
+
+    /// A `kvctl stats` killed inside its read transaction leaves a reader slot that pins its
+    /// snapshot: no page freed afterwards is reused, the file runs into the map ceiling, and the
+    /// writer used to drop every batch with `MDB_MAP_FULL`, since LMDB reaps dead readers only
+    /// when asked (at open). The writer now reaps them on `MDB_MAP_FULL` and periodically.
+    func testAStatsReaderKilledMidReadDoesNotStarveTheWriter() throws {
+        let dir = try makeTemporaryDirectory(self) + "/statsreader"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        var config = SpillStoreConfiguration(path: dir + "/store", layout: testLayout, limitBytes: 1 << 20,
+                                             writeMode: .background(queueLimitBytes: 4 << 20), durable: false,
+                                             statsIntervalSeconds: 3600)  // only MAP_FULL can trigger the reaping here
+        config.mapSizeLimitOverride = 8 << 20
+        let store = try LMDBSpillStore(config)
+        defer { store.close() }
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        func spill(chain: Int) -> (PrefixKey, [TokenID]) {
+            var parent = store.rootKey(namespace: .default), last: (PrefixKey, [TokenID])?
+            for i in 0..<50 {
+                let tokens = blockTokens(chain: chain, index: i)
+                let key = tokens.withUnsafeBufferPointer { store.childKey(parent: parent, tokens: $0) }
+                fill(arena, block: BlockID(1), tokens: tokens)
+                store.spill(key, tokens, block: BlockID(1), arena: arena)
+                parent = key
+                last = (key, tokens)
+            }
+            store.flush()
+            return last!
+        }
+        _ = spill(chain: 1)
+        try killStatsReaderMidRead(dir)
+        // ~12 MiB of records through a 1 MiB store in an 8 MiB map: impossible without page reuse.
+        var last = spill(chain: 2)
+        for chain in 3..<60 { last = spill(chain: chain) }
+        let c = store.counters
+        XCTAssertEqual(c.recordsFailed, 0, "records dropped: \(c)")
+        XCTAssertEqual(c.staleReadersCleared, 1, "the writer reaped the dead reader's slot (\(c))")
+        XCTAssertEqual(try store.database.env.checkReaders(), 0)
+        XCTAssertGreaterThan(store.storedBytes, 512 << 10, "a 1 MiB store keeps about its limit")
+        XCTAssertTrue(store.restore(last.0, last.1, into: BlockID(2), arena: arena))
+        store.checkInvariants()
+    }
+
+    /// Runs `testChildStatsReader` on `dir` and SIGKILLs it inside its read transaction.
+    func killStatsReaderMidRead(_ dir: String) throws {
+        let child = try ChildProcess(test: "KVSpillTests.CrashTests/testChildStatsReader", directory: dir, logPath: dir + "/../child.log")
+        XCTAssertTrue(child.waitForFile(dir + "/ready"), "child reader never started")
+        child.kill()
+    }
+
+    /// Without map pressure the writer still reaps a dead reader within a stats interval (its
+    /// pinned snapshot would otherwise make the file grow until the map fills).
+    func testAStatsReaderKilledMidReadIsReapedWithinAStatsInterval() throws {
+        let dir = try makeTemporaryDirectory(self) + "/statsreader"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let store = try LMDBSpillStore(SpillStoreConfiguration(path: dir + "/store", layout: testLayout, limitBytes: 8 << 20,
+                                                               writeMode: .background(queueLimitBytes: 4 << 20), durable: false,
+                                                               statsIntervalSeconds: 0.05))
+        defer { store.close() }
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        func spill(_ chain: Int) {
+            let tokens = blockTokens(chain: chain, index: 0)
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+            store.flush()
+        }
+        spill(1)
+        try killStatsReaderMidRead(dir)
+        usleep(100_000)  // past the interval
+        spill(2)
+        XCTAssertEqual(store.counters.staleReadersCleared, 1, "\(store.counters)")
+        XCTAssertEqual(store.counters.mapFullRetries, 0, "reaped on the interval, not on MDB_MAP_FULL")
+        XCTAssertEqual(try store.database.env.checkReaders(), 0)
+    }
+
     func startSpiller(_ dir: String) throws -> ChildProcess {
         let child = try ChildProcess(test: "KVSpillTests.CrashTests/testChildSpiller", directory: dir, logPath: dir + "/child.log")
         guard child.waitForFile(dir + "/ready") else {
