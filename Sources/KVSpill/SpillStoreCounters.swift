@@ -29,7 +29,8 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     /// ``SpillStoreConfiguration/mapSizeLimit`` (measured pages) while the record bytes were
     /// still under the limit.
     public var mapRoomEvictions = 0
-    /// Commits that failed with `ENOSPC`; the store then lowers its limit to what the disk held.
+    /// Commits that failed with `ENOSPC`; the store then lowers its limit to what the disk held
+    /// (at least one record) until the disk has room again.
     public var diskFullEvents = 0
     /// Write transactions committed.
     public var commits = 0

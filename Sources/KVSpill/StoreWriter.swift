@@ -14,7 +14,8 @@ final class StoreWriter: Sendable {
         /// Committed sum of record sizes (mirrors meta `bytes`).
         var bytes: Int
         var nextSequence: UInt64
-        /// The size limit in force: the configured one, lowered after the disk filled up.
+        /// The size limit in force: the configured one, lowered after the disk filled up (never
+        /// below one record) and raised again as the disk has room (see `recoverLimit`).
         var limitBytes: Int
         var mapSize: Int
         /// When `mdb_reader_check` last ran (see `reapDeadReaders`).
@@ -23,6 +24,11 @@ final class StoreWriter: Sendable {
 
     let store: StoreDatabase
     let mapSizeLimit: Int
+    /// The configured size limit, which the limit in force returns to after a full disk.
+    let configuredLimitBytes: Int
+    /// The least the limit in force drops to after a full disk: one record with a long namespace.
+    /// (At 0 every later record would be "too large" and the store empty for good.)
+    let minimumLimitBytes: Int
     private let readerCheckIntervalMillis: UInt64
     /// The map size the environment had when opened (LMDB keeps a larger one an earlier run set).
     let openedMapSize: Int
@@ -33,6 +39,9 @@ final class StoreWriter: Sendable {
         self.store = store
         self.mapSizeLimit = mapSizeLimit
         self.logger = logger
+        configuredLimitBytes = limitBytes
+        minimumLimitBytes = min(limitBytes, SpillRecord.payloadOffset(namespaceBytes: 256, tokenCount: store.layout.blockSize)
+                                                + store.layout.blockBytes)
         readerCheckIntervalMillis = UInt64(max(0, readerCheckIntervalSeconds) * 1000)
         let (bytes, next) = try store.env.withReadTransaction { txn in (try store.readBytes(txn), try store.nextSequence(txn)) }
         let mapSize = try store.env.info().mapSize
@@ -79,6 +88,17 @@ final class StoreWriter: Sendable {
         }
     }
 
+    /// After a full disk, raises the limit in force back toward the configured one as the file
+    /// system has room again: to the bytes stored plus half the free space (the other half for
+    /// B-tree pages and copy-on-write), checked after each commit while lowered.
+    private func recoverLimit(_ state: inout State) {
+        guard state.limitBytes < configuredLimitBytes, let free = freeBytes() else { return }
+        let raised = min(configuredLimitBytes, state.bytes + free / 2)
+        guard raised > state.limitBytes else { return }
+        state.limitBytes = raised
+        logger.notice("spill store: the disk has room again, limiting the store to \(raised) bytes")
+    }
+
     /// Commits `batch`, handling a full map and a full disk:
     ///
     /// - `MDB_MAP_FULL` below ``mapSizeLimit``: grow the map and retry.
@@ -98,6 +118,7 @@ final class StoreWriter: Sendable {
                 state = next
                 delta.add(done)
                 delta.commits += 1
+                recoverLimit(&state)
                 return
             } catch LMDBError.mapFull {
                 delta.mapFullRetries += 1
@@ -138,8 +159,10 @@ final class StoreWriter: Sendable {
                 // LMDB 0.9 reports a short write (what a full disk gives) as EIO, hence the free-space check.
                 delta.diskFullEvents += 1
                 diskRounds += 1
-                // The disk holds what is committed and no more: keep the store that size from now on.
-                state.limitBytes = max(0, min(state.limitBytes, state.bytes - batch.recordBytes))
+                // The disk holds what is committed and no more: keep the store that size until
+                // the disk has room again (`recoverLimit`), but room for a record at least.
+                let largest = batch.records.map(\.bytes.count).max() ?? 0
+                state.limitBytes = max(minimumLimitBytes, largest, min(state.limitBytes, state.bytes - batch.recordBytes))
                 logger.warning("spill store: disk full, limiting the store to \(state.limitBytes) bytes")
                 _ = evictSeparately(&state, freeing: 0, &delta)
                 if diskRounds < 6 { continue }
@@ -154,9 +177,15 @@ final class StoreWriter: Sendable {
 
     /// Whether the store's file system has less than `bytes` (plus a few pages) available.
     private func diskIsFull(needing bytes: Int) -> Bool {
+        guard let free = freeBytes() else { return false }
+        return free < bytes + (64 << 10)
+    }
+
+    /// Bytes available to this process on the store's file system (nil if `statvfs` fails).
+    private func freeBytes() -> Int? {
         var fs = statvfs()
-        guard statvfs(store.path, &fs) == 0 else { return false }
-        return Int(fs.f_bavail) * Int(fs.f_frsize) < bytes + (64 << 10)
+        guard statvfs(store.path, &fs) == 0 else { return nil }
+        return Int(fs.f_bavail) * Int(fs.f_frsize)
     }
 
     /// Removes least recently used entries in committed transactions of their own, at most

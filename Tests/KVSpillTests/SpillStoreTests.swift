@@ -188,6 +188,31 @@ final class SpillStoreTests: XCTestCase {
         store.checkInvariants()
     }
 
+    /// One transient `ENOSPC` used to set the limit in force to 0 for the rest of the process:
+    /// every later record was "too large" and the store stayed empty with the disk free again.
+    /// The limit now keeps room for a record and recovers once the disk has room.
+    func testATransientFullDiskDoesNotDisableTheStore() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        spillChain(store, arena: arena, chain: 1, count: 1)
+        store.database.env.faults.fail(.txnCommit, with: .noSpace)  // one ENOSPC, on a store of one record
+        let during = spillChain(store, arena: arena, chain: 2, count: 1)
+        store.database.env.faults.clear()
+        XCTAssertEqual(store.counters.diskFullEvents, 1)
+        XCTAssertEqual(store.counters.recordsFailed, 0)
+        XCTAssertTrue(store.restore(during[0].0, during[0].1, into: BlockID(2), arena: arena), "the record that met the full disk was kept")
+        let later = spillChain(store, arena: arena, chain: 3, count: 20)  // the disk has room again
+        let c = store.counters
+        XCTAssertEqual(c.recordsTooLarge, 0, "4 KiB records under an 8 MiB limit are not 'too large' (\(c))")
+        XCTAssertEqual(c.recordsFailed, 0)
+        XCTAssertEqual(store.writer.withStateLocked { $0.limitBytes }, 8 << 20, "the limit in force recovered")
+        for (key, tokens) in later {
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena), "blocks spilled after the disk recovered are all kept")
+            XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout))
+        }
+        XCTAssertEqual(store.checkInvariants(), 21)
+    }
+
     /// "After close() the store answers like an empty one": `flush()` of a non-durable store
     /// trapped (it synced a closed environment) and `report()` trapped reading its info. Now
     /// every public call is safe after close; `report()` throws `.closed`.
