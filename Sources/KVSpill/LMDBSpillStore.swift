@@ -208,19 +208,30 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
 
     // MARK: - Writing
 
-    /// Whether the store already has `key` for these tokens with a payload of this size.
+    /// Whether the store already has a good record of `key` for these tokens with a payload of
+    /// this size. A stored record is checksummed too (one pass, only for blocks evicted again):
+    /// otherwise an undetected bad copy would be kept, and refreshed, in place of the good KV.
     private func holds(key: PrefixKey, namespace ns: [UInt8], tokens: UnsafeBufferPointer<TokenID>, payloadBytes: Int) -> Bool {
         if let pending = queue.withPending(key, { r in r.view.holds(namespace: ns, tokens: tokens) && r.view.payloadBytes == payloadBytes }) {
             return pending
         }
-        return (try? database.env.withReadTransaction { txn in
+        var corrupt = false
+        let held = (try? database.env.withReadTransaction { txn in
             try key.withBytes { k in
                 try txn.withValue(for: k, in: database.entries) { bytes in
-                    guard let view = try? RecordView(bytes) else { return false }
-                    return view.matches(layout) && view.payloadBytes == payloadBytes && view.holds(namespace: ns, tokens: tokens)
+                    guard let view = try? RecordView(bytes), view.matches(layout), view.payloadBytes == payloadBytes,
+                          view.holds(namespace: ns, tokens: tokens) else { return false }
+                    do { try view.verifyChecksum() } catch { corrupt = true; return false }
+                    return true
                 }
             }
         }) ?? false
+        if corrupt {
+            // The new record replaces it in the writer's transaction.
+            logger.warning("spill store: replacing bad entry \(key): checksum mismatch")
+            queue.count { $0.corruptDropped += 1 }
+        }
+        return held == true
     }
 
     /// Synchronous mode: commits `records` with whatever touches, deletions and stats are due.

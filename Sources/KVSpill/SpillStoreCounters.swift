@@ -17,7 +17,8 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public var restoreHits = 0
     /// Restores that found nothing usable (absent, other tokens, or bad and dropped).
     public var restoreMisses = 0
-    /// Stored records that failed verification (checksum, layout, lengths, tokens) on restore and were dropped.
+    /// Stored records that failed verification (checksum, layout, lengths, tokens) on restore and
+    /// were dropped, or failed their checksum when the block was spilled again and were rewritten.
     public var corruptDropped = 0
     /// Entries dropped to stay under the size limit (least recently used first).
     public var lruEvictions = 0

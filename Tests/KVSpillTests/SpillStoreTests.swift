@@ -213,6 +213,32 @@ final class SpillStoreTests: XCTestCase {
         XCTAssertEqual(store.checkInvariants(), 21)
     }
 
+    /// A stored record that is bad but not yet detected used to make a later spill of the same
+    /// block (good KV) a mere LRU touch: the bad copy was kept and refreshed, the next restore
+    /// missed. Re-eviction now checksums the stored record and rewrites it.
+    func testReSpillingOverAnUndetectedBadRecordRewritesIt() throws {
+        for mode in [SpillStoreConfiguration.WriteMode.synchronous, .background(queueLimitBytes: 4 << 20)] {
+            let store = try openStore(try makeTemporaryDirectory(self) + "/\(mode == .synchronous ? "sync" : "bg")", mode: mode)
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            let (key, tokens) = spillChain(store, arena: arena, chain: 1, count: 1)[0]
+            store.flush()
+            try tamper(store, key) { $0[$0.count - 10] ^= 0x40 }  // bit rot in the payload
+            fill(arena, block: BlockID(1), tokens: tokens)  // the block is recomputed and evicted again
+            store.spill(key, tokens, block: BlockID(1), arena: arena)
+            store.flush()
+            XCTAssertEqual(store.counters.corruptDropped, 1, "\(mode)")
+            XCTAssertEqual(store.counters.recordsWritten, 2, "\(mode): the good KV was written")
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena), "\(mode): the good KV spilled last is kept")
+            XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout))
+            XCTAssertEqual(store.checkInvariants(), 1)
+            // A good stored record is still not rewritten.
+            store.spill(key, tokens, block: BlockID(1), arena: arena)
+            store.flush()
+            XCTAssertEqual(store.counters.recordsWritten, 2, "\(mode)")
+            store.close()
+        }
+    }
+
     /// "After close() the store answers like an empty one": `flush()` of a non-durable store
     /// trapped (it synced a closed environment) and `report()` trapped reading its info. Now
     /// every public call is safe after close; `report()` throws `.closed`.
