@@ -49,12 +49,10 @@ final class StoreDatabase: @unchecked Sendable {
                 flags: config.durable ? [.noTLS, .noMetaSync] : [.noTLS, .noSync]))
         } catch { throw SpillStoreError(opening: path, error) }
         do {
-            let main = try env.openDatabase(nil)
-            let isNew = try env.withReadTransaction { txn in try txn.stat(main).entries == 0 }
-            if isNew {
-                let dbs = try ["entries", "lru", "access", "meta"].map { name throws(LMDBError) in try env.openDatabase(name, create: true) }
+            if try isNewOrHalfCreated(env) {
+                // One transaction: a crash leaves either no store or a whole one.
                 let layoutJSON = try JSONEncoder().encode(config.layout)
-                try env.withWriteTransaction { txn in
+                let (dbs, _) = try env.withNewDatabases(names) { txn, dbs in
                     try txn.put(le(UInt32(SpillRecord.formatVersion)), for: MetaKey.format, in: dbs[3])
                     try txn.put(Array(layoutJSON), for: MetaKey.layout, in: dbs[3])
                     try txn.put(le(UInt64(0)), for: MetaKey.bytes, in: dbs[3])
@@ -71,6 +69,33 @@ final class StoreDatabase: @unchecked Sendable {
         } catch {
             throw SpillStoreError.lmdb(path: path, error as? LMDBError ?? .invalid)
         }
+    }
+
+    static let names = ["entries", "lru", "access", "meta"]
+
+    /// Whether the environment is empty, or holds only a store creation cut short by a crash
+    /// (stores before one-transaction creation committed each database separately, then meta):
+    /// nothing but some of the store's databases, no format record, no entries. Either way it
+    /// holds nothing to lose, so it is (re)created. Anything else is opened and validated.
+    private static func isNewOrHalfCreated(_ env: Environment) throws -> Bool {
+        let main = try env.openDatabase(nil)
+        var present: Set<String> = []
+        try env.withReadTransaction { txn in
+            try txn.forEach(in: main) { key, _ in
+                present.insert(String(decoding: key, as: UTF8.self))
+                return true
+            }
+        }
+        guard present.isSubset(of: names) else { return false }
+        if present.contains("meta") {
+            let meta = try env.openDatabase("meta")
+            if try env.withReadTransaction({ txn in try txn.contains(MetaKey.format, in: meta) }) { return false }
+        }
+        if present.contains("entries") {
+            let entries = try env.openDatabase("entries")
+            if try env.withReadTransaction({ txn in try txn.stat(entries).entries }) > 0 { return false }
+        }
+        return true
     }
 
     /// Opens an existing store read-only (beside a process that writes it), for inspection.
@@ -95,7 +120,7 @@ final class StoreDatabase: @unchecked Sendable {
 
     /// Opens the four databases of an environment that must already be a store, and reads its layout.
     private static func openExisting(env: Environment, path: String) throws -> StoreDatabase {
-        let dbs = try ["entries", "lru", "access", "meta"].map { name throws(SpillStoreError) in try openNamed(name, env: env, path: path) }
+        let dbs = try names.map { name throws(SpillStoreError) in try openNamed(name, env: env, path: path) }
         let (format, layoutJSON) = try env.withReadTransaction { txn in
             (try txn.copyValue(for: MetaKey.format, in: dbs[3]), try txn.copyValue(for: MetaKey.layout, in: dbs[3]))
         }

@@ -203,6 +203,23 @@ public final class Environment: @unchecked Sendable {
         }
     }
 
+    /// Opens (creating when missing) the named databases and runs `body` on them in the same
+    /// write transaction: the databases and what `body` writes appear together or, after a
+    /// crash or a throw, not at all. For creating a set of databases with their first records.
+    public func withNewDatabases<R>(_ names: [String], _ body: (borrowing Transaction, [Database]) throws -> R) throws -> ([Database], R) {
+        try databaseOpening.withLock { _ in
+            try withWriteTransaction { txn in
+                var dbs: [Database] = []
+                for name in names {
+                    var dbi: MDB_dbi = 0
+                    try check(txn.call(.dbiOpen) { mdb_dbi_open(txn.handle, name, UInt32(MDB_CREATE), &dbi) })
+                    dbs.append(Database(dbi: dbi, name: name))
+                }
+                return (dbs, try body(txn, dbs))
+            }
+        }
+    }
+
     // MARK: - Transactions
 
     /// Runs `body` in a read-only snapshot transaction. Keep it short: while it runs, the pages

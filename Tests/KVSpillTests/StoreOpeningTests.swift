@@ -91,6 +91,42 @@ final class StoreOpeningTests: XCTestCase {
         }
     }
 
+    /// A crash between the separate commits that used to create a store (one per database, then
+    /// meta) left an environment with some of its databases and no format record, which never
+    /// opened again. Such a directory holds nothing, so the open finishes creating the store
+    /// (now one transaction); an environment with anything else in it is still refused.
+    func testAStoreWhoseCreationWasCutShortOpensAsANewStore() throws {
+        let path = try makeTemporaryDirectory(self) + "/store"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        do {  // what the old creation had committed when killed before its meta transaction
+            let env = try Environment(path: path, configuration: .init(maxDatabases: 8))
+            for name in ["entries", "lru"] { _ = try env.openDatabase(name, create: true) }
+            env.close()
+        }
+        let store = try LMDBSpillStore(config(path))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        let tokens = blockTokens(chain: 1, index: 0)
+        fill(arena, block: BlockID(1), tokens: tokens)
+        store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+        XCTAssertEqual(store.checkInvariants(), 1)
+        store.close()
+        XCTAssertEqual(try SpillStoreReport.inspect(path: path).entries, 1)
+        let reopened = try LMDBSpillStore(config(path))
+        XCTAssertTrue(reopened.restore(reopened.key(chain: [tokens]), tokens, into: BlockID(0), arena: arena))
+        reopened.close()
+
+        // Half-created, but with entries in it: not ours to recreate.
+        let other = path + "-entries"
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        do {
+            let env = try Environment(path: other, configuration: .init(maxDatabases: 8))
+            let entries = try env.openDatabase("entries", create: true)
+            try env.withWriteTransaction { try $0.put([1], for: "x", in: entries) }
+            env.close()
+        }
+        assertOpenFails(config(other)) { if case .notAStore = $0 { true } else { false } }
+    }
+
     func testAnotherLayoutAndASecondOpenAreRefused() throws {
         let path = try makeTemporaryDirectory(self) + "/store"
         let store = try LMDBSpillStore(config(path))

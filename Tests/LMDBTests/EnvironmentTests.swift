@@ -277,6 +277,21 @@ final class EnvironmentTests: XCTestCase {
             XCTAssertEqual($0 as? LMDBError, .environmentClosed)
         }
     }
+
+    /// The databases created with their first records in one transaction: all or nothing.
+    func testNewDatabasesAndTheirFirstRecordsCommitTogether() throws {
+        struct Boom: Error {}
+        let env = try open(try makeTemporaryDirectory(self))
+        XCTAssertThrowsError(try env.withNewDatabases(["a", "b"]) { txn, dbs in
+            try txn.put([1], for: "k", in: dbs[1])
+            throw Boom()
+        })
+        XCTAssertThrowsError(try env.openDatabase("a")) { XCTAssertEqual($0 as? LMDBError, .notFound, "rolled back with the body") }
+        let (dbs, _) = try env.withNewDatabases(["a", "b"]) { txn, dbs in try txn.put([1], for: "k", in: dbs[1]) }
+        XCTAssertEqual(try env.withReadTransaction { try $0.copyValue(for: "k", in: dbs[1]) }, [1])
+        XCTAssertEqual(try env.openDatabase("a"), dbs[0])
+    }
+
     func testResizeWaitsForReadersOnOtherThreads() throws {
         let env = try open(try makeTemporaryDirectory(self), mapSize: 1 << 20)
         let db = try env.openDatabase("d", create: true)
