@@ -123,7 +123,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         let size = SpillRecord.payloadOffset(namespaceBytes: ns.count, tokenCount: tokens.count) + payloadBytes
         guard queue.admits(bytes: size, wait: configuration.whenQueueFull == .waitWhenFull) else { return }
         let record = PendingRecord(key: key, byteCount: size, pool: buffers)
-        let payload = SpillRecord.writeHeader(into: record.bytes, layout: layout, namespace: ns, tokens: tokens,
+        let payload = SpillRecord.writeHeader(into: record.bytes, key: key, layout: layout, namespace: ns, tokens: tokens,
                                               payloadBytes: payloadBytes, writtenAtMillis: nowMillis())
         arena?.copyOut(block, into: payload)
         if background != nil {
@@ -135,8 +135,8 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         }
     }
 
-    /// Copies the stored KV of `key` into `block` when the record verifies: same tokens, same
-    /// layout, checksum intact. Anything else is a miss; a bad record is dropped and counted.
+    /// Copies the stored KV of `key` into `block` when the record verifies: written under this key,
+    /// same tokens, same layout, checksum intact. Anything else is a miss; a bad record is dropped and counted.
     /// Records still queued for the writer are restored from the queue.
     public func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool {
         guard isOpen else { return false }
@@ -159,7 +159,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
             outcome = try database.env.withReadTransaction { txn in
                 try key.withBytes { k in
                     try txn.withValue(for: k, in: database.entries) { bytes in
-                        RestoreOutcome.check(bytes, layout: layout, namespace: ns, tokens: tokens, payloadBytes: needed) { payload in
+                        RestoreOutcome.check(bytes, key: k, layout: layout, namespace: ns, tokens: tokens, payloadBytes: needed) { payload in
                             arena?.copyIn(block, from: payload)
                         }
                     }
@@ -183,7 +183,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         return outcome == .hit
     }
 
-    /// Whether a restore of `key` with these tokens could hit (tokens and layout checked; the
+    /// Whether a restore of `key` with these tokens could hit (record key, tokens and layout checked; the
     /// payload's checksum is checked only by `restore`). For side-effect-free lookups.
     public func contains(key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool {
         guard isOpen else { return false }
@@ -192,7 +192,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
             try key.withBytes { k in
                 try txn.withValue(for: k, in: database.entries) { bytes in
                     guard let view = try? RecordView(bytes) else { return false }
-                    return view.matches(layout) && view.tokens.elementsEqual(UnsafeRawBufferPointer(tokens))
+                    return view.matches(layout) && view.belongs(under: k) && view.tokens.elementsEqual(UnsafeRawBufferPointer(tokens))
                 }
             }
         }) ?? false
@@ -220,7 +220,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
             try key.withBytes { k in
                 try txn.withValue(for: k, in: database.entries) { bytes in
                     guard let view = try? RecordView(bytes), view.matches(layout), view.payloadBytes == payloadBytes,
-                          view.holds(namespace: ns, tokens: tokens) else { return false }
+                          view.belongs(under: k), view.holds(namespace: ns, tokens: tokens) else { return false }
                     do { try view.verifyChecksum() } catch { corrupt = true; return false }
                     return true
                 }

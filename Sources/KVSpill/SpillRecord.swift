@@ -1,24 +1,32 @@
+import KVCache
 import KVCore
 
-/// The value stored for one spilled block: a fixed header, the block's tokens, the namespace,
-/// then the KV payload (every layer, K then V, in `KVPageArena.copyOut` order).
+/// The value stored for one spilled block: a fixed header, the prefix key it was written
+/// under, the block's tokens, the namespace, then the KV payload (every layer, K then V, in
+/// `KVPageArena.copyOut` order).
 ///
 /// ```
-///  0  magic "PKVS"            4   format version (u16), flags (u16, 0)
+///  0  magic "PKVS"            4   format version (u16) = 2, flags (u16, 0)
 ///  8  checksum: XXH64 of bytes 16..<end
 /// 16  layers, kv heads, head dim, block size, dtype code      (u32 each: the layout fingerprint)
 /// 36  namespace bytes (u32)  40  token count (u32)  44  reserved (u32, 0)
 /// 48  payload bytes (u64: 0 for a token-only record, else the layout's block bytes)
 /// 56  written at (u64, Unix milliseconds)
-/// 64  tokens (Int32 LE, 4-aligned), namespace (UTF-8), zero padding to 16, payload
+/// 64  prefix key (32 bytes, digest order): the LMDB key the record belongs under
+/// 96  tokens (Int32 LE, 4-aligned), namespace (UTF-8), zero padding to 16, payload
 /// ```
 ///
 /// All integers are little-endian. The checksum covers everything after itself, so a torn
-/// write, a flipped bit in the tokens or a payload cut short all fail verification.
+/// write, a flipped bit in the tokens or a payload cut short all fail verification. The key
+/// ties the record to its whole prefix history: the tokens name only the last block, so a
+/// record that ended up under another prefix's key whose last block has the same tokens
+/// would otherwise pass every check. Version 1 (no key, tokens at 64) is not read.
 enum SpillRecord {
     static let magic: UInt32 = 0x5356_4B50  // "PKVS" as little-endian bytes
-    static let formatVersion: UInt16 = 1
-    static let fixedHeaderBytes = 64
+    static let formatVersion: UInt16 = 2
+    static let keyOffset = 64
+    static let keyBytes = 32
+    static let fixedHeaderBytes = 96
     static let checksummedFrom = 16
 
     /// Bytes of the header, tokens and namespace, padded so the payload starts 16-byte aligned.
@@ -28,7 +36,7 @@ enum SpillRecord {
 
     /// Writes everything but the checksum into `record` (sized `payloadOffset + payloadBytes`)
     /// and returns the payload region for the caller to fill. ``seal(_:)`` then adds the checksum.
-    static func writeHeader(into record: UnsafeMutableRawBufferPointer, layout: KVLayout, namespace: [UInt8],
+    static func writeHeader(into record: UnsafeMutableRawBufferPointer, key: PrefixKey, layout: KVLayout, namespace: [UInt8],
                             tokens: UnsafeBufferPointer<TokenID>, payloadBytes: Int, writtenAtMillis: UInt64) -> UnsafeMutableRawBufferPointer {
         let offset = payloadOffset(namespaceBytes: namespace.count, tokenCount: tokens.count)
         precondition(record.count == offset + payloadBytes, "SpillRecord: buffer of \(record.count) bytes for a record of \(offset + payloadBytes)")
@@ -47,6 +55,7 @@ enum SpillRecord {
         put(UInt32(0), at: 44)
         put(UInt64(payloadBytes), at: 48)
         put(writtenAtMillis, at: 56)
+        key.withBytes { k in (record.baseAddress! + keyOffset).copyMemory(from: k.baseAddress!, byteCount: keyBytes) }
         var at = fixedHeaderBytes
         if let t = tokens.baseAddress { (record.baseAddress! + at).copyMemory(from: t, byteCount: 4 * tokens.count) }
         at += 4 * tokens.count
@@ -121,6 +130,14 @@ struct RecordView {
         let stored = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
         guard XXH64.hash(UnsafeRawBufferPointer(rebasing: bytes[SpillRecord.checksummedFrom...])) == stored else { throw .checksumMismatch }
     }
+
+    /// The prefix key the record was written under.
+    var key: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: bytes[SpillRecord.keyOffset..<(SpillRecord.keyOffset + SpillRecord.keyBytes)])
+    }
+
+    /// Whether the record was written under `key` (the LMDB key it was found under).
+    func belongs(under key: UnsafeRawBufferPointer) -> Bool { self.key.elementsEqual(key) }
 
     var namespace: UnsafeRawBufferPointer {
         let start = SpillRecord.fixedHeaderBytes + 4 * tokenCount

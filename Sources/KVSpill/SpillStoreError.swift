@@ -6,7 +6,7 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
     /// The path holds something that is not a PrefixKV spill store (not LMDB, truncated, garbage,
     /// a plain file, or an LMDB environment of something else).
     case notAStore(path: String, reason: String)
-    /// The store was written by an unknown format version.
+    /// The store was written in another record format version (version 1 records carry no key).
     case unsupportedFormat(path: String, version: Int)
     /// The store holds blocks of another KV layout.
     case layoutMismatch(path: String, stored: KVLayout, expected: KVLayout)
@@ -24,7 +24,8 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
     public var description: String {
         switch self {
         case .notAStore(let p, let why): "\(p) is not a PrefixKV spill store: \(why)"
-        case .unsupportedFormat(let p, let v): "\(p): unsupported spill store format version \(v)"
+        case .unsupportedFormat(let p, let v):
+            "\(p): unsupported spill store format version \(v) (this build reads \(SpillRecord.formatVersion); the store is a cache: delete it to start afresh)"
         case .layoutMismatch(let p, let s, let e): "\(p) holds blocks of layout \(s), expected \(e)"
         case .permissionDenied(let p, let e): "\(p): \(e)"
         case .notFound(let p): "\(p): no such store"

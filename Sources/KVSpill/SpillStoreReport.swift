@@ -31,7 +31,7 @@ public struct SpillStoreReport: Sendable, Codable, Equatable {
     public var newestEntryAgeSeconds: Double?
     /// Records per namespace name.
     public var entriesPerNamespace: [String: Int]
-    /// Records that do not parse or are of another layout.
+    /// Records that do not parse, are of another layout, or lie under another record's key.
     public var unreadableEntries: Int
     /// The stats the manager published last, and how old they are.
     public var cache: KVCacheStats?
@@ -67,10 +67,10 @@ extension StoreDatabase {
                                      pageSize: pageSize, entriesPerNamespace: [:], unreadableEntries: 0)
             var oldest = UInt64.max, newest = UInt64.min
             try env.withReadTransaction { txn in
-                try txn.forEach(in: entries) { _, value in
+                try txn.forEach(in: entries) { key, value in
                     r.entries += 1
                     r.bytes += value.count
-                    guard let view = try? RecordView(value), view.matches(layout) else {
+                    guard let view = try? RecordView(value), view.matches(layout), view.belongs(under: key) else {
                         r.unreadableEntries += 1
                         return true
                     }

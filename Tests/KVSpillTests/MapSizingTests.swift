@@ -70,7 +70,7 @@ final class MapSizingTests: XCTestCase {
         return store.counters
     }
 
-    /// Small records (512-byte payload, ~640-byte records): at most five per 4 KiB leaf, the
+    /// Small records (512-byte payload, ~690-byte records): at most five per 4 KiB leaf, the
     /// worst case for B-tree fill and the one replay uses by default.
     func testSmallRecordsFillTheLimitFiveTimesOverWithoutDroppingABatch() throws {
         let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)

@@ -99,11 +99,12 @@ final class SpillStoreTests: XCTestCase {
     func testCorruptRecordsAreMissesDroppedAndCounted() throws {
         let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
-        let blocks = spillChain(store, arena: arena, chain: 2, count: 5)
+        let blocks = spillChain(store, arena: arena, chain: 2, count: 6)
         let payloadStart = SpillRecord.payloadOffset(namespaceBytes: 7, tokenCount: 16)
         let edits: [(String, (inout [UInt8]) -> Void)] = [
             ("payload bit flip", { $0[payloadStart + 1000] ^= 0x10 }),
             ("token changed", { $0[SpillRecord.fixedHeaderBytes + 8] ^= 1 }),
+            ("key changed", { $0[SpillRecord.keyOffset + 3] ^= 1 }),
             ("truncated", { $0.removeLast(100) }),
             ("other layout", { $0[16] = 3 }),  // layer count 2 → 3
             ("bad magic", { $0[0] = 0 }),
@@ -115,10 +116,57 @@ final class SpillStoreTests: XCTestCase {
             XCTAssertEqual(contents(arena, block: BlockID(3)), before, "\(name): nothing is copied in before verification")
         }
         store.flush()
-        XCTAssertEqual(store.counters.corruptDropped, 5)
+        XCTAssertEqual(store.counters.corruptDropped, 6)
         XCTAssertEqual(store.counters.restoreHits, 0)
         XCTAssertEqual(store.checkInvariants(), 0, "every bad entry was dropped")
         XCTAssertEqual(store.storedBytes, 0)
+    }
+
+    /// A record is tied to its key: prefix A's record under prefix B's key, where B's last block
+    /// has the same tokens (padding, repeated chunks after different histories), used to pass
+    /// every check and restore A's KV for B. The record now carries its key (checksummed):
+    /// a mismatch is a counted defect, never restored, and the entry is dropped.
+    func testARecordUnderAnotherPrefixsKeyIsADefectNotAHit() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let a0 = blockTokens(chain: 1, index: 0), b0 = blockTokens(chain: 2, index: 0)
+        let shared = blockTokens(chain: 9, index: 7)  // the same block tokens after two histories
+        let keyA = store.key(chain: [a0, shared]), keyB = store.key(chain: [b0, shared])
+        fill(arena, block: BlockID(1), tokens: a0 + shared)  // different KV: the context differs
+        store.spill(keyA, shared, block: BlockID(1), arena: arena)
+        fill(arena, block: BlockID(1), tokens: b0 + shared)
+        store.spill(keyB, shared, block: BlockID(1), arena: arena)
+        // A misdirected write (a bug, a restore from a mixed backup): A's whole, valid record
+        // lands under B's key. Same size, so the byte accounting stays right.
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            let recordA = try XCTUnwrap(try txn.copyValue(for: keyA.byteArray, in: db.entries))
+            try txn.put(recordA, for: keyB.byteArray, in: db.entries)
+        }
+        XCTAssertEqual(try store.report().unreadableEntries, 1)
+        XCTAssertFalse(store.contains(keyB, shared))
+        let before = contents(arena, block: BlockID(2))
+        XCTAssertFalse(store.restore(keyB, shared, into: BlockID(2), arena: arena), "A's KV must not be restored for B")
+        XCTAssertTrue(contents(arena, block: BlockID(2)) == before, "nothing is copied in")
+        store.flush()
+        XCTAssertEqual(store.counters.corruptDropped, 1)
+        XCTAssertEqual(store.checkInvariants(), 1, "B's entry was dropped")
+        XCTAssertTrue(store.restore(keyA, shared, into: BlockID(2), arena: arena))
+        XCTAssertTrue(contents(arena, block: BlockID(2)) == expectedPayload(tokens: a0 + shared, layout: testLayout), "A's own KV")
+        // B spilled again, and A's record misplaced over it again: the next spill of B (a block
+        // evicted again) must rewrite it, not take the record that is not B's for B's.
+        fill(arena, block: BlockID(1), tokens: b0 + shared)
+        store.spill(keyB, shared, block: BlockID(1), arena: arena)
+        try db.env.withWriteTransaction { txn in
+            let recordA = try XCTUnwrap(try txn.copyValue(for: keyA.byteArray, in: db.entries))
+            try txn.put(recordA, for: keyB.byteArray, in: db.entries)
+        }
+        let written = store.counters.recordsWritten
+        store.spill(keyB, shared, block: BlockID(1), arena: arena)
+        XCTAssertEqual(store.counters.recordsWritten, written + 1, "rewritten, not merely touched")
+        XCTAssertTrue(store.restore(keyB, shared, into: BlockID(2), arena: arena))
+        XCTAssertTrue(contents(arena, block: BlockID(2)) == expectedPayload(tokens: b0 + shared, layout: testLayout), "B's own KV")
+        XCTAssertEqual(store.checkInvariants(), 2)
     }
 
     func testSizeLimitDropsLeastRecentlyUsedAndRestoresRefreshRecency() throws {

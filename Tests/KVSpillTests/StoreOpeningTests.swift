@@ -127,6 +127,25 @@ final class StoreOpeningTests: XCTestCase {
         assertOpenFails(config(other)) { if case .notAStore = $0 { true } else { false } }
     }
 
+    /// Records of format 1 carry no prefix key, so this build does not read them: a store
+    /// written by an older build is `.unsupportedFormat` for the writer and for `kvctl stats`.
+    func testAStoreOfTheOlderRecordFormatIsUnsupportedForOpenAndReport() throws {
+        let path = try makeTemporaryDirectory(self) + "/store"
+        try LMDBSpillStore(config(path)).close()
+        do {  // what an older build wrote into meta
+            let env = try Environment(path: path, configuration: .init(maxDatabases: 8))
+            let meta = try env.openDatabase("meta")
+            try env.withWriteTransaction { try $0.put(le(UInt32(1)), for: StoreDatabase.MetaKey.format, in: meta) }
+            env.close()
+        }
+        assertOpenFails(config(path)) { $0 == .unsupportedFormat(path: path, version: 1) }
+        XCTAssertThrowsError(try SpillStoreReport.inspect(path: path)) {
+            XCTAssertEqual($0 as? SpillStoreError, .unsupportedFormat(path: path, version: 1))
+            XCTAssertTrue("\($0)".contains("delete it"), "the one line says what to do")
+        }
+        XCTAssertEqual(SpillRecord.formatVersion, 2)
+    }
+
     func testAnotherLayoutAndASecondOpenAreRefused() throws {
         let path = try makeTemporaryDirectory(self) + "/store"
         let store = try LMDBSpillStore(config(path))
