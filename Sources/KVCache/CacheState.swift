@@ -201,8 +201,10 @@ struct CacheState {
     mutating func admit(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> Admission {
         guard !prompt.isEmpty else { throw .emptyPrompt }
         try Self.validate(prompt)
-        let k = namespaceIndex(ns)
-        let matched = prompt.withUnsafeBufferPointer { matchMemory($0, namespace: k) }
+        // A namespace this manager has not seen matches nothing in memory; it is registered only
+        // once the admission is sure to succeed, so a refused call leaves no trace.
+        let known = namespaces[ns]
+        let matched = known.map { k in prompt.withUnsafeBufferPointer { matchMemory($0, namespace: k) } } ?? []
         let totalBlocks = (prompt.count + blockSize - 1) / blockSize
         let needed = totalBlocks - matched.count
         var pinnedFromQueue = 0
@@ -212,6 +214,7 @@ struct CacheState {
             counters.allocationsFailed += 1
             throw .insufficientBlocks(needed: needed, available: available)
         }
+        let k = known ?? namespaceIndex(ns)
         // Apply: pin the hit, then allocate the rest (evicting and spilling cold blocks).
         for b in matched { retain(b) }
         var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count)
@@ -270,11 +273,17 @@ struct CacheState {
 
     mutating func lookup(_ tokens: [TokenID], namespace ns: Namespace, probeStore: Bool) throws(KVCacheError) -> PrefixLookup {
         try Self.validate(tokens)
-        guard let k = namespaces[ns] else { return PrefixLookup(memoryTokens: 0, storeTokens: 0) }
-        let matched = tokens.withUnsafeBufferPointer { matchMemory($0, namespace: k) }
+        // A namespace this manager has not seen (yet) has nothing in memory, but a persistent store
+        // may hold its prefixes from an earlier run: `admit` would restore them, so probe them too.
+        // The namespace is not registered here: a lookup changes nothing.
+        let known = namespaces[ns]
+        let matched = known.map { k in tokens.withUnsafeBufferPointer { matchMemory($0, namespace: k) } } ?? []
         var storeBlocks = 0
         if probeStore, let store = coldStore {
-            var key = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
+            var key: PrefixKey
+            if let last = matched.last { key = prefixKey(of: last) }
+            else if let k = known { key = rootKey(k) }
+            else { key = store.rootKey(namespace: ns) }
             tokens.withUnsafeBufferPointer { p in
                 for i in matched.count..<(tokens.count / blockSize) {
                     let chunk = UnsafeBufferPointer(rebasing: p[(i * blockSize)..<((i + 1) * blockSize)])
