@@ -36,8 +36,11 @@ struct CacheState {
     var index: PrefixIndex
     /// The tokens each block holds: `blockSize` slots per block, block 0 unused.
     var blockTokens: [TokenID]
+    /// Live sequences by serial (the handle's `serial`; its `manager` is checked in `live`).
     var sequences: [UInt64: SequenceState] = [:]
     var nextSequence: UInt64 = 1
+    /// This state's process-unique id, carried in every handle it issues.
+    let managerID = SequenceHandle.newManagerID()
     var namespaces: [Namespace: Int32] = [:]
     var namespaceNames: [Namespace] = []
     /// Cached (in-tree) blocks with refcount 0: the evictable ones.
@@ -233,11 +236,11 @@ struct CacheState {
         if coldStore != nil { restored = restoreFromStore(&seq, from: matched.count, to: fullBlocks, prompt: prompt) }
         for i in (matched.count + restored)..<fullBlocks { insertIfChained(&seq, blockAt: i) }
 
-        let handle = SequenceHandle(rawValue: nextSequence)
+        let handle = SequenceHandle(manager: managerID, serial: nextSequence)
         nextSequence += 1
         logicalBlocks += seq.blocks.count
         let table = seq.blocks
-        sequences[handle.rawValue] = seq
+        sequences[handle.serial] = seq
         counters.queryTokens += prompt.count
         counters.hitTokens += matched.count * blockSize
         counters.storeHitTokens += restored * blockSize
@@ -298,9 +301,12 @@ struct CacheState {
 
     // MARK: - Sequences
 
+    /// The state of a live sequence; a handle this manager did not issue (another manager's, or a
+    /// forged one) is unknown, one it issued and released is released.
     func live(_ s: SequenceHandle) throws(KVCacheError) -> SequenceState {
-        if let seq = sequences[s.rawValue] { return seq }
-        throw s.rawValue > 0 && s.rawValue < nextSequence ? .releasedSequence(s) : .unknownSequence(s)
+        guard s.manager == managerID else { throw .unknownSequence(s) }
+        if let seq = sequences[s.serial] { return seq }
+        throw s.serial > 0 && s.serial < nextSequence ? .releasedSequence(s) : .unknownSequence(s)
     }
 
     mutating func append(_ tokens: [TokenID], to s: SequenceHandle) throws(KVCacheError) {
@@ -316,7 +322,7 @@ struct CacheState {
             counters.allocationsFailed += 1
             throw .insufficientBlocks(needed: needed, available: pool.freeCount)
         }
-        sequences[s.rawValue] = nil  // hold the only copy while mutating (no copy-on-write of arrays)
+        sequences[s.serial] = nil  // hold the only copy while mutating (no copy-on-write of arrays)
         if needsCopy {
             // Copy-on-write of the shared partial last block: this sequence takes a private copy.
             let old = seq.blocks.last!
@@ -339,7 +345,7 @@ struct CacheState {
             if position % blockSize == 0 { insertIfChained(&seq, blockAt: position / blockSize - 1) }
         }
         seq.tokenCount = position
-        sequences[s.rawValue] = seq
+        sequences[s.serial] = seq
     }
 
     mutating func fork(_ s: SequenceHandle, count: Int) throws(KVCacheError) -> [SequenceHandle] {
@@ -349,9 +355,9 @@ struct CacheState {
         children.reserveCapacity(count)
         for _ in 0..<count {
             for b in seq.blocks { retain(b) }
-            let handle = SequenceHandle(rawValue: nextSequence)
+            let handle = SequenceHandle(manager: managerID, serial: nextSequence)
             nextSequence += 1
-            sequences[handle.rawValue] = seq
+            sequences[handle.serial] = seq
             logicalBlocks += seq.blocks.count
             children.append(handle)
         }
@@ -360,7 +366,7 @@ struct CacheState {
 
     mutating func release(_ s: SequenceHandle) throws(KVCacheError) {
         let seq = try live(s)
-        sequences[s.rawValue] = nil
+        sequences[s.serial] = nil
         // Deepest first, so a parent is always more recently used than its children in the queue.
         for b in seq.blocks.reversed() { unpin(b) }
         logicalBlocks -= seq.blocks.count

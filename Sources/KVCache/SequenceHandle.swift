@@ -1,13 +1,33 @@
 import KVCore
+import Synchronization
 
 /// Names one live sequence (a request, or one sample of a fork). Handles are never reused, so a
 /// released handle stays recognisably released.
-public struct SequenceHandle: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
-    /// The manager's serial number for the sequence.
-    public var rawValue: UInt64
-    /// Wraps a serial number (handles not issued by the manager are `unknownSequence` errors).
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
-    public var description: String { "seq\(rawValue)" }
+///
+/// A handle carries the id of the manager that issued it: serials start at 1 in every manager,
+/// so without it a handle from another manager would name (and could release) an unrelated
+/// sequence here. A foreign handle is an `unknownSequence` error instead. Two words: cheap to
+/// hash, copy and send.
+public struct SequenceHandle: Hashable, Sendable, CustomStringConvertible {
+    /// The process-unique id of the manager that issued the handle.
+    public let manager: UInt64
+    /// The manager's serial number for the sequence (from 1, in issue order).
+    public let serial: UInt64
+    /// Only a manager issues handles (tests forge unknown ones through `@testable`).
+    init(manager: UInt64, serial: UInt64) {
+        self.manager = manager
+        self.serial = serial
+    }
+    public var description: String { "seq\(serial)@cache\(manager)" }
+
+    /// The next manager id: a process-wide counter, so no two managers (or `CacheState`s) of one
+    /// process ever share an id.
+    private static let nextManager = Atomic<UInt64>(1)
+
+    /// Draws a fresh manager id.
+    static func newManagerID() -> UInt64 {
+        nextManager.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
 }
 
 /// What `admit` returns: the new sequence, its block table, and how much of the prompt's KV is
@@ -41,7 +61,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case insufficientBlocks(needed: Int, available: Int)
     /// The handle was released earlier.
     case releasedSequence(SequenceHandle)
-    /// The handle was never issued by this manager.
+    /// The handle was never issued by this manager (a forged handle, or one from another manager).
     case unknownSequence(SequenceHandle)
     /// `admit` got no tokens.
     case emptyPrompt

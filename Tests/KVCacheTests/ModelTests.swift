@@ -56,7 +56,7 @@ struct ReferenceModel {
         let namespaces = ["a", "b"]
         let stems: [[TokenID]] = (0..<4).map { _ in (0..<12).map { _ in TokenID.random(in: 0..<3, using: &rng) } }
         for step in 0..<3000 {
-            let live = Array(model.sequences.keys).sorted { $0.rawValue < $1.rawValue }
+            let live = Array(model.sequences.keys).sorted { $0.serial < $1.serial }
             let op = live.isEmpty ? 0 : Int.random(in: 0..<10, using: &rng)
             switch op {
             case 0...3:
@@ -104,7 +104,7 @@ struct ReferenceModel {
         var model = ReferenceModel(blockSize: bs)
         var failures = 0
         for step in 0..<4000 {
-            let live = Array(model.sequences.keys).sorted { $0.rawValue < $1.rawValue }
+            let live = Array(model.sequences.keys).sorted { $0.serial < $1.serial }
             var held = Set<Int32>()
             for h in live { held.formUnion(try cache.blockTable(of: h)) }
             #expect(cache.stats.usedBlocks == held.count)

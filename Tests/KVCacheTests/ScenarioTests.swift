@@ -137,13 +137,36 @@ import Testing
         try cache.release(a.sequence)
         #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.release(a.sequence) }
         #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.append([1], to: a.sequence) }
-        let bogus = SequenceHandle(rawValue: 999)
+        let bogus = SequenceHandle(manager: a.sequence.manager, serial: 999)  // never issued
         #expect(throws: KVCacheError.unknownSequence(bogus)) { try cache.blockTable(of: bogus) }
         #expect(throws: KVCacheError.noPageArena) { try cache.withUnsafeLayerPages(layer: 0) { _ in } }
         #expect(throws: KVCacheError.invalidCapacity(0)) { try KVCacheManager(layout: .small(), capacityBlocks: 0) }
         let other = KVLayout.small(blockSize: 8)
         #expect(throws: KVCacheError.layoutMismatch(expected: cache.layout, got: other)) { try cache.requireLayout(other) }
         cache.checkInvariants()
+    }
+
+    /// Serials start at 1 in every manager: a handle from another manager must be unknown here,
+    /// never a name for this manager's sequence with the same serial.
+    @Test func handleFromAnotherManagerIsUnknown() throws {
+        let m1 = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
+        let m2 = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
+        let a = try m1.admit(run(0, 6))
+        let b = try m2.admit(run(100, 6))
+        #expect(a.sequence.serial == b.sequence.serial && a.sequence != b.sequence)
+        #expect(throws: KVCacheError.unknownSequence(a.sequence)) { try m2.release(a.sequence) }
+        #expect(throws: KVCacheError.unknownSequence(a.sequence)) { try m2.append([1], to: a.sequence) }
+        #expect(throws: KVCacheError.unknownSequence(a.sequence)) { try m2.fork(a.sequence, count: 1) }
+        #expect(throws: KVCacheError.unknownSequence(a.sequence)) { try m2.tokens(of: a.sequence) }
+        #expect(throws: KVCacheError.unknownSequence(a.sequence)) { try m2.decodePlan(for: [a.sequence]) }
+        m2.checkInvariants()
+        #expect(try m2.tokens(of: b.sequence) == run(100, 6), "m2's own sequence was touched through m1's handle")
+        #expect(m2.stats.liveSequences == 1)
+        try m1.release(a.sequence)
+        m1.checkInvariants()
+        #expect(throws: KVCacheError.unknownSequence(a.sequence)) { try m2.release(a.sequence) }  // still foreign once released
+        try m2.release(b.sequence)
+        m2.checkInvariants()
     }
 
     @Test func appendFailureChangesNothing() throws {
