@@ -42,6 +42,15 @@ public final class KVCacheManager: Sendable {
                 statsPublishInterval: Duration = .seconds(1),
                 logger: Logger = Logger(label: "prefixkv.cache")) throws(KVCacheError) {
         guard capacityBlocks >= 1 else { throw .invalidCapacity(capacityBlocks) }
+        // The layout is valid by construction (`KVLayout` validates in its inits, decoding
+        // included); what is left is a capacity too large to size the token table or the arena
+        // in an `Int`, which would otherwise trap inside this throwing init.
+        let slots = capacityBlocks.addingReportingOverflow(1)
+        let tokenBytes = slots.partialValue.multipliedReportingOverflow(by: layout.blockSize * MemoryLayout<TokenID>.stride)
+        let pageBytes = slots.partialValue.multipliedReportingOverflow(by: layout.blockBytes)
+        guard !slots.overflow, !tokenBytes.overflow, !(allocatesPages && pageBytes.overflow) else {
+            throw .invalidCapacity(capacityBlocks)
+        }
         if let storeLayout = coldStore?.storeLayout, storeLayout != layout {
             throw .layoutMismatch(expected: layout, got: storeLayout)
         }

@@ -71,7 +71,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case layoutMismatch(expected: KVLayout, got: KVLayout)
     /// `fork` asked for fewer than one child.
     case invalidForkCount(Int)
-    /// A manager asked for fewer than one block.
+    /// A manager asked for fewer than one block, or for more than its tables or arena can size.
     case invalidCapacity(Int)
     /// Page access on a metadata-only manager.
     case noPageArena
@@ -87,7 +87,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .negativeToken(let i, let v): "token \(i) has negative id \(v)"
         case .layoutMismatch(let e, let g): "layout mismatch: the cache holds \(e), got \(g)"
         case .invalidForkCount(let n): "fork count must be positive, got \(n)"
-        case .invalidCapacity(let n): "capacity must be at least 1 block, got \(n)"
+        case .invalidCapacity(let n): "capacity must be at least 1 block and small enough to size in memory, got \(n)"
         case .noPageArena: "this manager is metadata-only: it has no page arena"
         case .invalidBatch(let why): "invalid decode batch: \(why)"
         }

@@ -35,28 +35,54 @@ public enum KVDType: String, Sendable, Hashable, CaseIterable, Codable, CustomSt
 /// block             = [head 0: blockSize × headDim][head 1: …]…
 /// ```
 public struct KVLayout: Hashable, Sendable, Codable, CustomStringConvertible {
-    /// Transformer layers; each has its own K and V arena.
-    public var layerCount: Int
-    /// KV heads per layer (query heads may be a multiple of it: GQA, MQA).
-    public var kvHeadCount: Int
-    /// Elements per head vector.
-    public var headDim: Int
-    /// Tokens per block (default 16).
-    public var blockSize: Int
-    /// The element type of K and V.
-    public var dtype: KVDType
+    // Read-only, and decoding goes through the validating init: every `KVLayout` in existence has
+    // positive counts and sizes that fit in an `Int`, so the cache and kernels can divide by and
+    // multiply them without checking again (a zero `blockSize` once reached the manager and
+    // trapped on its first admit).
 
-    /// A layout; every count must be positive (`KVLayoutError.invalid` names the one that is not).
+    /// Transformer layers; each has its own K and V arena.
+    public let layerCount: Int
+    /// KV heads per layer (query heads may be a multiple of it: GQA, MQA).
+    public let kvHeadCount: Int
+    /// Elements per head vector.
+    public let headDim: Int
+    /// Tokens per block (default 16).
+    public let blockSize: Int
+    /// The element type of K and V.
+    public let dtype: KVDType
+
+    /// A layout; every count must be positive and a block's bytes across all layers must fit in
+    /// an `Int` (`KVLayoutError.invalid` names what is wrong).
     public init(layerCount: Int, kvHeadCount: Int, headDim: Int, blockSize: Int = 16, dtype: KVDType = .float16) throws(KVLayoutError) {
         guard layerCount > 0 else { throw .invalid("layerCount must be positive, got \(layerCount)") }
         guard kvHeadCount > 0 else { throw .invalid("kvHeadCount must be positive, got \(kvHeadCount)") }
         guard headDim > 0 else { throw .invalid("headDim must be positive, got \(headDim)") }
         guard blockSize > 0 else { throw .invalid("blockSize must be positive, got \(blockSize)") }
+        var bytes = 2 * dtype.byteWidth
+        for n in [layerCount, kvHeadCount, headDim, blockSize] {
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: n)
+            guard !overflow else { throw .invalid("a block's bytes overflow Int (layers=\(layerCount) kvHeads=\(kvHeadCount) headDim=\(headDim) blockSize=\(blockSize))") }
+            bytes = product
+        }
         self.layerCount = layerCount
         self.kvHeadCount = kvHeadCount
         self.headDim = headDim
         self.blockSize = blockSize
         self.dtype = dtype
+    }
+
+    /// Decodes through the validating init: a stored or received layout with a zero, negative or
+    /// overflowing dimension is a `DecodingError.dataCorrupted` whose underlying error is the
+    /// `KVLayoutError`.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        do {
+            try self.init(layerCount: c.decode(Int.self, forKey: .layerCount), kvHeadCount: c.decode(Int.self, forKey: .kvHeadCount),
+                          headDim: c.decode(Int.self, forKey: .headDim), blockSize: c.decode(Int.self, forKey: .blockSize),
+                          dtype: c.decode(KVDType.self, forKey: .dtype))
+        } catch let error as KVLayoutError {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: error.description, underlyingError: error))
+        }
     }
 
     /// A tiny layout for metadata-only use and tests: 1 layer, 1 head, head dim 8.

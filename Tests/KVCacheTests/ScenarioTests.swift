@@ -141,6 +141,9 @@ import Testing
         #expect(throws: KVCacheError.unknownSequence(bogus)) { try cache.blockTable(of: bogus) }
         #expect(throws: KVCacheError.noPageArena) { try cache.withUnsafeLayerPages(layer: 0) { _ in } }
         #expect(throws: KVCacheError.invalidCapacity(0)) { try KVCacheManager(layout: .small(), capacityBlocks: 0) }
+        // Too large to size the token table (or the arena) in an Int: a typed error, not a trap.
+        #expect(throws: KVCacheError.invalidCapacity(.max)) { try KVCacheManager(layout: .small(), capacityBlocks: .max) }
+        #expect(throws: KVCacheError.invalidCapacity(1 << 56)) { try KVCacheManager(layout: .small(), capacityBlocks: 1 << 56, allocatesPages: true) }
         let other = KVLayout.small(blockSize: 8)
         #expect(throws: KVCacheError.layoutMismatch(expected: cache.layout, got: other)) { try cache.requireLayout(other) }
         cache.checkInvariants()

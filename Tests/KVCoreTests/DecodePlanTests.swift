@@ -1,3 +1,4 @@
+import Foundation
 import KVCore
 import KVTestSupport
 import Testing
@@ -89,6 +90,29 @@ import Testing
     @Test func layoutRejectsNonsense() {
         #expect(throws: KVLayoutError.self) { try KVLayout(layerCount: 0, kvHeadCount: 1, headDim: 8) }
         #expect(throws: KVLayoutError.self) { try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 0) }
+        #expect(throws: KVLayoutError.invalid("blockSize must be positive, got -4")) { try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: -4) }
+        #expect(throws: KVLayoutError.invalid("kvHeadCount must be positive, got -1")) { try KVLayout(layerCount: 1, kvHeadCount: -1, headDim: 8) }
+        // Sizes that overflow Int would trap later in `blockBytes` or the arena.
+        #expect(throws: KVLayoutError.self) { try KVLayout(layerCount: 1 << 40, kvHeadCount: 1 << 20, headDim: 128, blockSize: 16) }
+    }
+
+    /// Decoding (a store's layout record, a config file) goes through the validating init: a
+    /// layout with a zero or negative dimension never reaches a manager or kernel.
+    @Test func decodingValidatesTheLayout() throws {
+        let good = try KVLayout(layerCount: 2, kvHeadCount: 4, headDim: 64, blockSize: 8, dtype: .bfloat16)
+        #expect(try JSONDecoder().decode(KVLayout.self, from: JSONEncoder().encode(good)) == good)
+        for (field, value) in [("blockSize", 0), ("blockSize", -16), ("layerCount", 0), ("headDim", -1)] {
+            var fields: [String: Any] = ["layerCount": 2, "kvHeadCount": 4, "headDim": 64, "blockSize": 8, "dtype": "bf16"]
+            fields[field] = value
+            let json = try JSONSerialization.data(withJSONObject: fields)
+            do {
+                _ = try JSONDecoder().decode(KVLayout.self, from: json)
+                Issue.record("decoded a layout with \(field) = \(value)")
+            } catch let DecodingError.dataCorrupted(context) {
+                #expect(context.underlyingError is KVLayoutError, "\(field) = \(value): \(context)")
+            }
+        }
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode(KVLayout.self, from: Data(#"{"layerCount":2}"#.utf8)) }
     }
 
     @Test func copyOutAndInRoundTripEveryLayer() throws {
