@@ -11,6 +11,10 @@ extension CacheState {
 
         // Refcounts are exactly the number of table slots naming each block.
         var refs = [Int32](repeating: 0, count: capacity + 1)
+        // The tokens each block holds as seen by the first sequence naming it (and which one):
+        // every holder of a shared block must agree, or one wrote into it without copying it.
+        var fill = [Int](repeating: 0, count: capacity + 1)
+        var filledBy = [UInt64](repeating: 0, count: capacity + 1)
         var logical = 0
         for (id, seq) in sequences {
             precondition(seq.tokenCount >= 1, "CacheState: sequence \(id) holds no tokens")
@@ -20,6 +24,13 @@ extension CacheState {
             for (i, b) in seq.blocks.enumerated() {
                 precondition(b > 0 && Int(b) <= capacity, "CacheState: sequence \(id) names block \(b) outside the pool")
                 refs[Int(b)] += 1
+                let n = min(blockSize, seq.tokenCount - i * blockSize)
+                if fill[Int(b)] == 0 {
+                    fill[Int(b)] = n
+                    filledBy[Int(b)] = id
+                } else {
+                    precondition(fill[Int(b)] == n, "CacheState: block \(b) is shared but holds \(fill[Int(b)]) tokens for sequence \(filledBy[Int(b)]) and \(n) for sequence \(id) (written in place without copy-on-write)")
+                }
                 let inTree = index.inTree[Int(b)]
                 if i < seq.treeBlocks {
                     let parent = i == 0 ? PrefixIndex.rootCode(namespace: seq.namespace) : seq.blocks[i - 1]

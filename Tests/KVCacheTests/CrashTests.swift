@@ -1,3 +1,4 @@
+import KVCore
 import Testing
 @testable import KVCache
 
@@ -18,6 +19,20 @@ import Testing
             var pool = BlockPool(capacity: 2)
             pool.retain(1)
             pool.pushBack(1)
+        }
+    }
+
+    /// A copy-on-write failure: a forked child writes into the shared partial block instead of
+    /// copying it, so parent and child disagree on how many tokens block 2 holds.
+    @Test func checkerCatchesASharedPartialBlockWrittenInPlace() async {
+        await #expect(processExitsWith: .failure) {
+            var s = CacheState(layout: .small(blockSize: 4), capacity: 8, arena: nil, coldStore: nil, onEvict: nil)
+            let a = try! s.admit([0, 1, 2, 3, 4, 5], namespace: .default)  // block 1 full, block 2 holds 2 tokens
+            let kid = try! s.fork(a.sequence, count: 1)[0]
+            s.checkInvariants()  // sharing a partial block is fine while both agree on its fill
+            s.blockTokens[2 * 4 + 2] = 77
+            s.sequences[kid.serial]!.tokenCount = 7
+            s.checkInvariants()  // traps: block 2 holds 2 tokens for the parent, 3 for the child
         }
     }
 
