@@ -41,6 +41,8 @@ extension CacheState {
                 }
             }
             precondition(seq.treeBlocks <= seq.tokenCount / blockSize, "CacheState: sequence \(id) has a partial block in the tree")
+            precondition(seq.firstNewBlock >= 0 && seq.firstNewBlock <= seq.blocks.count,
+                         "CacheState: sequence \(id) has firstNewBlock \(seq.firstNewBlock) outside 0...\(seq.blocks.count)")
         }
         for b in 1...capacity {
             precondition(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots name it")

@@ -23,6 +23,11 @@ struct SequenceState {
     /// Leading blocks of `blocks` that are nodes of the prefix tree. New full blocks join the tree
     /// only while this equals their index (an unbroken chain from the root).
     var treeBlocks: Int
+    /// Leading blocks whose KV was present when the sequence got them (its memory and store hits;
+    /// a fork child inherits its parent's count). Blocks from here on were brought in by this
+    /// sequence as new, so their KV exists only once its engine has written it:
+    /// `release(_:computedTokens:)` may drop them from the tree, never a hit.
+    var firstNewBlock: Int
 }
 
 /// The single-threaded cache: pool, prefix tree, sequences. `KVCacheManager` wraps it in a lock.
@@ -220,7 +225,8 @@ struct CacheState {
         let k = known ?? namespaceIndex(ns)
         // Apply: pin the hit, then allocate the rest (evicting and spilling cold blocks).
         for b in matched { retain(b) }
-        var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count)
+        var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count,
+                                firstNewBlock: matched.count)
         seq.blocks.reserveCapacity(totalBlocks)
         for _ in 0..<needed { seq.blocks.append(allocateBlock()) }
         prompt.withUnsafeBufferPointer { src in
@@ -235,6 +241,7 @@ struct CacheState {
         var restored = 0
         if coldStore != nil { restored = restoreFromStore(&seq, from: matched.count, to: fullBlocks, prompt: prompt) }
         for i in (matched.count + restored)..<fullBlocks { insertIfChained(&seq, blockAt: i) }
+        seq.firstNewBlock = matched.count + restored
 
         let handle = SequenceHandle(manager: managerID, serial: nextSequence)
         nextSequence += 1
@@ -364,12 +371,43 @@ struct CacheState {
         return children
     }
 
-    mutating func release(_ s: SequenceHandle) throws(KVCacheError) {
+    /// Releases a sequence. With `computedTokens` (how many of its tokens, from the first, hold KV
+    /// its engine wrote or found cached), the blocks it brought in as new that are not wholly
+    /// inside them leave the tree, so no later request hits (and no eviction spills) KV that was
+    /// never written. Only blocks nothing else needs go: deepest first, stopping at the first one
+    /// another sequence still holds or that has cached children (a request that matched it relies
+    /// on the same prefill; its ancestors must stay for the tree to stay a tree).
+    mutating func release(_ s: SequenceHandle, computedTokens: Int? = nil) throws(KVCacheError) {
         let seq = try live(s)
+        if let c = computedTokens, c < 0 || c > seq.tokenCount {
+            throw .invalidComputedTokens(c, tokenCount: seq.tokenCount)
+        }
         sequences[s.serial] = nil
         // Deepest first, so a parent is always more recently used than its children in the queue.
         for b in seq.blocks.reversed() { unpin(b) }
         logicalBlocks -= seq.blocks.count
+        guard let c = computedTokens else { return }
+        let firstUnwritten = max(seq.firstNewBlock, c / blockSize)
+        var i = seq.treeBlocks - 1
+        while i >= firstUnwritten {
+            let b = seq.blocks[i]
+            guard pool.refcount[Int(b)] == 0, index.childCount[Int(b)] == 0 else { break }
+            dropUnwritten(b)
+            i -= 1
+        }
+    }
+
+    /// Takes an unreferenced cached leaf whose KV was never written out of the tree: not an
+    /// eviction (nothing to spill or report), and the block moves to the head of the free queue
+    /// with the other blocks holding nothing worth keeping.
+    mutating func dropUnwritten(_ b: Int32) {
+        precondition(pool.refcount[Int(b)] == 0 && pool.queued[Int(b)],
+                     "CacheState: dropping block \(b) with refcount \(pool.refcount[Int(b)]), queued=\(pool.queued[Int(b)])")
+        index.removeLeaf(b)
+        if coldStore != nil { prefixKeys[Int(b)] = nil }
+        cachedFreeBlocks -= 1
+        pool.remove(b)
+        pool.pushFront(b)
     }
 
     // MARK: - Stats

@@ -97,8 +97,26 @@ public final class KVCacheManager: Sendable {
     }
 
     /// Releases a sequence: its full blocks stay cached (evictable), the rest are free at once.
+    /// Every token's KV must have been written; otherwise use `release(_:computedTokens:)`.
     public func release(_ sequence: SequenceHandle) throws(KVCacheError) {
         let (_, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.release(sequence) }
+        metrics.update(stats)
+    }
+
+    /// Releases a sequence whose engine wrote the KV of only its first `computedTokens` tokens
+    /// (hits included): a request cancelled before or during its prefill (client disconnect,
+    /// preemption), or one whose last sampled token's KV was never computed.
+    ///
+    /// Its prompt blocks joined the prefix tree at admission; those it brought in as new (not
+    /// hits) and did not wholly write leave the tree, so the next identical prompt recomputes them
+    /// instead of reading garbage, and eviction never spills them. A block another live sequence
+    /// still holds, or that has cached children, stays: a request that matched it relies on the
+    /// same prefill, which its engine must then run. Throws `.invalidComputedTokens` (nothing
+    /// changed) unless `0 <= computedTokens <= tokenCount(of:)`.
+    public func release(_ sequence: SequenceHandle, computedTokens: Int) throws(KVCacheError) {
+        let (_, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in
+            try s.release(sequence, computedTokens: computedTokens)
+        }
         metrics.update(stats)
     }
 

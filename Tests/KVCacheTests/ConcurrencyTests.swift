@@ -14,7 +14,7 @@ import KVCache
             var mine: [SequenceHandle] = []
             for _ in 0..<1500 {
                 do {
-                    let op = mine.isEmpty ? 0 : Int.random(in: 0..<8, using: &rng)
+                    let op = mine.isEmpty ? 0 : Int.random(in: 0..<9, using: &rng)
                     switch op {
                     case 0...2:
                         let prompt = (0..<Int.random(in: 1...24, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
@@ -24,6 +24,10 @@ import KVCache
                         try cache.append([TokenID.random(in: 0..<2, using: &rng)], to: mine.randomElement(using: &rng)!)
                     case 5:
                         mine += try cache.fork(mine.randomElement(using: &rng)!, count: 2)
+                    case 6:
+                        // A cancelled request: its unwritten blocks leave the tree.
+                        let h = mine.remove(at: Int.random(in: 0..<mine.count, using: &rng))
+                        try cache.release(h, computedTokens: Int.random(in: 0...(try cache.tokenCount(of: h)), using: &rng))
                     default:
                         try cache.release(mine.remove(at: Int.random(in: 0..<mine.count, using: &rng)))
                     }

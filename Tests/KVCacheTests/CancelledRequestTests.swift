@@ -1,0 +1,163 @@
+import KVCore
+import Testing
+@testable import KVCache
+
+/// `release(_:computedTokens:)`: a request cancelled before (or during) its prefill must not leave
+/// never-written blocks in the prefix tree, where the next identical prompt would hit them and
+/// eviction would spill them. Pool of 8 blocks of 4 tokens unless said otherwise.
+@Suite struct CancelledRequestTests {
+    /// Tokens `start ..< start + count`.
+    func run(_ start: Int32, _ count: Int) -> [TokenID] { (0..<Int32(count)).map { start + $0 } }
+
+    func cache(_ capacity: Int = 8, store: MemoryColdStore? = nil) throws -> KVCacheManager {
+        try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: capacity, allocatesPages: true, coldStore: store)
+    }
+
+    @Test func cancelledBeforePrefillLeavesNothingCached() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 10))  // blocks 1, 2 full (joined the tree), 3 partial
+        #expect(a.blockTable == [1, 2, 3] && cache.isCached(1) && cache.isCached(2))
+        cache.checkInvariants()
+        try cache.release(a.sequence, computedTokens: 0)  // the engine never wrote blocks 1, 2
+        cache.checkInvariants()
+        #expect(!cache.isCached(1) && !cache.isCached(2))
+        #expect(cache.stats.cachedBlocks == 0 && cache.stats.usedBlocks == 0)
+        #expect(cache.freeQueueOrder == [1, 2, 3, 4, 5, 6, 7, 8])  // worthless blocks reused first
+        #expect(try cache.lookup(run(0, 10)).memoryTokens == 0)
+        let b = try cache.admit(run(0, 10))
+        cache.checkInvariants()
+        #expect(b.cachedTokenCount == 0, "b would skip prefill and read never-written KV in \(b.blockTable)")
+        #expect(cache.stats.evictedBlocks == 0)  // dropping is not an eviction
+    }
+
+    @Test func partlyComputedKeepsTheWrittenBlocks() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 10))
+        try cache.release(a.sequence, computedTokens: 6)  // block 1 written, block 2 half
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && !cache.isCached(2))
+        #expect(cache.freeQueueOrder == [2, 3, 4, 5, 6, 7, 8, 1])
+        #expect(try cache.lookup(run(0, 10)).memoryTokens == 4)
+    }
+
+    /// The last sampled token's KV is usually never computed: a block it filled must not stay.
+    @Test func decodedTokenWithoutKVIsNotCached() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 7))
+        try cache.append([7], to: a.sequence)  // block 2 full: joins the tree
+        cache.checkInvariants()
+        #expect(cache.isCached(2))
+        try cache.release(a.sequence, computedTokens: 7)
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && !cache.isCached(2))
+        #expect(try cache.lookup(run(0, 8)).memoryTokens == 4)
+    }
+
+    /// Blocks a sequence hit were written by someone else: its cancellation never drops them.
+    @Test func hitsAreNeverDropped() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 8))
+        try cache.release(a.sequence)
+        cache.checkInvariants()
+        let b = try cache.admit(run(0, 12))  // hits 1, 2; brings 3
+        #expect(b.cachedTokenCount == 8 && b.blockTable == [1, 2, 3])
+        try cache.release(b.sequence, computedTokens: 0)
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && cache.isCached(2) && !cache.isCached(3))
+        #expect(try cache.lookup(run(0, 12)).memoryTokens == 8)
+    }
+
+    /// B matched A's new blocks and relies on A's prefill: cancelling A leaves them (B holds them;
+    /// B's engine must then compute them, which is the engine's side of the contract).
+    @Test func blocksAnotherLiveSequenceHoldsStay() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 8))
+        let b = try cache.admit(run(0, 8))
+        #expect(b.cachedTokenCount == 8 && b.blockTable == a.blockTable)
+        cache.checkInvariants()
+        try cache.release(a.sequence, computedTokens: 0)
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && cache.isCached(2) && cache.refcount(of: 1) == 1)
+        try cache.release(b.sequence)
+        cache.checkInvariants()
+        #expect(try cache.lookup(run(0, 8)).memoryTokens == 8)
+    }
+
+    /// Dropping goes deepest first and stops at a block with cached children: the tree stays a tree.
+    @Test func droppingStopsAtABlockWithCachedChildren() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 12))  // 1, 2, 3
+        let b = try cache.admit(run(0, 8) + run(100, 4))  // hits 1, 2; brings 4, a child of 2
+        #expect(b.blockTable == [1, 2, 4])
+        try cache.release(b.sequence)
+        cache.checkInvariants()
+        try cache.release(a.sequence, computedTokens: 0)
+        cache.checkInvariants()
+        #expect(!cache.isCached(3))  // A's leaf goes
+        #expect(cache.isCached(1) && cache.isCached(2) && cache.isCached(4))  // 2 has a cached child
+        #expect(cache.freeQueueOrder == [3, 5, 6, 7, 8, 4, 2, 1])
+    }
+
+    /// A fork child counts its parent's hits as hits, the rest (its own appends too) as new.
+    @Test func forkedChildrenDropOnlyWhatTheirFamilyBroughtIn() throws {
+        let cache = try cache()
+        let p = try cache.admit(run(0, 8))  // 1, 2 new
+        let kid = try cache.fork(p.sequence, count: 1)[0]
+        try cache.append(run(8, 4), to: kid)  // 3, new, joins the tree
+        cache.checkInvariants()
+        try cache.release(p.sequence, computedTokens: 0)  // kid still holds 1, 2
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && cache.isCached(2) && cache.isCached(3))
+        try cache.release(kid, computedTokens: 8)  // the prompt was computed, the appended block not
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && cache.isCached(2) && !cache.isCached(3))
+        #expect(try cache.lookup(run(0, 12)).memoryTokens == 8)
+    }
+
+    @Test func misuseGivesTypedErrorsAndChangesNothing() throws {
+        let cache = try cache()
+        let other = try self.cache()
+        let a = try cache.admit(run(0, 10))
+        let foreign = try other.admit(run(0, 10))
+        let before = (cache.freeQueueOrder, cache.stats)
+        #expect(throws: KVCacheError.invalidComputedTokens(-1, tokenCount: 10)) { try cache.release(a.sequence, computedTokens: -1) }
+        #expect(throws: KVCacheError.invalidComputedTokens(11, tokenCount: 10)) { try cache.release(a.sequence, computedTokens: 11) }
+        #expect(throws: KVCacheError.unknownSequence(foreign.sequence)) { try cache.release(foreign.sequence, computedTokens: 0) }
+        cache.checkInvariants()
+        #expect(cache.freeQueueOrder == before.0 && cache.stats == before.1)
+        #expect(try cache.tokens(of: a.sequence) == run(0, 10))
+        #expect(try other.tokens(of: foreign.sequence) == run(0, 10))
+        try cache.release(a.sequence, computedTokens: 10)  // all written: the same as release(_:)
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && cache.isCached(2))
+        #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.release(a.sequence, computedTokens: 0) }
+        #expect(cache.isCached(1) && cache.isCached(2))
+        cache.checkInvariants()
+    }
+
+    /// Never-written blocks must never reach a persistent store; restored blocks are hits.
+    @Test func droppedBlocksAreNeverSpilledAndRestoredOnesStay() throws {
+        let store = MemoryColdStore()
+        let cache = try cache(4, store: store)
+        let a = try cache.admit(run(0, 16))
+        try cache.release(a.sequence, computedTokens: 0)
+        cache.checkInvariants()
+        let b = try cache.admit(run(1000, 16))  // takes all 4 blocks: nothing to evict
+        cache.checkInvariants()
+        #expect(cache.stats.evictedBlocks == 0)
+        try cache.release(b.sequence)
+        let c = try cache.admit(run(2000, 16))  // evicts (spills) B's 4 blocks
+        try cache.release(c.sequence)
+        cache.checkInvariants()
+        #expect(store.spills.withLock { $0 } == 4)
+        #expect(!store.holds(run(0, 4), namespace: .default, blockSize: 4))
+        #expect(store.holds(run(1000, 16), namespace: .default, blockSize: 4))
+        #expect(try cache.lookup(run(0, 16), probeStore: true).totalTokens == 0)
+
+        let d = try cache.admit(run(1000, 16))  // restored from the store: written KV
+        #expect(d.storeHitTokens == 16)
+        try cache.release(d.sequence, computedTokens: 0)
+        cache.checkInvariants()
+        #expect(try cache.lookup(run(1000, 16)).memoryTokens == 16)
+    }
+}
