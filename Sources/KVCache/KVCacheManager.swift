@@ -197,6 +197,15 @@ public final class KVCacheManager: Sendable {
     /// The refcount of a block (for tests and debugging).
     public func refcount(of block: Int32) -> Int { state.withLock { Int($0.pool.refcount[Int(block)]) } }
 
+    /// The cached blocks `tokens` matches in memory, in prefix order: what `admit` would pin (for
+    /// tests that check admission bounds against held and unheld hits).
+    func memoryMatch(_ tokens: [TokenID], namespace: Namespace = .default) -> [Int32] {
+        state.withLock { s in
+            guard let k = s.namespaces[namespace] else { return [] }
+            return tokens.withUnsafeBufferPointer { s.matchMemory($0, namespace: k) }
+        }
+    }
+
     /// Whether a block is a node of the prefix tree (for tests and debugging).
     public func isCached(_ block: Int32) -> Bool { state.withLock { $0.index.inTree[Int(block)] } }
 

@@ -116,17 +116,25 @@ struct ReferenceModel {
                 let prompt = (0..<Int.random(in: 1...20, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
                 let hit = try cache.lookup(prompt).memoryTokens / bs
                 #expect(hit <= model.hitBlocks(prompt, "default", in: model.everFilled), "seed \(seed) step \(step): hit on a prefix never cached")
+                let matched = cache.memoryMatch(prompt)
+                #expect(matched.count == hit, "seed \(seed) step \(step)")
                 let needed = (prompt.count + bs - 1) / bs - hit
+                // The exact admission bound: `free` blocks are in the free queue (free or evictable);
+                // pinning a hit nobody holds takes it out of the queue, so it is no longer there to
+                // allocate. Admission succeeds iff needed + unheldHits <= free.
+                let free = capacity - held.count
+                let unheldHits = matched.filter { !held.contains($0) }.count
                 do {
                     let a = try cache.admit(prompt)
                     #expect(a.cachedTokenCount == hit * bs)
-                    #expect(needed <= capacity - held.count + Set(a.blockTable.prefix(hit)).subtracting(held).count)
+                    #expect(Array(a.blockTable.prefix(hit)) == matched, "seed \(seed) step \(step)")
+                    #expect(needed + unheldHits <= free, "seed \(seed) step \(step): admitted beyond the free blocks")
                     model.admitted(a.sequence, "default", prompt, hit: hit)
                 } catch {
                     guard case .insufficientBlocks = error else { throw error }
                     failures += 1
-                    // Pinning an unreferenced hit takes it out of the evictable set too.
-                    #expect(needed + hit > capacity - held.count, "seed \(seed) step \(step)")
+                    #expect(needed + unheldHits > free, "seed \(seed) step \(step): refused though \(needed) + \(unheldHits) unheld hits fit in \(free)")
+                    #expect(error == .insufficientBlocks(needed: needed, available: free - unheldHits), "seed \(seed) step \(step)")
                     #expect(cache.freeQueueOrder == queueBefore)
                 }
             case 4...5:
@@ -147,7 +155,13 @@ struct ReferenceModel {
                 for child in try cache.fork(h, count: Int.random(in: 1...2, using: &rng)) { model.sequences[child] = model.sequences[h] }
             default:
                 let h = live.randomElement(using: &rng)!
-                try cache.release(h)
+                // Some requests end before all their KV was written (cancelled, preempted): their
+                // unwritten blocks leave the tree, which may only make later hits shorter.
+                if Bool.random(using: &rng) {
+                    try cache.release(h, computedTokens: Int.random(in: 0...model.sequences[h]!.tokens.count, using: &rng))
+                } else {
+                    try cache.release(h)
+                }
                 model.sequences[h] = nil
             }
             cache.checkInvariants()
@@ -160,3 +174,4 @@ struct ReferenceModel {
         cache.checkInvariants()
     }
 }
+
