@@ -175,3 +175,85 @@ struct ReferenceModel {
     }
 }
 
+/// Random families of forked and appended sequences, some of them cancelled part-way, with and
+/// without a cold store.
+@Suite struct FuzzTests {
+    /// Decode plans for random batches of forked/appended sequences always build and check.
+    @Test(arguments: [UInt64(21), 22, 23, 24])
+    func decodePlansOfRandomFamilies(seed: UInt64) throws {
+        var rng = SeededRandom(seed: seed)
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4000)
+        var live: [SequenceHandle] = []
+        var plans = 0
+        for _ in 0..<400 {
+            let op = live.isEmpty ? 0 : Int.random(in: 0..<10, using: &rng)
+            switch op {
+            case 0...1:
+                let p = (0..<Int.random(in: 1...14, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
+                live.append(try cache.admit(p).sequence)
+            case 2...4:
+                let h = live.randomElement(using: &rng)!
+                try cache.append((0..<Int.random(in: 1...5, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }, to: h)
+            case 5...6:
+                live += try cache.fork(live.randomElement(using: &rng)!, count: Int.random(in: 1...3, using: &rng))
+            case 7:
+                try cache.release(live.remove(at: Int.random(in: 0..<live.count, using: &rng)))
+            default:
+                let batch = (0..<Int.random(in: 1...8, using: &rng)).map { _ in live.randomElement(using: &rng)! }
+                let plan = try cache.decodePlan(for: batch)
+                plan.checkInvariants()
+                #expect(plan.batch.totalTokens == batch.reduce(0) { $0 + (try! cache.tokenCount(of: $1)) })
+                plans += 1
+            }
+            cache.checkInvariants()
+        }
+        #expect(plans > 0)
+    }
+
+    /// Under memory pressure with a cold store, two namespaces and cancelled requests: what
+    /// `lookup(probeStore:)` predicts is exactly what `admit` gets, tokens read back, no leak.
+    @Test(arguments: [UInt64(31), 32, 33, 34])
+    func boundedWithColdStore(seed: UInt64) throws {
+        var rng = SeededRandom(seed: seed)
+        let store = MemoryColdStore()
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 16, allocatesPages: true, coldStore: store)
+        var live: [SequenceHandle: [TokenID]] = [:]
+        for step in 0..<3000 {
+            let keys = live.keys.sorted { $0.serial < $1.serial }
+            let op = keys.isEmpty ? 0 : Int.random(in: 0..<11, using: &rng)
+            let ns: Namespace = Bool.random(using: &rng) ? "a" : "b"
+            switch op {
+            case 0...3:
+                let p = (0..<Int.random(in: 1...20, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
+                let predicted = try cache.lookup(p, namespace: ns, probeStore: true)
+                do {
+                    let a = try cache.admit(p, namespace: ns)
+                    #expect(a.memoryHitTokens == predicted.memoryTokens, "step \(step)")
+                    #expect(a.cachedTokenCount == predicted.totalTokens, "step \(step)")
+                    live[a.sequence] = p
+                } catch { guard case .insufficientBlocks = error else { throw error } }
+            case 4...5:
+                let h = keys.randomElement(using: &rng)!
+                let t = (0..<Int.random(in: 1...6, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
+                do { try cache.append(t, to: h); live[h]! += t } catch { guard case .insufficientBlocks = error else { throw error } }
+            case 6:
+                let h = keys.randomElement(using: &rng)!
+                for c in try cache.fork(h, count: Int.random(in: 1...2, using: &rng)) { live[c] = live[h] }
+            case 7:
+                let h = keys.randomElement(using: &rng)!
+                try cache.release(h, computedTokens: Int.random(in: 0...live[h]!.count, using: &rng))
+                live[h] = nil
+            default:
+                let h = keys.randomElement(using: &rng)!
+                try cache.release(h)
+                live[h] = nil
+            }
+            cache.checkInvariants()
+            for (h, t) in live { #expect(try cache.tokens(of: h) == t, "step \(step)") }
+        }
+        for h in live.keys { try cache.release(h) }
+        #expect(cache.stats.usedBlocks == 0)
+        #expect(cache.stats.spilledBlocks > 0 && cache.stats.restoredBlocks > 0)
+        cache.checkInvariants()
+    }
+}
