@@ -157,8 +157,10 @@ public final class KVCacheManager: Sendable {
     // MARK: - Pages
 
     /// Read access to one layer's K and V pages for a kernel. Pointers must not escape `body`.
+    /// A layer outside `0..<layout.layerCount` is `.invalidLayer` (bad input, not a trap).
     public func withUnsafeLayerPages<R>(layer: Int, _ body: (KVLayerPages) throws -> R) throws -> R {
         guard let arena else { throw KVCacheError.noPageArena }
+        guard layer >= 0 && layer < layout.layerCount else { throw KVCacheError.invalidLayer(layer, layerCount: layout.layerCount) }
         return try arena.withUnsafeLayerPages(layer: layer, body)
     }
 
@@ -194,8 +196,12 @@ public final class KVCacheManager: Sendable {
     /// The free queue, next block to reuse first (for tests and debugging).
     public var freeQueueOrder: [Int32] { state.withLock { $0.freeQueueOrder } }
 
-    /// The refcount of a block (for tests and debugging).
-    public func refcount(of block: Int32) -> Int { state.withLock { Int($0.pool.refcount[Int(block)]) } }
+    /// The refcount of a block (for tests and debugging). Traps on a block outside
+    /// `0...capacityBlocks` (a caller bug; never a read out of bounds).
+    public func refcount(of block: Int32) -> Int {
+        requireBlockInPool(block, "refcount(of:)")
+        return state.withLock { Int($0.pool.refcount[Int(block)]) }
+    }
 
     /// The cached blocks `tokens` matches in memory, in prefix order: what `admit` would pin (for
     /// tests that check admission bounds against held and unheld hits).
@@ -206,8 +212,17 @@ public final class KVCacheManager: Sendable {
         }
     }
 
-    /// Whether a block is a node of the prefix tree (for tests and debugging).
-    public func isCached(_ block: Int32) -> Bool { state.withLock { $0.index.inTree[Int(block)] } }
+    /// Whether a block is a node of the prefix tree (for tests and debugging). Traps on a block
+    /// outside `0...capacityBlocks`.
+    public func isCached(_ block: Int32) -> Bool {
+        requireBlockInPool(block, "isCached(_:)")
+        return state.withLock { $0.index.inTree[Int(block)] }
+    }
+
+    private func requireBlockInPool(_ block: Int32, _ caller: String) {
+        precondition(block >= 0 && Int(block) <= capacityBlocks,
+                     "KVCacheManager.\(caller): block \(block) outside the pool 0...\(capacityBlocks)")
+    }
 
     private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> (R, KVCacheStats) {
         let (r, stats) = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> (R, KVCacheStats) in

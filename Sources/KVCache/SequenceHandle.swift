@@ -77,6 +77,8 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case noPageArena
     /// A decode plan was asked for an empty batch or a sequence without tokens.
     case invalidBatch(String)
+    /// Page access asked for a layer outside `0..<layerCount`.
+    case invalidLayer(Int, layerCount: Int)
     /// `release(_:computedTokens:)` was told more tokens than the sequence holds, or fewer than 0.
     case invalidComputedTokens(Int, tokenCount: Int)
 
@@ -92,6 +94,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidCapacity(let n): "capacity must be at least 1 block and small enough to size in memory, got \(n)"
         case .noPageArena: "this manager is metadata-only: it has no page arena"
         case .invalidBatch(let why): "invalid decode batch: \(why)"
+        case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"
         case .invalidComputedTokens(let c, let n): "computed tokens must be in 0...\(n) (the sequence's tokens), got \(c)"
         }
     }

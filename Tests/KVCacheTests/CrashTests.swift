@@ -36,6 +36,18 @@ import Testing
         }
     }
 
+    /// Debug accessors name the bad block instead of reading outside the pool.
+    @Test func debugAccessorsTrapOnABlockOutsideThePool() async {
+        await #expect(processExitsWith: .failure) {
+            let cache = try! KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4)
+            _ = cache.refcount(of: 5)
+        }
+        await #expect(processExitsWith: .failure) {
+            let cache = try! KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4)
+            _ = cache.isCached(-1)
+        }
+    }
+
     @Test func evictingANonLeafTraps() async {
         await #expect(processExitsWith: .failure) {
             var index = PrefixIndex(capacity: 4)

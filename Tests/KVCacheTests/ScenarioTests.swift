@@ -140,6 +140,10 @@ import Testing
         let bogus = SequenceHandle(manager: a.sequence.manager, serial: 999)  // never issued
         #expect(throws: KVCacheError.unknownSequence(bogus)) { try cache.blockTable(of: bogus) }
         #expect(throws: KVCacheError.noPageArena) { try cache.withUnsafeLayerPages(layer: 0) { _ in } }
+        let paged = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 2, allocatesPages: true)
+        #expect(throws: KVCacheError.invalidLayer(1, layerCount: 1)) { try paged.withUnsafeLayerPages(layer: 1) { _ in } }
+        #expect(throws: KVCacheError.invalidLayer(-1, layerCount: 1)) { try paged.withUnsafeLayerPages(layer: -1) { _ in } }
+        #expect(try paged.withUnsafeLayerPages(layer: 0) { _ in 7 } == 7)
         #expect(throws: KVCacheError.invalidCapacity(0)) { try KVCacheManager(layout: .small(), capacityBlocks: 0) }
         // Too large to size the token table (or the arena) in an Int: a typed error, not a trap.
         #expect(throws: KVCacheError.invalidCapacity(.max)) { try KVCacheManager(layout: .small(), capacityBlocks: .max) }
