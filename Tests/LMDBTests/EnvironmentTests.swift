@@ -259,7 +259,7 @@ final class EnvironmentTests: XCTestCase {
         }
         readerIn.wait()
         DispatchQueue.global().async(group: done) { env.close() }
-        usleep(50_000)  // close() is now waiting for the gate
+        while env.isOpen { usleep(1_000) }  // close() has begun: marked closed, waiting for the gate
         let late = Locked<(any Error)?>(nil)
         DispatchQueue.global().async(group: done) {
             do { _ = try env.withReadTransaction { try $0.copyValue(for: "k", in: db) } } catch { late.withLock { $0 = error } }
