@@ -63,7 +63,9 @@ let package = Package(
 
         .target(name: "KVTestSupport", dependencies: ["KVCore"], path: "Tests/KVTestSupport"),
         .testTarget(name: "KVCoreTests", dependencies: ["KVCore", "KVTestSupport"]),
-        .testTarget(name: "KVCacheTests", dependencies: ["KVCache", "KVTestSupport"]),
+        .testTarget(
+            name: "KVCacheTests",
+            dependencies: ["KVCache", "KVTestSupport", .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "KVAttentionTests", dependencies: ["KVAttention", "KVCache", "KVTestSupport"]),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "KVTestSupport"]),
         .testTarget(name: "KVSpillTests", dependencies: ["KVSpill", "KVCache", "LMDB", "KVTestSupport"]),

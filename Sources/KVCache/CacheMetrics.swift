@@ -1,36 +1,49 @@
 import Metrics
+import Synchronization
 
 /// The cache's counters and gauges in swift-metrics, so a serving stack's metrics backend
 /// (Prometheus, OTel, …) picks them up. With no backend bootstrapped these are no-ops.
-struct CacheMetrics: Sendable {
+///
+/// Every metric carries the manager's `dimensions` (e.g. `[("cache", "llama-70b")]`), so two
+/// managers in one process report apart instead of overwriting each other's gauges. Cumulative
+/// totals (evictions, spills, restores, failed allocations) are counters: a backend's rate()
+/// needs them monotonic, and a gauge holding a running total reads as a level.
+final class CacheMetrics: Sendable {
     let queryTokens: Counter
     let hitTokens: Counter
     let storeHitTokens: Counter
     let admissions: Counter
+    let evicted: Counter
+    let spilled: Counter
+    let restored: Counter
+    let allocationsFailed: Counter
     let capacity: Gauge
     let used: Gauge
     let cached: Gauge
     let shared: Gauge
-    let evicted: Gauge
-    let spilled: Gauge
-    let restored: Gauge
-    let allocationsFailed: Gauge
     let dedupRatio: Gauge
+    /// The largest totals already counted: stats snapshots may arrive out of order from
+    /// concurrent calls, so each counter advances by what a snapshot adds beyond the maximum.
+    private let counted = Mutex(Totals())
 
-    init(label: String) {
-        queryTokens = Counter(label: "\(label)_query_tokens_total")
-        hitTokens = Counter(label: "\(label)_hit_tokens_total")
-        storeHitTokens = Counter(label: "\(label)_store_hit_tokens_total")
-        admissions = Counter(label: "\(label)_admissions_total")
-        capacity = Gauge(label: "\(label)_capacity_blocks")
-        used = Gauge(label: "\(label)_used_blocks")
-        cached = Gauge(label: "\(label)_cached_blocks")
-        shared = Gauge(label: "\(label)_shared_blocks")
-        evicted = Gauge(label: "\(label)_evicted_blocks")
-        spilled = Gauge(label: "\(label)_spilled_blocks")
-        restored = Gauge(label: "\(label)_restored_blocks")
-        allocationsFailed = Gauge(label: "\(label)_allocations_failed")
-        dedupRatio = Gauge(label: "\(label)_dedup_ratio")
+    private struct Totals { var evicted = 0, spilled = 0, restored = 0, allocationsFailed = 0 }
+
+    init(label: String, dimensions: [(String, String)] = [], factory: any MetricsFactory = MetricsSystem.factory) {
+        func counter(_ name: String) -> Counter { Counter(label: "\(label)_\(name)", dimensions: dimensions, factory: factory) }
+        func gauge(_ name: String) -> Gauge { Gauge(label: "\(label)_\(name)", dimensions: dimensions, factory: factory) }
+        queryTokens = counter("query_tokens_total")
+        hitTokens = counter("hit_tokens_total")
+        storeHitTokens = counter("store_hit_tokens_total")
+        admissions = counter("admissions_total")
+        evicted = counter("evicted_blocks_total")
+        spilled = counter("spilled_blocks_total")
+        restored = counter("restored_blocks_total")
+        allocationsFailed = counter("allocations_failed_total")
+        capacity = gauge("capacity_blocks")
+        used = gauge("used_blocks")
+        cached = gauge("cached_blocks")
+        shared = gauge("shared_blocks")
+        dedupRatio = gauge("dedup_ratio")
     }
 
     func recordAdmission(_ a: Admission, promptTokens: Int) {
@@ -45,10 +58,20 @@ struct CacheMetrics: Sendable {
         used.record(s.usedBlocks)
         cached.record(s.cachedBlocks)
         shared.record(s.sharedBlocks)
-        evicted.record(s.evictedBlocks)
-        spilled.record(s.spilledBlocks)
-        restored.record(s.restoredBlocks)
-        allocationsFailed.record(s.allocationsFailed)
         dedupRatio.record(s.dedupRatio)
+        let added = counted.withLock { t -> Totals in
+            let d = Totals(evicted: max(0, s.evictedBlocks - t.evicted), spilled: max(0, s.spilledBlocks - t.spilled),
+                           restored: max(0, s.restoredBlocks - t.restored),
+                           allocationsFailed: max(0, s.allocationsFailed - t.allocationsFailed))
+            t.evicted += d.evicted
+            t.spilled += d.spilled
+            t.restored += d.restored
+            t.allocationsFailed += d.allocationsFailed
+            return d
+        }
+        if added.evicted > 0 { evicted.increment(by: added.evicted) }
+        if added.spilled > 0 { spilled.increment(by: added.spilled) }
+        if added.restored > 0 { restored.increment(by: added.restored) }
+        if added.allocationsFailed > 0 { allocationsFailed.increment(by: added.allocationsFailed) }
     }
 }

@@ -1,5 +1,6 @@
 import KVCore
 import Logging
+import Metrics
 
 /// The KV-cache manager: a paged block pool with a token-exact, per-namespace prefix tree.
 /// Safe to call from several threads at once (one lock around the cache state).
@@ -37,9 +38,13 @@ public final class KVCacheManager: Sendable {
     ///   - onEvict: called, under the manager's lock, for every cached block evicted from memory.
     ///   - statsPublishInterval: how often a mutation hands the stats to `coldStore` (for its live
     ///     record, `kvctl stats`); the manager also publishes when it is deinitialised.
+    ///   - metricsDimensions: added to every `prefixkv_*` metric, e.g. `[("cache", "llama-70b")]`,
+    ///     so several managers in one process report apart.
+    ///   - metricsFactory: where the metrics go (default: the bootstrapped `MetricsSystem`).
     public init(layout: KVLayout, capacityBlocks: Int, allocatesPages: Bool = false,
                 coldStore: (any ColdPrefixStore)? = nil, onEvict: (@Sendable (EvictedBlock) -> Void)? = nil,
                 statsPublishInterval: Duration = .seconds(1),
+                metricsDimensions: [(String, String)] = [], metricsFactory: (any MetricsFactory)? = nil,
                 logger: Logger = Logger(label: "prefixkv.cache")) throws(KVCacheError) {
         guard capacityBlocks >= 1 else { throw .invalidCapacity(capacityBlocks) }
         // The layout is valid by construction (`KVLayout` validates in its inits, decoding
@@ -58,7 +63,7 @@ public final class KVCacheManager: Sendable {
         self.capacityBlocks = capacityBlocks
         self.arena = allocatesPages ? KVPageArena(layout: layout, capacityBlocks: capacityBlocks + 1) : nil
         self.state = Locked(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore, onEvict: onEvict))
-        self.metrics = CacheMetrics(label: "prefixkv")
+        self.metrics = CacheMetrics(label: "prefixkv", dimensions: metricsDimensions, factory: metricsFactory ?? MetricsSystem.factory)
         self.logger = logger
         self.statsPublisher = coldStore.map { StatsPublisher(store: $0, interval: statsPublishInterval) }
         logger.debug("cache created", metadata: ["layout": "\(layout)", "capacityBlocks": "\(capacityBlocks)", "pages": "\(allocatesPages)"])
@@ -224,13 +229,21 @@ public final class KVCacheManager: Sendable {
                      "KVCacheManager.\(caller): block \(block) outside the pool 0...\(capacityBlocks)")
     }
 
+    /// Runs `body` under the lock and returns its result with the stats after it. A call that
+    /// throws changes nothing but may count (a refused allocation): its stats still reach the
+    /// metrics, so `allocations_failed_total` moves when the refusal happens.
     private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> (R, KVCacheStats) {
-        let (r, stats) = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> (R, KVCacheStats) in
-            let r = try body(&s)
-            return (r, s.stats)
+        let outcome = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats) in
+            do throws(KVCacheError) { return (.success(try body(&s)), s.stats) } catch { return (.failure(error), s.stats) }
         }
-        statsPublisher?.mutated(stats)
-        return (r, stats)
+        switch outcome {
+        case (.success(let r), let stats):
+            statsPublisher?.mutated(stats)
+            return (r, stats)
+        case (.failure(let error), let stats):
+            metrics.update(stats)
+            throw error
+        }
     }
 }
 
