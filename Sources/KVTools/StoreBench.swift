@@ -18,6 +18,8 @@ import KVSpill
 public struct StoreBench: Sendable {
     public var layout: KVLayout
     public var tokens: Int
+    /// Where the bench creates a fresh subdirectory of its own (`prefixkv-bench-store.XXXXXX`)
+    /// for the store and the plain file; only that subdirectory is removed afterwards.
     public var directory: String
     public var restoreRepeats: Int
     public var rounds: Int
@@ -62,8 +64,16 @@ public struct StoreBench: Sendable {
         let blocks = tokens / layout.blockSize
         precondition(blocks > 0, "StoreBench: fewer tokens than one block")
         let bytes = blocks * layout.blockBytes
+        // Everything goes into a fresh directory of our own under `directory`, and only that is
+        // removed afterwards: `directory` may be `.` or a home directory holding other files.
+        let parentExisted = FileManager.default.fileExists(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let work = try makeUniqueDirectory(under: directory)
+        defer {
+            try? FileManager.default.removeItem(atPath: work)
+            // A parent the bench created itself goes too, but only if nothing else is in it.
+            if !parentExisted { rmdir(directory) }
+        }
         // Blocks 1...blocks hold the prefix; blocks+1... receive restores.
         let arena = KVPageArena(layout: layout, capacityBlocks: 2 * blocks + 1)
         fillRandom(arena)
@@ -76,10 +86,10 @@ public struct StoreBench: Sendable {
         var keys: [PrefixKey] = []
         var store: LMDBSpillStore!
         for _ in 0..<rounds {
-            writeSeconds.append(try plainWrite(arena, blocks: blocks))
+            writeSeconds.append(try plainWrite(arena, blocks: blocks, path: work + "/plain.bin"))
 
-            try? FileManager.default.removeItem(atPath: directory + "/sync")
-            let syncStore = try openStore(directory + "/sync", mode: .synchronous, bytes: bytes)
+            try? FileManager.default.removeItem(atPath: work + "/sync")
+            let syncStore = try openStore(work + "/sync", mode: .synchronous, bytes: bytes)
             keys = chainKeys(syncStore, prefix)
             var t0 = monotonicNanos()
             for i in 0..<blocks { spill(syncStore, keys[i], prefix[i], block: BlockID(Int32(i + 1)), arena) }
@@ -87,8 +97,8 @@ public struct StoreBench: Sendable {
             syncStore.close()
 
             // Background, without a per-commit fsync: one fsync in flush(), as the plain file does.
-            try? FileManager.default.removeItem(atPath: directory + "/deferred")
-            let deferred = try openStore(directory + "/deferred", mode: .background(queueLimitBytes: 2 * bytes), bytes: bytes, durable: false)
+            try? FileManager.default.removeItem(atPath: work + "/deferred")
+            let deferred = try openStore(work + "/deferred", mode: .background(queueLimitBytes: 2 * bytes), bytes: bytes, durable: false)
             t0 = monotonicNanos()
             for i in 0..<blocks { spill(deferred, keys[i], prefix[i], block: BlockID(Int32(i + 1)), arena) }
             deferred.flush()
@@ -96,8 +106,8 @@ public struct StoreBench: Sendable {
             deferred.close()
 
             store?.close()
-            try? FileManager.default.removeItem(atPath: directory + "/background")
-            store = try openStore(directory + "/background", mode: .background(queueLimitBytes: 2 * bytes), bytes: bytes)
+            try? FileManager.default.removeItem(atPath: work + "/background")
+            store = try openStore(work + "/background", mode: .background(queueLimitBytes: 2 * bytes), bytes: bytes)
             callNanos.removeAll()
             t0 = monotonicNanos()
             for i in 0..<blocks {
@@ -114,7 +124,7 @@ public struct StoreBench: Sendable {
         // Reads: the plain file and the store, alternately, from the page cache.
         var restoreSeconds: [Double] = []
         for _ in 0..<restoreRepeats {
-            readSeconds.append(try plainRead(arena, blocks: blocks))
+            readSeconds.append(try plainRead(arena, blocks: blocks, path: work + "/plain.bin"))
             let t0 = monotonicNanos()
             for i in 0..<blocks {
                 let hit = prefix[i].withUnsafeBufferPointer {
@@ -164,12 +174,11 @@ public struct StoreBench: Sendable {
         tokens.withUnsafeBufferPointer { store.spill(key: key, namespace: .default, tokens: $0, block: block, arena: arena) }
     }
 
-    private var plainPath: String { directory + "/plain.bin" }
 
     /// Writes the prefix's blocks to a new file, block by block through one buffer, then fsyncs.
-    private func plainWrite(_ arena: KVPageArena, blocks: Int) throws -> Double {
-        unlink(plainPath)
-        let fd = open(plainPath, O_CREAT | O_TRUNC | O_WRONLY, 0o644)
+    private func plainWrite(_ arena: KVPageArena, blocks: Int, path: String) throws -> Double {
+        unlink(path)
+        let fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0o644)
         guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         defer { close(fd) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: layout.blockBytes, alignment: 64)
@@ -184,8 +193,8 @@ public struct StoreBench: Sendable {
     }
 
     /// Reads the file back block by block into the arena's restore blocks.
-    private func plainRead(_ arena: KVPageArena, blocks: Int) throws -> Double {
-        let fd = open(plainPath, O_RDONLY)
+    private func plainRead(_ arena: KVPageArena, blocks: Int, path: String) throws -> Double {
+        let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         defer { close(fd) }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: layout.blockBytes, alignment: 64)
@@ -218,6 +227,15 @@ public struct StoreBench: Sendable {
         x.withUnsafeMutableBytes { arena.copyOut(a, into: $0) }
         y.withUnsafeMutableBytes { arena.copyOut(b, into: $0) }
         precondition(x == y, "StoreBench: restored block \(b) differs from spilled block \(a)")
+    }
+
+    /// Creates `parent/prefixkv-bench-store.XXXXXX` with `mkdtemp` (a new name every run, so it
+    /// can never be a directory that was there before).
+    private func makeUniqueDirectory(under parent: String) throws -> String {
+        var template = Array((parent + "/prefixkv-bench-store.XXXXXX").utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        guard made != nil else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        return String(cString: template)
     }
 
     private func seconds(since t0: UInt64) -> Double { Double(monotonicNanos() - t0) / 1e9 }

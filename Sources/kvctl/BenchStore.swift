@@ -19,8 +19,8 @@ struct BenchStore: ParsableCommand {
     @Option(help: "Prefix length in tokens.")
     var tokens = 8192
 
-    @Option(help: "Directory for the store and the plain file (removed afterwards).")
-    var dir = NSTemporaryDirectory() + "prefixkv-bench-store"
+    @Option(help: "Directory in which a fresh subdirectory is made for the store and the plain file; only that subdirectory is removed afterwards.")
+    var dir = NSTemporaryDirectory()
 
     @Option(help: "Times the whole prefix is restored (and the plain file read).")
     var repeats = 5
