@@ -33,6 +33,16 @@ public enum TraceError: Error, Equatable, Sendable, CustomStringConvertible {
     case inconsistent(line: Int, reason: String)
     /// A token id `hash * hashBlockTokens + i` would not fit a non-negative `TokenID`.
     case tokenOverflow(line: Int, hashID: Int64)
+    /// Tokens per hash id outside `Trace.hashBlockTokensRange` (a setting, not a line of the file).
+    case invalidHashBlockTokens(Int)
+
+    /// The 1-based line the error is about (nil: the file or a setting, not a line).
+    public var line: Int? {
+        switch self {
+        case .malformed(let l, _), .missingField(let l, _), .inconsistent(let l, _), .tokenOverflow(let l, _): l
+        case .unreadable, .invalidHashBlockTokens: nil
+        }
+    }
 
     public var description: String {
         switch self {
@@ -41,6 +51,8 @@ public enum TraceError: Error, Equatable, Sendable, CustomStringConvertible {
         case .missingField(let l, let f): "trace line \(l): missing field \"\(f)\""
         case .inconsistent(let l, let r): "trace line \(l): \(r)"
         case .tokenOverflow(let l, let h): "trace line \(l): hash id \(h) gives token ids beyond Int32"
+        case .invalidHashBlockTokens(let n):
+            "tokens per hash id must be in \(Trace.hashBlockTokensRange.lowerBound)...\(Trace.hashBlockTokensRange.upperBound), got \(n)"
         }
     }
 }
@@ -52,9 +64,13 @@ public struct Trace: Sendable {
     /// Tokens per hash block (512 for the Mooncake traces).
     public var hashBlockTokens: Int
 
+    /// The tokens per hash id a trace may use: token ids are `Int32`, so a larger block could
+    /// not hold even hash id 0's tokens.
+    public static let hashBlockTokensRange = 1...Int(Int32.max)
+
     /// Parses JSONL bytes; blank lines are skipped.
     public init(jsonl bytes: [UInt8], hashBlockTokens: Int = 512) throws(TraceError) {
-        guard hashBlockTokens > 0 else { throw .malformed(line: 0, reason: "hash block size must be positive") }
+        guard Self.hashBlockTokensRange.contains(hashBlockTokens) else { throw .invalidHashBlockTokens(hashBlockTokens) }
         self.hashBlockTokens = hashBlockTokens
         var parsed: [TraceRequest] = []
         try bytes.withUnsafeBufferPointer { (buffer: UnsafeBufferPointer<UInt8>) throws(TraceError) in
@@ -81,7 +97,7 @@ public struct Trace: Sendable {
     /// Reads and parses a JSONL file.
     public init(contentsOf path: String, hashBlockTokens: Int = 512) throws(TraceError) {
         let bytes: [UInt8]
-        do { bytes = try readFile(path) } catch { throw .unreadable(path: path, reason: "\(error)") }
+        bytes = try readFile(path)
         try self.init(jsonl: bytes, hashBlockTokens: hashBlockTokens)
     }
 
@@ -97,7 +113,8 @@ public struct Trace: Sendable {
 
     static func validate(_ r: TraceRequest, hashBlockTokens: Int) throws(TraceError) {
         guard r.inputLength > 0 else { throw .inconsistent(line: r.line, reason: "input_length must be positive, got \(r.inputLength)") }
-        let needed = (r.inputLength + hashBlockTokens - 1) / hashBlockTokens
+        // Rounded up without `inputLength + hashBlockTokens - 1`, which overflows for a huge length.
+        let needed = hashIDsCovering(r.inputLength, hashBlockTokens: hashBlockTokens)
         guard r.hashIDs.count >= needed else {
             throw .inconsistent(line: r.line, reason: "\(r.hashIDs.count) hash ids cannot cover input_length \(r.inputLength) at \(hashBlockTokens) tokens per id")
         }
@@ -106,10 +123,20 @@ public struct Trace: Sendable {
     }
 }
 
+/// The hash ids that hold `inputLength` tokens: ⌈inputLength / hashBlockTokens⌉, without overflow.
+func hashIDsCovering(_ inputLength: Int, hashBlockTokens: Int) -> Int {
+    inputLength / hashBlockTokens + (inputLength % hashBlockTokens == 0 ? 0 : 1)
+}
+
 /// Reads a whole file with the C library (Foundation's `Data(contentsOf:)` is not needed for this).
 private func readFile(_ path: String) throws(TraceError) -> [UInt8] {
     guard let f = fopen(path, "rb") else { throw .unreadable(path: path, reason: String(cString: strerror(errno))) }
     defer { fclose(f) }
+    // fopen succeeds on a directory on Linux and the first read fails with EISDIR: say so up front.
+    var info = stat()
+    if fstat(fileno(f), &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR {
+        throw .unreadable(path: path, reason: "it is a directory, not a trace file")
+    }
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 1 << 20)
     while true {
@@ -117,6 +144,6 @@ private func readFile(_ path: String) throws(TraceError) -> [UInt8] {
         if n > 0 { bytes.append(contentsOf: chunk[0..<n]) }
         if n < chunk.count { break }
     }
-    guard ferror(f) == 0 else { throw .unreadable(path: path, reason: "read error") }
+    guard ferror(f) == 0 else { throw .unreadable(path: path, reason: "read error: \(String(cString: strerror(errno)))") }
     return bytes
 }

@@ -13,7 +13,7 @@ public func uniqueFullBlocks(of trace: Trace, blockSize: Int) -> Int {
     var depth: [Int] = []
     for r in trace.requests {
         var node: Int32 = -1
-        for k in 0..<((r.inputLength + h - 1) / h) {
+        for k in 0..<hashIDsCovering(r.inputLength, hashBlockTokens: h) {
             let edge = Edge(parent: node, id: r.hashIDs[k])
             if let child = children[edge] {
                 node = child

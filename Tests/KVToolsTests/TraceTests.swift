@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import KVCore
 import KVTools
@@ -30,18 +31,64 @@ import KVTools
         #expect(trace.requests == [TraceRequest(timestamp: 7, inputLength: 600, outputLength: 0, hashIDs: [4, 9], line: 1)])
     }
 
+    /// The line a parse error names (nil when it parsed or the error names no line).
+    private func errorLine(_ text: String, hashBlockTokens: Int = 512) -> Int? {
+        do {
+            _ = try parse(text, hashBlockTokens: hashBlockTokens)
+            Issue.record("expected a TraceError for \(text)")
+            return nil
+        } catch {
+            return error.line
+        }
+    }
+
     @Test func malformedLinesNameTheirLine() {
         let good = #"{"timestamp": 0, "input_length": 3, "hash_ids": [1]}"#
-        #expect(throws: TraceError.self) { try parse(good + "\n" + #"{"timestamp": 1, "input_length": 3, "hash_ids": [1,]}"#) }
+        #expect(errorLine(good + "\n" + #"{"timestamp": 1, "input_length": 3, "hash_ids": [1,]}"#) == 2)
+        #expect(errorLine(good + "\n" + good + "\n" + #"{"timestamp": 1, "input_length": 3.5, "hash_ids": [1]}"#) == 3)
+        #expect(throws: TraceError.missingField(line: 2, field: "hash_ids")) { try parse(good + "\n" + #"{"timestamp": 1, "input_length": 3}"#) }
+        #expect(errorLine(#"{"timestamp": 1, "input_length": 3, "hash_ids": [1]} x"#) == 1)
+        #expect(errorLine(good + "\n\n" + #"{"timestamp": 99999999999999999999, "input_length": 3, "hash_ids": [1]}"#) == 3)
+    }
+
+    /// An input_length near Int.max overflowed `inputLength + hashBlockTokens - 1` (a trap); it is
+    /// now an inconsistent line, as any length the hash ids cannot cover.
+    @Test func hugeInputLengthIsAnErrorNamingItsLine() {
+        let good = #"{"timestamp": 0, "input_length": 3, "hash_ids": [1]}"#
+        let huge = #"{"timestamp": 0, "input_length": 9223372036854775807, "hash_ids": [1]}"#
+        #expect(errorLine(good + "\n" + huge) == 2)
+        #expect(throws: TraceError.inconsistent(line: 1, reason: "1 hash ids cannot cover input_length 9223372036854775807 at 512 tokens per id")) {
+            try parse(huge)
+        }
+        #expect(errorLine(huge, hashBlockTokens: Int(Int32.max)) == 1)
+    }
+
+    /// Tokens per hash id is a setting: out of range it is reported as such, not as a JSON error
+    /// on "line 0" (0) or as an overflowing hash id (2^32).
+    @Test func hashBlockTokensOutOfRangeIsNamed() {
+        for bad in [0, -512, Int(Int32.max) + 1, 4_294_967_296, Int.max] {
+            #expect(throws: TraceError.invalidHashBlockTokens(bad)) { try parse(#"{"timestamp": 0, "input_length": 3, "hash_ids": [0]}"#, hashBlockTokens: bad) }
+        }
+        #expect(TraceError.invalidHashBlockTokens(0).description == "tokens per hash id must be in 1...2147483647, got 0")
+    }
+
+    /// A missing file is named once ("cannot read trace X: cannot read trace X: …" before); a
+    /// directory is called one.
+    @Test func unreadableTracesSayWhy() throws {
+        let missing = "/nonexistent-\(UInt64.random(in: 0...UInt64.max)).jsonl"
         do {
-            _ = try parse(good + "\n" + good + "\n" + #"{"timestamp": 1, "input_length": 3.5, "hash_ids": [1]}"#)
+            _ = try Trace(contentsOf: missing)
             Issue.record("expected an error")
         } catch {
-            guard case .malformed(let line, _) = error else { Issue.record("wrong error \(error)"); return }
-            #expect(line == 3)
+            #expect(error.description == "cannot read trace \(missing): No such file or directory")
         }
-        #expect(throws: TraceError.missingField(line: 2, field: "hash_ids")) { try parse(good + "\n" + #"{"timestamp": 1, "input_length": 3}"#) }
-        #expect(throws: TraceError.self) { try parse(#"{"timestamp": 1, "input_length": 3, "hash_ids": [1]} x"#) }
+        let dir = FileManager.default.temporaryDirectory.path
+        do {
+            _ = try Trace(contentsOf: dir)
+            Issue.record("expected an error")
+        } catch {
+            #expect(error == .unreadable(path: dir, reason: "it is a directory, not a trace file"))
+        }
     }
 
     @Test func rejectsInconsistentRequests() {
