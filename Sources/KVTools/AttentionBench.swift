@@ -59,6 +59,36 @@ public final class AttentionBench {
         fill()
     }
 
+    /// Fails on settings `kvctl bench attention` cannot run with, naming the option: every
+    /// context a positive multiple of the block size, positive batch, threads and repeats, a
+    /// valid layout, and an arena (plus the 1 GiB bandwidth buffer) that fits in memory.
+    public static func validate(batches: [Int], contexts: [Int], decode: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                dtype: KVDType, blockSize: Int, threads: Int, repeats: Int) throws(OptionError) {
+        try OptionChecks.atLeast(blockSize, 1, "--block-size")
+        try OptionChecks.atLeast(heads, 1, "--heads")
+        try OptionChecks.atLeast(kvHeads, 1, "--kv-heads")
+        guard heads % kvHeads == 0 else { throw OptionError("--kv-heads", "must divide --heads (\(heads)), got \(kvHeads)") }
+        let layout = try OptionChecks.layout({ () throws(KVLayoutError) in
+            try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
+        }, "--head-dim")
+        for b in batches { try OptionChecks.atLeast(b, 1, "--batch") }
+        for m in contexts where m < blockSize || m % blockSize != 0 {
+            throw OptionError(contexts.count > 1 ? "--block-size" : "--context",
+                              contexts.count > 1 ? "must divide the --sweep contexts \(contexts.map(String.init).joined(separator: ", ")), got \(blockSize)"
+                                                 : "must be a positive multiple of the block size (\(blockSize)), got \(m)")
+        }
+        try OptionChecks.atLeast(decode, 0, "--decode")
+        try OptionChecks.inRange(threads, 1...OptionChecks.maxThreads, "--threads")
+        try OptionChecks.atLeast(repeats, 1, "--repeat")
+        // Overflow-checked: 1 + context blocks + batch × decode blocks, as init allocates.
+        let contextBlocks = (contexts.max() ?? 0) / blockSize
+        let decodeBlocks = decode / blockSize + (decode % blockSize == 0 ? 0 : 1)
+        let (own, o1) = (batches.max() ?? 0).multipliedReportingOverflow(by: decodeBlocks)
+        let (blocks, o2) = own.addingReportingOverflow(1 + contextBlocks)
+        guard !o1, !o2 else { throw OptionError("--batch", "is too large: \(batches.max() ?? 0) × \(decode) tokens overflow Int") }
+        try OptionChecks.fitsInMemory(blocks: blocks, bytesPerBlock: layout.blockBytes, "--batch/--context/--decode")
+    }
+
     /// Random values in [-1.7, 1.7] (about unit variance), generated per block on all cores.
     private func fill() {
         let arena = self.arena, layout = self.layout, threads = self.threads
@@ -82,7 +112,9 @@ public final class AttentionBench {
     /// The block tables of a point: context blocks 1…, then each sequence's own blocks.
     func batch(_ b: Int, context: Int) throws -> BlockTableBatch {
         let bs = layout.blockSize
-        precondition(context % bs == 0 && context / bs <= maxContextBlocks, "AttentionBench: context \(context) does not fit the arena")
+        guard context >= bs, context % bs == 0, context / bs <= maxContextBlocks else {
+            throw OptionError("--context", "must be a positive multiple of the block size (\(bs)) up to \(maxContextBlocks * bs), got \(context)")
+        }
         let shared = (0..<context / bs).map { Int32(1 + $0) }
         let tables = (0..<b).map { s in shared + (0..<decodeBlocks).map { Int32(1 + maxContextBlocks + s * decodeBlocks + $0) } }
         return try BlockTableBatch(blockSize: bs, tables: tables, tokenCounts: Array(repeating: context + decode, count: b))
@@ -90,6 +122,8 @@ public final class AttentionBench {
 
     /// Times one point: `repeats` alternating (paged, bifurcated) pairs after one warm-up each.
     public func measure(batch b: Int, context: Int, repeats: Int) throws -> AttentionBenchPoint {
+        try OptionChecks.atLeast(b, 1, "--batch")
+        try OptionChecks.atLeast(repeats, 1, "--repeat")  // no timed call: medians of nothing are NaN
         let batch = try batch(b, context: context)
         let plan = try DecodePlan(batch: batch)
         let d = layout.headDim

@@ -26,7 +26,24 @@ public struct CacheBench {
 
     public init() {}
 
+    /// Prompt sizes a point may use (token ids of the cached stem must fit `TokenID`, and the
+    /// prompt is held in memory several times over).
+    public static let promptTokensRange = 1...(1 << 24)
+    public static let blockSizeRange = 1...(1 << 16)
+
+    /// Fails on a setting the bench cannot run with, naming the kvctl option.
+    public func validate() throws(OptionError) {
+        guard !promptSizes.isEmpty else { throw OptionError("--prompts", "needs at least one prompt size") }
+        for n in promptSizes { try OptionChecks.inRange(n, Self.promptTokensRange, "--prompts") }
+        guard !cachedPercents.isEmpty else { throw OptionError("--cached", "needs at least one percentage") }
+        for n in cachedPercents { try OptionChecks.inRange(n, 0...100, "--cached") }
+        try OptionChecks.atLeast(rounds, 1, "--rounds")
+        try OptionChecks.inRange(blockSize, Self.blockSizeRange, "--block-size")
+        try OptionChecks.atLeast(forkCount, 1, "forkCount")
+    }
+
     public func run() throws -> [Point] {
+        try validate()
         var points: [Point] = []
         for size in promptSizes {
             for percent in cachedPercents {
@@ -37,7 +54,7 @@ public struct CacheBench {
     }
 
     func measure(promptTokens: Int, cachedPercent: Int) throws -> [Point] {
-        let layout = KVLayout.small(blockSize: blockSize)
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: blockSize)
         let blocksPerPrompt = (promptTokens + blockSize - 1) / blockSize
         let cache = try KVCacheManager(layout: layout, capacityBlocks: 4 * blocksPerPrompt + 64)
         let cachedTokens = promptTokens * cachedPercent / 100

@@ -16,11 +16,49 @@ public struct Demo {
         public var systemPromptTokens = 1024
         public var userPromptTokens = 192
         public var decodeSteps = 16
-        public var capacityBlocks = 140
+        /// The pool; nil: ``neededBlocks``, just what one request needs at its peak, so each
+        /// request still evicts (and spills) the blocks of the one before.
+        public var capacityBlocks: Int?
         public var queryHeads = 32
         public var layout = try! KVLayout(layerCount: 2, kvHeadCount: 8, headDim: 128, blockSize: 16, dtype: .bfloat16)
         public var seed: UInt64 = 42
         public init() {}
+
+        /// Blocks one request holds at its peak: its prompt, plus for each sample the blocks its
+        /// decode tokens fill (a prompt ending mid-block counts twice: its shared last block, and
+        /// each sample's copy of it, written on the first append). Nothing more, so the cached
+        /// blocks of earlier requests must be evicted (and spilled) to make room: the demo's point.
+        /// The defaults need 76 + 32 × 1 = 108. Saturates at `Int.max` (``validate()`` rejects that).
+        public var neededBlocks: Int {
+            func blocks(_ tokens: Int) -> Int { tokens / layout.blockSize + (tokens % layout.blockSize == 0 ? 0 : 1) }
+            let (promptTokens, o1) = systemPromptTokens.addingReportingOverflow(userPromptTokens)
+            let (sampleTokens, o2) = (promptTokens % layout.blockSize).addingReportingOverflow(decodeSteps)
+            let (decode, o3) = samples.multipliedReportingOverflow(by: blocks(sampleTokens))
+            let (total, o4) = decode.addingReportingOverflow(blocks(promptTokens))
+            return o1 || o2 || o3 || o4 ? Int.max : total
+        }
+
+        /// The pool the demo runs with.
+        public var poolBlocks: Int { capacityBlocks ?? neededBlocks }
+
+        /// Steps and samples a demo may ask for (it is a demo: seconds, not hours).
+        public static let samplesRange = 1...4096
+        public static let decodeStepsRange = 1...65536
+        public static let requestsRange = 1...1024
+
+        /// Fails on options the demo cannot run to the end with, naming the kvctl option.
+        public func validate() throws(OptionError) {
+            try OptionChecks.inRange(requests, Self.requestsRange, "--requests")
+            try OptionChecks.inRange(samples, Self.samplesRange, "--samples")
+            try OptionChecks.inRange(decodeSteps, Self.decodeStepsRange, "--steps")
+            try OptionChecks.atLeast(systemPromptTokens, 1, "systemPromptTokens")
+            try OptionChecks.atLeast(userPromptTokens, 1, "userPromptTokens")
+            try OptionChecks.atLeast(queryHeads, 1, "queryHeads")
+            if let capacityBlocks, capacityBlocks < neededBlocks {
+                throw OptionError("capacityBlocks", "must be at least \(neededBlocks) (one request at its peak), got \(capacityBlocks)")
+            }
+            try OptionChecks.fitsInMemory(blocks: poolBlocks, bytesPerBlock: layout.blockBytes, "--samples/--steps")
+        }
     }
 
     public struct Report: Sendable {
@@ -44,7 +82,8 @@ public struct Demo {
     /// Runs the demo; `say` receives one line per event.
     public func run(store: (any ColdPrefixStore)?, say: (String) -> Void) throws -> Report {
         let o = options, layout = o.layout
-        let cache = try KVCacheManager(layout: layout, capacityBlocks: o.capacityBlocks, allocatesPages: true, coldStore: store)
+        try o.validate()
+        let cache = try KVCacheManager(layout: layout, capacityBlocks: o.poolBlocks, allocatesPages: true, coldStore: store)
         let arena = cache.arena!
         let model = FakeModel(layout: layout)
         let attention = try DecodeAttention(layout: layout, queryHeads: o.queryHeads)
@@ -52,7 +91,7 @@ public struct Demo {
         var rng = SeededRandom(seed: o.seed)
         var report = Report(stats: cache.stats)
 
-        say("layout: \(layout), \(o.queryHeads) query heads; pool \(o.capacityBlocks) blocks (\((o.capacityBlocks * layout.blockBytes) >> 20) MiB of KV)")
+        say("layout: \(layout), \(o.queryHeads) query heads; pool \(o.poolBlocks) blocks (\((o.poolBlocks * layout.blockBytes) >> 20) MiB of KV)")
         let system = (0..<o.systemPromptTokens).map { _ in TokenID(rng.next() % 50_000) }
         var prompts: [[TokenID]] = []
         for r in 0..<o.requests {

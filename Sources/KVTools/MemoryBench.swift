@@ -17,6 +17,14 @@ public final class MemoryBench: @unchecked Sendable {
 
     deinit { buffer.deallocate() }
 
+    /// Fails on settings `kvctl bench memory` cannot run with: the buffer must fit in memory and
+    /// leave every thread a slice.
+    public static func validate(megabytes: Int, threads: Int, repeats: Int) throws(OptionError) {
+        try OptionChecks.inRange(megabytes, 1...max(1, OptionChecks.physicalMemoryBytes >> 20), "--megabytes")
+        try OptionChecks.inRange(threads, 1...OptionChecks.maxThreads, "--threads")
+        try OptionChecks.atLeast(repeats, 1, "--repeat")
+    }
+
     /// Best-of-`repeat` GB/s reading the whole buffer with `threads` threads (one slice each).
     public func readGBps(threads: Int, repeats: Int = 5) -> Double {
         let slice = bytes / threads / 512 * 512

@@ -60,9 +60,27 @@ public struct StoreBench: Sendable {
         public var restoreRatio: Double
     }
 
+    /// Fails on a setting the bench cannot run with, naming the kvctl option: at least one block
+    /// of tokens, token ids within `TokenID`, one round and one restore (without a restore the
+    /// restore blocks are never written and the final comparison would report corruption), and
+    /// an arena (the prefix twice) that fits in memory.
+    public func validate() throws(OptionError) {
+        guard tokens >= layout.blockSize, tokens <= Int(Int32.max) else {
+            throw OptionError("--tokens", "must be in \(layout.blockSize)...\(Int32.max) (at least one block of \(layout.blockSize)), got \(tokens)")
+        }
+        try OptionChecks.atLeast(restoreRepeats, 1, "--repeats")
+        try OptionChecks.atLeast(rounds, 1, "--rounds")
+        try OptionChecks.fitsInMemory(blocks: 2 * (tokens / layout.blockSize) + 1, bytesPerBlock: layout.blockBytes, "--tokens")
+    }
+
+    /// A check of the bench's own run that failed: the store lost or changed a block.
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+    }
+
     public func run() throws -> Result {
+        try validate()
         let blocks = tokens / layout.blockSize
-        precondition(blocks > 0, "StoreBench: fewer tokens than one block")
         let bytes = blocks * layout.blockBytes
         // Everything goes into a fresh directory of our own under `directory`, and only that is
         // removed afterwards: `directory` may be `.` or a home directory holding other files.
@@ -117,7 +135,9 @@ public struct StoreBench: Sendable {
             }
             store.flush()
             backgroundSeconds.append(seconds(since: t0))
-            precondition(store.counters.recordsWritten == blocks, "StoreBench: \(store.counters) — not every block was written")
+            guard store.counters.recordsWritten == blocks else {
+                throw Failure(description: "StoreBench: \(store.counters) — not every block was written")
+            }
         }
 
         // Restores of the whole prefix.
@@ -130,12 +150,12 @@ public struct StoreBench: Sendable {
                 let hit = prefix[i].withUnsafeBufferPointer {
                     store.restore(key: keys[i], namespace: .default, tokens: $0, into: BlockID(Int32(blocks + 1 + i)), arena: arena)
                 }
-                precondition(hit, "StoreBench: block \(i) did not restore")
+                guard hit else { throw Failure(description: "StoreBench: block \(i) did not restore") }
             }
             restoreSeconds.append(seconds(since: t0))
         }
         store.close()
-        for i in [0, blocks / 2, blocks - 1] { checkSame(arena, BlockID(Int32(i + 1)), BlockID(Int32(blocks + 1 + i))) }
+        for i in [0, blocks / 2, blocks - 1] { try checkSame(arena, BlockID(Int32(i + 1)), BlockID(Int32(blocks + 1 + i))) }
 
         let gb = Double(bytes) / 1e9
         let restore = TimingSummary(restoreSeconds), plainRead = TimingSummary(readSeconds)
@@ -221,12 +241,12 @@ public struct StoreBench: Sendable {
         }
     }
 
-    private func checkSame(_ arena: KVPageArena, _ a: BlockID, _ b: BlockID) {
+    private func checkSame(_ arena: KVPageArena, _ a: BlockID, _ b: BlockID) throws {
         let n = layout.blockBytes
         var x = [UInt8](repeating: 0, count: n), y = [UInt8](repeating: 1, count: n)
         x.withUnsafeMutableBytes { arena.copyOut(a, into: $0) }
         y.withUnsafeMutableBytes { arena.copyOut(b, into: $0) }
-        precondition(x == y, "StoreBench: restored block \(b) differs from spilled block \(a)")
+        guard x == y else { throw Failure(description: "StoreBench: restored block \(b) differs from spilled block \(a)") }
     }
 
     /// Creates `parent/prefixkv-bench-store.XXXXXX` with `mkdtemp` (a new name every run, so it

@@ -25,6 +25,23 @@ public struct StressOptions: Sendable {
     }
 }
 
+extension StressOptions {
+    /// The longest run `kvctl stress` accepts (30 days): the deadline is computed in nanoseconds.
+    public static let maxSeconds = 30.0 * 86_400
+
+    /// Fails on options a run cannot start with, naming the kvctl option: positive threads, a
+    /// finite positive duration, and a pool (pages and token table) that fits in memory.
+    public func validate() throws(OptionError) {
+        try OptionChecks.inRange(threads, 1...OptionChecks.maxThreads, "--threads")
+        guard seconds.isFinite, seconds > 0, seconds <= Self.maxSeconds else {
+            throw OptionError("--seconds", "must be a finite number of seconds in (0, \(Int(Self.maxSeconds))], got \(seconds)")
+        }
+        try OptionChecks.atLeast(capacityBlocks, 1, "--capacity-blocks")
+        try OptionChecks.fitsInMemory(blocks: capacityBlocks, bytesPerBlock: layout.blockBytes + layout.blockSize * MemoryLayout<TokenID>.stride,
+                                      "--capacity-blocks")
+    }
+}
+
 /// Operation counts of a stress run, summed over threads.
 public struct StressCounts: Sendable, Equatable, Codable {
     public var admits = 0
@@ -64,6 +81,7 @@ public struct StressReport: Sendable {
 /// state). At the end every sequence is released and no block may remain in use.
 /// Each worker's random stream is derived from `seed`, so the seed names the run.
 public func stress(_ options: StressOptions) throws -> StressReport {
+    try options.validate()
     let published = PublishedBlocks()
     let store = try options.makeStore?(options.layout)
     let cache = try KVCacheManager(layout: options.layout, capacityBlocks: options.capacityBlocks, allocatesPages: true,

@@ -29,15 +29,28 @@ struct BenchAttention: ParsableCommand {
     @Flag(help: "Sweep b over 1…64 and m_c over 2048, 8192, 16384.") var sweep = false
     @Flag(help: "One JSON object per point, one per line.") var json = false
 
+    private var batches: [Int] { sweep ? [1, 2, 4, 8, 16, 32, 64] : [batch] }
+    private var contexts: [Int] { sweep ? [2048, 8192, 16384] : [context] }
+    private static let isaNames: [String: KernelISA] = ["portable": .portable, "avx2": .avx2, "avx512": .avx512, "avx512bf16": .avx512bf16]
+
+    func validate() throws {
+        guard let kv = KVDType(rawValue: dtype) else {
+            throw ValidationError("unknown --dtype \(dtype): one of \(KVDType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard AttentionMath(rawValue: math) != nil else { throw ValidationError("unknown --math \(math): one of auto, fp32, bf16") }
+        if let isa, Self.isaNames[isa] == nil {
+            throw ValidationError("unknown --isa \(isa): one of \(Self.isaNames.keys.sorted().joined(separator: ", "))")
+        }
+        try usageErrors {
+            try AttentionBench.validate(batches: batches, contexts: contexts, decode: decode, heads: heads, kvHeads: kvHeads,
+                                        headDim: headDim, dtype: kv, blockSize: blockSize, threads: threads, repeats: `repeat`)
+        }
+    }
+
     func run() throws {
         guard let kv = KVDType(rawValue: dtype) else { throw ValidationError("unknown --dtype \(dtype)") }
         guard let mathChoice = AttentionMath(rawValue: math) else { throw ValidationError("unknown --math \(math)") }
-        let isaNames: [String: KernelISA] = ["portable": .portable, "avx2": .avx2, "avx512": .avx512, "avx512bf16": .avx512bf16]
-        guard let isaChoice = isa.map({ isaNames[$0] }) ?? .best else {
-            throw ValidationError("unknown --isa \(isa ?? ""): one of \(isaNames.keys.sorted().joined(separator: ", "))")
-        }
-        let batches = sweep ? [1, 2, 4, 8, 16, 32, 64] : [batch]
-        let contexts = sweep ? [2048, 8192, 16384] : [context]
+        guard let isaChoice = isa.map({ Self.isaNames[$0] }) ?? .best else { throw ValidationError("unknown --isa \(isa ?? "")") }
         let memory = MemoryBench(megabytes: 1024)
         let bandwidth = memory.readGBps(threads: threads)
         let bench = try AttentionBench(heads: heads, kvHeads: kvHeads, headDim: headDim, dtype: kv, blockSize: blockSize,

@@ -13,13 +13,21 @@ struct BenchCache: ParsableCommand {
     @Option(help: "Tokens per block.") var blockSize = 16
     @Flag(help: "Print one JSON object per point.") var json = false
 
-    func run() throws {
+    func validate() throws {
+        try usageErrors { try makeBench().validate() }
+    }
+
+    private func makeBench() throws -> CacheBench {
         var bench = CacheBench()
-        bench.promptSizes = try parseList(prompts)
-        bench.cachedPercents = try parseList(cached)
+        bench.promptSizes = try parseList(prompts, "--prompts")
+        bench.cachedPercents = try parseList(cached, "--cached")
         bench.rounds = rounds
         bench.blockSize = blockSize
-        let points = try bench.run()
+        return bench
+    }
+
+    func run() throws {
+        let points = try makeBench().run()
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
@@ -30,10 +38,10 @@ struct BenchCache: ParsableCommand {
     }
 }
 
-/// Parses "1,2,3" into integers, or fails with a usage error naming the bad item.
-func parseList(_ text: String) throws -> [Int] {
+/// Parses "1,2,3" into integers, or fails with a usage error naming the option and the bad item.
+func parseList(_ text: String, _ option: String) throws -> [Int] {
     try text.split(separator: ",").map {
-        guard let n = Int($0.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("not a number: '\($0)'") }
+        guard let n = Int($0.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("\(option): not a number: '\($0)'") }
         return n
     }
 }

@@ -13,6 +13,10 @@ struct BenchMemory: ParsableCommand {
     @Option(help: "Passes per measurement (best reported).") var `repeat` = 5
     @Flag(help: "One JSON object per thread count.") var json = false
 
+    func validate() throws {
+        try usageErrors { try MemoryBench.validate(megabytes: megabytes, threads: threads, repeats: `repeat`) }
+    }
+
     func run() throws {
         let bench = MemoryBench(megabytes: megabytes)
         for t in 1...threads {

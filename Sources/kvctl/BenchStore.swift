@@ -31,9 +31,18 @@ struct BenchStore: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
+    func validate() throws {
+        try usageErrors { try makeBench().validate() }
+    }
+
+    private func makeBench() throws -> StoreBench {
+        try OptionChecks.atLeast(blockSize, 1, "--block-size")
+        let kvLayout = try OptionChecks.layout({ () throws(KVLayoutError) in try KVLayout(spec: layout, blockSize: blockSize) }, "--layout")
+        return StoreBench(layout: kvLayout, tokens: tokens, directory: dir, restoreRepeats: repeats, rounds: rounds)
+    }
+
     func run() throws {
-        let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
-        let result = try StoreBench(layout: kvLayout, tokens: tokens, directory: dir, restoreRepeats: repeats, rounds: rounds).run()
+        let result = try makeBench().run()
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]

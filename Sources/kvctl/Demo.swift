@@ -13,15 +13,20 @@ struct Demo: ParsableCommand {
     @Option(help: "Parallel samples per request.") var samples = 32
     @Option(help: "Decode steps per request.") var steps = 16
 
-    func validate() throws {
-        guard requests >= 1, samples >= 1, steps >= 1 else { throw ValidationError("--requests, --samples and --steps must be positive") }
-    }
-
-    func run() throws {
+    private var options: KVTools.Demo.Options {
         var options = KVTools.Demo.Options()
         options.requests = requests
         options.samples = samples
         options.decodeSteps = steps
+        return options
+    }
+
+    func validate() throws {
+        try usageErrors { try options.validate() }
+    }
+
+    func run() throws {
+        let options = self.options
         if !keepStore { try SpillStores.clear(path: store) }
         let spill = try LMDBSpillStore(SpillStoreConfiguration(path: store, layout: options.layout, limitBytes: 256 << 20))
         print("store: \(store)")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import KVTools
 
 /// `kvctl`: inspect a PrefixKV store, replay traces, benchmark, stress, and demo the cache.
 @main
@@ -43,4 +44,10 @@ struct Bench: ParsableCommand {
 struct NotImplemented: Error, CustomStringConvertible {
     var what: String
     var description: String { "\(what) is not implemented yet" }
+}
+
+/// Runs KVTools' checks of a command's options from `validate()`: their `OptionError` (naming the
+/// option and what it allows) becomes a usage error, exit 64 with the usage, before anything runs.
+func usageErrors(_ check: () throws -> Void) throws {
+    do { try check() } catch let error as OptionError { throw ValidationError(error.description) }
 }

@@ -51,19 +51,25 @@ struct Replay: ParsableCommand {
         if let limit { parsed = parsed.prefix(limit) }
         let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
         let bar = ProgressBar()
-        let makeStore = store.map { path in
-            SpillStores.factory(path: path, limitBytes: storeLimitBytes ?? roomForEveryBlock(parsed, kvLayout), durable: false,
+        let makeStore = try store.map { path in
+            SpillStores.factory(path: path, limitBytes: try storeLimitBytes ?? storeRoomForEveryBlock(parsed, layout: kvLayout), durable: false,
                                 whenQueueFull: .waitWhenFull)
         }
         if sweep {
             let list = try capacities.map(parseCapacities)
             let points = try KVTools.sweep(parsed, layout: kvLayout, capacities: list, makeStore: makeStore, progress: { bar.show($0, $1, "capacities") })
             bar.finish()
+            // The results first: a chart that cannot be written must not cost the sweep's output.
+            if json { try printJSON(points) } else { printSweepTable(points) }
             if let chart {
                 let title = "Prefix-cache hit rate: \((trace as NSString).lastPathComponent), block \(blockSize)"
-                try HitRateChart(points: points, title: title).svg().write(toFile: chart, atomically: true, encoding: .utf8)
+                do {
+                    try HitRateChart(points: points, title: title).svg().write(toFile: chart, atomically: true, encoding: .utf8)
+                } catch {
+                    FileHandle.standardError.write(Data("kvctl replay: cannot write the chart to \(chart): \(error.localizedDescription)\n".utf8))
+                    throw ExitCode.failure
+                }
             }
-            if json { try printJSON(points) } else { printSweepTable(points) }
         } else {
             let options = ReplayOptions(layout: kvLayout, capacityBlocks: capacityBlocks, makeStore: makeStore)
             let result = try KVTools.replay(parsed, options: options, progress: { bar.show($0, $1, "requests") })
@@ -73,15 +79,18 @@ struct Replay: ParsableCommand {
     }
 
     func validate() throws {
-        if chart != nil && !sweep { throw ValidationError("--chart needs --sweep") }
-        if capacities != nil && !sweep { throw ValidationError("--capacities needs --sweep; use --capacity-blocks for one run") }
-        if let limit, limit < 1 { throw ValidationError("--limit must be positive") }
-    }
-
-    /// A store limit with room for every distinct block of the trace (payload plus record header).
-    private func roomForEveryBlock(_ trace: Trace, _ layout: KVLayout) -> Int {
-        let perRecord = layout.blockBytes + layout.blockSize * 4 + 256
-        return max(64 << 20, unboundedCapacity(of: trace, blockSize: layout.blockSize) * perRecord)
+        var options = ReplayCommandOptions()
+        options.hashBlockTokens = hashBlockTokens
+        options.blockSize = blockSize
+        options.capacityBlocks = capacityBlocks
+        options.layout = layout
+        options.limit = limit
+        options.sweep = sweep
+        options.capacities = try capacities.map(parseCapacities)
+        options.chart = chart
+        options.store = store
+        options.storeLimitBytes = storeLimitBytes
+        try usageErrors { try options.validate() }
     }
 
     private func parseCapacities(_ text: String) throws -> [Int] {

@@ -25,18 +25,16 @@ struct Stress: ParsableCommand {
     var store: String?
 
     func validate() throws {
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-        guard seconds > 0 else { throw ValidationError("--seconds must be positive") }
-        guard capacityBlocks >= 1 else { throw ValidationError("--capacity-blocks must be at least 1") }
+        try usageErrors { try StressOptions(threads: threads, seconds: seconds, capacityBlocks: capacityBlocks).validate() }
     }
 
     func run() throws {
         let seed = seed ?? UInt64(Date().timeIntervalSince1970 * 1000)
+        let makeStore = store.map { SpillStores.factory(path: $0, limitBytes: 256 << 20) }
+        let options = StressOptions(threads: threads, seconds: seconds, seed: seed, capacityBlocks: capacityBlocks, makeStore: makeStore)
         // Printed first: an invariant failure traps and this line is all that names the run.
         FileHandle.standardError.write(Data("kvctl stress: seed \(seed), \(threads) threads, \(seconds) s\n".utf8))
-        let makeStore = store.map { SpillStores.factory(path: $0, limitBytes: 256 << 20) }
-        let report = try KVTools.stress(StressOptions(threads: threads, seconds: seconds, seed: seed, capacityBlocks: capacityBlocks,
-                                                      makeStore: makeStore))
+        let report = try KVTools.stress(options)
         let c = report.counts
         print("admits \(c.admits)  refused \(c.refused)  appends \(c.appends)  forks \(c.forks)  releases \(c.releases)  lookups \(c.lookups)")
         print("verified blocks \(c.verifiedBlocks)  invariant checks \(c.invariantChecks)  evicted blocks \(report.stats.evictedBlocks)"

@@ -34,4 +34,31 @@ import Testing
         #expect(inspected.entries > 0)
         #expect(inspected.cache?.storeHitTokens == 64)
     }
+
+    /// The pool was fixed at 140 blocks, so `kvctl demo --steps 33` or `--samples 200` failed
+    /// midway with "insufficient blocks"; it is now sized from the options (one request's peak)
+    /// and so still small enough that each request evicts and spills the one before.
+    @Test(arguments: [(samples: 4, steps: 50), (samples: 50, steps: 3), (samples: 3, steps: 200)])
+    func poolIsSizedForMoreStepsAndSamples(samples: Int, steps: Int) throws {
+        #expect(Demo.Options().neededBlocks == 108)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("prefixkv-demo-test-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var options = Demo.Options()
+        options.requests = 3
+        options.samples = samples
+        options.decodeSteps = steps
+        options.systemPromptTokens = 64
+        options.userPromptTokens = 64
+        options.queryHeads = 4
+        options.layout = try KVLayout(layerCount: 2, kvHeadCount: 2, headDim: 16, blockSize: 16, dtype: .float16)
+        #expect(options.poolBlocks > 20, "more than the fixed pool of the test above")
+        let store = try LMDBSpillStore(SpillStoreConfiguration(path: dir, layout: options.layout, limitBytes: 16 << 20))
+        let report = try Demo(options: options).run(store: store) { _ in }
+        store.close()
+        #expect(report.decodeSteps == options.requests * steps)
+        #expect(report.stats.spilledBlocks > 0, "the sized pool still spills")
+        #expect(report.returningStoreTokens == 64)
+        #expect(report.restoredMismatches == 0)
+        #expect(report.stats.usedBlocks == 0)
+    }
 }
