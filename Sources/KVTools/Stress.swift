@@ -42,6 +42,23 @@ extension StressOptions {
     }
 }
 
+extension StressOptions {
+    /// The `kvctl stress` command line that repeats this run: every option that shapes it
+    /// (`storePath`: the `--store` it ran with). The layout is not an option of kvctl.
+    public func reproducingCommand(storePath: String?) -> String {
+        var words = ["kvctl", "stress", "--seed", "\(seed)", "--threads", "\(threads)", "--seconds", "\(seconds)",
+                     "--capacity-blocks", "\(capacityBlocks)"]
+        if let storePath { words += ["--store", storePath] }
+        return words.map(shellQuoted).joined(separator: " ")
+    }
+}
+
+/// `word` as one shell word: unchanged when it is plain, else in single quotes.
+func shellQuoted(_ word: String) -> String {
+    let plain = !word.isEmpty && word.allSatisfy { $0.isLetter || $0.isNumber || "-_./=:+,".contains($0) }
+    return plain ? word : "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
 /// Operation counts of a stress run, summed over threads.
 public struct StressCounts: Sendable, Equatable, Codable {
     public var admits = 0

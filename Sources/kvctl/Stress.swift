@@ -33,7 +33,7 @@ struct Stress: ParsableCommand {
         let makeStore = store.map { SpillStores.factory(path: $0, limitBytes: 256 << 20) }
         let options = StressOptions(threads: threads, seconds: seconds, seed: seed, capacityBlocks: capacityBlocks, makeStore: makeStore)
         // Printed first: an invariant failure traps and this line is all that names the run.
-        FileHandle.standardError.write(Data("kvctl stress: seed \(seed), \(threads) threads, \(seconds) s\n".utf8))
+        FileHandle.standardError.write(Data("kvctl stress: seed \(seed), \(threads) threads, \(seconds) s; reproduce with: \(options.reproducingCommand(storePath: store))\n".utf8))
         let report = try KVTools.stress(options)
         let c = report.counts
         print("admits \(c.admits)  refused \(c.refused)  appends \(c.appends)  forks \(c.forks)  releases \(c.releases)  lookups \(c.lookups)")
@@ -41,7 +41,7 @@ struct Stress: ParsableCommand {
               + "  spilled \(report.stats.spilledBlocks)  restored \(report.stats.restoredBlocks)")
         guard report.passed else {
             for v in report.violations.prefix(20) { print("VIOLATION: \(v)") }
-            print("FAILED with \(report.violations.count) violations; reproduce with --seed \(seed) --threads \(threads)")
+            print("FAILED with \(report.violations.count) violations; reproduce with: \(options.reproducingCommand(storePath: store))")
             throw ExitCode.failure
         }
         print("passed (seed \(seed), used blocks at end \(report.stats.usedBlocks))")
