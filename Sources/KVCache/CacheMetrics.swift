@@ -1,5 +1,5 @@
+import KVCore
 import Metrics
-import Synchronization
 
 /// The cache's counters and gauges in swift-metrics, so a serving stack's metrics backend
 /// (Prometheus, OTel, …) picks them up. With no backend bootstrapped these are no-ops.
@@ -24,7 +24,7 @@ final class CacheMetrics: Sendable {
     let dedupRatio: Gauge
     /// The largest totals already counted: stats snapshots may arrive out of order from
     /// concurrent calls, so each counter advances by what a snapshot adds beyond the maximum.
-    private let counted = Mutex(Totals())
+    private let counted = Locked(Totals())
 
     private struct Totals { var evicted = 0, spilled = 0, restored = 0, allocationsFailed = 0 }
 
@@ -59,7 +59,7 @@ final class CacheMetrics: Sendable {
         cached.record(s.cachedBlocks)
         shared.record(s.sharedBlocks)
         dedupRatio.record(s.dedupRatio)
-        let added = counted.withLock { t -> Totals in
+        let added = counted.withLock { (t: inout Totals) -> Totals in
             let d = Totals(evicted: max(0, s.evictedBlocks - t.evicted), spilled: max(0, s.spilledBlocks - t.spilled),
                            restored: max(0, s.restoredBlocks - t.restored),
                            allocationsFailed: max(0, s.allocationsFailed - t.allocationsFailed))
