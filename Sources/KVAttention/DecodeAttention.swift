@@ -22,7 +22,8 @@ public final class DecodeAttention {
     public let layout: KVLayout
     /// Query heads per sequence: a multiple of `layout.kvHeadCount`.
     public let queryHeads: Int
-    /// Most threads a call uses (small calls stay on the caller's thread).
+    /// Most threads a call uses (small calls stay on the caller's thread); a larger request at
+    /// init is capped at ``maxThreads``.
     public let threads: Int
     /// Which multiply the kernels use (see ``AttentionMath`` for which paths take bf16).
     public let math: AttentionMath
@@ -42,6 +43,9 @@ public final class DecodeAttention {
         let maxBlock: Int32
     }
 
+    /// The most threads an instance uses, however many it is given.
+    public static let maxThreads = 1024
+
     /// Cores available to this process.
     public static var defaultThreadCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
@@ -57,9 +61,14 @@ public final class DecodeAttention {
             throw .headsNotDivisible(queryHeads: queryHeads, kvHeads: layout.kvHeadCount)
         }
         guard threads > 0 else { throw .invalidThreadCount(threads) }
+        // The C kernels take these as int32_t: refuse what would not narrow.
+        for (name, value) in [("kvHeadCount", layout.kvHeadCount), ("headDim", layout.headDim),
+                              ("blockSize", layout.blockSize), ("queryHeads", queryHeads)] where value > Int(Int32.max) {
+            throw .layoutMismatch("\(name) \(value) exceeds the kernels' limit of \(Int32.max)")
+        }
         self.layout = layout
         self.queryHeads = queryHeads
-        self.threads = threads
+        self.threads = min(threads, Self.maxThreads)
         self.math = math
         self.isa = min(isa, KernelISA.best)
     }

@@ -20,7 +20,9 @@ public struct BlockTableBatch: Sendable, Equatable {
     /// Builds a batch from one block table and one token count per sequence, checking that each
     /// table holds exactly enough blocks for its tokens.
     public init(blockSize: Int, tables: [[Int32]], tokenCounts: [Int]) throws(DecodePlanError) {
-        guard blockSize > 0 else { throw .invalidBlockSize(blockSize) }
+        // Counts and ids travel as Int32 (the kernels' CSR arrays), so larger values are refused
+        // here rather than trapping when narrowed.
+        guard blockSize > 0, blockSize <= Int(Int32.max) else { throw .invalidBlockSize(blockSize) }
         guard tables.count == tokenCounts.count else {
             throw .mismatchedCounts(tables: tables.count, tokenCounts: tokenCounts.count)
         }
@@ -30,7 +32,7 @@ public struct BlockTableBatch: Sendable, Equatable {
         indices.reserveCapacity(tables.reduce(0) { $0 + $1.count })
         for (i, table) in tables.enumerated() {
             let n = tokenCounts[i]
-            guard n >= 1, table.count == (n + blockSize - 1) / blockSize else {
+            guard n >= 1, n <= Int(Int32.max), table.count == (n - 1) / blockSize + 1 else {
                 throw .tokenCountDoesNotFitTable(sequence: i, tokens: n, blocks: table.count, blockSize: blockSize)
             }
             for b in table where b < 0 { throw .negativeBlockID(sequence: i, block: b) }
@@ -66,7 +68,7 @@ public enum DecodePlanError: Error, Equatable, Sendable, CustomStringConvertible
 
     public var description: String {
         switch self {
-        case .invalidBlockSize(let s): "block size must be positive, got \(s)"
+        case .invalidBlockSize(let s): "block size must be in 1...\(Int32.max), got \(s)"
         case .mismatchedCounts(let t, let c): "\(t) block tables but \(c) token counts"
         case .tokenCountDoesNotFitTable(let s, let n, let b, let bs):
             "sequence \(s): \(n) tokens do not fit exactly in \(b) blocks of \(bs) tokens"

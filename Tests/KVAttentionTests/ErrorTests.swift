@@ -22,6 +22,27 @@ import Testing
         }
     }
 
+    /// Sizes the kernels cannot take as int32 are typed errors, not traps when narrowed.
+    @Test func sizesBeyondInt32AreTypedErrors() throws {
+        #expect(throws: DecodePlanError.tokenCountDoesNotFitTable(sequence: 0, tokens: Int.max, blocks: 1, blockSize: 16)) {
+            try BlockTableBatch(blockSize: 16, tables: [[1]], tokenCounts: [Int.max])
+        }
+        #expect(throws: DecodePlanError.invalidBlockSize(1 << 33)) {
+            try BlockTableBatch(blockSize: 1 << 33, tables: [[1]], tokenCounts: [1 << 32])
+        }
+        let wide = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 4, blockSize: 1 << 32, dtype: .float32)
+        #expect(throws: AttentionError.layoutMismatch("blockSize 4294967296 exceeds the kernels' limit of 2147483647")) {
+            try DecodeAttention(layout: wide, queryHeads: 1, threads: 1)
+        }
+    }
+
+    /// A thread count far beyond the machine is a cap, not an overflow in the planner.
+    @Test func hugeThreadCountIsCapped() throws {
+        let kernel = try DecodeAttention(layout: c.layout, queryHeads: 4, threads: .max)
+        #expect(kernel.threads == DecodeAttention.maxThreads)
+        #expect(relativeError(try c.bifurcated(kernel), try c.reference()) <= 5e-5)
+    }
+
     @Test func queryShapeMismatch() throws {
         let kernel = try c.kernel()
         #expect(throws: AttentionError.shapeMismatch(what: "query", expected: 2 * 4 * 64, got: 5)) {
