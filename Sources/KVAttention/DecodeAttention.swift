@@ -53,7 +53,9 @@ public final class DecodeAttention {
     public static func defaultScale(headDim: Int) -> Float { 1 / Float(headDim).squareRoot() }
 
     /// Kernels for `layout` with `queryHeads` query heads (throws `headsNotDivisible` unless they
-    /// are a multiple of the KV heads, `invalidThreadCount` unless `threads > 0`). `isa` caps the
+    /// are a multiple of the KV heads, `invalidThreadCount` unless `threads > 0`, `layoutMismatch`
+    /// when `kvHeadCount`, `headDim`, `blockSize` or `queryHeads` exceeds `Int32.max`; more than
+    /// ``maxThreads`` threads are capped). `isa` caps the
     /// kernel variant (tests use it to run the AVX2 and portable variants on an AVX-512 CPU).
     public init(layout: KVLayout, queryHeads: Int, threads: Int = DecodeAttention.defaultThreadCount,
                 math: AttentionMath = .automatic, isa: KernelISA = .best) throws(AttentionError) {

@@ -9,8 +9,9 @@ import Synchronization
 ///
 /// Thread-safe. The manager calls it under its own lock, so every method here only copies bytes
 /// or reads one LMDB snapshot; commits happen on the background writer (or inline in
-/// ``SpillStoreConfiguration/WriteMode/synchronous`` mode). Nothing here throws after opening:
-/// trouble is counted in ``counters`` and behaves as a miss.
+/// ``SpillStoreConfiguration/WriteMode/synchronous`` mode). Nothing here throws after opening
+/// (except ``report()``, which throws `.closed` after ``close()``): trouble is counted in
+/// ``counters`` and behaves as a miss.
 public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     /// How the store was opened.
     public let configuration: SpillStoreConfiguration
