@@ -86,6 +86,13 @@ struct CacheState {
 
     // MARK: - Matching
 
+    /// The same match for a namespace index that may not exist yet (nil: a namespace this
+    /// manager has not seen, which matches nothing). `admit`, `lookup` and tests share it.
+    func matchMemory(_ tokens: [TokenID], namespace k: Int32?) -> [Int32] {
+        guard let k else { return [] }
+        return tokens.withUnsafeBufferPointer { matchMemory($0, namespace: k) }
+    }
+
     /// The cached blocks holding the longest whole-block prefix of `tokens` in namespace `k`.
     func matchMemory(_ tokens: UnsafeBufferPointer<TokenID>, namespace k: Int32) -> [Int32] {
         let full = tokens.count / blockSize
@@ -162,10 +169,16 @@ struct CacheState {
             while p > 0 { depth += 1; p = index.parent[Int(p)] }
             onEvict(EvictedBlock(block: BlockID(b), namespace: namespaceNames[Int(k)], depth: depth))
         }
+        uncache(b)
+        counters.evictedBlocks += 1
+    }
+
+    /// Takes an unreferenced cached leaf out of the prefix tree (and its store key with it): the
+    /// step eviction and dropping unwritten blocks share.
+    mutating func uncache(_ b: Int32) {
         index.removeLeaf(b)
         if coldStore != nil { prefixKeys[Int(b)] = nil }
         cachedFreeBlocks -= 1
-        counters.evictedBlocks += 1
     }
 
     /// Pins a block for a sequence (a hit takes a cached block out of the evictable set).
@@ -212,7 +225,7 @@ struct CacheState {
         // A namespace this manager has not seen matches nothing in memory; it is registered only
         // once the admission is sure to succeed, so a refused call leaves no trace.
         let known = namespaces[ns]
-        let matched = known.map { k in prompt.withUnsafeBufferPointer { matchMemory($0, namespace: k) } } ?? []
+        let matched = matchMemory(prompt, namespace: known)
         let totalBlocks = (prompt.count + blockSize - 1) / blockSize
         let needed = totalBlocks - matched.count
         var pinnedFromQueue = 0
@@ -287,7 +300,7 @@ struct CacheState {
         // may hold its prefixes from an earlier run: `admit` would restore them, so probe them too.
         // The namespace is not registered here: a lookup changes nothing.
         let known = namespaces[ns]
-        let matched = known.map { k in tokens.withUnsafeBufferPointer { matchMemory($0, namespace: k) } } ?? []
+        let matched = matchMemory(tokens, namespace: known)
         var storeBlocks = 0
         if probeStore, let store = coldStore {
             var key: PrefixKey
@@ -403,9 +416,7 @@ struct CacheState {
     mutating func dropUnwritten(_ b: Int32) {
         precondition(pool.refcount[Int(b)] == 0 && pool.queued[Int(b)],
                      "CacheState: dropping block \(b) with refcount \(pool.refcount[Int(b)]), queued=\(pool.queued[Int(b)])")
-        index.removeLeaf(b)
-        if coldStore != nil { prefixKeys[Int(b)] = nil }
-        cachedFreeBlocks -= 1
+        uncache(b)
         pool.remove(b)
         pool.pushFront(b)
     }

@@ -81,31 +81,26 @@ public final class KVCacheManager: Sendable {
     /// the rest, and returns the new sequence. All-or-nothing: throws `.insufficientBlocks` and
     /// changes nothing when too few blocks are free or evictable.
     public func admit(_ prompt: [TokenID], namespace: Namespace = .default) throws(KVCacheError) -> Admission {
-        let (admission, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.admit(prompt, namespace: namespace) }
+        let admission = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.admit(prompt, namespace: namespace) }
         metrics.recordAdmission(admission, promptTokens: prompt.count)
-        metrics.update(stats)
         return admission
     }
 
     /// Appends prefill chunks or decoded tokens. A block joins the prefix tree the moment it is full;
     /// a partial last block still shared after a fork is copied first (copy-on-write).
     public func append(_ tokens: [TokenID], to sequence: SequenceHandle) throws(KVCacheError) {
-        let (_, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.append(tokens, to: sequence) }
-        metrics.update(stats)
+        try mutate { (s: inout CacheState) throws(KVCacheError) in try s.append(tokens, to: sequence) }
     }
 
     /// Forks `count` children (parallel sampling, beam search) that share every block of `sequence`.
     public func fork(_ sequence: SequenceHandle, count: Int) throws(KVCacheError) -> [SequenceHandle] {
-        let (children, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.fork(sequence, count: count) }
-        metrics.update(stats)
-        return children
+        try mutate { (s: inout CacheState) throws(KVCacheError) in try s.fork(sequence, count: count) }
     }
 
     /// Releases a sequence: its full blocks stay cached (evictable), the rest are free at once.
     /// Every token's KV must have been written; otherwise use `release(_:computedTokens:)`.
     public func release(_ sequence: SequenceHandle) throws(KVCacheError) {
-        let (_, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.release(sequence) }
-        metrics.update(stats)
+        try mutate { (s: inout CacheState) throws(KVCacheError) in try s.release(sequence) }
     }
 
     /// Releases a sequence whose engine wrote the KV of only its first `computedTokens` tokens
@@ -119,10 +114,7 @@ public final class KVCacheManager: Sendable {
     /// same prefill, which its engine must then run. Throws `.invalidComputedTokens` (nothing
     /// changed) unless `0 <= computedTokens <= tokenCount(of:)`.
     public func release(_ sequence: SequenceHandle, computedTokens: Int) throws(KVCacheError) {
-        let (_, stats) = try mutate { (s: inout CacheState) throws(KVCacheError) in
-            try s.release(sequence, computedTokens: computedTokens)
-        }
-        metrics.update(stats)
+        try mutate { (s: inout CacheState) throws(KVCacheError) in try s.release(sequence, computedTokens: computedTokens) }
     }
 
     // MARK: - Block tables
@@ -211,10 +203,7 @@ public final class KVCacheManager: Sendable {
     /// The cached blocks `tokens` matches in memory, in prefix order: what `admit` would pin (for
     /// tests that check admission bounds against held and unheld hits).
     func memoryMatch(_ tokens: [TokenID], namespace: Namespace = .default) -> [Int32] {
-        state.withLock { s in
-            guard let k = s.namespaces[namespace] else { return [] }
-            return tokens.withUnsafeBufferPointer { s.matchMemory($0, namespace: k) }
-        }
+        state.withLock { s in s.matchMemory(tokens, namespace: s.namespaces[namespace]) }
     }
 
     /// Whether a block is a node of the prefix tree (for tests and debugging). Traps on a block
@@ -229,21 +218,19 @@ public final class KVCacheManager: Sendable {
                      "KVCacheManager.\(caller): block \(block) outside the pool 0...\(capacityBlocks)")
     }
 
-    /// Runs `body` under the lock and returns its result with the stats after it. A call that
-    /// throws changes nothing but may count (a refused allocation): its stats still reach the
-    /// metrics, so `allocations_failed_total` moves when the refusal happens.
-    private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> (R, KVCacheStats) {
-        let outcome = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats) in
+    /// Runs `body` under the lock, then hands the stats after it to the metrics and (when it
+    /// succeeded) the stats publisher. A call that throws changes nothing but may count (a
+    /// refused allocation): its stats still reach the metrics, so `allocations_failed_total`
+    /// moves when the refusal happens.
+    @discardableResult
+    private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> R {
+        let (outcome, stats) = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats) in
             do throws(KVCacheError) { return (.success(try body(&s)), s.stats) } catch { return (.failure(error), s.stats) }
         }
-        switch outcome {
-        case (.success(let r), let stats):
-            statsPublisher?.mutated(stats)
-            return (r, stats)
-        case (.failure(let error), let stats):
-            metrics.update(stats)
-            throw error
-        }
+        metrics.update(stats)
+        let r = try outcome.get()
+        statsPublisher?.mutated(stats)
+        return r
     }
 }
 
