@@ -82,7 +82,7 @@ public final class AttentionBench {
         try OptionChecks.atLeast(repeats, 1, "--repeat")
         // Overflow-checked: 1 + context blocks + batch × decode blocks, as init allocates.
         let contextBlocks = (contexts.max() ?? 0) / blockSize
-        let decodeBlocks = decode / blockSize + (decode % blockSize == 0 ? 0 : 1)
+        let decodeBlocks = ceilDivide(decode, blockSize)
         let (own, o1) = (batches.max() ?? 0).multipliedReportingOverflow(by: decodeBlocks)
         let (blocks, o2) = own.addingReportingOverflow(1 + contextBlocks)
         guard !o1, !o2 else { throw OptionError("--batch", "is too large: \(batches.max() ?? 0) × \(decode) tokens overflow Int") }

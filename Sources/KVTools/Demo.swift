@@ -30,7 +30,7 @@ public struct Demo {
         /// blocks of earlier requests must be evicted (and spilled) to make room: the demo's point.
         /// The defaults need 76 + 32 × 1 = 108. Saturates at `Int.max` (``validate()`` rejects that).
         public var neededBlocks: Int {
-            func blocks(_ tokens: Int) -> Int { tokens / layout.blockSize + (tokens % layout.blockSize == 0 ? 0 : 1) }
+            func blocks(_ tokens: Int) -> Int { ceilDivide(tokens, layout.blockSize) }
             let (promptTokens, o1) = systemPromptTokens.addingReportingOverflow(userPromptTokens)
             let (sampleTokens, o2) = (promptTokens % layout.blockSize).addingReportingOverflow(decodeSteps)
             let (decode, o3) = samples.multipliedReportingOverflow(by: blocks(sampleTokens))

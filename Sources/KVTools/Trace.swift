@@ -123,9 +123,15 @@ public struct Trace: Sendable {
     }
 }
 
-/// The hash ids that hold `inputLength` tokens: ⌈inputLength / hashBlockTokens⌉, without overflow.
+/// The hash ids that hold `inputLength` tokens.
 func hashIDsCovering(_ inputLength: Int, hashBlockTokens: Int) -> Int {
-    inputLength / hashBlockTokens + (inputLength % hashBlockTokens == 0 ? 0 : 1)
+    ceilDivide(inputLength, hashBlockTokens)
+}
+
+/// ⌈n / d⌉ for n ≥ 0 and d > 0, without the overflow of `(n + d - 1) / d` near `Int.max`: the
+/// blocks (or hash ids) that hold n tokens, for counts that come straight from a user or a file.
+func ceilDivide(_ n: Int, _ d: Int) -> Int {
+    n / d + (n % d == 0 ? 0 : 1)
 }
 
 /// Reads a whole file with the C library (Foundation's `Data(contentsOf:)` is not needed for this).
