@@ -1,8 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import KVCore
 
 /// What the eviction observer hook receives: a cached block leaving memory.
@@ -98,12 +93,19 @@ struct CacheState {
         let full = tokens.count / blockSize
         var matched: [Int32] = []
         var parent = PrefixIndex.rootCode(namespace: k)
-        let bytes = blockSize * MemoryLayout<TokenID>.stride
         blockTokens.withUnsafeBufferPointer { all in
+            @inline(__always) func holds(_ block: Int32, _ chunk: UnsafeBufferPointer<TokenID>) -> Bool {
+                tokensEqual(all.baseAddress! + Int(block) &* blockSize, chunk.baseAddress!, count: blockSize)
+            }
             for i in 0..<full {
                 let chunk = UnsafeBufferPointer(start: tokens.baseAddress! + i * blockSize, count: blockSize)
-                guard let child = index.child(of: parent, hash: hashBlockTokens(chunk)),
-                      memcmp(all.baseAddress! + Int(child) * blockSize, chunk.baseAddress!, bytes) == 0 else { break }
+                // The parent's hinted child first (a chain's next block); else hash and probe.
+                var child = index.hintedChild(of: parent)
+                if child == 0 || !holds(child, chunk) {
+                    guard let found = index.child(of: parent, hash: hashBlockTokens(chunk)), found != child,
+                          holds(found, chunk) else { break }
+                    child = found
+                }
                 if matched.isEmpty { matched.reserveCapacity(full) }
                 matched.append(child)
                 parent = child

@@ -6,6 +6,11 @@ import KVCore
 /// hash collision can only cost a miss, never a wrong hit.
 ///
 /// Namespace `k`'s root is the parent code `-(k + 1)`, so two namespaces never share a node.
+///
+/// Each parent (block or namespace root) also keeps a hint: its most recently inserted child that
+/// is still in the tree. Prompts mostly extend a chain, so matching compares the hinted child's
+/// tokens first and hashes the block only when they differ: a prefix hit then costs one token
+/// comparison per block instead of a hash, a map probe and the comparison.
 struct PrefixIndex {
     private(set) var children: ChildMap
     private(set) var parent: [Int32]
@@ -14,6 +19,9 @@ struct PrefixIndex {
     private(set) var inTree: [Bool]
     private(set) var namespaceIndex: [Int32]
     private(set) var nodeCount = 0
+    /// The hinted child of each block (0: none), and of each namespace's root.
+    private(set) var lastChild: [Int32]
+    private(set) var rootLastChild: [Int32] = []
 
     init(capacity: Int) {
         children = ChildMap(maxEntries: capacity)
@@ -22,6 +30,7 @@ struct PrefixIndex {
         childCount = Array(repeating: 0, count: capacity + 1)
         inTree = Array(repeating: false, count: capacity + 1)
         namespaceIndex = Array(repeating: -1, count: capacity + 1)
+        lastChild = Array(repeating: 0, count: capacity + 1)
     }
 
     @inline(__always) static func rootCode(namespace k: Int32) -> Int32 { -(k + 1) }
@@ -29,6 +38,20 @@ struct PrefixIndex {
     /// The candidate child of `parent` with this token hash (tokens still to be compared).
     @inline(__always) func child(of parent: Int32, hash: UInt64) -> Int32? {
         children.find(parent: parent, hash: hash)
+    }
+
+    /// The hinted child of `parent` (0: none): a child in the tree, whose tokens are still to be compared.
+    @inline(__always) func hintedChild(of parent: Int32) -> Int32 {
+        if parent > 0 { return lastChild[Int(parent)] }
+        let k = Int(-parent - 1)
+        return k < rootLastChild.count ? rootLastChild[k] : 0
+    }
+
+    private mutating func setHint(of parent: Int32, to block: Int32) {
+        if parent > 0 { lastChild[Int(parent)] = block; return }
+        let k = Int(-parent - 1)
+        if k >= rootLastChild.count { rootLastChild.append(contentsOf: repeatElement(0, count: k + 1 - rootLastChild.count)) }
+        rootLastChild[k] = block
     }
 
     /// Inserts `block` under `parent`; false (nothing changed) when that slot is taken, by an
@@ -44,6 +67,7 @@ struct PrefixIndex {
         namespaceIndex[i] = k
         childCount[i] = 0
         if p > 0 { childCount[Int(p)] += 1 }
+        setHint(of: p, to: block)
         nodeCount += 1
         return true
     }
@@ -56,6 +80,7 @@ struct PrefixIndex {
         let removed = children.remove(parent: parent[i], hash: hash[i])
         precondition(removed == block, "PrefixIndex: map slot of block \(block) holds \(String(describing: removed))")
         if parent[i] > 0 { childCount[Int(parent[i])] -= 1 }
+        if hintedChild(of: parent[i]) == block { setHint(of: parent[i], to: 0) }
         inTree[i] = false
         namespaceIndex[i] = -1
         nodeCount -= 1
@@ -81,5 +106,16 @@ struct PrefixIndex {
         for i in counts.indices where inTree[i] {
             precondition(counts[i] == childCount[i], "PrefixIndex: block \(i) childCount \(childCount[i]) but has \(counts[i]) children")
         }
+        // A hint names a child of its parent in the tree, or nothing.
+        func checkHint(_ hint: Int32, parent p: Int32) {
+            guard hint != 0 else { return }
+            precondition(hint > 0 && Int(hint) < inTree.count && inTree[Int(hint)] && parent[Int(hint)] == p,
+                         "PrefixIndex: the hinted child \(hint) of \(p) is not a child of it in the tree")
+        }
+        for i in lastChild.indices where lastChild[i] != 0 {
+            precondition(inTree[i], "PrefixIndex: block \(i) outside the tree hints child \(lastChild[i])")
+            checkHint(lastChild[i], parent: Int32(i))
+        }
+        for (k, hint) in rootLastChild.enumerated() { checkHint(hint, parent: PrefixIndex.rootCode(namespace: Int32(k))) }
     }
 }
