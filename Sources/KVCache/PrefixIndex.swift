@@ -7,10 +7,11 @@ import KVCore
 ///
 /// Namespace `k`'s root is the parent code `-(k + 1)`, so two namespaces never share a node.
 ///
-/// Each parent (block or namespace root) also keeps a hint: its most recently inserted child that
-/// is still in the tree. Prompts mostly extend a chain, so matching compares the hinted child's
-/// tokens first and hashes the block only when they differ: a prefix hit then costs one token
-/// comparison per block instead of a hash, a map probe and the comparison.
+/// Each parent (block or namespace root) also keeps a hint: its most recently inserted child, or
+/// none once that child has left the tree (older siblings are then found through the map).
+/// Prompts mostly extend a chain, so matching compares the hinted child's tokens first and hashes
+/// the block only when they differ: a prefix hit then costs one token comparison per block
+/// instead of a hash, a map probe and the comparison.
 struct PrefixIndex {
     private(set) var children: ChildMap
     private(set) var parent: [Int32]
