@@ -200,13 +200,13 @@ public final class KVCacheManager: Sendable {
         return state.withLock { Int($0.pool.refcount[Int(block)]) }
     }
 
-    /// The cached blocks `tokens` matches in memory, in prefix order: what `admit` would pin (for
-    /// tests that check admission bounds against held and unheld hits).
     /// The prefix index's hinted child of `block` (0: none), for tests.
     func hintedChild(of block: Int32) -> Int32 {
         state.withLock { $0.index.hintedChild(of: block) }
     }
 
+    /// The cached blocks `tokens` matches in memory, in prefix order: what `admit` would pin (for
+    /// tests that check admission bounds against held and unheld hits).
     func memoryMatch(_ tokens: [TokenID], namespace: Namespace = .default) -> [Int32] {
         state.withLock { s in s.matchMemory(tokens, namespace: s.namespaces[namespace]) }
     }
