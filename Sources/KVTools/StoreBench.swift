@@ -255,7 +255,7 @@ public struct StoreBench: Sendable {
         var template = Array((parent + "/prefixkv-bench-store.XXXXXX").utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         guard made != nil else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
-        return String(cString: template)
+        return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     private func seconds(since t0: UInt64) -> Double { Double(monotonicNanos() - t0) / 1e9 }
