@@ -114,19 +114,22 @@ struct BlockPool {
 
     // MARK: - Refcounts
 
-    /// Adds a reference, taking the block out of the free queue on its first one.
-    mutating func retain(_ b: Int32) {
+    /// Adds `n` references (a fork adds one per child at once), taking the block out of the free
+    /// queue on its first one.
+    mutating func retain(_ b: Int32, times n: Int32 = 1) {
         let i = Int(b)
         precondition(i > 0 && i <= capacity, "BlockPool: retain of block \(b) outside 1...\(capacity)")
+        precondition(n >= 1 && refcount[i] <= Int32.max - n, "BlockPool: refcount of block \(b) (\(refcount[i])) overflows by \(n) references")
         switch refcount[i] {
         case 0:
             if queued[i] { remove(b) }
             usedCount += 1
+            if n > 1 { sharedCount += 1 }
         case 1:
             sharedCount += 1
         default: break
         }
-        storage.refcount[i] += 1
+        storage.refcount[i] += n
     }
 
     /// Drops a reference; returns true when it was the last one (the caller queues the block).

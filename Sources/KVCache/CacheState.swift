@@ -183,10 +183,10 @@ struct CacheState {
         cachedFreeBlocks -= 1
     }
 
-    /// Pins a block for a sequence (a hit takes a cached block out of the evictable set).
-    mutating func retain(_ b: Int32) {
+    /// Pins a block for `n` sequences (a hit takes a cached block out of the evictable set).
+    mutating func retain(_ b: Int32, times n: Int32 = 1) {
         if pool.refcount[Int(b)] == 0 && index.inTree[Int(b)] { cachedFreeBlocks -= 1 }
-        pool.retain(b)
+        pool.retain(b, times: n)
     }
 
     /// Drops a sequence's reference; a block's last reference queues it for reuse: cached blocks at
@@ -370,13 +370,18 @@ struct CacheState {
         sequences[s.serial] = seq
     }
 
+    /// The most children one `fork` makes: far beyond any sampling or beam width, and small enough
+    /// that refcounts (Int32) cannot overflow before the sequences themselves exhaust memory.
+    static let maxForkCount = 1 << 20
+
     mutating func fork(_ s: SequenceHandle, count: Int) throws(KVCacheError) -> [SequenceHandle] {
         let seq = try live(s)
-        guard count > 0 else { throw .invalidForkCount(count) }
+        guard count > 0 && count <= Self.maxForkCount else { throw .invalidForkCount(count) }
+        // One pass over the table for all children: each block gains `count` references at once.
+        for b in seq.blocks { retain(b, times: Int32(count)) }
         var children: [SequenceHandle] = []
         children.reserveCapacity(count)
         for _ in 0..<count {
-            for b in seq.blocks { retain(b) }
             let handle = SequenceHandle(manager: managerID, serial: nextSequence)
             nextSequence += 1
             sequences[handle.serial] = seq

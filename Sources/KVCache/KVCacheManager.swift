@@ -92,7 +92,8 @@ public final class KVCacheManager: Sendable {
         try mutate { (s: inout CacheState) throws(KVCacheError) in try s.append(tokens, to: sequence) }
     }
 
-    /// Forks `count` children (parallel sampling, beam search) that share every block of `sequence`.
+    /// Forks `count` children (parallel sampling, beam search; 1...2^20) that share every block of
+    /// `sequence`.
     public func fork(_ sequence: SequenceHandle, count: Int) throws(KVCacheError) -> [SequenceHandle] {
         try mutate { (s: inout CacheState) throws(KVCacheError) in try s.fork(sequence, count: count) }
     }

@@ -20,9 +20,21 @@ struct PrefixIndex {
     private(set) var inTree: [Bool]
     private(set) var namespaceIndex: [Int32]
     private(set) var nodeCount = 0
-    /// The hinted child of each block (0: none), and of each namespace's root.
-    private(set) var lastChild: [Int32]
+    /// The hinted child of each block (0: none), in raw storage (written on every insert and
+    /// eviction: no copy-on-write checks), and of each namespace's root.
+    private let lastChild: HintStorage
     private(set) var rootLastChild: [Int32] = []
+
+    final class HintStorage {
+        let hints: UnsafeMutablePointer<Int32>
+        let count: Int
+        init(count: Int) {
+            self.count = count
+            hints = .allocate(capacity: count)
+            hints.initialize(repeating: 0, count: count)
+        }
+        deinit { hints.deallocate() }
+    }
 
     init(capacity: Int) {
         children = ChildMap(maxEntries: capacity)
@@ -31,7 +43,7 @@ struct PrefixIndex {
         childCount = Array(repeating: 0, count: capacity + 1)
         inTree = Array(repeating: false, count: capacity + 1)
         namespaceIndex = Array(repeating: -1, count: capacity + 1)
-        lastChild = Array(repeating: 0, count: capacity + 1)
+        lastChild = HintStorage(count: capacity + 1)
     }
 
     @inline(__always) static func rootCode(namespace k: Int32) -> Int32 { -(k + 1) }
@@ -43,13 +55,13 @@ struct PrefixIndex {
 
     /// The hinted child of `parent` (0: none): a child in the tree, whose tokens are still to be compared.
     @inline(__always) func hintedChild(of parent: Int32) -> Int32 {
-        if parent > 0 { return lastChild[Int(parent)] }
+        if parent > 0 { return lastChild.hints[Int(parent)] }
         let k = Int(-parent - 1)
         return k < rootLastChild.count ? rootLastChild[k] : 0
     }
 
-    private mutating func setHint(of parent: Int32, to block: Int32) {
-        if parent > 0 { lastChild[Int(parent)] = block; return }
+    @inline(__always) private mutating func setHint(of parent: Int32, to block: Int32) {
+        if parent > 0 { lastChild.hints[Int(parent)] = block; return }
         let k = Int(-parent - 1)
         if k >= rootLastChild.count { rootLastChild.append(contentsOf: repeatElement(0, count: k + 1 - rootLastChild.count)) }
         rootLastChild[k] = block
@@ -113,9 +125,9 @@ struct PrefixIndex {
             precondition(hint > 0 && Int(hint) < inTree.count && inTree[Int(hint)] && parent[Int(hint)] == p,
                          "PrefixIndex: the hinted child \(hint) of \(p) is not a child of it in the tree")
         }
-        for i in lastChild.indices where lastChild[i] != 0 {
-            precondition(inTree[i], "PrefixIndex: block \(i) outside the tree hints child \(lastChild[i])")
-            checkHint(lastChild[i], parent: Int32(i))
+        for i in 0..<lastChild.count where lastChild.hints[i] != 0 {
+            precondition(inTree[i], "PrefixIndex: block \(i) outside the tree hints child \(lastChild.hints[i])")
+            checkHint(lastChild.hints[i], parent: Int32(i))
         }
         for (k, hint) in rootLastChild.enumerated() { checkHint(hint, parent: PrefixIndex.rootCode(namespace: Int32(k))) }
     }

@@ -69,7 +69,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case negativeToken(index: Int, value: TokenID)
     /// A cold store or caller built for another layout.
     case layoutMismatch(expected: KVLayout, got: KVLayout)
-    /// `fork` asked for fewer than one child.
+    /// `fork` asked for fewer than one child, or for more than 2^20 at once.
     case invalidForkCount(Int)
     /// A manager asked for fewer than one block, or for more than its tables or arena can size.
     case invalidCapacity(Int)
@@ -90,7 +90,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .emptyPrompt: "the prompt is empty"
         case .negativeToken(let i, let v): "token \(i) has negative id \(v)"
         case .layoutMismatch(let e, let g): "layout mismatch: the cache holds \(e), got \(g)"
-        case .invalidForkCount(let n): "fork count must be positive, got \(n)"
+        case .invalidForkCount(let n): "fork count must be in 1...\(CacheState.maxForkCount), got \(n)"
         case .invalidCapacity(let n): "capacity must be at least 1 block and small enough to size in memory, got \(n)"
         case .noPageArena: "this manager is metadata-only: it has no page arena"
         case .invalidBatch(let why): "invalid decode batch: \(why)"

@@ -170,6 +170,8 @@ import Testing
         let a = try cache.admit([1, 2, 3])
         #expect(throws: KVCacheError.negativeToken(index: 0, value: -1)) { try cache.append([-1], to: a.sequence) }
         #expect(throws: KVCacheError.invalidForkCount(0)) { try cache.fork(a.sequence, count: 0) }
+        #expect(throws: KVCacheError.invalidForkCount(1 << 20 + 1)) { try cache.fork(a.sequence, count: 1 << 20 + 1) }
+        #expect(throws: KVCacheError.invalidForkCount(Int.max)) { try cache.fork(a.sequence, count: Int.max) }
         try cache.release(a.sequence)
         #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.release(a.sequence) }
         #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.append([1], to: a.sequence) }
