@@ -24,7 +24,8 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public var lruEvictions = 0
     /// `MDB_MAP_FULL` results handled (grow or evict, then retry).
     public var mapFullRetries = 0
-    /// Times the map doubled (up to ``SpillStoreConfiguration/mapSizeLimit``).
+    /// Times the map grew: doubling up to ``SpillStoreConfiguration/mapSizeLimit`` less a small
+    /// reserve, or into that reserve when an eviction at the ceiling could not get a single page.
     public var mapGrowths = 0
     /// Entries evicted (included in ``lruEvictions``) because the B-trees neared
     /// ``SpillStoreConfiguration/mapSizeLimit`` (measured pages) while the record bytes were

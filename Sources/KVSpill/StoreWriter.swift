@@ -24,6 +24,11 @@ final class StoreWriter: Sendable {
 
     let store: StoreDatabase
     let mapSizeLimit: Int
+    /// Where growth stops: ``mapSizeLimit`` less a reserve (1/64 of it, 256 KiB to 16 MiB) that
+    /// only a transaction freeing pages may use. At the ceiling the pages the last transaction
+    /// freed are not reusable until another commits (LMDB keeps the previous snapshot intact),
+    /// so a map with no reusable page left could not even delete one entry to make room.
+    let softMapLimit: Int
     /// The configured size limit, which the limit in force returns to after a full disk.
     let configuredLimitBytes: Int
     /// The least the limit in force drops to after a full disk: one record with a long namespace.
@@ -38,6 +43,7 @@ final class StoreWriter: Sendable {
     init(store: StoreDatabase, limitBytes: Int, mapSizeLimit: Int, readerCheckIntervalSeconds: Double, logger: Logger) throws {
         self.store = store
         self.mapSizeLimit = mapSizeLimit
+        softMapLimit = mapSizeLimit - min(16 << 20, max(256 << 10, mapSizeLimit / 64), mapSizeLimit / 4) / 4096 * 4096
         self.logger = logger
         configuredLimitBytes = limitBytes
         minimumLimitBytes = min(limitBytes, SpillRecord.payloadOffset(namespaceBytes: 256, tokenCount: store.layout.blockSize)
@@ -101,12 +107,13 @@ final class StoreWriter: Sendable {
 
     /// Commits `batch`, handling a full map and a full disk:
     ///
-    /// - `MDB_MAP_FULL` below ``mapSizeLimit``: grow the map and retry.
+    /// - `MDB_MAP_FULL` below ``softMapLimit``: grow the map and retry.
     /// - `MDB_MAP_FULL` at the ceiling: evict least recently used entries in small transactions
-    ///   of their own (pages a transaction frees are reusable only by later ones), retry; when
-    ///   that does not help, split the batch in halves and commit each (a smaller transaction
-    ///   needs fewer copy-on-write pages). A record is dropped only when it fails alone on an
-    ///   empty store, that is, when no eviction could make room.
+    ///   of their own (pages a transaction frees are reusable only by later ones; when not even
+    ///   one entry can be deleted, the eviction opens the map's reserve), retry; when that does
+    ///   not help, split the batch in halves and commit each (a smaller transaction needs fewer
+    ///   copy-on-write pages). A record is dropped only when it fails alone on an empty store,
+    ///   that is, when no eviction could make room.
     /// - Full disk: lower the limit in force to what the disk held, evict, retry.
     private func commit(_ batch: WriteBatch, _ state: inout State, _ delta: inout SpillStoreCounters) {
         var evictionRounds = 0, diskRounds = 0, readersReaped = false
@@ -119,6 +126,7 @@ final class StoreWriter: Sendable {
                 delta.add(done)
                 delta.commits += 1
                 recoverLimit(&state)
+                closeReserve(&state)
                 return
             } catch LMDBError.mapFull {
                 delta.mapFullRetries += 1
@@ -127,8 +135,8 @@ final class StoreWriter: Sendable {
                     readersReaped = true
                     if reapDeadReaders(&state, &delta) > 0 { continue }
                 }
-                if state.mapSize < mapSizeLimit {
-                    let grown = min(mapSizeLimit, max(state.mapSize * 2, state.mapSize + 4 * batch.recordBytes))
+                if state.mapSize < softMapLimit {
+                    let grown = min(softMapLimit, max(state.mapSize * 2, state.mapSize + 4 * batch.recordBytes))
                     do {
                         try store.env.setMapSize(grown)
                         state.mapSize = grown
@@ -208,15 +216,52 @@ final class StoreWriter: Sendable {
                 state = next
                 delta.lruEvictions += d.lruEvictions
                 delta.commits += 1
-            } catch LMDBError.mapFull where chunk > 1 {
+            } catch LMDBError.mapFull {
                 delta.mapFullRetries += 1
-                chunk /= 4
+                if chunk > 1 {
+                    chunk /= 4
+                } else if !openReserve(&state, &delta) {
+                    logger.warning("spill store: evicting to make room failed: the map is full and its reserve used")
+                    break
+                }
             } catch {
                 logger.warning("spill store: evicting to make room failed: \(error)")
                 break
             }
         }
         return before - state.bytes
+    }
+
+    /// Grows the map into its reserve (up to ``mapSizeLimit``) so an eviction that cannot get a
+    /// single copy-on-write page at the ceiling can run; `closeReserve` gives back what it did
+    /// not use. Returns false when the reserve is already open or used up.
+    private func openReserve(_ state: inout State, _ delta: inout SpillStoreCounters) -> Bool {
+        guard state.mapSize < mapSizeLimit else { return false }
+        do {
+            try store.env.setMapSize(mapSizeLimit)
+        } catch {
+            logger.warning("spill store: opening the map's reserve failed: \(error)")
+            return false
+        }
+        logger.notice("spill store: the map is full with no reusable page: evicting in its reserve (\(mapSizeLimit - state.mapSize) bytes)")
+        state.mapSize = mapSizeLimit
+        delta.mapGrowths += 1
+        return true
+    }
+
+    /// After a commit, shrinks a map grown into its reserve back to ``softMapLimit``, or to the
+    /// pages now in use if the reserve's eviction took some (LMDB never shrinks below those).
+    private func closeReserve(_ state: inout State) {
+        guard state.mapSize > softMapLimit, let info = try? store.env.info() else { return }
+        let used = (info.lastPageNumber + 1) * 4096
+        let target = max(softMapLimit, used)
+        guard target < state.mapSize else { return }
+        do {
+            try store.env.setMapSize(target)
+            state.mapSize = target
+        } catch {
+            logger.warning("spill store: closing the map's reserve failed: \(error)")
+        }
     }
 
     /// The body of a batch's transaction.
@@ -276,7 +321,7 @@ final class StoreWriter: Sendable {
     /// Evicts by measured map use, beside the byte limit: the B-trees now, plus what the incoming
     /// records will take (a small record may get a half-empty leaf page to itself), plus twice
     /// the pages this transaction may copy on write (the copies, and the previous transaction's
-    /// freed pages LMDB cannot reuse yet), must fit in ``mapSizeLimit``. Random SHA-256 keys
+    /// freed pages LMDB cannot reuse yet), must fit in ``softMapLimit``. Random SHA-256 keys
     /// leave leaves 50–70% full, so with small records the B-trees outgrow the record bytes
     /// by 2× and more; this keeps `MDB_MAP_FULL` an exception rather than the steady state.
     private func evictForMapRoom(_ txn: borrowing Transaction, _ s: inout State, incoming: [PendingRecord], operations: Int,
@@ -297,7 +342,7 @@ final class StoreWriter: Sendable {
         while removed < cap && s.bytes > 0 {
             let tree = try treeBytes(txn)
             let copied = min(tree, 4 * page * (incoming.count + operations) + 64 * page)
-            guard tree + incomingBytes + 2 * copied > mapSizeLimit else { return }
+            guard tree + incomingBytes + 2 * copied > softMapLimit else { return }
             let before = delta.lruEvictions
             try evict(txn, &s, until: 0, maxEntries: min(64, cap - removed), &delta)
             guard delta.lruEvictions > before else { return }
