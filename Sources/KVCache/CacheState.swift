@@ -378,7 +378,8 @@ struct CacheState {
         let seq = try live(s)
         guard count > 0 && count <= Self.maxForkCount else { throw .invalidForkCount(count) }
         // One pass over the table for all children: each block gains `count` references at once.
-        for b in seq.blocks { retain(b, times: Int32(count)) }
+        // The parent holds every block, so none is in the free queue or the evictable count.
+        for b in seq.blocks { pool.retain(b, times: Int32(count)) }
         var children: [SequenceHandle] = []
         children.reserveCapacity(count)
         for _ in 0..<count {

@@ -13,37 +13,57 @@ import KVCore
 /// the block only when they differ: a prefix hit then costs one token comparison per block
 /// instead of a hash, a map probe and the comparison.
 struct PrefixIndex {
-    private(set) var children: ChildMap
-    private(set) var parent: [Int32]
-    private(set) var hash: [UInt64]
-    private(set) var childCount: [Int32]
-    private(set) var inTree: [Bool]
-    private(set) var namespaceIndex: [Int32]
-    private(set) var nodeCount = 0
-    /// The hinted child of each block (0: none), in raw storage (written on every insert and
-    /// eviction: no copy-on-write checks), and of each namespace's root.
-    private let lastChild: HintStorage
-    private(set) var rootLastChild: [Int32] = []
-
-    final class HintStorage {
-        let hints: UnsafeMutablePointer<Int32>
+    /// Per-block fields, allocated once for the pool. Raw storage keeps insert and eviction free
+    /// of copy-on-write checks; `PrefixIndex` is never copied (it lives in the manager's lock).
+    final class Storage {
         let count: Int
+        let parent: UnsafeMutablePointer<Int32>
+        let hash: UnsafeMutablePointer<UInt64>
+        let childCount: UnsafeMutablePointer<Int32>
+        let inTree: UnsafeMutablePointer<Bool>
+        let namespaceIndex: UnsafeMutablePointer<Int32>
+        /// The hinted child of each block (0: none).
+        let lastChild: UnsafeMutablePointer<Int32>
         init(count: Int) {
             self.count = count
-            hints = .allocate(capacity: count)
-            hints.initialize(repeating: 0, count: count)
+            parent = .allocate(capacity: count)
+            parent.initialize(repeating: 0, count: count)
+            hash = .allocate(capacity: count)
+            hash.initialize(repeating: 0, count: count)
+            childCount = .allocate(capacity: count)
+            childCount.initialize(repeating: 0, count: count)
+            inTree = .allocate(capacity: count)
+            inTree.initialize(repeating: false, count: count)
+            namespaceIndex = .allocate(capacity: count)
+            namespaceIndex.initialize(repeating: -1, count: count)
+            lastChild = .allocate(capacity: count)
+            lastChild.initialize(repeating: 0, count: count)
         }
-        deinit { hints.deallocate() }
+        deinit {
+            parent.deallocate()
+            hash.deallocate()
+            childCount.deallocate()
+            inTree.deallocate()
+            namespaceIndex.deallocate()
+            lastChild.deallocate()
+        }
     }
+
+    private(set) var children: ChildMap
+    private let storage: Storage
+    /// Per block (index = block id, 0 ... capacity), read-only outside the index.
+    var parent: UnsafePointer<Int32> { UnsafePointer(storage.parent) }
+    var hash: UnsafePointer<UInt64> { UnsafePointer(storage.hash) }
+    var childCount: UnsafePointer<Int32> { UnsafePointer(storage.childCount) }
+    var inTree: UnsafePointer<Bool> { UnsafePointer(storage.inTree) }
+    var namespaceIndex: UnsafePointer<Int32> { UnsafePointer(storage.namespaceIndex) }
+    private(set) var nodeCount = 0
+    /// The hinted child of each namespace's root (0: none).
+    private(set) var rootLastChild: [Int32] = []
 
     init(capacity: Int) {
         children = ChildMap(maxEntries: capacity)
-        parent = Array(repeating: 0, count: capacity + 1)
-        hash = Array(repeating: 0, count: capacity + 1)
-        childCount = Array(repeating: 0, count: capacity + 1)
-        inTree = Array(repeating: false, count: capacity + 1)
-        namespaceIndex = Array(repeating: -1, count: capacity + 1)
-        lastChild = HintStorage(count: capacity + 1)
+        storage = Storage(count: capacity + 1)
     }
 
     @inline(__always) static func rootCode(namespace k: Int32) -> Int32 { -(k + 1) }
@@ -55,13 +75,13 @@ struct PrefixIndex {
 
     /// The hinted child of `parent` (0: none): a child in the tree, whose tokens are still to be compared.
     @inline(__always) func hintedChild(of parent: Int32) -> Int32 {
-        if parent > 0 { return lastChild.hints[Int(parent)] }
+        if parent > 0 { return storage.lastChild[Int(parent)] }
         let k = Int(-parent - 1)
         return k < rootLastChild.count ? rootLastChild[k] : 0
     }
 
     @inline(__always) private mutating func setHint(of parent: Int32, to block: Int32) {
-        if parent > 0 { lastChild.hints[Int(parent)] = block; return }
+        if parent > 0 { storage.lastChild[Int(parent)] = block; return }
         let k = Int(-parent - 1)
         if k >= rootLastChild.count { rootLastChild.append(contentsOf: repeatElement(0, count: k + 1 - rootLastChild.count)) }
         rootLastChild[k] = block
@@ -74,12 +94,12 @@ struct PrefixIndex {
         precondition(!inTree[i], "PrefixIndex: block \(block) inserted twice")
         precondition(p < 0 || inTree[Int(p)], "PrefixIndex: parent \(p) of block \(block) is not in the tree")
         guard children.insert(parent: p, hash: h, block: block) else { return false }
-        parent[i] = p
-        hash[i] = h
-        inTree[i] = true
-        namespaceIndex[i] = k
-        childCount[i] = 0
-        if p > 0 { childCount[Int(p)] += 1 }
+        storage.parent[i] = p
+        storage.hash[i] = h
+        storage.inTree[i] = true
+        storage.namespaceIndex[i] = k
+        storage.childCount[i] = 0
+        if p > 0 { storage.childCount[Int(p)] += 1 }
         setHint(of: p, to: block)
         nodeCount += 1
         return true
@@ -92,10 +112,10 @@ struct PrefixIndex {
         precondition(childCount[i] == 0, "PrefixIndex: evicting block \(block) with \(childCount[i]) cached children (not a leaf)")
         let removed = children.remove(parent: parent[i], hash: hash[i])
         precondition(removed == block, "PrefixIndex: map slot of block \(block) holds \(String(describing: removed))")
-        if parent[i] > 0 { childCount[Int(parent[i])] -= 1 }
+        if parent[i] > 0 { storage.childCount[Int(parent[i])] -= 1 }
         if hintedChild(of: parent[i]) == block { setHint(of: parent[i], to: 0) }
-        inTree[i] = false
-        namespaceIndex[i] = -1
+        storage.inTree[i] = false
+        storage.namespaceIndex[i] = -1
         nodeCount -= 1
     }
 
@@ -103,7 +123,7 @@ struct PrefixIndex {
     func checkInvariants() {
         precondition(children.count == nodeCount, "PrefixIndex: map has \(children.count) entries, nodeCount \(nodeCount)")
         children.checkInvariants()
-        var counts = [Int32](repeating: 0, count: childCount.count)
+        var counts = [Int32](repeating: 0, count: storage.count)
         children.forEach { keyParent, keyHash, block in
             let i = Int(block)
             precondition(inTree[i], "PrefixIndex: map names block \(block) that is not in the tree")
@@ -122,12 +142,12 @@ struct PrefixIndex {
         // A hint names a child of its parent in the tree, or nothing.
         func checkHint(_ hint: Int32, parent p: Int32) {
             guard hint != 0 else { return }
-            precondition(hint > 0 && Int(hint) < inTree.count && inTree[Int(hint)] && parent[Int(hint)] == p,
+            precondition(hint > 0 && Int(hint) < storage.count && inTree[Int(hint)] && parent[Int(hint)] == p,
                          "PrefixIndex: the hinted child \(hint) of \(p) is not a child of it in the tree")
         }
-        for i in 0..<lastChild.count where lastChild.hints[i] != 0 {
-            precondition(inTree[i], "PrefixIndex: block \(i) outside the tree hints child \(lastChild.hints[i])")
-            checkHint(lastChild.hints[i], parent: Int32(i))
+        for i in 0..<storage.count where storage.lastChild[i] != 0 {
+            precondition(inTree[i], "PrefixIndex: block \(i) outside the tree hints child \(storage.lastChild[i])")
+            checkHint(storage.lastChild[i], parent: Int32(i))
         }
         for (k, hint) in rootLastChild.enumerated() { checkHint(hint, parent: PrefixIndex.rootCode(namespace: Int32(k))) }
     }
