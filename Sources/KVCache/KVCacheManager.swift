@@ -201,9 +201,11 @@ public final class KVCacheManager: Sendable {
         return state.withLock { Int($0.pool.refcount[Int(block)]) }
     }
 
-    /// The prefix index's hinted child of `block` (0: none), for tests.
+    /// The prefix index's hinted child of `block` (0: none), for tests. Traps on a block outside
+    /// `0...capacityBlocks` (a negative code names a namespace root).
     func hintedChild(of block: Int32) -> Int32 {
-        state.withLock { $0.index.hintedChild(of: block) }
+        if block >= 0 { requireBlockInPool(block, "hintedChild(of:)") }
+        return state.withLock { $0.index.hintedChild(of: block) }
     }
 
     /// The cached blocks `tokens` matches in memory, in prefix order: what `admit` would pin (for
