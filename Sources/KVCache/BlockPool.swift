@@ -17,14 +17,10 @@ struct BlockPool {
         let next: UnsafeMutablePointer<Int32>
         let queued: UnsafeMutablePointer<Bool>
         init(count: Int) {
-            refcount = .allocate(capacity: count)
-            refcount.initialize(repeating: 0, count: count)
-            prev = .allocate(capacity: count)
-            prev.initialize(repeating: -1, count: count)
-            next = .allocate(capacity: count)
-            next.initialize(repeating: -1, count: count)
-            queued = .allocate(capacity: count)
-            queued.initialize(repeating: false, count: count)
+            refcount = .filled(with: 0, count: count)
+            prev = .filled(with: -1, count: count)
+            next = .filled(with: -1, count: count)
+            queued = .filled(with: false, count: count)
         }
         deinit {
             refcount.deallocate()

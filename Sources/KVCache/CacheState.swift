@@ -183,10 +183,10 @@ struct CacheState {
         cachedFreeBlocks -= 1
     }
 
-    /// Pins a block for `n` sequences (a hit takes a cached block out of the evictable set).
-    mutating func retain(_ b: Int32, times n: Int32 = 1) {
+    /// Pins a block for a sequence (a hit takes a cached block out of the evictable set).
+    mutating func retain(_ b: Int32) {
         if pool.refcount[Int(b)] == 0 && index.inTree[Int(b)] { cachedFreeBlocks -= 1 }
-        pool.retain(b, times: n)
+        pool.retain(b)
     }
 
     /// Drops a sequence's reference; a block's last reference queues it for reuse: cached blocks at

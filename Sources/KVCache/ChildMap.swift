@@ -14,12 +14,9 @@ struct ChildMap {
         let size: Int
         init(size: Int) {
             self.size = size
-            parents = .allocate(capacity: size)
-            parents.initialize(repeating: 0, count: size)
-            hashes = .allocate(capacity: size)
-            hashes.initialize(repeating: 0, count: size)
-            blocks = .allocate(capacity: size)
-            blocks.initialize(repeating: 0, count: size)
+            parents = .filled(with: 0, count: size)
+            hashes = .filled(with: 0, count: size)
+            blocks = .filled(with: 0, count: size)
         }
         deinit {
             parents.deallocate()

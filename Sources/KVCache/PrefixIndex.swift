@@ -26,18 +26,12 @@ struct PrefixIndex {
         let lastChild: UnsafeMutablePointer<Int32>
         init(count: Int) {
             self.count = count
-            parent = .allocate(capacity: count)
-            parent.initialize(repeating: 0, count: count)
-            hash = .allocate(capacity: count)
-            hash.initialize(repeating: 0, count: count)
-            childCount = .allocate(capacity: count)
-            childCount.initialize(repeating: 0, count: count)
-            inTree = .allocate(capacity: count)
-            inTree.initialize(repeating: false, count: count)
-            namespaceIndex = .allocate(capacity: count)
-            namespaceIndex.initialize(repeating: -1, count: count)
-            lastChild = .allocate(capacity: count)
-            lastChild.initialize(repeating: 0, count: count)
+            parent = .filled(with: 0, count: count)
+            hash = .filled(with: 0, count: count)
+            childCount = .filled(with: 0, count: count)
+            inTree = .filled(with: false, count: count)
+            namespaceIndex = .filled(with: -1, count: count)
+            lastChild = .filled(with: 0, count: count)
         }
         deinit {
             parent.deallocate()
