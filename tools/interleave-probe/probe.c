@@ -10,6 +10,9 @@
 //                past it
 //   no-prefetch  the same interleaving, the own pages read from DRAM on demand
 //   prefetch     the prefetch stream alone, the own units after the GEMM (the stream's cost)
+// Sparse streams (to see whether a few software prefetches per page start the L2 hardware
+// prefetcher on the rest): every SKIP-th P.V block issues LPS prefetches, STRIDE lines apart,
+// over the first HEAD lines of each 4 KiB page (defaults 1, 1, 64: every line of every page).
 // The kernel is CKVKernels with hooks.patch applied (run.sh). Outputs of the interleaved own
 // units are compared with the sequential ones (same kernel: bit-identical).
 #define _GNU_SOURCE
@@ -21,7 +24,7 @@
 #include <time.h>
 #include "kvkernels.h"
 
-typedef struct kvk_probe_pf { const char *const *pages; int32_t npages, page, line, lines_per_step; } kvk_probe_pf;
+typedef struct kvk_probe_pf { const char *const *pages; int32_t npages, page, line, lines_per_step, stride, skip, tick, head_lines; } kvk_probe_pf;
 extern __thread void (*kvk_probe_hook)(void *);
 extern __thread void *kvk_probe_ctx;
 extern __thread kvk_probe_pf *kvk_probe_extra;
@@ -98,7 +101,7 @@ int main(void) {
         for (int m = 0; m < VARIANTS; m++) {
             volatile char sink = 0;
             for (size_t i = 0; i < flush_bytes; i += 64) sink += flush[i];
-            kvk_probe_pf pf = {pages, nunits * PAGES_PER_UNIT, 0, 0, lps};
+            kvk_probe_pf pf = {pages, nunits * PAGES_PER_UNIT, 0, 0, lps, env("STRIDE", 1), env("SKIP", 1), 0, env("HEAD", 64)};
             interleave c = {units, nunits, every, lag, 0, 0, m != PFONLY, m == NOPF ? NULL : &pf, 0};
             const double t0 = now();
             if (m == SEQ || m == GEMM) kvk_attend(&gemm);
@@ -115,8 +118,8 @@ int main(void) {
         }
     double diff = 0;
     for (size_t i = 0; i < (size_t)nown * KVH * D; i++) diff = fmax(diff, fabs((double)out_seq[i] - out_int[i]));
-    printf("# %d own units (of %d sequences) into a %d-unit GEMM item: one every %d, prefetch %d lines per P.V block, lag %d; medians of %d\n",
-           nunits, nown, heads * (tokens / 32), every, lps, lag, n);
+    printf("# %d own units (of %d sequences) into a %d-unit GEMM item: one every %d, prefetch %d lines per %d P.V block(s), stride %d, first %d lines of a page, lag %d; medians of %d\n",
+           nunits, nown, heads * (tokens / 32), every, lps, env("SKIP", 1), env("STRIDE", 1), env("HEAD", 64), lag, n);
     for (int m = 0; m < VARIANTS; m++) {
         qsort(t[m], n, sizeof(double), by_value);
         printf("%-16s %.3f ms\n", names[m], t[m][n / 2] * 1e3);

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Interleave probe (see probe.c): builds CKVKernels with hooks.patch into a temporary folder and
-# runs the probe. Environment: REPS, OWN, EVERY, LPS, LAG.
+# runs the probe. Environment: REPS, OWN, EVERY, LPS, LAG, STRIDE, SKIP, HEAD.
 #   tools/interleave-probe/run.sh
+#   STRIDE=64 SKIP=8 LPS=1 tools/interleave-probe/run.sh     # one prefetch per own page, same pace
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(git -C "$here" rev-parse --show-toplevel)
