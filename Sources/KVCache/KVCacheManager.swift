@@ -61,7 +61,14 @@ public final class KVCacheManager: Sendable {
         }
         self.layout = layout
         self.capacityBlocks = capacityBlocks
-        self.arena = allocatesPages ? KVPageArena(layout: layout, capacityBlocks: capacityBlocks + 1) : nil
+        if allocatesPages {
+            guard let arena = KVPageArena.allocate(layout: layout, capacityBlocks: capacityBlocks + 1) else {
+                throw .pagesUnavailable(bytes: pageBytes.partialValue)
+            }
+            self.arena = arena
+        } else {
+            self.arena = nil
+        }
         self.state = Locked(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore, onEvict: onEvict))
         self.metrics = CacheMetrics(label: "prefixkv", dimensions: metricsDimensions, factory: metricsFactory ?? MetricsSystem.factory)
         self.logger = logger

@@ -73,6 +73,8 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidForkCount(Int)
     /// A manager asked for fewer than one block, or for more than its tables or arena can size.
     case invalidCapacity(Int)
+    /// The system would not allocate the page arena (`allocatesPages`) of this many bytes.
+    case pagesUnavailable(bytes: Int)
     /// Page access on a metadata-only manager.
     case noPageArena
     /// A decode plan was asked for an empty batch or a sequence without tokens.
@@ -92,6 +94,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .layoutMismatch(let e, let g): "layout mismatch: the cache holds \(e), got \(g)"
         case .invalidForkCount(let n): "fork count must be in 1...\(CacheState.maxForkCount), got \(n)"
         case .invalidCapacity(let n): "capacity must be at least 1 block and small enough to size in memory, got \(n)"
+        case .pagesUnavailable(let bytes): "cannot allocate the page arena: \(bytes) bytes"
         case .noPageArena: "this manager is metadata-only: it has no page arena"
         case .invalidBatch(let why): "invalid decode batch: \(why)"
         case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"

@@ -1,5 +1,7 @@
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
 
 /// Which half of the KV a page holds.
@@ -33,18 +35,44 @@ public final class KVPageArena: @unchecked Sendable {
 
     /// Allocates arenas for `capacityBlocks` blocks. With `prefault`, every page is touched once
     /// now, so first-touch page faults (slow on virtual machines) do not land on the hot path.
-    public init(layout: KVLayout, capacityBlocks: Int, prefault: Bool = true) {
+    /// Traps when the memory cannot be had; ``allocate(layout:capacityBlocks:prefault:)`` returns
+    /// nil instead.
+    public convenience init(layout: KVLayout, capacityBlocks: Int, prefault: Bool = true) {
         precondition(capacityBlocks > 0, "KVPageArena: capacityBlocks must be positive, got \(capacityBlocks)")
+        let bytes = Self.byteCount(layout: layout, capacityBlocks: capacityBlocks)
+        guard let bytes, let base = Self.allocatePages(byteCount: bytes) else {
+            fatalError("KVPageArena: cannot allocate \(capacityBlocks) blocks of \(layout.blockBytes) bytes")
+        }
+        self.init(layout: layout, capacityBlocks: capacityBlocks, base: base, totalBytes: bytes, prefault: prefault)
+    }
+
+    /// The arenas for `capacityBlocks` blocks, or nil when their size overflows an `Int` or the
+    /// system will not allocate it (so a serving stack sized beyond the machine gets an error,
+    /// not a trap). Memory the system grants lazily can still run out while `prefault` touches it.
+    public static func allocate(layout: KVLayout, capacityBlocks: Int, prefault: Bool = true) -> KVPageArena? {
+        guard capacityBlocks > 0, let bytes = byteCount(layout: layout, capacityBlocks: capacityBlocks),
+              let base = allocatePages(byteCount: bytes) else { return nil }
+        return KVPageArena(layout: layout, capacityBlocks: capacityBlocks, base: base, totalBytes: bytes, prefault: prefault)
+    }
+
+    private init(layout: KVLayout, capacityBlocks: Int, base: UnsafeMutableRawPointer, totalBytes: Int, prefault: Bool) {
         self.layout = layout
         self.capacityBlocks = capacityBlocks
         self.blockStride = layout.blockBytesPerLayerPerKind
         self.kindStride = blockStride * capacityBlocks
-        self.totalBytes = kindStride * 2 * layout.layerCount
-        self.base = Self.allocatePages(byteCount: totalBytes)
+        self.totalBytes = totalBytes
+        self.base = base
         if prefault { base.initializeMemory(as: UInt8.self, repeating: 0, count: totalBytes) }
     }
 
-    deinit { base.deallocate() }
+    /// Bytes of all arenas, or nil when that overflows an `Int`.
+    private static func byteCount(layout: KVLayout, capacityBlocks: Int) -> Int? {
+        let kind = layout.blockBytesPerLayerPerKind.multipliedReportingOverflow(by: capacityBlocks)
+        let total = kind.partialValue.multipliedReportingOverflow(by: 2 * layout.layerCount)
+        return kind.overflow || total.overflow ? nil : total.partialValue
+    }
+
+    deinit { free(base) }
 
     /// 2 MiB: the huge-page size the arena aligns to and asks the kernel for.
     static let hugePageBytes = 2 << 20
@@ -54,11 +82,16 @@ public final class KVPageArena: @unchecked Sendable {
     /// block run, and TLB walks were most of their DRAM penalty (in a one-thread harness both
     /// attention kernels ran ~7 % faster from DRAM on 2 MiB pages). Where THP is off, or the
     /// advice fails, it is a plain allocation.
-    static func allocatePages(byteCount: Int) -> UnsafeMutableRawPointer {
+    /// Nil when the system refuses (`posix_memalign`: ENOMEM), freed with `free`.
+    static func allocatePages(byteCount: Int) -> UnsafeMutableRawPointer? {
         let bytes = max(byteCount, 1)
-        guard bytes >= hugePageBytes else { return .allocate(byteCount: bytes, alignment: 4096) }
+        var pointer: UnsafeMutableRawPointer?
+        guard bytes >= hugePageBytes else {
+            return posix_memalign(&pointer, 4096, bytes) == 0 ? pointer : nil
+        }
+        guard bytes <= Int.max - hugePageBytes else { return nil }
         let rounded = (bytes + hugePageBytes - 1) / hugePageBytes * hugePageBytes
-        let pointer = UnsafeMutableRawPointer.allocate(byteCount: rounded, alignment: hugePageBytes)
+        guard posix_memalign(&pointer, hugePageBytes, rounded) == 0, let pointer else { return nil }
         #if canImport(Glibc)
         _ = madvise(pointer, rounded, MADV_HUGEPAGE)
         #endif

@@ -30,7 +30,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
 
     /// Opens (or creates) the store at `configuration.path`.
     public init(_ configuration: SpillStoreConfiguration, logger: Logger = Logger(label: "prefixkv.spill")) throws(SpillStoreError) {
-        precondition(configuration.limitBytes > 0, "LMDBSpillStore: limitBytes must be positive")
+        if let why = configuration.problem { throw .invalidConfiguration(path: configuration.path, reason: why) }
         self.configuration = configuration
         self.logger = logger
         database = try StoreDatabase.openForWriting(configuration)

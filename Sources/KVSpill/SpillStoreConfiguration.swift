@@ -27,6 +27,14 @@ public struct SpillStoreConfiguration: Sendable {
     public var path: String
     /// The KV layout of the blocks stored; a store written with another layout refuses to open.
     public var layout: KVLayout
+    /// What produced the KV, beyond its layout: the model and weights revision, and anything
+    /// else that changes K/V for the same tokens (tokenizer, RoPE scaling, quantisation), e.g.
+    /// `"llama-3.1-8b-instruct@0e9e39f"`. Two models of one layout (a base model and its
+    /// fine-tune) give other K/V for the same prompt, so a store written under another model
+    /// refuses to open (``SpillStoreError/modelMismatch(path:stored:expected:)``) instead of
+    /// serving its blocks. Default `""`: unlabelled (a store created before this field existed
+    /// is unlabelled too); then one store directory must only ever serve one model.
+    public var model: String
     /// The most record bytes (header + tokens + payload) the store keeps; beyond it, the least
     /// recently written or restored entries are dropped. The file is larger by LMDB's page and
     /// free-page overhead, bounded by ``mapSizeLimit``.
@@ -50,10 +58,12 @@ public struct SpillStoreConfiguration: Sendable {
     /// A configuration with the defaults above: 1 GiB limit, background writer, durable commits.
     public init(path: String, layout: KVLayout, limitBytes: Int = 1 << 30,
                 writeMode: WriteMode = .background(queueLimitBytes: 256 << 20),
-                durable: Bool = true, statsIntervalSeconds: Double = 1, whenQueueFull: QueueFullPolicy = .dropWhenFull) {
+                durable: Bool = true, statsIntervalSeconds: Double = 1, whenQueueFull: QueueFullPolicy = .dropWhenFull,
+                model: String = "") {
         self.whenQueueFull = whenQueueFull
         self.path = path
         self.layout = layout
+        self.model = model
         self.limitBytes = limitBytes
         self.writeMode = writeMode
         self.durable = durable
@@ -75,6 +85,21 @@ public struct SpillStoreConfiguration: Sendable {
 
     /// Tests set a tighter map ceiling to put the writer under map pressure at small sizes.
     var mapSizeLimitOverride: Int?
+
+    /// What makes this configuration unusable (``SpillStoreError/invalidConfiguration(path:reason:)``),
+    /// or nil: checked before anything is created on disk.
+    var problem: String? {
+        if limitBytes <= 0 { return "limitBytes must be positive, got \(limitBytes)" }
+        if limitBytes > (Int.max - (32 << 20)) / 3 { return "limitBytes \(limitBytes) is too large to size the map (3 × limit + 32 MiB)" }
+        if initialMapSizeBytes <= 0 { return "initialMapSizeBytes must be positive, got \(initialMapSizeBytes)" }
+        if case .background(let queueLimit) = writeMode, queueLimit < 0 {
+            return "queueLimitBytes must not be negative, got \(queueLimit)"
+        }
+        if !statsIntervalSeconds.isFinite || statsIntervalSeconds < 0 {
+            return "statsIntervalSeconds must be finite and not negative, got \(statsIntervalSeconds)"
+        }
+        return nil
+    }
 
     /// The most record bytes one background transaction commits (it always takes one record).
     /// Small on purpose: LMDB mallocs every dirty overflow page run of a transaction and frees

@@ -10,6 +10,12 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
     case unsupportedFormat(path: String, version: Int)
     /// The store holds blocks of another KV layout.
     case layoutMismatch(path: String, stored: KVLayout, expected: KVLayout)
+    /// The store holds blocks of another model (``SpillStoreConfiguration/model``): the same
+    /// tokens under another model have other K/V.
+    case modelMismatch(path: String, stored: String, expected: String)
+    /// A configuration value no store can work with (a size limit of 0, a negative queue, …);
+    /// nothing was created.
+    case invalidConfiguration(path: String, reason: String)
     /// The path (or the file system) is not writable, or not readable.
     case permissionDenied(path: String, LMDBError)
     /// The path does not exist (read-only opens do not create it).
@@ -27,6 +33,9 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
         case .unsupportedFormat(let p, let v):
             "\(p): unsupported spill store format version \(v) (this build reads \(SpillRecord.formatVersion); the store is a cache: delete it to start afresh)"
         case .layoutMismatch(let p, let s, let e): "\(p) holds blocks of layout \(s), expected \(e)"
+        case .modelMismatch(let p, let s, let e):
+            "\(p) holds KV of model \(String(reflecting: s)), expected \(String(reflecting: e)) (one store per model: the same tokens under another model have other K/V)"
+        case .invalidConfiguration(let p, let why): "\(p): invalid spill store configuration: \(why)"
         case .permissionDenied(let p, let e): "\(p): \(e)"
         case .notFound(let p): "\(p): no such store"
         case .alreadyOpen(let p): "\(p) is already open in this process"

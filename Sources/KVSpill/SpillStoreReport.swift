@@ -11,6 +11,8 @@ public struct SpillStoreReport: Sendable, Codable, Equatable {
     public var formatVersion: Int
     /// The layout the store holds.
     public var layout: KVLayout
+    /// The model the store was created under (`""`: unlabelled).
+    public var model: String
     /// Records stored.
     public var entries: Int
     /// Records with a KV payload (the others hold tokens only, from a metadata-only manager).
@@ -62,7 +64,7 @@ extension StoreDatabase {
         do {
             let info = try env.info()
             let pageSize = try env.stat().pageSize
-            var r = SpillStoreReport(path: path, formatVersion: Int(SpillRecord.formatVersion), layout: layout, entries: 0, blocks: 0,
+            var r = SpillStoreReport(path: path, formatVersion: Int(SpillRecord.formatVersion), layout: layout, model: model, entries: 0, blocks: 0,
                                      bytes: 0, tokens: 0, mapSizeBytes: info.mapSize, mapUsedBytes: (info.lastPageNumber + 1) * pageSize,
                                      pageSize: pageSize, entriesPerNamespace: [:], unreadableEntries: 0)
             var oldest = UInt64.max, newest = UInt64.min

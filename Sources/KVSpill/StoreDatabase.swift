@@ -8,7 +8,8 @@ import LMDB
 /// - `entries`: prefix key (32 bytes) → record (``SpillRecord``)
 /// - `lru`: access sequence (u64 big-endian, so keys sort by age) → prefix key
 /// - `access`: prefix key → its current access sequence (to find its `lru` entry)
-/// - `meta`: `format`, `layout` (JSON), `bytes` (sum of record sizes), `stats` (JSON)
+/// - `meta`: `format`, `layout` (JSON), `model` (UTF-8; absent in stores created before it: ""),
+///   `bytes` (sum of record sizes), `stats` (JSON)
 ///
 /// `lru` and `access` are written in the same transactions as `entries`, so they agree after
 /// any crash; ``checkInvariants()`` verifies it.
@@ -17,20 +18,23 @@ final class StoreDatabase: @unchecked Sendable {
     let entries: Database, lru: Database, access: Database, meta: Database
     let path: String
     let layout: KVLayout
+    /// The model identity the store was created under (``SpillStoreConfiguration/model``).
+    let model: String
 
     enum MetaKey {
-        static let format = "format", layout = "layout", bytes = "bytes", stats = "stats"
+        static let format = "format", layout = "layout", model = "model", bytes = "bytes", stats = "stats"
     }
 
-    private init(env: Environment, path: String, layout: KVLayout, dbs: [Database]) {
+    private init(env: Environment, path: String, layout: KVLayout, model: String, dbs: [Database]) {
         self.env = env
         self.path = path
         self.layout = layout
+        self.model = model
         (entries, lru, access, meta) = (dbs[0], dbs[1], dbs[2], dbs[3])
     }
 
     /// Opens the store for writing (creating the directory and the databases when new) and checks
-    /// its format and layout.
+    /// its format, layout and model.
     static func openForWriting(_ config: SpillStoreConfiguration) throws(SpillStoreError) -> StoreDatabase {
         let path = config.path
         if mkdir(path, 0o755) != 0 && errno != EEXIST {
@@ -55,13 +59,19 @@ final class StoreDatabase: @unchecked Sendable {
                 let (dbs, _) = try env.withNewDatabases(names) { txn, dbs in
                     try txn.put(le(UInt32(SpillRecord.formatVersion)), for: MetaKey.format, in: dbs[3])
                     try txn.put(Array(layoutJSON), for: MetaKey.layout, in: dbs[3])
+                    try txn.put(Array(config.model.utf8), for: MetaKey.model, in: dbs[3])
                     try txn.put(le(UInt64(0)), for: MetaKey.bytes, in: dbs[3])
                 }
-                return StoreDatabase(env: env, path: path, layout: config.layout, dbs: dbs)
+                return StoreDatabase(env: env, path: path, layout: config.layout, model: config.model, dbs: dbs)
             }
             let store = try openExisting(env: env, path: path)
             guard store.layout == config.layout else {
+                store.close()
                 throw SpillStoreError.layoutMismatch(path: path, stored: store.layout, expected: config.layout)
+            }
+            guard store.model == config.model else {
+                store.close()
+                throw SpillStoreError.modelMismatch(path: path, stored: store.model, expected: config.model)
             }
             return store
         } catch let error as SpillStoreError {
@@ -118,11 +128,13 @@ final class StoreDatabase: @unchecked Sendable {
         }
     }
 
-    /// Opens the four databases of an environment that must already be a store, and reads its layout.
+    /// Opens the four databases of an environment that must already be a store, and reads its
+    /// layout and model.
     private static func openExisting(env: Environment, path: String) throws -> StoreDatabase {
         let dbs = try names.map { name throws(SpillStoreError) in try openNamed(name, env: env, path: path) }
-        let (format, layoutJSON) = try env.withReadTransaction { txn in
-            (try txn.copyValue(for: MetaKey.format, in: dbs[3]), try txn.copyValue(for: MetaKey.layout, in: dbs[3]))
+        let (format, layoutJSON, modelBytes) = try env.withReadTransaction { txn in
+            (try txn.copyValue(for: MetaKey.format, in: dbs[3]), try txn.copyValue(for: MetaKey.layout, in: dbs[3]),
+             try txn.copyValue(for: MetaKey.model, in: dbs[3]))
         }
         guard let format, format.count == 4 else { throw SpillStoreError.notAStore(path: path, reason: "no format record") }
         let version = Int(format.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) })
@@ -130,7 +142,8 @@ final class StoreDatabase: @unchecked Sendable {
         guard let layoutJSON, let layout = try? JSONDecoder().decode(KVLayout.self, from: Data(layoutJSON)) else {
             throw SpillStoreError.notAStore(path: path, reason: "no readable layout record")
         }
-        return StoreDatabase(env: env, path: path, layout: layout, dbs: dbs)
+        let model = modelBytes.map { String(decoding: $0, as: UTF8.self) } ?? ""
+        return StoreDatabase(env: env, path: path, layout: layout, model: model, dbs: dbs)
     }
 
     /// Opens one of the store's databases; its absence means the environment is not a store.

@@ -14,6 +14,7 @@ public enum StoreStats {
         func add(_ key: String, _ value: String) { lines.append("  \(key): \(value)") }
         add("Format version", "\(r.formatVersion)")
         add("Layout", r.layout.description)
+        add("Model", r.model.isEmpty ? "(unlabelled)" : String(reflecting: r.model))
         add("Entries", "\(r.entries)")
         add("Blocks", "\(r.blocks)")
         add("Tokens", "\(r.tokens)")
@@ -52,7 +53,7 @@ public enum StoreStats {
     /// `{"store": {...}, "cache": {...} | null}` with sorted keys.
     public static func json(_ r: SpillStoreReport) throws -> String {
         var store: [String: Any] = [
-            "path": r.path, "formatVersion": r.formatVersion, "entries": r.entries, "blocks": r.blocks, "tokens": r.tokens,
+            "path": r.path, "formatVersion": r.formatVersion, "model": r.model, "entries": r.entries, "blocks": r.blocks, "tokens": r.tokens,
             "bytes": r.bytes, "mapSizeBytes": r.mapSizeBytes, "mapUsedBytes": r.mapUsedBytes, "pageSize": r.pageSize,
             "unreadableEntries": r.unreadableEntries, "entriesPerNamespace": r.entriesPerNamespace,
             "layout": try JSONSerialization.jsonObject(with: JSONEncoder().encode(r.layout)),

@@ -186,6 +186,17 @@ import Testing
         // Too large to size the token table (or the arena) in an Int: a typed error, not a trap.
         #expect(throws: KVCacheError.invalidCapacity(.max)) { try KVCacheManager(layout: .small(), capacityBlocks: .max) }
         #expect(throws: KVCacheError.invalidCapacity(1 << 56)) { try KVCacheManager(layout: .small(), capacityBlocks: 1 << 56, allocatesPages: true) }
+        // Sizes in an Int, but no machine grants a PiB: a typed error too. (Where Linux overcommits
+        // without limit, `vm.overcommit_memory` = 1, the allocation would succeed and the
+        // prefault touching it would not: not tried there.)
+        let overcommit = (try? String(contentsOfFile: "/proc/sys/vm/overcommit_memory", encoding: .utf8)) ?? "0"
+        if overcommit.trimmingCharacters(in: .whitespacesAndNewlines) != "1" {
+            let layout = KVLayout.small()
+            let blocks = (1 << 50) / layout.blockBytes
+            #expect(throws: KVCacheError.pagesUnavailable(bytes: (blocks + 1) * layout.blockBytes)) {
+                try KVCacheManager(layout: layout, capacityBlocks: blocks, allocatesPages: true)
+            }
+        }
         let other = KVLayout.small(blockSize: 8)
         #expect(throws: KVCacheError.layoutMismatch(expected: cache.layout, got: other)) { try cache.requireLayout(other) }
         cache.checkInvariants()

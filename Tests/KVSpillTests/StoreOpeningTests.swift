@@ -156,6 +156,70 @@ final class StoreOpeningTests: XCTestCase {
         XCTAssertNoThrow(try LMDBSpillStore(config(path)).close())
     }
 
+    /// Values no store can work with are typed errors, and nothing is created on disk.
+    func testInvalidConfigurationsAreTypedErrorsAndCreateNothing() throws {
+        let path = try makeTemporaryDirectory(self) + "/store"
+        var cases: [(SpillStoreConfiguration, String)] = [
+            (config(path, limit: 0), "limitBytes must be positive"),
+            (config(path, limit: -1), "limitBytes must be positive"),
+            (config(path, limit: .max), "too large to size the map"),
+            (config(path, mode: .background(queueLimitBytes: -1)), "queueLimitBytes"),
+        ]
+        var interval = config(path)
+        interval.statsIntervalSeconds = .nan
+        cases.append((interval, "statsIntervalSeconds"))
+        var map = config(path)
+        map.initialMapSizeBytes = 0
+        cases.append((map, "initialMapSizeBytes"))
+        for (configuration, reason) in cases {
+            assertOpenFails(configuration) {
+                guard case .invalidConfiguration(path, let why) = $0 else { return false }
+                return why.contains(reason)
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path), "nothing created")
+        XCTAssertNoThrow(try LMDBSpillStore(config(path)).close())
+    }
+
+    /// Same layout, another model: the store refuses to open rather than serve another model's
+    /// K/V for the same tokens. Unlabelled stores (and stores created before the label existed,
+    /// with no `model` record) open only unlabelled.
+    func testAnotherModelIsRefusedAndTheLabelIsReported() throws {
+        let path = try makeTemporaryDirectory(self) + "/store"
+        func labelled(_ model: String, _ at: String = path) -> SpillStoreConfiguration {
+            var c = config(at)
+            c.model = model
+            return c
+        }
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        let tokens = blockTokens(chain: 1, index: 0)
+        do {
+            let store = try LMDBSpillStore(labelled("model-a@1"))
+            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+            store.close()
+        }
+        assertOpenFails(labelled("model-b@1")) { $0 == .modelMismatch(path: path, stored: "model-a@1", expected: "model-b@1") }
+        assertOpenFails(labelled("")) { $0 == .modelMismatch(path: path, stored: "model-a@1", expected: "") }
+        XCTAssertEqual(try SpillStoreReport.inspect(path: path).model, "model-a@1")
+        do {  // refused opens changed nothing: the block is still there for its own model
+            let store = try LMDBSpillStore(labelled("model-a@1"))
+            XCTAssertTrue(store.restore(store.key(chain: [tokens]), tokens, into: BlockID(0), arena: arena))
+            store.close()
+        }
+
+        let legacy = path + "-legacy"
+        try LMDBSpillStore(config(legacy)).close()
+        do {  // what a build before the label wrote: no model record
+            let env = try Environment(path: legacy, configuration: .init(maxDatabases: 8))
+            let meta = try env.openDatabase("meta")
+            try env.withWriteTransaction { _ = try $0.delete(StoreDatabase.MetaKey.model, in: meta) }
+            env.close()
+        }
+        XCTAssertEqual(try SpillStoreReport.inspect(path: legacy).model, "")
+        assertOpenFails(labelled("model-a@1", legacy)) { $0 == .modelMismatch(path: legacy, stored: "", expected: "model-a@1") }
+        XCTAssertNoThrow(try LMDBSpillStore(config(legacy)).close())
+    }
+
     /// Root ignores permission bits, so as root the test makes the directory read-only with a
     /// read-only bind mount; otherwise with chmod.
     func testReadOnlyDirectoryGivesATypedErrorAndStillInspects() throws {
