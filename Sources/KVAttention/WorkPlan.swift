@@ -56,10 +56,10 @@ struct WorkPlan {
             for p in 0..<Int(item.sequenceCount) { writers[Int(sequences[Int(item.sequenceStart) + p])] += 1 }
         }
         for s in writers.indices {
-            precondition(writers[s] == partialWriters[s],
+            invariant(writers[s] == partialWriters[s],
                          "WorkPlan: sequence \(s) has \(writers[s]) partial-writing items, partialWriters says \(partialWriters[s])")
             let segments = segmentIndptr[s + 1] - segmentIndptr[s]
-            precondition((segments > 0) == (writers[s] > 0),
+            invariant((segments > 0) == (writers[s] > 0),
                          "WorkPlan: sequence \(s) has \(segments) merge segments and \(writers[s]) partial-writing items")
         }
     }

@@ -76,7 +76,7 @@ struct WorkRunner {
                                     for p in 0..<Int(item.sequenceCount) {
                                         let s = Int(buffers.sequences[Int(item.sequenceStart) + p])
                                         state.remaining[s] -= 1
-                                        precondition(state.remaining[s] >= 0, "WorkRunner: sequence \(s) finished more partial writers than planned")
+                                        invariant(state.remaining[s] >= 0, "WorkRunner: sequence \(s) finished more partial writers than planned")
                                         if state.remaining[s] == 0 { ready.append(s) }
                                     }
                                 }

@@ -48,7 +48,7 @@ struct BlockPool {
     private(set) var sharedCount = 0
 
     init(capacity: Int) {
-        precondition(capacity >= 1, "BlockPool: capacity must be at least 1, got \(capacity)")
+        invariant(capacity >= 1, "BlockPool: capacity must be at least 1, got \(capacity)")
         self.capacity = capacity
         storage = Storage(count: capacity + 1)
         for b in 1...capacity { pushBack(Int32(b)) }
@@ -58,7 +58,7 @@ struct BlockPool {
 
     mutating func pushBack(_ b: Int32) {
         let i = Int(b)
-        precondition(i > 0 && !queued[i] && refcount[i] == 0,
+        invariant(i > 0 && !queued[i] && refcount[i] == 0,
                      "BlockPool: block \(b) queued twice or while referenced (refcount \(refcount[i]))")
         prev[i] = tail
         next[i] = -1
@@ -70,7 +70,7 @@ struct BlockPool {
 
     mutating func pushFront(_ b: Int32) {
         let i = Int(b)
-        precondition(i > 0 && !queued[i] && refcount[i] == 0,
+        invariant(i > 0 && !queued[i] && refcount[i] == 0,
                      "BlockPool: block \(b) queued twice or while referenced (refcount \(refcount[i]))")
         next[i] = head
         prev[i] = -1
@@ -82,7 +82,7 @@ struct BlockPool {
 
     mutating func remove(_ b: Int32) {
         let i = Int(b)
-        precondition(queued[i], "BlockPool: block \(b) removed from the free queue but is not in it")
+        invariant(queued[i], "BlockPool: block \(b) removed from the free queue but is not in it")
         let p = prev[i], n = next[i]
         if p >= 0 { next[Int(p)] = n } else { head = n }
         if n >= 0 { prev[Int(n)] = p } else { tail = p }
@@ -114,8 +114,8 @@ struct BlockPool {
     /// queue on its first one.
     mutating func retain(_ b: Int32, times n: Int32 = 1) {
         let i = Int(b)
-        precondition(i > 0 && i <= capacity, "BlockPool: retain of block \(b) outside 1...\(capacity)")
-        precondition(n >= 1 && refcount[i] <= Int32.max - n, "BlockPool: refcount of block \(b) (\(refcount[i])) overflows by \(n) references")
+        invariant(i > 0 && i <= capacity, "BlockPool: retain of block \(b) outside 1...\(capacity)")
+        invariant(n >= 1 && refcount[i] <= Int32.max - n, "BlockPool: refcount of block \(b) (\(refcount[i])) overflows by \(n) references")
         switch refcount[i] {
         case 0:
             if queued[i] { remove(b) }
@@ -131,9 +131,9 @@ struct BlockPool {
     /// Drops a reference; returns true when it was the last one (the caller queues the block).
     mutating func release(_ b: Int32) -> Bool {
         let i = Int(b)
-        precondition(i > 0 && i <= capacity, "BlockPool: release of block \(b) outside 1...\(capacity)")
-        precondition(refcount[i] > 0, "BlockPool: refcount underflow on block \(b)")
-        precondition(!queued[i], "BlockPool: block \(b) is both free (queued) and referenced")
+        invariant(i > 0 && i <= capacity, "BlockPool: release of block \(b) outside 1...\(capacity)")
+        invariant(refcount[i] > 0, "BlockPool: refcount underflow on block \(b)")
+        invariant(!queued[i], "BlockPool: block \(b) is both free (queued) and referenced")
         storage.refcount[i] -= 1
         switch refcount[i] {
         case 0: usedCount -= 1; return true
@@ -145,30 +145,30 @@ struct BlockPool {
 
     /// Checks links, membership, counts: every block is queued exactly when its refcount is 0.
     func checkInvariants() {
-        precondition(refcount[0] == 0 && !queued[0], "BlockPool: the null block is referenced or queued")
+        invariant(refcount[0] == 0 && !queued[0], "BlockPool: the null block is referenced or queued")
         var seen = 0
         var b = head
         var last: Int32 = -1
         while b >= 0 {
             let i = Int(b)
-            precondition(queued[i], "BlockPool: block \(b) linked in the free queue but not marked queued")
-            precondition(prev[i] == last, "BlockPool: free-queue back link of block \(b) is \(prev[i]), expected \(last)")
-            precondition(refcount[i] == 0, "BlockPool: block \(b) is both free and referenced (refcount \(refcount[i]))")
+            invariant(queued[i], "BlockPool: block \(b) linked in the free queue but not marked queued")
+            invariant(prev[i] == last, "BlockPool: free-queue back link of block \(b) is \(prev[i]), expected \(last)")
+            invariant(refcount[i] == 0, "BlockPool: block \(b) is both free and referenced (refcount \(refcount[i]))")
             seen += 1
-            precondition(seen <= capacity, "BlockPool: free queue has a cycle")
+            invariant(seen <= capacity, "BlockPool: free queue has a cycle")
             last = b
             b = next[i]
         }
-        precondition(tail == last, "BlockPool: free-queue tail is \(tail), last linked block is \(last)")
-        precondition(seen == freeCount, "BlockPool: freeCount \(freeCount) but \(seen) blocks queued")
+        invariant(tail == last, "BlockPool: free-queue tail is \(tail), last linked block is \(last)")
+        invariant(seen == freeCount, "BlockPool: freeCount \(freeCount) but \(seen) blocks queued")
         var used = 0, shared = 0
         for i in 1...capacity {
-            precondition(refcount[i] >= 0, "BlockPool: negative refcount on block \(i)")
-            precondition((refcount[i] == 0) == queued[i], "BlockPool: block \(i) refcount \(refcount[i]) but queued=\(queued[i])")
+            invariant(refcount[i] >= 0, "BlockPool: negative refcount on block \(i)")
+            invariant((refcount[i] == 0) == queued[i], "BlockPool: block \(i) refcount \(refcount[i]) but queued=\(queued[i])")
             if refcount[i] > 0 { used += 1 }
             if refcount[i] > 1 { shared += 1 }
         }
-        precondition(used == usedCount, "BlockPool: usedCount \(usedCount) but \(used) blocks referenced")
-        precondition(shared == sharedCount, "BlockPool: sharedCount \(sharedCount) but \(shared) blocks shared")
+        invariant(used == usedCount, "BlockPool: usedCount \(usedCount) but \(used) blocks referenced")
+        invariant(shared == sharedCount, "BlockPool: sharedCount \(sharedCount) but \(shared) blocks shared")
     }
 }

@@ -17,51 +17,51 @@ extension CacheState {
         var filledBy = [UInt64](repeating: 0, count: capacity + 1)
         var logical = 0
         for (id, seq) in sequences {
-            precondition(seq.tokenCount >= 1, "CacheState: sequence \(id) holds no tokens")
-            precondition(seq.blocks.count == (seq.tokenCount + blockSize - 1) / blockSize,
+            invariant(seq.tokenCount >= 1, "CacheState: sequence \(id) holds no tokens")
+            invariant(seq.blocks.count == (seq.tokenCount + blockSize - 1) / blockSize,
                          "CacheState: sequence \(id) has \(seq.blocks.count) blocks for \(seq.tokenCount) tokens")
             logical += seq.blocks.count
             for (i, b) in seq.blocks.enumerated() {
-                precondition(b > 0 && Int(b) <= capacity, "CacheState: sequence \(id) names block \(b) outside the pool")
+                invariant(b > 0 && Int(b) <= capacity, "CacheState: sequence \(id) names block \(b) outside the pool")
                 refs[Int(b)] += 1
                 let n = min(blockSize, seq.tokenCount - i * blockSize)
                 if fill[Int(b)] == 0 {
                     fill[Int(b)] = n
                     filledBy[Int(b)] = id
                 } else {
-                    precondition(fill[Int(b)] == n, "CacheState: block \(b) is shared but holds \(fill[Int(b)]) tokens for sequence \(filledBy[Int(b)]) and \(n) for sequence \(id) (written in place without copy-on-write)")
+                    invariant(fill[Int(b)] == n, "CacheState: block \(b) is shared but holds \(fill[Int(b)]) tokens for sequence \(filledBy[Int(b)]) and \(n) for sequence \(id) (written in place without copy-on-write)")
                 }
                 let inTree = index.inTree[Int(b)]
                 if i < seq.treeBlocks {
                     let parent = i == 0 ? PrefixIndex.rootCode(namespace: seq.namespace) : seq.blocks[i - 1]
-                    precondition(inTree && index.parent[Int(b)] == parent,
+                    invariant(inTree && index.parent[Int(b)] == parent,
                                  "CacheState: sequence \(id) block \(i) (#\(b)) should be in the tree under \(parent)")
                 } else {
-                    precondition(!inTree, "CacheState: sequence \(id) block \(i) (#\(b)) is in the tree beyond its chain of \(seq.treeBlocks)")
+                    invariant(!inTree, "CacheState: sequence \(id) block \(i) (#\(b)) is in the tree beyond its chain of \(seq.treeBlocks)")
                 }
             }
-            precondition(seq.treeBlocks <= seq.tokenCount / blockSize, "CacheState: sequence \(id) has a partial block in the tree")
-            precondition(seq.firstNewBlock >= 0 && seq.firstNewBlock <= seq.blocks.count,
+            invariant(seq.treeBlocks <= seq.tokenCount / blockSize, "CacheState: sequence \(id) has a partial block in the tree")
+            invariant(seq.firstNewBlock >= 0 && seq.firstNewBlock <= seq.blocks.count,
                          "CacheState: sequence \(id) has firstNewBlock \(seq.firstNewBlock) outside 0...\(seq.blocks.count)")
         }
         for b in 1...capacity {
-            precondition(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots name it")
+            invariant(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots name it")
         }
-        precondition(logical == logicalBlocks, "CacheState: logicalBlocks \(logicalBlocks) but tables hold \(logical)")
+        invariant(logical == logicalBlocks, "CacheState: logicalBlocks \(logicalBlocks) but tables hold \(logical)")
 
         // Tree blocks hold the tokens their hash was made from.
         var cachedFree = 0
         blockTokens.withUnsafeBufferPointer { all in
             for b in 1...capacity where index.inTree[b] {
                 let h = hashBlockTokens(UnsafeBufferPointer(rebasing: all[(b * blockSize)..<((b + 1) * blockSize)]))
-                precondition(h == index.hash[b], "CacheState: tree block \(b) tokens changed after it was cached")
+                invariant(h == index.hash[b], "CacheState: tree block \(b) tokens changed after it was cached")
                 if pool.refcount[b] == 0 { cachedFree += 1 }
             }
         }
-        precondition(cachedFree == cachedFreeBlocks, "CacheState: cachedFreeBlocks \(cachedFreeBlocks) but \(cachedFree) cached blocks are unreferenced")
+        invariant(cachedFree == cachedFreeBlocks, "CacheState: cachedFreeBlocks \(cachedFreeBlocks) but \(cachedFree) cached blocks are unreferenced")
         if coldStore != nil {
             for b in 1...capacity where !index.inTree[b] {
-                precondition(prefixKeys[b] == nil, "CacheState: block \(b) left the tree but keeps its prefix key")
+                invariant(prefixKeys[b] == nil, "CacheState: block \(b) left the tree but keeps its prefix key")
             }
         }
 
@@ -73,13 +73,13 @@ extension CacheState {
                 seenCached = true
                 position[b] = i
             } else {
-                precondition(!seenCached, "CacheState: uncached free block \(b) queued behind cached blocks")
+                invariant(!seenCached, "CacheState: uncached free block \(b) queued behind cached blocks")
             }
         }
         for (b, i) in position {
             let parent = index.parent[Int(b)]
             if parent > 0, let j = position[parent] {
-                precondition(j > i, "CacheState: cached block \(b) would be evicted after its parent \(parent) (not leaf-first)")
+                invariant(j > i, "CacheState: cached block \(b) would be evicted after its parent \(parent) (not leaf-first)")
             }
         }
     }

@@ -422,7 +422,7 @@ struct CacheState {
     /// eviction (nothing to spill or report), and the block moves to the head of the free queue
     /// with the other blocks holding nothing worth keeping.
     mutating func dropUnwritten(_ b: Int32) {
-        precondition(pool.refcount[Int(b)] == 0 && pool.queued[Int(b)],
+        invariant(pool.refcount[Int(b)] == 0 && pool.queued[Int(b)],
                      "CacheState: dropping block \(b) with refcount \(pool.refcount[Int(b)]), queued=\(pool.queued[Int(b)])")
         uncache(b)
         pool.remove(b)

@@ -1,3 +1,5 @@
+import KVCore
+
 /// The prefix index's child map: (parent, token hash) → block, as an open-addressing hash table
 /// with linear probing and backward-shift deletion (no tombstones).
 ///
@@ -56,13 +58,13 @@ struct ChildMap {
 
     /// Inserts, or returns false when the key is present.
     mutating func insert(parent: Int32, hash: UInt64, block: Int32) -> Bool {
-        precondition(block > 0, "ChildMap: block \(block) cannot be stored (0 marks an empty slot)")
+        invariant(block > 0, "ChildMap: block \(block) cannot be stored (0 marks an empty slot)")
         var i = home(parent, hash)
         while blocks[i] != 0 {
             if hashes[i] == hash && parents[i] == parent { return false }
             i = (i &+ 1) & mask
         }
-        precondition(count + 1 <= (mask + 1) / 2, "ChildMap: more entries than it was sized for")
+        invariant(count + 1 <= (mask + 1) / 2, "ChildMap: more entries than it was sized for")
         parents[i] = parent
         hashes[i] = hash
         blocks[i] = block
@@ -108,8 +110,8 @@ struct ChildMap {
         var n = 0
         for i in 0..<storage.size where blocks[i] != 0 {
             n += 1
-            precondition(find(parent: parents[i], hash: hashes[i]) == blocks[i], "ChildMap: entry for block \(blocks[i]) is unreachable from its home slot")
+            invariant(find(parent: parents[i], hash: hashes[i]) == blocks[i], "ChildMap: entry for block \(blocks[i]) is unreachable from its home slot")
         }
-        precondition(n == count, "ChildMap: count \(count) but \(n) slots filled")
+        invariant(n == count, "ChildMap: count \(count) but \(n) slots filled")
     }
 }

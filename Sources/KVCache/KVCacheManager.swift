@@ -229,7 +229,7 @@ public final class KVCacheManager: Sendable {
     }
 
     private func requireBlockInPool(_ block: Int32, _ caller: String) {
-        precondition(block >= 0 && Int(block) <= capacityBlocks,
+        invariant(block >= 0 && Int(block) <= capacityBlocks,
                      "KVCacheManager.\(caller): block \(block) outside the pool 0...\(capacityBlocks)")
     }
 

@@ -85,8 +85,8 @@ struct PrefixIndex {
     /// equal block or by a colliding one.
     mutating func insert(_ block: Int32, parent p: Int32, hash h: UInt64, namespace k: Int32) -> Bool {
         let i = Int(block)
-        precondition(!inTree[i], "PrefixIndex: block \(block) inserted twice")
-        precondition(p < 0 || inTree[Int(p)], "PrefixIndex: parent \(p) of block \(block) is not in the tree")
+        invariant(!inTree[i], "PrefixIndex: block \(block) inserted twice")
+        invariant(p < 0 || inTree[Int(p)], "PrefixIndex: parent \(p) of block \(block) is not in the tree")
         guard children.insert(parent: p, hash: h, block: block) else { return false }
         storage.parent[i] = p
         storage.hash[i] = h
@@ -102,10 +102,10 @@ struct PrefixIndex {
     /// Removes a leaf (eviction takes leaves only).
     mutating func removeLeaf(_ block: Int32) {
         let i = Int(block)
-        precondition(inTree[i], "PrefixIndex: evicting block \(block) that is not in the tree")
-        precondition(childCount[i] == 0, "PrefixIndex: evicting block \(block) with \(childCount[i]) cached children (not a leaf)")
+        invariant(inTree[i], "PrefixIndex: evicting block \(block) that is not in the tree")
+        invariant(childCount[i] == 0, "PrefixIndex: evicting block \(block) with \(childCount[i]) cached children (not a leaf)")
         let removed = children.remove(parent: parent[i], hash: hash[i])
-        precondition(removed == block, "PrefixIndex: map slot of block \(block) holds \(String(describing: removed))")
+        invariant(removed == block, "PrefixIndex: map slot of block \(block) holds \(String(describing: removed))")
         if parent[i] > 0 { storage.childCount[Int(parent[i])] -= 1 }
         if hintedChild(of: parent[i]) == block { setHint(of: parent[i], to: 0) }
         storage.inTree[i] = false
@@ -115,32 +115,32 @@ struct PrefixIndex {
 
     /// Checks that the map and the per-block fields agree and child counts are exact.
     func checkInvariants() {
-        precondition(children.count == nodeCount, "PrefixIndex: map has \(children.count) entries, nodeCount \(nodeCount)")
+        invariant(children.count == nodeCount, "PrefixIndex: map has \(children.count) entries, nodeCount \(nodeCount)")
         children.checkInvariants()
         var counts = [Int32](repeating: 0, count: storage.count)
         children.forEach { keyParent, keyHash, block in
             let i = Int(block)
-            precondition(inTree[i], "PrefixIndex: map names block \(block) that is not in the tree")
-            precondition(parent[i] == keyParent && hash[i] == keyHash, "PrefixIndex: block \(block) fields disagree with its map key")
+            invariant(inTree[i], "PrefixIndex: map names block \(block) that is not in the tree")
+            invariant(parent[i] == keyParent && hash[i] == keyHash, "PrefixIndex: block \(block) fields disagree with its map key")
             if keyParent > 0 {
-                precondition(inTree[Int(keyParent)], "PrefixIndex: block \(block) has parent \(keyParent) outside the tree")
-                precondition(namespaceIndex[Int(keyParent)] == namespaceIndex[i], "PrefixIndex: block \(block) and its parent are in different namespaces")
+                invariant(inTree[Int(keyParent)], "PrefixIndex: block \(block) has parent \(keyParent) outside the tree")
+                invariant(namespaceIndex[Int(keyParent)] == namespaceIndex[i], "PrefixIndex: block \(block) and its parent are in different namespaces")
                 counts[Int(keyParent)] += 1
             } else {
-                precondition(keyParent == PrefixIndex.rootCode(namespace: namespaceIndex[i]), "PrefixIndex: root block \(block) hangs under another namespace's root")
+                invariant(keyParent == PrefixIndex.rootCode(namespace: namespaceIndex[i]), "PrefixIndex: root block \(block) hangs under another namespace's root")
             }
         }
         for i in counts.indices where inTree[i] {
-            precondition(counts[i] == childCount[i], "PrefixIndex: block \(i) childCount \(childCount[i]) but has \(counts[i]) children")
+            invariant(counts[i] == childCount[i], "PrefixIndex: block \(i) childCount \(childCount[i]) but has \(counts[i]) children")
         }
         // A hint names a child of its parent in the tree, or nothing.
         func checkHint(_ hint: Int32, parent p: Int32) {
             guard hint != 0 else { return }
-            precondition(hint > 0 && Int(hint) < storage.count && inTree[Int(hint)] && parent[Int(hint)] == p,
+            invariant(hint > 0 && Int(hint) < storage.count && inTree[Int(hint)] && parent[Int(hint)] == p,
                          "PrefixIndex: the hinted child \(hint) of \(p) is not a child of it in the tree")
         }
         for i in 0..<storage.count where storage.lastChild[i] != 0 {
-            precondition(inTree[i], "PrefixIndex: block \(i) outside the tree hints child \(storage.lastChild[i])")
+            invariant(inTree[i], "PrefixIndex: block \(i) outside the tree hints child \(storage.lastChild[i])")
             checkHint(storage.lastChild[i], parent: Int32(i))
         }
         for (k, hint) in rootLastChild.enumerated() { checkHint(hint, parent: PrefixIndex.rootCode(namespace: Int32(k))) }

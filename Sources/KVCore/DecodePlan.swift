@@ -168,36 +168,36 @@ public struct DecodePlan: Sendable, Equatable {
         var tokens = [Int](repeating: 0, count: b)
         var nodeOf = [[Int]](repeating: [Int](repeating: -1, count: levels.count), count: b)
         for (k, level) in levels.enumerated() {
-            precondition(level.sequenceIndptr.count == level.nodeCount + 1 && level.blockIndptr.count == level.nodeCount + 1
+            invariant(level.sequenceIndptr.count == level.nodeCount + 1 && level.blockIndptr.count == level.nodeCount + 1
                          && level.parentIndices.count == level.nodeCount, "DecodePlan: level \(k) arrays disagree on node count")
             for j in 0..<level.nodeCount {
                 let blocks = level.blocks(ofNode: j)
-                precondition(!blocks.isEmpty, "DecodePlan: level \(k) node \(j) has no blocks")
+                invariant(!blocks.isEmpty, "DecodePlan: level \(k) node \(j) has no blocks")
                 let last = Int(level.lastBlockTokenCounts[j])
-                precondition(last >= 1 && last <= blockSize, "DecodePlan: level \(k) node \(j) last block holds \(last) tokens")
+                invariant(last >= 1 && last <= blockSize, "DecodePlan: level \(k) node \(j) last block holds \(last) tokens")
                 let seqs = level.sequences(ofNode: j)
-                precondition(!seqs.isEmpty && zip(seqs, seqs.dropFirst()).allSatisfy { $0 < $1 },
+                invariant(!seqs.isEmpty && zip(seqs, seqs.dropFirst()).allSatisfy { $0 < $1 },
                              "DecodePlan: level \(k) node \(j) sequences are empty or not ascending")
                 for s in seqs {
                     let s = Int(s)
-                    precondition(nodeOf[s][k] == -1, "DecodePlan: sequence \(s) appears twice on level \(k)")
+                    invariant(nodeOf[s][k] == -1, "DecodePlan: sequence \(s) appears twice on level \(k)")
                     nodeOf[s][k] = j
                     let parent = Int(level.parentIndices[j])
                     if k == 0 {
-                        precondition(parent == -1, "DecodePlan: level 0 node \(j) has a parent")
+                        invariant(parent == -1, "DecodePlan: level 0 node \(j) has a parent")
                     } else {
-                        precondition(nodeOf[s][k - 1] == parent, "DecodePlan: sequence \(s) on level \(k) node \(j) is not in its parent \(parent)")
+                        invariant(nodeOf[s][k - 1] == parent, "DecodePlan: sequence \(s) on level \(k) node \(j) is not in its parent \(parent)")
                     }
-                    precondition(tokens[s] % blockSize == 0, "DecodePlan: sequence \(s) continues after a partial block")
+                    invariant(tokens[s] % blockSize == 0, "DecodePlan: sequence \(s) continues after a partial block")
                     rebuilt[s].append(contentsOf: blocks)
                     tokens[s] += level.tokenCount(ofNode: j, blockSize: blockSize)
                 }
             }
         }
         for s in 0..<b {
-            precondition(rebuilt[s] == Array(batch.table(s)), "DecodePlan: nodes of sequence \(s) do not rebuild its block table")
-            precondition(tokens[s] == Int(batch.tokenCounts[s]), "DecodePlan: nodes of sequence \(s) hold \(tokens[s]) tokens, batch says \(batch.tokenCounts[s])")
+            invariant(rebuilt[s] == Array(batch.table(s)), "DecodePlan: nodes of sequence \(s) do not rebuild its block table")
+            invariant(tokens[s] == Int(batch.tokenCounts[s]), "DecodePlan: nodes of sequence \(s) hold \(tokens[s]) tokens, batch says \(batch.tokenCounts[s])")
         }
-        precondition(depthFirstOrder.sorted() == (0..<b).map { Int32($0) }, "DecodePlan: depthFirstOrder is not a permutation of the batch")
+        invariant(depthFirstOrder.sorted() == (0..<b).map { Int32($0) }, "DecodePlan: depthFirstOrder is not a permutation of the batch")
     }
 }

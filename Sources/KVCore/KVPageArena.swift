@@ -38,7 +38,7 @@ public final class KVPageArena: @unchecked Sendable {
     /// Traps when the memory cannot be had; ``allocate(layout:capacityBlocks:prefault:)`` returns
     /// nil instead.
     public convenience init(layout: KVLayout, capacityBlocks: Int, prefault: Bool = true) {
-        precondition(capacityBlocks > 0, "KVPageArena: capacityBlocks must be positive, got \(capacityBlocks)")
+        invariant(capacityBlocks > 0, "KVPageArena: capacityBlocks must be positive, got \(capacityBlocks)")
         let bytes = Self.byteCount(layout: layout, capacityBlocks: capacityBlocks)
         guard let bytes, let base = Self.allocatePages(byteCount: bytes) else {
             fatalError("KVPageArena: cannot allocate \(capacityBlocks) blocks of \(layout.blockBytes) bytes")
@@ -103,9 +103,9 @@ public final class KVPageArena: @unchecked Sendable {
     }
 
     @inlinable func checkBlock(_ block: BlockID, layer: Int) {
-        precondition(block.index >= 0 && block.index < capacityBlocks,
+        invariant(block.index >= 0 && block.index < capacityBlocks,
                      "KVPageArena: block \(block) outside the arena (capacity \(capacityBlocks))")
-        precondition(layer >= 0 && layer < layout.layerCount,
+        invariant(layer >= 0 && layer < layout.layerCount,
                      "KVPageArena: layer \(layer) outside 0..<\(layout.layerCount)")
     }
 
@@ -164,7 +164,7 @@ public final class KVPageArena: @unchecked Sendable {
     /// (exactly `layout.blockBytes` bytes): the spill payload order.
     public func copyOut(_ block: BlockID, into destination: UnsafeMutableRawBufferPointer) {
         checkBlock(block, layer: 0)
-        precondition(destination.count == layout.blockBytes,
+        invariant(destination.count == layout.blockBytes,
                      "KVPageArena.copyOut: buffer of \(destination.count) bytes, block needs \(layout.blockBytes)")
         var at = 0
         for layer in 0..<layout.layerCount {
@@ -178,7 +178,7 @@ public final class KVPageArena: @unchecked Sendable {
     /// Fills a block's KV, all layers, from a payload in ``copyOut(_:into:)`` order.
     public func copyIn(_ block: BlockID, from source: UnsafeRawBufferPointer) {
         checkBlock(block, layer: 0)
-        precondition(source.count == layout.blockBytes,
+        invariant(source.count == layout.blockBytes,
                      "KVPageArena.copyIn: payload of \(source.count) bytes, block needs \(layout.blockBytes)")
         var at = 0
         for layer in 0..<layout.layerCount {

@@ -18,7 +18,7 @@ public final class Locked<Value>: @unchecked Sendable {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         let rc = pthread_mutex_init(mutex, nil)
-        precondition(rc == 0, "Locked: pthread_mutex_init failed with \(rc)")
+        invariant(rc == 0, "Locked: pthread_mutex_init failed with \(rc)")
     }
 
     deinit {

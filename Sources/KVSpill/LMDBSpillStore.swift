@@ -112,7 +112,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     /// was opened with `.waitWhenFull`; a record that cannot be queued is dropped and counted.
     public func spill(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, block: BlockID, arena: KVPageArena?) {
         guard isOpen else { return }
-        precondition(arena == nil || arena!.layout == layout,
+        invariant(arena == nil || arena!.layout == layout,
                      "LMDBSpillStore.spill: arena layout \(arena!.layout) differs from the store's \(layout)")
         let ns = Array(namespace.rawValue.utf8)
         let payloadBytes = arena == nil ? 0 : layout.blockBytes
@@ -141,7 +141,7 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     /// Records still queued for the writer are restored from the queue.
     public func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool {
         guard isOpen else { return false }
-        precondition(arena == nil || arena!.layout == layout,
+        invariant(arena == nil || arena!.layout == layout,
                      "LMDBSpillStore.restore: arena layout \(arena!.layout) differs from the store's \(layout)")
         let ns = Array(namespace.rawValue.utf8)
         let needed = arena == nil ? nil : layout.blockBytes

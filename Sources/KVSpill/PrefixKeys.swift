@@ -33,7 +33,7 @@ extension PrefixKey {
     }
 
     init(bytes: UnsafeRawBufferPointer) {
-        precondition(bytes.count == 32, "PrefixKey: \(bytes.count) bytes, a key has 32")
+        invariant(bytes.count == 32, "PrefixKey: \(bytes.count) bytes, a key has 32")
         self.init(bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self), bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
                   bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self), bytes.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
     }

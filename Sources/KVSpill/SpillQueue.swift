@@ -1,5 +1,6 @@
 import Foundation
 import KVCache
+import KVCore
 
 /// The state the store's callers and its background writer share, behind one lock: records
 /// spilled but not yet committed (readable by restores meanwhile), LRU touches and deletions
@@ -164,7 +165,7 @@ final class SpillQueue: @unchecked Sendable {
                 pending[r.key] = nil
                 pendingBytes -= r.bytes.count
             }
-            precondition(pendingBytes >= 0, "SpillQueue: pending byte count went negative")
+            invariant(pendingBytes >= 0, "SpillQueue: pending byte count went negative")
             batchesInFlight -= 1
             lock.broadcast()
         }

@@ -39,7 +39,7 @@ enum SpillRecord {
     static func writeHeader(into record: UnsafeMutableRawBufferPointer, key: PrefixKey, layout: KVLayout, namespace: [UInt8],
                             tokens: UnsafeBufferPointer<TokenID>, payloadBytes: Int, writtenAtMillis: UInt64) -> UnsafeMutableRawBufferPointer {
         let offset = payloadOffset(namespaceBytes: namespace.count, tokenCount: tokens.count)
-        precondition(record.count == offset + payloadBytes, "SpillRecord: buffer of \(record.count) bytes for a record of \(offset + payloadBytes)")
+        invariant(record.count == offset + payloadBytes, "SpillRecord: buffer of \(record.count) bytes for a record of \(offset + payloadBytes)")
         func put<T: FixedWidthInteger>(_ v: T, at o: Int) { record.storeBytes(of: v.littleEndian, toByteOffset: o, as: T.self) }
         put(magic, at: 0)
         put(formatVersion, at: 4)

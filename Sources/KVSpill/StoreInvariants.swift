@@ -1,4 +1,5 @@
 import KVCache
+import KVCore
 import LMDB
 
 extension StoreWriter {
@@ -16,32 +17,32 @@ extension StoreWriter {
                 return try db.env.withReadTransaction { txn in
                     let entries = try txn.stat(db.entries).entries
                     let lru = try txn.stat(db.lru).entries, access = try txn.stat(db.access).entries
-                    precondition(lru == entries, "spill store: lru has \(lru) entries, entries has \(entries)")
-                    precondition(access == entries, "spill store: access has \(access) entries, entries has \(entries)")
+                    invariant(lru == entries, "spill store: lru has \(lru) entries, entries has \(entries)")
+                    invariant(access == entries, "spill store: access has \(access) entries, entries has \(entries)")
                     var bytes = 0
                     try txn.forEach(in: db.entries) { key, value in
                         bytes += value.count
                         let seq = try txn.copyValue(for: key, in: db.access)
-                        precondition(seq != nil, "spill store: entry \(PrefixKey(bytes: key)) has no access sequence")
+                        invariant(seq != nil, "spill store: entry \(PrefixKey(bytes: key)) has no access sequence")
                         let back = try txn.withValue(for: seq!, in: db.lru) { $0.elementsEqual(key) }
-                        precondition(back == true, "spill store: the lru slot of entry \(PrefixKey(bytes: key)) does not name it")
+                        invariant(back == true, "spill store: the lru slot of entry \(PrefixKey(bytes: key)) does not name it")
                         return true
                     }
                     try txn.forEach(in: db.lru) { seq, key in
                         let linked = try txn.withValue(for: key, in: db.access) { $0.elementsEqual(seq) }
-                        precondition(linked == true, "spill store: lru slot for \(PrefixKey(bytes: key)) is not its access sequence")
+                        invariant(linked == true, "spill store: lru slot for \(PrefixKey(bytes: key)) is not its access sequence")
                         return true
                     }
                     let metaBytes = try db.readBytes(txn)
-                    precondition(metaBytes == bytes, "spill store: meta bytes \(metaBytes), records add up to \(bytes)")
-                    precondition(state.bytes == bytes, "spill store: writer counts \(state.bytes) bytes, records add up to \(bytes)")
-                    precondition(bytes <= state.limitBytes, "spill store: \(bytes) bytes stored over the limit of \(state.limitBytes)")
+                    invariant(metaBytes == bytes, "spill store: meta bytes \(metaBytes), records add up to \(bytes)")
+                    invariant(state.bytes == bytes, "spill store: writer counts \(state.bytes) bytes, records add up to \(bytes)")
+                    invariant(bytes <= state.limitBytes, "spill store: \(bytes) bytes stored over the limit of \(state.limitBytes)")
                     let info = try db.env.info()
                     // (A store reopened with a smaller limit keeps the map it had: LMDB never shrinks one.)
-                    precondition(info.mapSize <= max(mapSizeLimit, openedMapSize),
+                    invariant(info.mapSize <= max(mapSizeLimit, openedMapSize),
                                  "spill store: the map (\(info.mapSize) bytes) outgrew its ceiling \(mapSizeLimit)")
                     let used = (info.lastPageNumber + 1) * (try txn.stat(db.entries).pageSize)
-                    precondition(used <= info.mapSize, "spill store: \(used) bytes of pages in use beyond the map of \(info.mapSize)")
+                    invariant(used <= info.mapSize, "spill store: \(used) bytes of pages in use beyond the map of \(info.mapSize)")
                     return entries
                 }
             } catch {

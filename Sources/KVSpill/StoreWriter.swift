@@ -369,7 +369,7 @@ final class StoreWriter: Sendable {
                 try txn.delete(k, in: store.access)
             }
             s.bytes -= size
-            precondition(s.bytes >= 0, "StoreWriter: stored byte count went negative removing \(key)")
+            invariant(s.bytes >= 0, "StoreWriter: stored byte count went negative removing \(key)")
         }
     }
 
@@ -391,9 +391,9 @@ final class StoreWriter: Sendable {
                         try txn.delete(k, in: store.access)
                         return size
                     }
-                    precondition(size != nil, "StoreWriter: the LRU index names \(oldest), which has no entry")
+                    invariant(size != nil, "StoreWriter: the LRU index names \(oldest), which has no entry")
                     s.bytes -= size!
-                    precondition(s.bytes >= 0, "StoreWriter: stored byte count went negative evicting \(oldest)")
+                    invariant(s.bytes >= 0, "StoreWriter: stored byte count went negative evicting \(oldest)")
                     removed += 1
                     delta.lruEvictions += 1
                 }

@@ -77,7 +77,7 @@ public struct CacheBench {
             let t3 = monotonicNanos()
             for s in kids + [a.sequence] { try cache.release(s) }
             let t4 = monotonicNanos()
-            precondition(a.cachedTokenCount == cachedTokens / blockSize * blockSize,
+            invariant(a.cachedTokenCount == cachedTokens / blockSize * blockSize,
                          "CacheBench: expected \(cachedTokens / blockSize * blockSize) cached tokens, got \(a.cachedTokenCount)")
             if round >= 2 {  // the first rounds warm the pool
                 admit.append(Double(t1 - t0) / 1000)

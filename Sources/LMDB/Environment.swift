@@ -237,7 +237,7 @@ public final class Environment: @unchecked Sendable {
     /// error and returned, the transaction is aborted and that first failure is thrown: LMDB
     /// poisons a transaction after most failures, and the first error is the informative one.
     public func withWriteTransaction<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
-        precondition(!isReadOnly, "LMDB.Environment: write transaction on a read-only environment (\(path))")
+        if isReadOnly { fatalError("LMDB.Environment: write transaction on a read-only environment (\(path))") }  // fatalError: kept at -O
         let txn = try begin(readOnly: false)
         let result: R
         do {

@@ -15,7 +15,7 @@ final class Locked<Value>: @unchecked Sendable {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         let rc = pthread_mutex_init(mutex, nil)
-        precondition(rc == 0, "Locked: pthread_mutex_init failed with \(rc)")
+        if rc != 0 { fatalError("Locked: pthread_mutex_init failed with \(rc)") }
     }
 
     deinit {

@@ -52,8 +52,9 @@ final class TransactionGate: @unchecked Sendable {
     /// Runs `body` with no transaction active in the process's use of this environment.
     func exclusive<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         pthread_mutex_lock(mutex)
-        precondition(perThread[pthread_self()] == nil,
-                     "LMDB.Environment: map resize or close requested from a thread inside a transaction of the same environment")
+        if perThread[pthread_self()] != nil {  // fatalError: its message survives -O, a precondition's does not
+            fatalError("LMDB.Environment: map resize or close requested from a thread inside a transaction of the same environment")
+        }
         while resizing { pthread_cond_wait(changed, mutex) }
         resizing = true
         while active > 0 { pthread_cond_wait(changed, mutex) }

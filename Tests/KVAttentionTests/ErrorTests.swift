@@ -86,7 +86,7 @@ import Testing
         _ = try c.paged(kernel)
         let small = KVPageArena(layout: c.layout, capacityBlocks: 2)
         let top = c.batch.indices.first { $0 >= 2 }!  // the first block outside, as the check reports it
-        try small.withUnsafeLayerPages(layer: 0) { pages in
+        small.withUnsafeLayerPages(layer: 0) { pages in
             #expect(throws: AttentionError.blockOutOfRange(block: top, capacity: 2)) {
                 try kernel.bifurcated(query: c.query, pages: pages, plan: plan, scale: c.scale)
             }
