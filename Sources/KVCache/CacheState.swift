@@ -398,7 +398,12 @@ struct CacheState {
     /// never written. Only blocks nothing else needs go: deepest first, stopping at the first one
     /// another sequence still holds or that has cached children (a request that matched it relies
     /// on the same prefill; its ancestors must stay for the tree to stay a tree).
-    mutating func release(_ s: SequenceHandle, computedTokens: Int? = nil) throws(KVCacheError) {
+    /// Blocks that must stay although unwritten because other live sequences hold them (they
+    /// matched them as hits, relying on this sequence's prefill) become those sequences' own new
+    /// blocks: each is returned with the tokens still valid, and may drop them on its own
+    /// cancelled release. (A block kept only for its cached children stays as it is.)
+    @discardableResult
+    mutating func release(_ s: SequenceHandle, computedTokens: Int? = nil) throws(KVCacheError) -> [InvalidatedHit] {
         let seq = try live(s)
         if let c = computedTokens, c < 0 || c > seq.tokenCount {
             throw .invalidComputedTokens(c, tokenCount: seq.tokenCount)
@@ -407,7 +412,7 @@ struct CacheState {
         // Deepest first, so a parent is always more recently used than its children in the queue.
         for b in seq.blocks.reversed() { unpin(b) }
         logicalBlocks -= seq.blocks.count
-        guard let c = computedTokens else { return }
+        guard let c = computedTokens else { return [] }
         let firstUnwritten = max(seq.firstNewBlock, c / blockSize)
         var i = seq.treeBlocks - 1
         while i >= firstUnwritten {
@@ -416,6 +421,19 @@ struct CacheState {
             dropUnwritten(b)
             i -= 1
         }
+        guard i >= firstUnwritten else { return [] }
+        return handOverUnwritten(Set(seq.blocks[firstUnwritten...i]))
+    }
+
+    /// Live sequences whose hits include one of `unwritten`: their hit count ends before the first.
+    private mutating func handOverUnwritten(_ unwritten: Set<Int32>) -> [InvalidatedHit] {
+        var invalidated: [InvalidatedHit] = []
+        for (serial, seq) in sequences where seq.firstNewBlock > 0 {
+            guard let p = seq.blocks[..<seq.firstNewBlock].firstIndex(where: unwritten.contains) else { continue }
+            sequences[serial]!.firstNewBlock = p
+            invalidated.append(InvalidatedHit(sequence: SequenceHandle(manager: managerID, serial: serial), validTokens: p * blockSize))
+        }
+        return invalidated.sorted { $0.sequence.serial < $1.sequence.serial }
     }
 
     /// Takes an unreferenced cached leaf whose KV was never written out of the tree: not an

@@ -108,7 +108,7 @@ public final class KVCacheManager: Sendable {
     /// Releases a sequence: its full blocks stay cached (evictable), the rest are free at once.
     /// Every token's KV must have been written; otherwise use `release(_:computedTokens:)`.
     public func release(_ sequence: SequenceHandle) throws(KVCacheError) {
-        try mutate { (s: inout CacheState) throws(KVCacheError) in try s.release(sequence) }
+        try mutate { (s: inout CacheState) throws(KVCacheError) in _ = try s.release(sequence) }
     }
 
     /// Releases a sequence whose engine wrote the KV of only its first `computedTokens` tokens
@@ -119,9 +119,11 @@ public final class KVCacheManager: Sendable {
     /// hits) and did not wholly write leave the tree, so the next identical prompt recomputes them
     /// instead of reading garbage, and eviction never spills them. A block another live sequence
     /// still holds, or that has cached children, stays: a request that matched it relies on the
-    /// same prefill, which its engine must then run. Throws `.invalidComputedTokens` (nothing
-    /// changed) unless `0 <= computedTokens <= tokenCount(of:)`.
-    public func release(_ sequence: SequenceHandle, computedTokens: Int) throws(KVCacheError) {
+    /// same prefill: those blocks become its own (returned as ``InvalidatedHit``s, each with the
+    /// tokens of that sequence still valid), and its engine must compute them or cancel it too.
+    /// Throws `.invalidComputedTokens` (nothing changed) unless `0 <= computedTokens <= tokenCount(of:)`.
+    @discardableResult
+    public func release(_ sequence: SequenceHandle, computedTokens: Int) throws(KVCacheError) -> [InvalidatedHit] {
         try mutate { (s: inout CacheState) throws(KVCacheError) in try s.release(sequence, computedTokens: computedTokens) }
     }
 

@@ -67,18 +67,63 @@ import Testing
         #expect(try cache.lookup(run(0, 12)).memoryTokens == 8)
     }
 
-    /// B matched A's new blocks and relies on A's prefill: cancelling A leaves them (B holds them;
-    /// B's engine must then compute them, which is the engine's side of the contract).
+    /// B matched A's new blocks and relies on A's prefill: cancelling A leaves them (B holds them)
+    /// and tells B's engine, whose hits they were, to compute them.
     @Test func blocksAnotherLiveSequenceHoldsStay() throws {
         let cache = try cache()
         let a = try cache.admit(run(0, 8))
         let b = try cache.admit(run(0, 8))
         #expect(b.cachedTokenCount == 8 && b.blockTable == a.blockTable)
         cache.checkInvariants()
-        try cache.release(a.sequence, computedTokens: 0)
+        #expect(try cache.release(a.sequence, computedTokens: 0) == [InvalidatedHit(sequence: b.sequence, validTokens: 0)])
         cache.checkInvariants()
         #expect(cache.isCached(1) && cache.isCached(2) && cache.refcount(of: 1) == 1)
         try cache.release(b.sequence)
+        cache.checkInvariants()
+        #expect(try cache.lookup(run(0, 8)).memoryTokens == 8)
+    }
+
+    /// The blocks B was told to compute are B's own now: cancelling B too drops them, so no later
+    /// request hits KV nobody wrote.
+    @Test func aHolderCancelledInTurnDropsTheUnwrittenBlocks() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 8))
+        let b = try cache.admit(run(0, 8))
+        #expect(try cache.release(a.sequence, computedTokens: 0) == [InvalidatedHit(sequence: b.sequence, validTokens: 0)])
+        #expect(try cache.release(b.sequence, computedTokens: 0) == [])
+        cache.checkInvariants()
+        #expect(!cache.isCached(1) && !cache.isCached(2))
+        #expect(try cache.admit(run(0, 8)).cachedTokenCount == 0)
+    }
+
+    /// A wrote its first block before it was cancelled: B keeps that one as a hit (4 valid tokens)
+    /// and owns the next; A's last block, which only A held, goes at once.
+    @Test func aPartlyWrittenPrefillHandsOverOnlyTheUnwrittenPart() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 12))  // 1, 2, 3
+        let b = try cache.admit(run(0, 8) + run(100, 4))  // hits 1, 2; brings 4
+        #expect(b.blockTable == [1, 2, 4] && b.cachedTokenCount == 8)
+        #expect(try cache.release(a.sequence, computedTokens: 4) == [InvalidatedHit(sequence: b.sequence, validTokens: 4)])
+        cache.checkInvariants()
+        #expect(!cache.isCached(3) && cache.isCached(2))
+        #expect(try cache.release(b.sequence, computedTokens: 4) == [])  // B's engine did not get further either
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && !cache.isCached(2) && !cache.isCached(4))
+        #expect(try cache.lookup(run(0, 12)).memoryTokens == 4)
+    }
+
+    /// D hit the blocks after A's cancellation, while B was to compute them: cancelling B hands
+    /// them on to D in turn.
+    @Test func theHandOverChains() throws {
+        let cache = try cache()
+        let a = try cache.admit(run(0, 8))
+        let b = try cache.admit(run(0, 8))
+        try cache.release(a.sequence, computedTokens: 0)
+        let d = try cache.admit(run(0, 8))
+        #expect(d.cachedTokenCount == 8 && d.blockTable == b.blockTable)
+        #expect(try cache.release(b.sequence, computedTokens: 0) == [InvalidatedHit(sequence: d.sequence, validTokens: 0)])
+        cache.checkInvariants()
+        try cache.release(d.sequence)  // D's engine computed them: they stay, as written
         cache.checkInvariants()
         #expect(try cache.lookup(run(0, 8)).memoryTokens == 8)
     }
