@@ -34,6 +34,9 @@ public final class KVCacheManager: Sendable {
     /// Creates a manager over `capacityBlocks` allocatable blocks (plus the null block 0).
     /// - Parameters:
     ///   - allocatesPages: allocate the page arenas now (false: metadata only).
+    ///   - prefaultsPages: touch every arena page now (the default), so first-touch page faults
+    ///     (slow on virtual machines) stay off the serving path; false starts at once and faults
+    ///     pages in as blocks are first written.
     ///   - coldStore: a tier that keeps evicted blocks (the LMDB spill tier); its layout must match.
     ///   - onEvict: called, under the manager's lock, for every cached block evicted from memory.
     ///   - statsPublishInterval: how often a mutation hands the stats to `coldStore` (for its live
@@ -41,7 +44,7 @@ public final class KVCacheManager: Sendable {
     ///   - metricsDimensions: added to every `prefixkv_*` metric, e.g. `[("cache", "llama-70b")]`,
     ///     so several managers in one process report apart.
     ///   - metricsFactory: where the metrics go (default: the bootstrapped `MetricsSystem`).
-    public init(layout: KVLayout, capacityBlocks: Int, allocatesPages: Bool = false,
+    public init(layout: KVLayout, capacityBlocks: Int, allocatesPages: Bool = false, prefaultsPages: Bool = true,
                 coldStore: (any ColdPrefixStore)? = nil, onEvict: (@Sendable (EvictedBlock) -> Void)? = nil,
                 statsPublishInterval: Duration = .seconds(1),
                 metricsDimensions: [(String, String)] = [], metricsFactory: (any MetricsFactory)? = nil,
@@ -62,7 +65,7 @@ public final class KVCacheManager: Sendable {
         self.layout = layout
         self.capacityBlocks = capacityBlocks
         if allocatesPages {
-            guard let arena = KVPageArena.allocate(layout: layout, capacityBlocks: capacityBlocks + 1) else {
+            guard let arena = KVPageArena.allocate(layout: layout, capacityBlocks: capacityBlocks + 1, prefault: prefaultsPages) else {
                 throw .pagesUnavailable(bytes: pageBytes.partialValue)
             }
             self.arena = arena

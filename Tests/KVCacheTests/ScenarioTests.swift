@@ -197,6 +197,15 @@ import Testing
                 try KVCacheManager(layout: layout, capacityBlocks: blocks, allocatesPages: true)
             }
         }
+        // Without prefaulting the arena is there at once; pages fault in as they are written.
+        let lazy = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, allocatesPages: true, prefaultsPages: false)
+        let block = BlockID(try lazy.admit([1, 2, 3, 4]).blockTable[0])
+        lazy.arena!.withUnsafeMutableBlockBytes(block, layer: 0, kind: .keys) { bytes in
+            for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i) }
+        }
+        lazy.arena!.withUnsafeBlockBytes(block, layer: 0, kind: .keys) { bytes in
+            #expect(bytes.indices.allSatisfy { bytes[$0] == UInt8(truncatingIfNeeded: $0) })
+        }
         let other = KVLayout.small(blockSize: 8)
         #expect(throws: KVCacheError.layoutMismatch(expected: cache.layout, got: other)) { try cache.requireLayout(other) }
         cache.checkInvariants()
