@@ -94,7 +94,7 @@ struct WorkRunner {
                 }
                 progress.withLock { state in  // every partial written was merged
                     if let s = state.remaining.firstIndex(where: { $0 != 0 }) {
-                        preconditionFailure("WorkRunner: sequence \(s) left unmerged, \(state.remaining[s]) partial writers outstanding")
+                        fatalError("WorkRunner: sequence \(s) left unmerged, \(state.remaining[s]) partial writers outstanding")
                     }
                 }
             }

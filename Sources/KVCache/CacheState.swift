@@ -148,7 +148,7 @@ struct CacheState {
     /// Takes the next block from the free queue, evicting it from the tree (and spilling it) when
     /// it is cached. The caller has checked that the queue holds enough blocks.
     mutating func allocateBlock() -> Int32 {
-        guard let b = pool.popFront() else { preconditionFailure("CacheState: free queue empty after the availability check") }
+        guard let b = pool.popFront() else { fatalError("CacheState: free queue empty after the availability check") }
         if index.inTree[Int(b)] { evict(b) }
         pool.retain(b)
         return b
@@ -401,7 +401,7 @@ struct CacheState {
     /// Blocks that must stay although unwritten because other live sequences hold them (they
     /// matched them as hits, relying on this sequence's prefill) become those sequences' own new
     /// blocks: each is returned with the tokens still valid, and may drop them on its own
-    /// cancelled release. (A block kept only for its cached children stays as it is.)
+    /// cancelled release. An unreferenced unwritten block goes with its cached descendants.
     @discardableResult
     mutating func release(_ s: SequenceHandle, computedTokens: Int? = nil) throws(KVCacheError) -> [InvalidatedHit] {
         let seq = try live(s)
@@ -417,12 +417,32 @@ struct CacheState {
         var i = seq.treeBlocks - 1
         while i >= firstUnwritten {
             let b = seq.blocks[i]
-            guard pool.refcount[Int(b)] == 0, index.childCount[Int(b)] == 0 else { break }
+            guard pool.refcount[Int(b)] == 0 else { break }
+            if index.childCount[Int(b)] > 0 { dropDescendants(of: b) }
             dropUnwritten(b)
             i -= 1
         }
         guard i >= firstUnwritten else { return [] }
         return handOverUnwritten(Set(seq.blocks[firstUnwritten...i]))
+    }
+
+    /// Drops the cached blocks below `b`, a block whose KV was never written, deepest first: no
+    /// match can reach them without passing `b`, and what they hold was computed over `b`'s
+    /// garbage or restored from the store under it. Nobody holds them (a sequence holding a block
+    /// holds its ancestors, and `b` has no references). One pass over the pool to find them: this
+    /// runs only when a cancelled prefill has cached blocks below it.
+    private mutating func dropDescendants(of b: Int32) {
+        var children: [Int32: [Int32]] = [:]
+        for x in 1...pool.capacity where index.inTree[x] && index.parent[x] > 0 {
+            children[index.parent[x], default: []].append(Int32(x))
+        }
+        var preorder: [Int32] = []
+        var stack = children[b] ?? []
+        while let x = stack.popLast() {
+            preorder.append(x)
+            stack.append(contentsOf: children[x] ?? [])
+        }
+        for x in preorder.reversed() { dropUnwritten(x) }  // every block after its descendants
     }
 
     /// Live sequences whose hits include one of `unwritten`: their hit count ends before the first.

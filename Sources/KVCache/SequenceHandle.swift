@@ -30,18 +30,27 @@ public struct SequenceHandle: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// What `admit` returns: the new sequence, its block table, and how much of the prompt's KV is
-/// already present (in whole blocks), from memory or restored from the cold store.
 /// A live sequence whose hits included blocks another sequence brought in and was released from
 /// without writing (`release(_:computedTokens:)`): its KV is valid for its first `validTokens`
 /// tokens only. Its engine must compute the tokens from `validTokens` on (into the same blocks,
 /// which are now its own: a later `release(_:computedTokens:)` of it may drop them), or release it
 /// with `computedTokens` ≤ `validTokens`.
+///
+/// The cancelled sequence's own fork children are not reported: they brought the same blocks in
+/// with it (they count its hits as theirs and the rest as new), so they own them already, and
+/// their engine — the same request's — cancels them or writes them.
 public struct InvalidatedHit: Sendable, Equatable {
     public var sequence: SequenceHandle
     public var validTokens: Int
+
+    public init(sequence: SequenceHandle, validTokens: Int) {
+        self.sequence = sequence
+        self.validTokens = validTokens
+    }
 }
 
+/// What `admit` returns: the new sequence, its block table, and how much of the prompt's KV is
+/// already present (in whole blocks), from memory or restored from the cold store.
 public struct Admission: Sendable, Equatable {
     /// The new sequence.
     public var sequence: SequenceHandle

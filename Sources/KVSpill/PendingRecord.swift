@@ -24,7 +24,7 @@ final class PendingRecord: @unchecked Sendable {
     var view: RecordView {
         // Built by SpillRecord.writeHeader: a malformed header here is a bug in this module.
         do { return try RecordView(UnsafeRawBufferPointer(bytes)) } catch {
-            preconditionFailure("PendingRecord \(key): own record does not parse (\(error))")
+            fatalError("PendingRecord \(key): own record does not parse (\(error))")
         }
     }
 }

@@ -86,6 +86,9 @@ public struct SpillStoreConfiguration: Sendable {
     /// Tests set a tighter map ceiling to put the writer under map pressure at small sizes.
     var mapSizeLimitOverride: Int?
 
+    /// A year: the writer keeps the interval in milliseconds and adds it to clock readings.
+    static let maxStatsIntervalSeconds: Double = 365 * 24 * 3600
+
     /// What makes this configuration unusable (``SpillStoreError/invalidConfiguration(path:reason:)``),
     /// or nil: checked before anything is created on disk.
     var problem: String? {
@@ -95,8 +98,8 @@ public struct SpillStoreConfiguration: Sendable {
         if case .background(let queueLimit) = writeMode, queueLimit < 0 {
             return "queueLimitBytes must not be negative, got \(queueLimit)"
         }
-        if !statsIntervalSeconds.isFinite || statsIntervalSeconds < 0 {
-            return "statsIntervalSeconds must be finite and not negative, got \(statsIntervalSeconds)"
+        if !(statsIntervalSeconds >= 0 && statsIntervalSeconds <= Self.maxStatsIntervalSeconds) {
+            return "statsIntervalSeconds must be in 0...\(Int(Self.maxStatsIntervalSeconds)) (a year), got \(statsIntervalSeconds)"
         }
         return nil
     }

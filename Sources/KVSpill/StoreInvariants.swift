@@ -46,7 +46,7 @@ extension StoreWriter {
                     return entries
                 }
             } catch {
-                preconditionFailure("spill store: invariant check could not read the store: \(error)")
+                fatalError("spill store: invariant check could not read the store: \(error)")
             }
         }
     }

@@ -128,19 +128,42 @@ import Testing
         #expect(try cache.lookup(run(0, 8)).memoryTokens == 8)
     }
 
-    /// Dropping goes deepest first and stops at a block with cached children: the tree stays a tree.
-    @Test func droppingStopsAtABlockWithCachedChildren() throws {
+    /// An unwritten block nobody holds goes with its cached descendants, deepest first (the tree
+    /// stays a tree): no match reaches them past it, and whatever they hold was computed over it.
+    @Test func anUnwrittenBlockTakesItsCachedDescendantsAlong() throws {
         let cache = try cache()
         let a = try cache.admit(run(0, 12))  // 1, 2, 3
         let b = try cache.admit(run(0, 8) + run(100, 4))  // hits 1, 2; brings 4, a child of 2
         #expect(b.blockTable == [1, 2, 4])
-        try cache.release(b.sequence)
+        try cache.release(b.sequence)  // (an engine that ran B before A's prefill: B's KV is garbage too)
         cache.checkInvariants()
-        try cache.release(a.sequence, computedTokens: 0)
+        #expect(try cache.release(a.sequence, computedTokens: 0) == [])
         cache.checkInvariants()
-        #expect(!cache.isCached(3))  // A's leaf goes
-        #expect(cache.isCached(1) && cache.isCached(2) && cache.isCached(4))  // 2 has a cached child
-        #expect(cache.freeQueueOrder == [3, 5, 6, 7, 8, 4, 2, 1])
+        #expect(!cache.isCached(1) && !cache.isCached(2) && !cache.isCached(3) && !cache.isCached(4))
+        #expect(cache.stats.cachedBlocks == 0 && cache.stats.evictedBlocks == 0)
+        #expect(try cache.lookup(run(0, 8) + run(100, 4)).memoryTokens == 0)
+    }
+
+    /// The same through the cold store, which a correct engine can reach: B's third block is
+    /// restored under A's unwritten second (the store kept it, but lost the two before), B waits
+    /// on A's prefill, both are cancelled. The restored block kept A's blocks in the tree, nobody
+    /// holding or told to write them, and the next identical prompt hit them (found by the
+    /// hand-over model, `HandOverModelTests`).
+    @Test func aBlockRestoredBelowAnUnwrittenOneDoesNotKeepItCached() throws {
+        let store = MemoryColdStore()
+        var key = store.rootKey(namespace: .default)
+        for chunk in [run(0, 4), run(4, 4), run(8, 4)] { key = chunk.withUnsafeBufferPointer { store.childKey(parent: key, tokens: $0) } }
+        run(8, 4).withUnsafeBufferPointer { store.spill(key: key, namespace: .default, tokens: $0, block: BlockID(1), arena: nil) }
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8, coldStore: store)
+        let a = try cache.admit(run(0, 8))  // brings 1, 2
+        let b = try cache.admit(run(0, 12))  // hits 1, 2 (A's to write), restores 3 under 2
+        #expect(b.memoryHitTokens == 8 && b.storeHitTokens == 4)
+        #expect(try cache.release(b.sequence, computedTokens: 0) == [])  // B never ran (it waited on A)
+        #expect(try cache.release(a.sequence, computedTokens: 0) == [])  // nor did A
+        cache.checkInvariants()
+        #expect(!cache.isCached(1) && !cache.isCached(2))
+        let c = try cache.admit(run(0, 12))
+        #expect(c.memoryHitTokens == 0, "C would skip prefill and read never-written KV in \(c.blockTable)")
     }
 
     /// A fork child counts its parent's hits as hits, the rest (its own appends too) as new.

@@ -168,6 +168,9 @@ final class StoreOpeningTests: XCTestCase {
         var interval = config(path)
         interval.statsIntervalSeconds = .nan
         cases.append((interval, "statsIntervalSeconds"))
+        var huge = config(path)
+        huge.statsIntervalSeconds = 1e17  // would overflow the writer's milliseconds
+        cases.append((huge, "statsIntervalSeconds"))
         var map = config(path)
         map.initialMapSizeBytes = 0
         cases.append((map, "initialMapSizeBytes"))
