@@ -396,8 +396,8 @@ struct CacheState {
     /// its engine wrote or found cached), the blocks it brought in as new that are not wholly
     /// inside them leave the tree, so no later request hits (and no eviction spills) KV that was
     /// never written. Only blocks nothing else needs go: deepest first, stopping at the first one
-    /// another sequence still holds or that has cached children (a request that matched it relies
-    /// on the same prefill; its ancestors must stay for the tree to stay a tree).
+    /// another sequence still holds (a request that matched it relies on the same prefill; its
+    /// ancestors must stay for the tree to stay a tree).
     /// Blocks that must stay although unwritten because other live sequences hold them (they
     /// matched them as hits, relying on this sequence's prefill) become those sequences' own new
     /// blocks: each is returned with the tokens still valid, and may drop them on its own

@@ -120,10 +120,11 @@ public final class KVCacheManager: Sendable {
     ///
     /// Its prompt blocks joined the prefix tree at admission; those it brought in as new (not
     /// hits) and did not wholly write leave the tree, so the next identical prompt recomputes them
-    /// instead of reading garbage, and eviction never spills them. A block another live sequence
-    /// still holds, or that has cached children, stays: a request that matched it relies on the
-    /// same prefill: those blocks become its own (returned as ``InvalidatedHit``s, each with the
-    /// tokens of that sequence still valid), and its engine must compute them or cancel it too.
+    /// instead of reading garbage, and eviction never spills them (nor the cached blocks below
+    /// them, which no match reaches past them). A block another live sequence still holds stays:
+    /// a request that matched it relies on the same prefill. Such blocks become that sequence's
+    /// own (returned as ``InvalidatedHit``s, each with the tokens of that sequence still valid),
+    /// and its engine must compute them or cancel it too.
     /// Throws `.invalidComputedTokens` (nothing changed) unless `0 <= computedTokens <= tokenCount(of:)`.
     @discardableResult
     public func release(_ sequence: SequenceHandle, computedTokens: Int) throws(KVCacheError) -> [InvalidatedHit] {
