@@ -55,8 +55,8 @@ public final class KVCacheManager: Sendable {
         // in an `Int`, which would otherwise trap inside this throwing init.
         let slots = capacityBlocks.addingReportingOverflow(1)
         let tokenBytes = slots.partialValue.multipliedReportingOverflow(by: layout.blockSize * MemoryLayout<TokenID>.stride)
-        let pageBytes = slots.partialValue.multipliedReportingOverflow(by: layout.blockBytes)
-        guard !slots.overflow, !tokenBytes.overflow, !(allocatesPages && pageBytes.overflow) else {
+        let pageBytes = slots.overflow ? nil : KVPageArena.byteCount(layout: layout, capacityBlocks: slots.partialValue)
+        guard !slots.overflow, !tokenBytes.overflow, !(allocatesPages && pageBytes == nil) else {
             throw .invalidCapacity(capacityBlocks)
         }
         if let storeLayout = coldStore?.storeLayout, storeLayout != layout {
@@ -66,7 +66,7 @@ public final class KVCacheManager: Sendable {
         self.capacityBlocks = capacityBlocks
         if allocatesPages {
             guard let arena = KVPageArena.allocate(layout: layout, capacityBlocks: capacityBlocks + 1, prefault: prefaultsPages) else {
-                throw .pagesUnavailable(bytes: pageBytes.partialValue)
+                throw .pagesUnavailable(bytes: pageBytes!)
             }
             self.arena = arena
         } else {

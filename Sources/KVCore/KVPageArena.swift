@@ -65,8 +65,8 @@ public final class KVPageArena: @unchecked Sendable {
         if prefault { base.initializeMemory(as: UInt8.self, repeating: 0, count: totalBytes) }
     }
 
-    /// Bytes of all arenas, or nil when that overflows an `Int`.
-    private static func byteCount(layout: KVLayout, capacityBlocks: Int) -> Int? {
+    /// Bytes of all arenas for `capacityBlocks` blocks, or nil when that overflows an `Int`.
+    public static func byteCount(layout: KVLayout, capacityBlocks: Int) -> Int? {
         let kind = layout.blockBytesPerLayerPerKind.multipliedReportingOverflow(by: capacityBlocks)
         let total = kind.partialValue.multipliedReportingOverflow(by: 2 * layout.layerCount)
         return kind.overflow || total.overflow ? nil : total.partialValue

@@ -81,7 +81,14 @@ public struct SpillStoreConfiguration: Sendable {
     /// pages. Records of a KiB and more (overflow pages) take about their own size.
     /// The writer also evicts by measured B-tree pages (`mdb_stat`) when they near this
     /// ceiling, and handles `MDB_MAP_FULL` at it by evicting in small transactions.
-    public var mapSizeLimit: Int { mapSizeLimitOverride ?? 3 * limitBytes + (32 << 20) }
+    public var mapSizeLimit: Int { mapSizeLimitOverride ?? Self.mapSizeLimit(forLimitBytes: limitBytes)! }
+
+    /// 3 × `limit` + 32 MiB, or nil when that overflows an `Int` (`problem` refuses such limits).
+    static func mapSizeLimit(forLimitBytes limit: Int) -> Int? {
+        let (tripled, o1) = limit.multipliedReportingOverflow(by: 3)
+        let (map, o2) = tripled.addingReportingOverflow(32 << 20)
+        return o1 || o2 ? nil : map
+    }
 
     /// Tests set a tighter map ceiling to put the writer under map pressure at small sizes.
     var mapSizeLimitOverride: Int?
@@ -93,7 +100,9 @@ public struct SpillStoreConfiguration: Sendable {
     /// or nil: checked before anything is created on disk.
     var problem: String? {
         if limitBytes <= 0 { return "limitBytes must be positive, got \(limitBytes)" }
-        if limitBytes > (Int.max - (32 << 20)) / 3 { return "limitBytes \(limitBytes) is too large to size the map (3 × limit + 32 MiB)" }
+        if Self.mapSizeLimit(forLimitBytes: limitBytes) == nil {
+            return "limitBytes \(limitBytes) is too large to size the map (3 × limit + 32 MiB)"
+        }
         if initialMapSizeBytes <= 0 { return "initialMapSizeBytes must be positive, got \(initialMapSizeBytes)" }
         if case .background(let queueLimit) = writeMode, queueLimit < 0 {
             return "queueLimitBytes must not be negative, got \(queueLimit)"

@@ -24,6 +24,8 @@ final class StoreWriter: Sendable {
 
     let store: StoreDatabase
     let mapSizeLimit: Int
+    /// LMDB's page size (the OS page size: 4 KiB here, 16 or 64 KiB on some arm64 systems).
+    let pageSize: Int
     /// Where growth stops: ``mapSizeLimit`` less a reserve (1/64 of it, 256 KiB to 16 MiB) that
     /// only a transaction freeing pages may use. At the ceiling the pages the last transaction
     /// freed are not reusable until another commits (LMDB keeps the previous snapshot intact),
@@ -43,7 +45,8 @@ final class StoreWriter: Sendable {
     init(store: StoreDatabase, limitBytes: Int, mapSizeLimit: Int, readerCheckIntervalSeconds: Double, logger: Logger) throws {
         self.store = store
         self.mapSizeLimit = mapSizeLimit
-        softMapLimit = mapSizeLimit - min(16 << 20, max(256 << 10, mapSizeLimit / 64), mapSizeLimit / 4) / 4096 * 4096
+        pageSize = try store.env.stat().pageSize
+        softMapLimit = mapSizeLimit - min(16 << 20, max(256 << 10, mapSizeLimit / 64), mapSizeLimit / 4) / pageSize * pageSize
         self.logger = logger
         configuredLimitBytes = limitBytes
         minimumLimitBytes = min(limitBytes, SpillRecord.payloadOffset(namespaceBytes: 256, tokenCount: store.layout.blockSize)
@@ -253,7 +256,7 @@ final class StoreWriter: Sendable {
     /// pages now in use if the reserve's eviction took some (LMDB never shrinks below those).
     private func closeReserve(_ state: inout State) {
         guard state.mapSize > softMapLimit, let info = try? store.env.info() else { return }
-        let used = (info.lastPageNumber + 1) * 4096
+        let used = (info.lastPageNumber + 1) * pageSize
         let target = max(softMapLimit, used)
         guard target < state.mapSize else { return }
         do {
@@ -309,11 +312,9 @@ final class StoreWriter: Sendable {
     /// databases, plus the two meta pages and the main database's page).
     func treeBytes(_ txn: borrowing Transaction) throws -> Int {
         var pages = 3
-        var pageSize = 4096
         for db in [store.entries, store.lru, store.access, store.meta] {
             let st = try txn.stat(db)
             pages += st.branchPages + st.leafPages + st.overflowPages
-            pageSize = st.pageSize
         }
         return pages * pageSize
     }
@@ -326,7 +327,7 @@ final class StoreWriter: Sendable {
     /// by 2× and more; this keeps `MDB_MAP_FULL` an exception rather than the steady state.
     private func evictForMapRoom(_ txn: borrowing Transaction, _ s: inout State, incoming: [PendingRecord], operations: Int,
                                  _ delta: inout SpillStoreCounters) throws {
-        let page = 4096
+        let page = pageSize
         let incomingBytes = incoming.reduce(0) { total, r in
             let node = r.bytes.count + 48
             // Inline nodes (under ~2 KiB) may sit on a half-empty leaf; larger ones take an overflow run.

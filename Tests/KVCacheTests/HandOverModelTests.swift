@@ -78,8 +78,7 @@ func runHandOverModel(seed: UInt64, steps: Int, useStore: Bool, dropSpillPercent
     var counts: [String: Int] = [:]
     var firstNew: [SequenceHandle: Int] = [:]   // the model's view: positions >= this are the sequence's to write
     let namespaces: [Namespace] = ["a", "b"]
-    let focus = onePrompt
-    let bases: [[TokenID]] = (0..<(focus ? 1 : 3)).map { _ in (0..<(bs * 5)).map { _ in TokenID(rng.below(3)) } }
+    let bases: [[TokenID]] = (0..<(onePrompt ? 1 : 3)).map { _ in (0..<(bs * 5)).map { _ in TokenID(rng.below(3)) } }
 
     func table(_ s: SequenceHandle) -> [Int32] { try! cache.blockTable(of: s) }
     func count(_ s: SequenceHandle) -> Int { try! cache.tokenCount(of: s) }
@@ -135,7 +134,7 @@ func runHandOverModel(seed: UInt64, steps: Int, useStore: Bool, dropSpillPercent
             let base = bases[rng.below(bases.count)]
             var prompt = Array(base[0..<(1 + rng.below(base.count))])
             for _ in 0..<rng.below(bs + 1) { prompt.append(TokenID(rng.below(3))) }
-            let ns = namespaces[focus ? 0 : rng.below(2)]
+            let ns = namespaces[onePrompt ? 0 : rng.below(2)]
             guard let a = try? cache.admit(prompt, namespace: ns) else { continue }
             counts["admit", default: 0] += 1
             let hits = a.cachedTokenCount / bs
