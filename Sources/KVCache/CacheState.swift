@@ -331,10 +331,12 @@ struct CacheState {
         throw s.serial > 0 && s.serial < nextSequence ? .releasedSequence(s) : .unknownSequence(s)
     }
 
-    mutating func append(_ tokens: [TokenID], to s: SequenceHandle) throws(KVCacheError) {
+    /// Returns the copy-on-write it made, if any.
+    @discardableResult
+    mutating func append(_ tokens: [TokenID], to s: SequenceHandle) throws(KVCacheError) -> BlockCopy? {
         var seq = try live(s)
         try Self.validate(tokens)
-        guard !tokens.isEmpty else { return }
+        guard !tokens.isEmpty else { return nil }
         let start = seq.tokenCount
         let fill = start % blockSize
         let needsCopy = fill != 0 && pool.refcount[Int(seq.blocks.last!)] > 1
@@ -345,6 +347,7 @@ struct CacheState {
             throw .insufficientBlocks(needed: needed, available: pool.freeCount)
         }
         sequences[s.serial] = nil  // hold the only copy while mutating (no copy-on-write of arrays)
+        var made: BlockCopy?
         if needsCopy {
             // Copy-on-write of the shared partial last block: this sequence takes a private copy.
             let old = seq.blocks.last!
@@ -355,6 +358,7 @@ struct CacheState {
             arena?.copyBlock(from: BlockID(old), to: BlockID(copy))
             unpin(old)
             seq.blocks[seq.blocks.count - 1] = copy
+            made = BlockCopy(source: BlockID(old), destination: BlockID(copy), tokenCount: fill)
         }
         var position = start
         for t in tokens {
@@ -368,6 +372,7 @@ struct CacheState {
         }
         seq.tokenCount = position
         sequences[s.serial] = seq
+        return made
     }
 
     /// The most children one `fork` makes: far beyond any sampling or beam width, and small enough

@@ -37,7 +37,8 @@ public final class KVCacheManager: Sendable {
     ///   - prefaultsPages: touch every arena page now (the default), so first-touch page faults
     ///     (slow on virtual machines) stay off the serving path; false starts at once and faults
     ///     pages in as blocks are first written.
-    ///   - coldStore: a tier that keeps evicted blocks (the LMDB spill tier); its layout must match.
+    ///   - coldStore: a tier that keeps evicted blocks (the LMDB spill tier); its layout must match,
+    ///     and the manager must allocate pages (`.coldStoreNeedsPages` otherwise).
     ///   - onEvict: called, under the manager's lock, for every cached block evicted from memory.
     ///   - statsPublishInterval: how often a mutation hands the stats to `coldStore` (for its live
     ///     record, `kvctl stats`); the manager also publishes when it is deinitialised.
@@ -59,6 +60,7 @@ public final class KVCacheManager: Sendable {
         guard !slots.overflow, !tokenBytes.overflow, !(allocatesPages && pageBytes == nil) else {
             throw .invalidCapacity(capacityBlocks)
         }
+        if coldStore != nil && !allocatesPages { throw .coldStoreNeedsPages }
         if let storeLayout = coldStore?.storeLayout, storeLayout != layout {
             throw .layoutMismatch(expected: layout, got: storeLayout)
         }
@@ -97,9 +99,11 @@ public final class KVCacheManager: Sendable {
     }
 
     /// Appends prefill chunks or decoded tokens. A block joins the prefix tree the moment it is full;
-    /// a partial last block still shared after a fork is copied first (copy-on-write).
-    public func append(_ tokens: [TokenID], to sequence: SequenceHandle) throws(KVCacheError) {
-        try mutate { (s: inout CacheState) throws(KVCacheError) in try s.append(tokens, to: sequence) }
+    /// a partial last block still shared after a fork is copied first (copy-on-write), and the
+    /// result says so: an engine that keeps the KV itself (metadata-only manager) must copy it too.
+    @discardableResult
+    public func append(_ tokens: [TokenID], to sequence: SequenceHandle) throws(KVCacheError) -> AppendResult {
+        try mutate { (s: inout CacheState) throws(KVCacheError) in AppendResult(copy: try s.append(tokens, to: sequence)) }
     }
 
     /// Forks `count` children (parallel sampling, beam search; 1...2^20) that share every block of

@@ -64,6 +64,33 @@ public struct Admission: Sendable, Equatable {
     public var storeHitTokens: Int
 }
 
+/// A copy-on-write `append` made: the sequence appended into a partial last block it shared with
+/// fork siblings (or their parent), so it took a private copy, `destination`, in its table.
+/// A manager with a page arena has already copied every layer's K and V; an engine that keeps the
+/// KV itself (a metadata-only manager) copies the first `tokenCount` token slots of every layer's
+/// K and V from `source` to `destination` before writing the appended tokens.
+public struct BlockCopy: Sendable, Equatable {
+    public var source: BlockID
+    public var destination: BlockID
+    /// The slots filled before the append: what the copy must carry.
+    public var tokenCount: Int
+
+    public init(source: BlockID, destination: BlockID, tokenCount: Int) {
+        self.source = source
+        self.destination = destination
+        self.tokenCount = tokenCount
+    }
+}
+
+/// What `append` returns.
+public struct AppendResult: Sendable, Equatable {
+    /// The copy-on-write this append made, if any: at most one, since only a sequence's last
+    /// block can be both partial and shared.
+    public var copy: BlockCopy?
+
+    public init(copy: BlockCopy?) { self.copy = copy }
+}
+
 /// What a side-effect-free `lookup` reports, for cache-aware schedulers.
 public struct PrefixLookup: Sendable, Equatable {
     /// Prompt tokens (whole blocks) found in memory.
@@ -96,6 +123,10 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case pagesUnavailable(bytes: Int)
     /// Page access on a metadata-only manager.
     case noPageArena
+    /// A cold store given to a metadata-only manager: the store keeps and restores blocks' KV
+    /// through the manager's page arena, so without one its hits would report tokens as cached
+    /// whose KV the engine never received.
+    case coldStoreNeedsPages
     /// A decode plan was asked for an empty batch or a sequence without tokens.
     case invalidBatch(String)
     /// Page access asked for a layer outside `0..<layerCount`.
@@ -115,6 +146,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidCapacity(let n): "capacity must be at least 1 block and small enough to size in memory, got \(n)"
         case .pagesUnavailable(let bytes): "cannot allocate the page arena: \(bytes) bytes"
         case .noPageArena: "this manager is metadata-only: it has no page arena"
+        case .coldStoreNeedsPages: "a cold store needs a manager with a page arena (allocatesPages: true): it keeps and restores KV through it"
         case .invalidBatch(let why): "invalid decode batch: \(why)"
         case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"
         case .invalidComputedTokens(let c, let n): "computed tokens must be in 0...\(n) (the sequence's tokens), got \(c)"

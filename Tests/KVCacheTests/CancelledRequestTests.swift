@@ -154,7 +154,7 @@ import Testing
         var key = store.rootKey(namespace: .default)
         for chunk in [run(0, 4), run(4, 4), run(8, 4)] { key = chunk.withUnsafeBufferPointer { store.childKey(parent: key, tokens: $0) } }
         run(8, 4).withUnsafeBufferPointer { store.spill(key: key, namespace: .default, tokens: $0, block: BlockID(1), arena: nil) }
-        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8, coldStore: store)
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8, allocatesPages: true, coldStore: store)
         let a = try cache.admit(run(0, 8))  // brings 1, 2
         let b = try cache.admit(run(0, 12))  // hits 1, 2 (A's to write), restores 3 under 2
         #expect(b.memoryHitTokens == 8 && b.storeHitTokens == 4)

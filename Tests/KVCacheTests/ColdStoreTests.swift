@@ -12,7 +12,7 @@ import Testing
     /// that spilled them (as a persistent store is found after a restart).
     func storeFromAnEarlierRun() throws -> MemoryColdStore {
         let store = MemoryColdStore()
-        let first = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, coldStore: store)
+        let first = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, allocatesPages: true, coldStore: store)
         let a = try first.admit(run(0, 16), namespace: "t")
         first.checkInvariants()
         try first.release(a.sequence)
@@ -29,7 +29,7 @@ import Testing
     /// blocks, since admit restores them.
     @Test func lookupProbesTheStoreForANamespaceNotSeenYet() throws {
         let store = try storeFromAnEarlierRun()
-        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, coldStore: store)
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, allocatesPages: true, coldStore: store)
         let probe = try cache.lookup(run(0, 16), namespace: "t", probeStore: true)
         #expect(probe == PrefixLookup(memoryTokens: 0, storeTokens: 16))
         #expect(try cache.lookup(run(0, 16), namespace: "t") == PrefixLookup(memoryTokens: 0, storeTokens: 0))
@@ -45,7 +45,7 @@ import Testing
     /// the manager knows (that once changed what a later lookup reported).
     @Test func refusedAdmitOfAnUnseenNamespaceChangesNoLookup() throws {
         let store = try storeFromAnEarlierRun()
-        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, coldStore: store)
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, allocatesPages: true, coldStore: store)
         let before = try cache.lookup(run(0, 16), namespace: "t", probeStore: true)
         let statsBefore = cache.stats
         #expect(throws: KVCacheError.insufficientBlocks(needed: 5, available: 4)) { try cache.admit(run(5000, 20), namespace: "t") }

@@ -73,7 +73,7 @@ func runHandOverModel(seed: UInt64, steps: Int, useStore: Bool, dropSpillPercent
     let capacity = onePrompt ? 4 + rng.below(6) : 4 + rng.below(20)
     let model = HandOverWrites(capacity: capacity, bs: bs)
     let store = useStore ? HandOverStore(model: model, seed: seed ^ 0xabc, dropSpillPercent: dropSpillPercent) : nil
-    let cache = try KVCacheManager(layout: .small(blockSize: bs), capacityBlocks: capacity, coldStore: store)
+    let cache = try KVCacheManager(layout: .small(blockSize: bs), capacityBlocks: capacity, allocatesPages: useStore, coldStore: store)
     var v = HandOverViolations()
     var counts: [String: Int] = [:]
     var firstNew: [SequenceHandle: Int] = [:]   // the model's view: positions >= this are the sequence's to write

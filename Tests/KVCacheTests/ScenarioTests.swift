@@ -77,7 +77,7 @@ import Testing
         cache.arena!.withUnsafeMutableBlockBytes(BlockID(2), layer: 0, kind: .keys) { $0.storeBytes(of: 0xABCD, as: UInt32.self) }
 
         // t1: child 0 writes: block 2 is shared, so it gets a private copy (block 3).
-        try cache.append([77], to: kids[0])
+        #expect(try cache.append([77], to: kids[0]).copy == BlockCopy(source: BlockID(2), destination: BlockID(3), tokenCount: 2))
         #expect(try cache.blockTable(of: kids[0]) == [1, 3])
         #expect(cache.refcount(of: 2) == 2 && cache.refcount(of: 3) == 1)
         #expect(try cache.tokens(of: kids[0]) == run(0, 6) + [77])
@@ -86,13 +86,13 @@ import Testing
         cache.checkInvariants()
 
         // t2: child 1 writes: still shared with the parent, copy again (block 4).
-        try cache.append([88, 89], to: kids[1])
+        #expect(try cache.append([88, 89], to: kids[1]).copy == BlockCopy(source: BlockID(2), destination: BlockID(4), tokenCount: 2))
         #expect(try cache.blockTable(of: kids[1]) == [1, 4])
         #expect(cache.isCached(4))  // it filled: 6 + 2 = 8 tokens, joins the tree at once
         #expect(cache.refcount(of: 2) == 1)
 
         // t3: the parent is now the only owner of block 2: it writes in place.
-        try cache.append([99], to: p.sequence)
+        #expect(try cache.append([99], to: p.sequence).copy == nil)
         #expect(try cache.blockTable(of: p.sequence) == [1, 2])
         #expect(try cache.tokens(of: p.sequence) == run(0, 6) + [99])
         #expect(try cache.tokens(of: kids[1]) == run(0, 6) + [88, 89])
@@ -104,6 +104,38 @@ import Testing
         for s in [p.sequence] + kids { try cache.release(s) }
         #expect(cache.stats.usedBlocks == 0 && cache.stats.liveSequences == 0)
         cache.checkInvariants()
+    }
+
+    /// A metadata-only manager (the engine keeps the KV, e.g. in device memory under the same
+    /// block ids) cannot copy a shared partial block itself: `append` must tell the engine which
+    /// block to copy where, and how many slots, or the child reads a block it never wrote.
+    @Test func metadataOnlyAppendReportsEveryCopyOnWrite() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
+        let p = try cache.admit(run(0, 7))  // [1 full, 2 partial (3 tokens)]
+        let kids = try cache.fork(p.sequence, count: 2)
+        let first = try cache.append([70, 71], to: kids[0])  // fills the copy and opens a block
+        let copy = try #require(first.copy)
+        #expect(copy.source == BlockID(2) && copy.tokenCount == 3)
+        #expect(try cache.blockTable(of: kids[0]) == [1, copy.destination.rawValue, 4])
+        cache.checkInvariants()
+        // The second child copies too; the parent, the last holder, writes in place.
+        #expect(try cache.append([80], to: kids[1]).copy?.source == BlockID(2))
+        #expect(try cache.append([90], to: p.sequence).copy == nil)
+        // A block boundary, or a private partial block, needs no copy.
+        #expect(try cache.append([72, 73], to: kids[0]).copy == nil)
+        let grandkids = try cache.fork(kids[0], count: 1)  // kids[0] has 11 tokens: block 4 holds 3
+        #expect(try cache.append([74], to: grandkids[0]).copy?.tokenCount == 3)
+        #expect(try cache.append([], to: kids[0]).copy == nil)
+        cache.checkInvariants()
+    }
+
+    /// A cold store keeps and restores KV through the manager's pages: a metadata-only manager
+    /// would report store hits whose KV the engine never received, so it is refused.
+    @Test func aColdStoreNeedsPages() throws {
+        #expect(throws: KVCacheError.coldStoreNeedsPages) {
+            try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8, coldStore: MemoryColdStore())
+        }
+        _ = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8, allocatesPages: true, coldStore: MemoryColdStore())
     }
 
     /// Matching reads a parent's newest child first (its hint); an older sibling, a sibling whose
