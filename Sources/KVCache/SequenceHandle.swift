@@ -68,7 +68,9 @@ public struct Admission: Sendable, Equatable {
 /// fork siblings (or their parent), so it took a private copy, `destination`, in its table.
 /// A manager with a page arena has already copied every layer's K and V; an engine that keeps the
 /// KV itself (a metadata-only manager) copies the first `tokenCount` token slots of every layer's
-/// K and V from `source` to `destination` before writing the appended tokens.
+/// K and V from `source` to `destination` before writing the appended tokens, and before any
+/// other sequence's KV is written (its other holders may release `source`, and a new sequence may
+/// then be given it): in the engine's next step, ahead of its forward pass.
 public struct BlockCopy: Sendable, Equatable {
     public var source: BlockID
     public var destination: BlockID
