@@ -36,7 +36,9 @@ public protocol ColdPrefixStore: AnyObject, Sendable {
 
     /// Restores the block named by `key` into the freshly allocated `block`, when the store holds
     /// it with exactly these `tokens`, this layout, and a payload that verifies. Returns false
-    /// (a miss) otherwise; `block`'s pages are then unspecified and the manager frees it.
+    /// (a miss) otherwise; `block`'s pages are then unspecified, and it stays in the sequence's
+    /// table as one of the blocks the engine prefills, so the store must be done with it (no
+    /// copy into it still running) when it returns.
     func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool
 
     /// Whether `restore` would likely hit (no payload read or check): for side-effect-free lookups.

@@ -50,7 +50,8 @@ public final class KVCacheManager: Sendable {
                 statsPublishInterval: Duration = .seconds(1),
                 metricsDimensions: [(String, String)] = [], metricsFactory: (any MetricsFactory)? = nil,
                 logger: Logger = Logger(label: "prefixkv.cache")) throws(KVCacheError) {
-        guard capacityBlocks >= 1 else { throw .invalidCapacity(capacityBlocks) }
+        // Block ids are Int32 and block 0 is the null block.
+        guard capacityBlocks >= 1, capacityBlocks < Int(Int32.max) else { throw .invalidCapacity(capacityBlocks) }
         // The layout is valid by construction (`KVLayout` validates in its inits, decoding
         // included); what is left is a capacity too large to size the token table or the arena
         // in an `Int`, which would otherwise trap inside this throwing init.

@@ -29,4 +29,18 @@ public struct Namespace: RawRepresentable, Hashable, Sendable, ExpressibleByStri
 
     /// The namespace used when a caller does not name one.
     public static let `default` = Namespace("default")
+
+    /// Namespaces are equal when their UTF-8 bytes are: `String`'s own equality is Unicode
+    /// canonical equivalence, under which two distinct tenant ids ("café" composed and
+    /// decomposed) would share one namespace's prefixes in memory, while the spill store, which
+    /// keys by bytes, kept them apart.
+    public static func == (a: Namespace, b: Namespace) -> Bool {
+        a.rawValue.utf8.elementsEqual(b.rawValue.utf8)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(rawValue.utf8.count)
+        let done: Void? = rawValue.utf8.withContiguousStorageIfAvailable { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        if done == nil { for byte in rawValue.utf8 { hasher.combine(byte) } }
+    }
 }

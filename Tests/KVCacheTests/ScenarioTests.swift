@@ -129,6 +129,21 @@ import Testing
         cache.checkInvariants()
     }
 
+    /// Tenant ids are compared by their bytes: two spellings of one string under Unicode
+    /// canonical equivalence (String's ==) are two tenants, in memory as in the spill store.
+    @Test func canonicallyEquivalentTenantIdsAreTwoNamespaces() throws {
+        let composed = Namespace("caf\u{E9}"), decomposed = Namespace("cafe\u{301}")
+        #expect(composed.rawValue == decomposed.rawValue)  // what String's equality says
+        #expect(composed != decomposed && Set([composed, decomposed]).count == 2)
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
+        let a = try cache.admit(run(0, 8), namespace: composed)
+        try cache.release(a.sequence)
+        let b = try cache.admit(run(0, 8), namespace: decomposed)
+        #expect(b.memoryHitTokens == 0, "tenant \(Array(decomposed.rawValue.utf8)) hit \(Array(composed.rawValue.utf8))'s blocks")
+        #expect(try cache.admit(run(0, 8), namespace: composed).memoryHitTokens == 8)
+        cache.checkInvariants()
+    }
+
     /// A cold store keeps and restores KV through the manager's pages: a metadata-only manager
     /// would report store hits whose KV the engine never received, so it is refused.
     @Test func aColdStoreNeedsPages() throws {
@@ -218,13 +233,17 @@ import Testing
         // Too large to size the token table (or the arena) in an Int: a typed error, not a trap.
         #expect(throws: KVCacheError.invalidCapacity(.max)) { try KVCacheManager(layout: .small(), capacityBlocks: .max) }
         #expect(throws: KVCacheError.invalidCapacity(1 << 56)) { try KVCacheManager(layout: .small(), capacityBlocks: 1 << 56, allocatesPages: true) }
+        // Block ids are Int32 (0 is the null block): more blocks than that is a typed error too,
+        // not a trap in the tables' allocation.
+        #expect(throws: KVCacheError.invalidCapacity(1 << 40)) { try KVCacheManager(layout: .small(), capacityBlocks: 1 << 40) }
+        #expect(throws: KVCacheError.invalidCapacity(Int(Int32.max))) { try KVCacheManager(layout: .small(), capacityBlocks: Int(Int32.max)) }
         // Sizes in an Int, but no machine grants a PiB: a typed error too. (Where Linux overcommits
         // without limit, `vm.overcommit_memory` = 1, the allocation would succeed and the
         // prefault touching it would not: not tried there.)
         let overcommit = (try? String(contentsOfFile: "/proc/sys/vm/overcommit_memory", encoding: .utf8)) ?? "0"
         if overcommit.trimmingCharacters(in: .whitespacesAndNewlines) != "1" {
-            let layout = KVLayout.small()
-            let blocks = (1 << 50) / layout.blockBytes
+            let layout = try KVLayout(layerCount: 64, kvHeadCount: 64, headDim: 256, blockSize: 64, dtype: .float32)
+            let blocks = (1 << 50) / layout.blockBytes  // 2^21 blocks of 512 MiB
             #expect(throws: KVCacheError.pagesUnavailable(bytes: (blocks + 1) * layout.blockBytes)) {
                 try KVCacheManager(layout: layout, capacityBlocks: blocks, allocatesPages: true)
             }
