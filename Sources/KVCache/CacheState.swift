@@ -25,6 +25,19 @@ struct SequenceState {
     var firstNewBlock: Int
 }
 
+/// When a sequence's new full blocks join the prefix tree, where other requests can match them.
+public enum BlockPublication: Sendable, Equatable {
+    /// At admission (prompt blocks) and the moment `append` fills them: the engine must have
+    /// written a block's KV before any request that matched it reads it. Simple, and identical
+    /// prompts admitted together share at once; right when every admitted prompt is prefilled in
+    /// the next step.
+    case atAdmission
+    /// Only once the engine reports their KV written (`markComputed`, or a release): no request
+    /// ever matches a block still waiting for its prefill. For chunked prefill, queued or
+    /// preempted prefills — any engine that admits a prompt before computing all of it.
+    case whenComputed
+}
+
 /// The single-threaded cache: pool, prefix tree, sequences. `KVCacheManager` wraps it in a lock.
 ///
 /// Every mutation plans first and checks that enough blocks are free or evictable before it
@@ -53,9 +66,10 @@ struct CacheState {
     var prefixKeys: [PrefixKey?]
     var rootKeys: [PrefixKey?] = []
     let onEvict: (@Sendable (EvictedBlock) -> Void)?
+    let publication: BlockPublication
 
     init(layout: KVLayout, capacity: Int, arena: KVPageArena?, coldStore: (any ColdPrefixStore)?,
-         onEvict: (@Sendable (EvictedBlock) -> Void)?) {
+         onEvict: (@Sendable (EvictedBlock) -> Void)?, publication: BlockPublication = .atAdmission) {
         self.layout = layout
         self.blockSize = layout.blockSize
         self.pool = BlockPool(capacity: capacity)
@@ -65,6 +79,7 @@ struct CacheState {
         self.coldStore = coldStore
         self.prefixKeys = coldStore == nil ? [] : Array(repeating: nil, count: capacity + 1)
         self.onEvict = onEvict
+        self.publication = publication
         counters.capacityBlocks = capacity
     }
 
@@ -255,7 +270,9 @@ struct CacheState {
         let fullBlocks = prompt.count / blockSize
         var restored = 0
         if coldStore != nil { restored = restoreFromStore(&seq, from: matched.count, to: fullBlocks, prompt: prompt) }
-        for i in (matched.count + restored)..<fullBlocks { insertIfChained(&seq, blockAt: i) }
+        if publication == .atAdmission {
+            for i in (matched.count + restored)..<fullBlocks { insertIfChained(&seq, blockAt: i) }
+        }
         seq.firstNewBlock = matched.count + restored
 
         let handle = SequenceHandle(manager: managerID, serial: nextSequence)
@@ -368,11 +385,42 @@ struct CacheState {
             }
             blockTokens[Int(seq.blocks[position / blockSize]) * blockSize + position % blockSize] = t
             position += 1
-            if position % blockSize == 0 { insertIfChained(&seq, blockAt: position / blockSize - 1) }
+            if position % blockSize == 0 && publication == .atAdmission { insertIfChained(&seq, blockAt: position / blockSize - 1) }
         }
         seq.tokenCount = position
         sequences[s.serial] = seq
         return made
+    }
+
+    /// The engine has written the KV of the sequence's first `computedTokens` tokens: under
+    /// `.whenComputed`, the full blocks among them join the tree (under `.atAdmission` they are
+    /// there already). Telling less than before changes nothing.
+    mutating func markComputed(_ s: SequenceHandle, computedTokens c: Int) throws(KVCacheError) {
+        var seq = try live(s)
+        guard c >= 0 && c <= seq.tokenCount else { throw .invalidComputedTokens(c, tokenCount: seq.tokenCount) }
+        guard seq.treeBlocks < c / blockSize else { return }
+        publish(&seq, serial: s.serial, upTo: c)
+        sequences[s.serial] = seq
+    }
+
+    /// Joins the sequence's full blocks below token `c` to the tree while its chain is unbroken.
+    /// Fork relatives holding the same block at the same position (the only other holders of a
+    /// block outside the tree) extend their chains with it.
+    private mutating func publish(_ seq: inout SequenceState, serial: UInt64, upTo c: Int) {
+        var i = seq.treeBlocks
+        while i < c / blockSize {
+            let b = seq.blocks[i]
+            insertIfChained(&seq, blockAt: i)
+            guard seq.treeBlocks == i + 1 else { return }
+            if pool.refcount[Int(b)] > 1 {
+                // Keys first: mutating the dictionary while iterating it would copy it.
+                let relatives = sequences.compactMap { other, o in
+                    other != serial && o.treeBlocks == i && o.blocks.count > i && o.blocks[i] == b ? other : nil
+                }
+                for other in relatives { sequences[other]!.treeBlocks += 1 }
+            }
+            i += 1
+        }
     }
 
     /// The most children one `fork` makes: far beyond any sampling or beam width, and small enough
@@ -409,11 +457,13 @@ struct CacheState {
     /// cancelled release. An unreferenced unwritten block goes with its cached descendants.
     @discardableResult
     mutating func release(_ s: SequenceHandle, computedTokens: Int? = nil) throws(KVCacheError) -> [InvalidatedHit] {
-        let seq = try live(s)
+        var seq = try live(s)
         if let c = computedTokens, c < 0 || c > seq.tokenCount {
             throw .invalidComputedTokens(c, tokenCount: seq.tokenCount)
         }
         sequences[s.serial] = nil
+        // Under `.whenComputed` a release is the engine's word that the KV it names is written.
+        if publication == .whenComputed { publish(&seq, serial: s.serial, upTo: computedTokens ?? seq.tokenCount) }
         // Deepest first, so a parent is always more recently used than its children in the queue.
         for b in seq.blocks.reversed() { unpin(b) }
         logicalBlocks -= seq.blocks.count

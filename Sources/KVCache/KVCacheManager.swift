@@ -16,9 +16,11 @@ import Metrics
 /// ```
 ///
 /// Requests with the same namespace share the KV of every whole block of their common prefix.
-/// The engine must write the KV of a sequence's uncached prompt tokens before another request
-/// reads those blocks (the same contract as vLLM's scheduler: prompt blocks join the tree at
-/// admission).
+/// By default (`BlockPublication.atAdmission`) prompt blocks join the tree at admission, so the
+/// engine must write the KV of a sequence's uncached prompt tokens before another request that
+/// matched those blocks reads them — right when admitted prompts are prefilled in the next step.
+/// An engine that admits prompts it prefills later or in chunks uses `.whenComputed` and reports
+/// progress with `markComputed`: blocks are then matchable only once written.
 public final class KVCacheManager: Sendable {
     /// The KV layout every block holds.
     public let layout: KVLayout
@@ -37,6 +39,8 @@ public final class KVCacheManager: Sendable {
     ///   - prefaultsPages: touch every arena page now (the default), so first-touch page faults
     ///     (slow on virtual machines) stay off the serving path; false starts at once and faults
     ///     pages in as blocks are first written.
+    ///   - publishesBlocks: when new full blocks become matchable by other requests: at admission
+    ///     (the default) or once the engine reports their KV written (`markComputed`, release).
     ///   - coldStore: a tier that keeps evicted blocks (the LMDB spill tier); its layout must match,
     ///     and the manager must allocate pages (`.coldStoreNeedsPages` otherwise).
     ///   - onEvict: called, under the manager's lock, for every cached block evicted from memory.
@@ -46,7 +50,7 @@ public final class KVCacheManager: Sendable {
     ///     so several managers in one process report apart.
     ///   - metricsFactory: where the metrics go (default: the bootstrapped `MetricsSystem`).
     public init(layout: KVLayout, capacityBlocks: Int, allocatesPages: Bool = false, prefaultsPages: Bool = true,
-                coldStore: (any ColdPrefixStore)? = nil, onEvict: (@Sendable (EvictedBlock) -> Void)? = nil,
+                publishesBlocks: BlockPublication = .atAdmission, coldStore: (any ColdPrefixStore)? = nil, onEvict: (@Sendable (EvictedBlock) -> Void)? = nil,
                 statsPublishInterval: Duration = .seconds(1),
                 metricsDimensions: [(String, String)] = [], metricsFactory: (any MetricsFactory)? = nil,
                 logger: Logger = Logger(label: "prefixkv.cache")) throws(KVCacheError) {
@@ -75,7 +79,8 @@ public final class KVCacheManager: Sendable {
         } else {
             self.arena = nil
         }
-        self.state = Locked(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore, onEvict: onEvict))
+        self.state = Locked(CacheState(layout: layout, capacity: capacityBlocks, arena: arena, coldStore: coldStore,
+                                       onEvict: onEvict, publication: publishesBlocks))
         self.metrics = CacheMetrics(label: "prefixkv", dimensions: metricsDimensions, factory: metricsFactory ?? MetricsSystem.factory)
         self.logger = logger
         self.statsPublisher = coldStore.map { StatsPublisher(store: $0, interval: statsPublishInterval) }
@@ -105,6 +110,17 @@ public final class KVCacheManager: Sendable {
     @discardableResult
     public func append(_ tokens: [TokenID], to sequence: SequenceHandle) throws(KVCacheError) -> AppendResult {
         try mutate { (s: inout CacheState) throws(KVCacheError) in AppendResult(copy: try s.append(tokens, to: sequence)) }
+    }
+
+    /// Reports that the KV of the sequence's first `computedTokens` tokens (hits included) is
+    /// written — after a prefill chunk, or a decode step. Under `.whenComputed` their full blocks
+    /// join the prefix tree now, where later requests can match them; under `.atAdmission` they
+    /// did at admission and this only checks its input. An engine whose forward pass writes every
+    /// layer's KV before that layer's attention reads it may report tokens when it schedules them
+    /// into a step: requests scheduled after them read them in the same pass or later.
+    /// Throws `.invalidComputedTokens` (nothing changed) unless `0 <= computedTokens <= tokenCount(of:)`.
+    public func markComputed(_ sequence: SequenceHandle, computedTokens: Int) throws(KVCacheError) {
+        try mutate { (s: inout CacheState) throws(KVCacheError) in try s.markComputed(sequence, computedTokens: computedTokens) }
     }
 
     /// Forks `count` children (parallel sampling, beam search; 1...2^20) that share every block of

@@ -56,7 +56,9 @@ public struct Admission: Sendable, Equatable {
     public var sequence: SequenceHandle
     /// Block ids in token order; the engine writes the KV of tokens `cachedTokenCount...` into them.
     public var blockTable: [Int32]
-    /// Prompt tokens whose KV is present: `memoryHitTokens + storeHitTokens`.
+    /// Prompt tokens whose KV is present: `memoryHitTokens + storeHitTokens`. Under
+    /// `BlockPublication.atAdmission` a memory hit may name blocks another request brought in at
+    /// its admission and is still to prefill; under `.whenComputed` every hit is written KV.
     public var cachedTokenCount: Int
     /// Prompt tokens found in memory.
     public var memoryHitTokens: Int
