@@ -104,7 +104,11 @@ public final class KVCacheManager: Sendable {
         return admission
     }
 
-    /// Appends prefill chunks or decoded tokens. A block joins the prefix tree the moment it is full;
+    /// Appends decoded tokens (or prompt tokens not known at admission). Appended tokens match
+    /// nothing cached — admit the whole prompt to share its cached prefix, and prefill it in chunks
+    /// from there. Under `.atAdmission` a block joins the prefix tree the moment it is full (under
+    /// `.whenComputed`, once reported), unless an identical block is cached already: that one stays
+    /// in the tree, this one and the sequence's later blocks stay private;
     /// a partial last block still shared after a fork is copied first (copy-on-write), and the
     /// result says so: an engine that keeps the KV itself (metadata-only manager) must copy it too.
     @discardableResult
