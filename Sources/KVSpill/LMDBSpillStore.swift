@@ -55,6 +55,14 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
         }
     }
 
+    /// Removes the store at `path` (its `data.mdb` and `lock.mdb`; the directory stays) so the
+    /// next open starts empty. Refuses, removing nothing, while another process has it open for
+    /// writing (`.inUse`) or when the path holds something that is not a PrefixKV store
+    /// (`.notAStore`). A missing store is fine.
+    public static func remove(path: String) throws(SpillStoreError) {
+        try StoreDatabase.remove(path: path)
+    }
+
     /// Commits everything queued, writes the last published stats, syncs a non-durable store,
     /// and closes the environment. Idempotent; `deinit` calls it.
     public func close() {

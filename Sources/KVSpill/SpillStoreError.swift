@@ -22,6 +22,9 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
     case notFound(path: String)
     /// This process already has the store open (LMDB forbids a second open per process).
     case alreadyOpen(path: String)
+    /// Another process has the store open for writing: a store takes one writer process at a
+    /// time (readers, such as `kvctl stats`, are fine beside it).
+    case inUse(path: String)
     /// Any other failure from LMDB or the system.
     case lmdb(path: String, LMDBError)
     /// The store was closed (``LMDBSpillStore/report()`` after ``LMDBSpillStore/close()``).
@@ -39,6 +42,7 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
         case .permissionDenied(let p, let e): "\(p): \(e)"
         case .notFound(let p): "\(p): no such store"
         case .alreadyOpen(let p): "\(p) is already open in this process"
+        case .inUse(let p): "\(p) is open for writing in another process (one writer process per store; kvctl stats reads beside it)"
         case .lmdb(let p, let e): "\(p): \(e)"
         case .closed(let p): "\(p): the store is closed"
         }

@@ -20,6 +20,8 @@ final class StoreDatabase: @unchecked Sendable {
     let layout: KVLayout
     /// The model identity the store was created under (``SpillStoreConfiguration/model``).
     let model: String
+    /// Held while open for writing: one writer process per store.
+    private var writerLock: WriterLock?
 
     enum MetaKey {
         static let format = "format", layout = "layout", model = "model", bytes = "bytes", stats = "stats"
@@ -52,6 +54,25 @@ final class StoreDatabase: @unchecked Sendable {
                 mapSize: min(config.mapSizeLimit, config.initialMapSizeBytes), maxDatabases: 8,
                 flags: config.durable ? [.noTLS, .noMetaSync] : [.noTLS, .noSync]))
         } catch { throw SpillStoreError(opening: path, error) }
+        let lock: WriterLock
+        do { lock = try WriterLock(storePath: path) } catch {
+            env.close()
+            throw error
+        }
+        do throws(SpillStoreError) {
+            let store = try openOrCreate(env, config)
+            store.writerLock = lock
+            return store
+        } catch {
+            env.close()  // idempotent: a refused store closed it already
+            lock.release()
+            throw error
+        }
+    }
+
+    /// Creates the databases in an empty environment, or opens and checks an existing store.
+    private static func openOrCreate(_ env: Environment, _ config: SpillStoreConfiguration) throws(SpillStoreError) -> StoreDatabase {
+        let path = config.path
         do {
             if try isNewOrHalfCreated(env) {
                 // One transaction: a crash leaves either no store or a whole one.
@@ -157,7 +178,39 @@ final class StoreDatabase: @unchecked Sendable {
         }
     }
 
-    func close() { env.close() }
+    func close() {
+        env.close()
+        writerLock?.release()
+    }
+
+    /// Removes the store's files (`data.mdb`, `lock.mdb`; the directory and anything else in it
+    /// stay) so the next open starts empty. Refuses, changing nothing, when another process has
+    /// the store open for writing (`.inUse`), or when the path holds an LMDB environment or file
+    /// that is not a PrefixKV store (`.notAStore`: not ours to delete). A missing store is fine,
+    /// and so is an empty `data.mdb` (a creation cut short).
+    static func remove(path: String) throws(SpillStoreError) {
+        let data = path + "/data.mdb"
+        var info = stat()
+        if stat(data, &info) == 0 {
+            let lock = try WriterLock(storePath: path)
+            defer { lock.release() }
+            if info.st_size > 0 {
+                do { try openReadOnly(path: path).close() } catch {
+                    switch error {
+                    case .unsupportedFormat: break  // ours, of another format version
+                    case .notAStore(let p, let why): throw .notAStore(path: p, reason: why + "; not removed")
+                    default: throw error
+                    }
+                }
+            }
+        } else if errno != ENOENT {
+            throw SpillStoreError(opening: path, LMDBError(rawValue: errno))
+        }
+        for file in ["data.mdb", "lock.mdb"] {
+            let full = path + "/" + file
+            if unlink(full) != 0 && errno != ENOENT { throw .lmdb(path: full, LMDBError(rawValue: errno)) }
+        }
+    }
 
     // MARK: - Small reads
 

@@ -10,15 +10,10 @@ import LMDB
 
 /// Opens LMDB spill stores for the commands that take `--store PATH`.
 public enum SpillStores {
-    /// Removes a store's files (`data.mdb`, `lock.mdb`) so the next open starts empty; a missing
-    /// store is fine. Only those two files are touched, never the directory's other contents.
+    /// Empties the store at `path` (`LMDBSpillStore.remove`): refused while another process
+    /// writes it, or when the path holds something that is not a PrefixKV store.
     public static func clear(path: String) throws(SpillStoreError) {
-        for file in ["data.mdb", "lock.mdb"] {
-            let full = path + "/" + file
-            if unlink(full) != 0 && errno != ENOENT {
-                throw SpillStoreError.lmdb(path: full, LMDBError(rawValue: errno))
-            }
-        }
+        try LMDBSpillStore.remove(path: path)
     }
 
     /// A factory for `ReplayOptions.makeStore` / `StressOptions.makeStore`: every call opens the

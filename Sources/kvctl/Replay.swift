@@ -37,7 +37,7 @@ struct Replay: ParsableCommand {
     @Option(help: "With --sweep: write the hit-rate chart as SVG to this file.")
     var chart: String?
 
-    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first) and restore from it. The store's writer runs in wait-when-full mode: when its queue is full, the replay waits for the disk instead of dropping spills (a serving stack drops; an offline replay must not).")
+    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first; refused while another process writes it, or when it holds something else) and restore from it. The store's writer runs in wait-when-full mode: when its queue is full, the replay waits for the disk instead of dropping spills (a serving stack drops; an offline replay must not).")
     var store: String?
 
     @Option(help: "With --store: the store's size limit in bytes (default: room for every distinct block of the trace).")

@@ -134,6 +134,30 @@ final class CrashTests: XCTestCase {
         return child
     }
 
+    /// One writer process per store. A second writer used to open beside the first, which then
+    /// trapped on its stale byte count ("stored byte count went negative"); `kvctl demo --store`
+    /// deleted the files under a running writer. Both are refused now, and both work once the
+    /// writer is gone — even killed, since the kernel drops its lock.
+    func testASecondWriterAndRemovalAreRefusedWhileAnotherProcessWrites() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let path = dir + "/store"
+        let child = try startSpiller(dir)
+        XCTAssertThrowsError(try LMDBSpillStore(Self.configuration(dir))) {
+            XCTAssertEqual($0 as? SpillStoreError, .inUse(path: path))
+        }
+        XCTAssertThrowsError(try LMDBSpillStore.remove(path: path)) {
+            XCTAssertEqual($0 as? SpillStoreError, .inUse(path: path))
+        }
+        XCTAssertTrue(child.process.isRunning, "the writer keeps going")
+        XCTAssertNoThrow(try SpillStoreReport.inspect(path: path), "readers are welcome beside it")
+        child.kill()
+        let store = try LMDBSpillStore(Self.configuration(dir))
+        XCTAssertGreaterThan(store.storedBytes, 0)
+        store.close()
+        try LMDBSpillStore.remove(path: path)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path + "/data.mdb"))
+    }
+
     func testAStoreKilledMidSpillOpensRestoresOnlyCorrectBlocksAndKeepsWorking() throws {
         let dir = try makeTemporaryDirectory(self)
         let child = try startSpiller(dir)

@@ -63,6 +63,56 @@ final class StoreOpeningTests: XCTestCase {
         XCTAssertThrowsError(try SpillStoreReport.inspect(path: dir + "/missing")) {
             XCTAssertEqual($0 as? SpillStoreError, .notFound(path: dir + "/missing"))
         }
+
+        // None of them is ours to delete: `remove` (what kvctl's --store runs do first) refuses
+        // and leaves every file as it was.
+        for path in [garbage, truncated, foreign] {
+            let before = try Data(contentsOf: URL(fileURLWithPath: path + "/data.mdb"))
+            XCTAssertThrowsError(try LMDBSpillStore.remove(path: path)) {
+                guard case SpillStoreError.notAStore(_, let why) = $0 else { return XCTFail("\(path): \($0)") }
+                XCTAssertTrue(why.hasSuffix("not removed"), why)
+            }
+            XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path + "/data.mdb")), before, path)
+        }
+        XCTAssertThrowsError(try LMDBSpillStore.remove(path: file)) { XCTAssertNotNil($0 as? SpillStoreError) }
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "hello")
+    }
+
+    /// What `remove` does delete: a store (of this or an older format), an empty data file left by
+    /// a creation cut short; a missing store is no error. The directory and other files stay.
+    func testRemoveDeletesOnlyStoresFiles() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let path = dir + "/store"
+        do {
+            let store = try LMDBSpillStore(config(path))
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+            let tokens = blockTokens(chain: 1, index: 0)
+            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+            store.close()
+        }
+        _ = FileManager.default.createFile(atPath: path + "/notes.txt", contents: Data("keep".utf8))
+        try LMDBSpillStore.remove(path: path)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path + "/data.mdb"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path + "/notes.txt"))
+        XCTAssertEqual(try LMDBSpillStore(config(path)).storedBytes, 0)  // a new, empty store opens there
+
+        let older = dir + "/older"
+        try LMDBSpillStore(config(older)).close()
+        do {
+            let env = try Environment(path: older, configuration: .init(maxDatabases: 8))
+            let meta = try env.openDatabase("meta")
+            try env.withWriteTransaction { try $0.put(le(UInt32(1)), for: StoreDatabase.MetaKey.format, in: meta) }
+            env.close()
+        }
+        try LMDBSpillStore.remove(path: older)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: older + "/data.mdb"))
+
+        let empty = dir + "/empty"
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: empty + "/data.mdb", contents: Data())
+        try LMDBSpillStore.remove(path: empty)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: empty + "/data.mdb"))
+        try LMDBSpillStore.remove(path: dir + "/missing")
     }
 
     /// A data file cut short after its meta pages (an interrupted copy, a disk that filled while
