@@ -47,7 +47,9 @@ public struct SpillStoreConfiguration: Sendable {
     /// most the last commit). Off (`MDB_NOSYNC`), commits reach the disk at `flush()`, `close()`
     /// or the kernel's writeback: a process crash still loses nothing committed, but an OS crash
     /// may lose recent commits or, on a file system that reorders writes, damage the file
-    /// (damaged records fail their checksum; a damaged B-tree fails to open as `.notAStore`).
+    /// (damaged records fail their checksum; a damaged B-tree mostly fails to open as
+    /// `.notAStore`, but LMDB trusts its pages, and a reader — `kvctl stats` included — can crash
+    /// on some damage: delete such a store, it is a cache).
     public var durable: Bool
     /// How often the background writer persists the stats the manager published.
     public var statsIntervalSeconds: Double

@@ -71,6 +71,10 @@ public struct StoreBench: Sendable {
         try OptionChecks.atLeast(restoreRepeats, 1, "--repeats")
         try OptionChecks.atLeast(rounds, 1, "--rounds")
         try OptionChecks.fitsInMemory(blocks: 2 * (tokens / layout.blockSize) + 1, bytesPerBlock: layout.blockBytes, "--tokens")
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw OptionError("--dir", "must be an existing directory, got \(directory)")
+        }
     }
 
     /// A check of the bench's own run that failed: the store lost or changed a block.
@@ -82,16 +86,10 @@ public struct StoreBench: Sendable {
         try validate()
         let blocks = tokens / layout.blockSize
         let bytes = blocks * layout.blockBytes
-        // Everything goes into a fresh directory of our own under `directory`, and only that is
-        // removed afterwards: `directory` may be `.` or a home directory holding other files.
-        let parentExisted = FileManager.default.fileExists(atPath: directory)
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // Everything goes into a fresh directory of our own under `directory` (an existing one),
+        // and only that is removed afterwards: `directory` may be `.` or a home directory.
         let work = try makeUniqueDirectory(under: directory)
-        defer {
-            try? FileManager.default.removeItem(atPath: work)
-            // A parent the bench created itself goes too, but only if nothing else is in it.
-            if !parentExisted { rmdir(directory) }
-        }
+        defer { try? FileManager.default.removeItem(atPath: work) }
         // Blocks 1...blocks hold the prefix; blocks+1... receive restores.
         let arena = KVPageArena(layout: layout, capacityBlocks: 2 * blocks + 1)
         fillRandom(arena)

@@ -19,7 +19,7 @@ struct BenchStore: ParsableCommand {
     @Option(help: "Prefix length in tokens.")
     var tokens = 8192
 
-    @Option(help: "Directory in which a fresh subdirectory is made for the store and the plain file; only that subdirectory is removed afterwards.")
+    @Option(help: "An existing directory in which a fresh subdirectory is made for the store and the plain file; only that subdirectory is removed afterwards.")
     var dir = NSTemporaryDirectory()
 
     @Option(help: "Times the whole prefix is restored (and the plain file read).")

@@ -28,7 +28,7 @@ import KVCore
         }
     }
     static func store(tokens: Int = 8192, repeats: Int = 5, rounds: Int = 3) -> @Sendable () throws -> Void {
-        { try StoreBench(layout: try KVLayout(spec: "8x8x128:fp16", blockSize: 16), tokens: tokens, directory: "/nonexistent",
+        { try StoreBench(layout: try KVLayout(spec: "8x8x128:fp16", blockSize: 16), tokens: tokens, directory: NSTemporaryDirectory(),
                          restoreRepeats: repeats, rounds: rounds).validate() }
     }
     static func stress(threads: Int = 4, seconds: Double = 5, capacityBlocks: Int = 256) -> @Sendable () throws -> Void {

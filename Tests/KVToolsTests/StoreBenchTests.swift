@@ -21,12 +21,20 @@ import KVTools
                 "the bench's own subdirectory is removed")
     }
 
-    /// A --dir that did not exist is created for the run and, left empty, removed again.
-    @Test func benchRemovesADirectoryItCreatedOnlyWhenEmpty() throws {
+    /// A --dir that does not exist, or is a file, is a usage error naming --dir; nothing is created
+    /// (it used to create the missing path, and leave its parents behind).
+    @Test func aMissingOrFileDirIsAUsageError() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("prefixkv-bench-new-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: dir) }
         let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16)
-        _ = try StoreBench(layout: layout, tokens: 32, directory: dir, restoreRepeats: 1, rounds: 1).run()
+        #expect(throws: OptionError("--dir", "must be an existing directory, got \(dir)/x")) {
+            _ = try StoreBench(layout: layout, tokens: 32, directory: dir + "/x", restoreRepeats: 1, rounds: 1).run()
+        }
         #expect(!FileManager.default.fileExists(atPath: dir))
+        let file = dir + ".file"
+        _ = FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(throws: OptionError("--dir", "must be an existing directory, got \(file)")) {
+            _ = try StoreBench(layout: layout, tokens: 32, directory: file, restoreRepeats: 1, rounds: 1).run()
+        }
     }
 }
