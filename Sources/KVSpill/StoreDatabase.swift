@@ -131,14 +131,24 @@ final class StoreDatabase: @unchecked Sendable {
 
     /// Opens an existing store read-only (beside a process that writes it), for inspection.
     static func openReadOnly(path: String) throws(SpillStoreError) -> StoreDatabase {
-        // Check first: LMDB would create `lock.mdb` in any directory it is pointed at.
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw .notFound(path: path) }
-        guard isDirectory.boolValue else { throw .notAStore(path: path, reason: "not a directory") }
-        guard FileManager.default.fileExists(atPath: path + "/data.mdb") else { throw .notAStore(path: path, reason: "no data.mdb") }
+        // Check first: LMDB would create `lock.mdb` in any directory it is pointed at. stat, not
+        // fileExists: a directory we may not search is a permission problem, not a missing store.
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw errno == ENOENT ? .notFound(path: path) : SpillStoreError(opening: path, LMDBError(rawValue: errno))
+        }
+        guard info.st_mode & S_IFMT == S_IFDIR else { throw .notAStore(path: path, reason: "not a directory") }
+        guard stat(path + "/data.mdb", &info) == 0 else {
+            throw errno == ENOENT ? .notAStore(path: path, reason: "no data.mdb")
+                                  : SpillStoreError(opening: path + "/data.mdb", LMDBError(rawValue: errno))
+        }
+        guard info.st_size > 0 else { throw .notAStore(path: path, reason: "an empty data.mdb") }
         let env: Environment
         do {
             env = try Environment(path: path, configuration: .init(mapSize: 0, maxDatabases: 8, flags: [.noTLS, .readOnly]))
+        } catch .permissionDenied where isReadable(path + "/data.mdb") {
+            // Readers register in lock.mdb, so they must be able to create or write it.
+            throw .permissionDenied(path: path + "/lock.mdb (a reader must be able to create or write it)", .permissionDenied)
         } catch { throw SpillStoreError(opening: path, error) }
         do {
             return try openExisting(env: env, path: path)
@@ -238,3 +248,7 @@ func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleE
 func be<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.bigEndian) { Array($0) } }
 
 func nowMillis() -> UInt64 { UInt64(Date().timeIntervalSince1970 * 1000) }
+
+/// Whether this process may read `path` (outside `StoreDatabase`, whose `access` database would
+/// shadow the system call).
+private func isReadable(_ path: String) -> Bool { access(path, R_OK) == 0 }

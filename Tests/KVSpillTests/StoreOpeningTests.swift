@@ -110,6 +110,9 @@ final class StoreOpeningTests: XCTestCase {
         let empty = dir + "/empty"
         try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: empty + "/data.mdb", contents: Data())
+        XCTAssertThrowsError(try SpillStoreReport.inspect(path: empty)) {  // was "Bad file descriptor"
+            XCTAssertEqual($0 as? SpillStoreError, .notAStore(path: empty, reason: "an empty data.mdb"))
+        }
         try LMDBSpillStore.remove(path: empty)
         XCTAssertFalse(FileManager.default.fileExists(atPath: empty + "/data.mdb"))
         try LMDBSpillStore.remove(path: dir + "/missing")
