@@ -39,6 +39,8 @@ public struct SpillStoreReport: Sendable, Codable, Equatable {
     public var cache: KVCacheStats?
     /// Seconds since that record was published.
     public var cacheAgeSeconds: Double?
+    /// A stats record is there but does not decode (`cache` is then nil).
+    public var cacheRecordUnreadable = false
 
     /// Opens the store at `path` read-only (works while another process writes it) and reports it.
     public static func inspect(path: String) throws(SpillStoreError) -> SpillStoreReport {
@@ -88,9 +90,12 @@ extension StoreDatabase {
                 r.oldestEntryAgeSeconds = age(oldest)
                 r.newestEntryAgeSeconds = age(newest)
             }
-            if let published = try storedStats() {
+            switch try storedStats() {
+            case .success(let published):
                 r.cache = published.stats
                 r.cacheAgeSeconds = age(published.savedAtMillis)
+            case .failure: r.cacheRecordUnreadable = true
+            case nil: break
             }
             return r
         } catch {

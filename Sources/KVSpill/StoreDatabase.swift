@@ -238,9 +238,11 @@ final class StoreDatabase: @unchecked Sendable {
         try txn.withCursor(lru) { c in try c.last { k, _ in UInt64(bigEndian: k.loadUnaligned(as: UInt64.self)) + 1 } } ?? 0
     }
 
-    func storedStats() throws -> PublishedStats? {
+    /// The stats record: nil when none was published yet; a record that does not decode is
+    /// `.failure` (a damaged store is not one with nothing published).
+    func storedStats() throws -> Result<PublishedStats, any Error>? {
         let json = try env.withReadTransaction { txn in try txn.copyValue(for: MetaKey.stats, in: meta) }
-        return json.flatMap { try? JSONDecoder().decode(PublishedStats.self, from: Data($0)) }
+        return json.map { bytes in Result { try JSONDecoder().decode(PublishedStats.self, from: Data(bytes)) } }
     }
 }
 

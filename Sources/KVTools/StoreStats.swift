@@ -29,7 +29,7 @@ public enum StoreStats {
         if r.entriesPerNamespace.isEmpty { lines.append("  (none)") }
         for (ns, n) in r.entriesPerNamespace.sorted(by: { $0.key < $1.key }) { add(ns.isEmpty ? "\"\"" : ns, "\(n)") }
         guard let c = r.cache else {
-            lines.append("Live record: none published yet")
+            lines.append(r.cacheRecordUnreadable ? "Live record: unreadable (damaged)" : "Live record: none published yet")
             return lines.joined(separator: "\n")
         }
         lines.append("Live record (age \(fixed(r.cacheAgeSeconds ?? 0, 1)) s):")

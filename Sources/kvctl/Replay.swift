@@ -94,7 +94,7 @@ struct Replay: ParsableCommand {
     }
 
     private func parseCapacities(_ text: String) throws -> [Int] {
-        try text.split(separator: ",").map {
+        try text.split(separator: ",", omittingEmptySubsequences: false).map {
             guard let n = Int($0.trimmingCharacters(in: .whitespaces)), n > 0 else {
                 throw ValidationError("--capacities: \"\($0)\" is not a positive block count")
             }

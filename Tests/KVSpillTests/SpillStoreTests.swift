@@ -438,7 +438,21 @@ final class SpillStoreTests: XCTestCase {
         XCTAssertEqual(report.blocks, 12)
         XCTAssertEqual(report.bytes, store.storedBytes)
         XCTAssertNotNil(report.cacheAgeSeconds)
+        XCTAssertFalse(report.cacheRecordUnreadable)
         store.checkInvariants()
+        store.close()
+
+        // A damaged stats record is reported as such, not as "none published yet".
+        do {
+            let env = try Environment(path: dir + "/store", configuration: .init(maxDatabases: 8))
+            let meta = try env.openDatabase("meta")
+            try env.withWriteTransaction { try $0.put(Array("{\"not stats".utf8), for: StoreDatabase.MetaKey.stats, in: meta) }
+            env.close()
+        }
+        let damaged = try SpillStoreReport.inspect(path: dir + "/store")
+        XCTAssertTrue(damaged.cacheRecordUnreadable)
+        XCTAssertNil(damaged.cache)
+        XCTAssertEqual(damaged.entries, 12)
     }
 
     func testConcurrentSpillsRestoresAndPublishes() throws {
