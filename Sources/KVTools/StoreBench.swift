@@ -23,6 +23,9 @@ public struct StoreBench: Sendable {
     public var directory: String
     public var restoreRepeats: Int
     public var rounds: Int
+    /// Told the bench's own working directory as soon as it exists (`kvctl` removes it when
+    /// interrupted: a run leaves up to a few GiB there).
+    public var onWorkDirectory: (@Sendable (String) -> Void)?
 
     public init(layout: KVLayout, tokens: Int = 8192, directory: String, restoreRepeats: Int = 5, rounds: Int = 3) {
         self.layout = layout
@@ -89,6 +92,7 @@ public struct StoreBench: Sendable {
         // Everything goes into a fresh directory of our own under `directory` (an existing one),
         // and only that is removed afterwards: `directory` may be `.` or a home directory.
         let work = try makeUniqueDirectory(under: directory)
+        onWorkDirectory?(work)
         defer { try? FileManager.default.removeItem(atPath: work) }
         // Blocks 1...blocks hold the prefix; blocks+1... receive restores.
         let arena = KVPageArena(layout: layout, capacityBlocks: 2 * blocks + 1)

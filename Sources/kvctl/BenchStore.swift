@@ -42,13 +42,43 @@ struct BenchStore: ParsableCommand {
     }
 
     func run() throws {
-        let result = try makeBench().run()
+        var bench = try makeBench()
+        let interrupt = RemoveOnInterrupt()
+        bench.onWorkDirectory = { interrupt.path = $0 }
+        let result = try bench.run()
+        interrupt.path = nil
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
             print(String(decoding: try encoder.encode(result), as: UTF8.self))
         } else {
             print(StoreBench.table(result))
+        }
+    }
+}
+
+/// Removes a directory when the process is interrupted (SIGINT, SIGTERM) before it was done with
+/// it, then exits as the signal would have (128 + signal).
+final class RemoveOnInterrupt: @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: String?
+    private var sources: [DispatchSourceSignal] = []
+
+    var path: String? {
+        get { lock.withLock { current } }
+        set { lock.withLock { current = newValue } }
+    }
+
+    init() {
+        for signo in [SIGINT, SIGTERM] {
+            signal(signo, SIG_IGN)  // the dispatch source receives it instead
+            let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
+            source.setEventHandler { [self] in
+                if let path { try? FileManager.default.removeItem(atPath: path) }
+                exit(128 + signo)
+            }
+            source.resume()
+            sources.append(source)
         }
     }
 }
