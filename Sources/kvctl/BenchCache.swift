@@ -9,7 +9,7 @@ struct BenchCache: ParsableCommand {
 
     @Option(help: "Prompt sizes in tokens, comma separated.") var prompts = "1024,4096,8192,32768"
     @Option(help: "Cached percentages of the prompt, comma separated.") var cached = "0,50,90"
-    @Option(help: "Rounds per point (fewer for long prompts).") var rounds = 400
+    @Option(help: "Rounds per point: at least 20, and at most 40M tokens / prompt size (fewer for long prompts).") var rounds = 400
     @Option(help: "Tokens per block.") var blockSize = 16
     @Flag(help: "Print one JSON object per point.") var json = false
 
