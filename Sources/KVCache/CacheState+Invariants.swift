@@ -82,6 +82,22 @@ extension CacheState {
                 invariant(j > i, "CacheState: cached block \(b) would be evicted after its parent \(parent) (not leaf-first)")
             }
         }
+
+        // Namespaces: each registered one is used (by live sequences and tree blocks, exactly
+        // counted), each retired one is in the free list only, unnamed and unused.
+        var users = [Int](repeating: 0, count: namespaceNames.count)
+        for seq in sequences.values { users[Int(seq.namespace)] += 1 }
+        for b in 1...capacity where index.inTree[b] { users[Int(index.namespaceIndex[b])] += 1 }
+        invariant(users == namespaceUsers, "CacheState: namespace use counts \(namespaceUsers) but \(users) sequences and tree blocks")
+        let retired = Set(freeNamespaces)
+        invariant(retired.count == freeNamespaces.count, "CacheState: a namespace index is free twice: \(freeNamespaces)")
+        invariant(namespaces.count + retired.count == namespaceNames.count,
+                  "CacheState: \(namespaces.count) registered and \(retired.count) retired namespaces of \(namespaceNames.count)")
+        for (name, k) in namespaces {
+            invariant(!retired.contains(k) && namespaceNames[Int(k)] == name && users[Int(k)] > 0,
+                      "CacheState: namespace \(name) at index \(k) is retired, misnamed or unused (\(users[Int(k)]) uses)")
+        }
+        for k in retired { invariant(users[Int(k)] == 0, "CacheState: retired namespace index \(k) has \(users[Int(k)]) uses") }
     }
 
     /// The free queue from the next block to reuse to the last (for scenario tests).

@@ -56,6 +56,11 @@ struct CacheState {
     let managerID = SequenceHandle.newManagerID()
     var namespaces: [Namespace: Int32] = [:]
     var namespaceNames: [Namespace] = []
+    /// Per namespace index: its live sequences plus its tree blocks. A namespace nothing uses is
+    /// retired and its index reused, so per-user namespaces (cache salts) do not pile up.
+    var namespaceUsers: [Int] = []
+    /// Indices of retired namespaces, reused first.
+    var freeNamespaces: [Int32] = []
     /// Cached (in-tree) blocks with refcount 0: the evictable ones.
     var cachedFreeBlocks = 0
     var logicalBlocks = 0
@@ -85,13 +90,35 @@ struct CacheState {
 
     // MARK: - Namespaces
 
+    /// The namespace's index, registering it (reusing a retired index) when new. The caller
+    /// uses it at once (`useNamespace`), or a later retirement check would not see it.
     mutating func namespaceIndex(_ ns: Namespace) -> Int32 {
         if let k = namespaces[ns] { return k }
+        if let k = freeNamespaces.popLast() {
+            namespaces[ns] = k
+            namespaceNames[Int(k)] = ns
+            return k
+        }
         let k = Int32(namespaceNames.count)
         namespaces[ns] = k
         namespaceNames.append(ns)
+        namespaceUsers.append(0)
         rootKeys.append(nil)
         return k
+    }
+
+    mutating func useNamespace(_ k: Int32, times n: Int = 1) { namespaceUsers[Int(k)] += n }
+
+    /// Drops one use; the last one retires the namespace (no sequence and no tree block names
+    /// it, so its root has no children and no hint left).
+    mutating func unuseNamespace(_ k: Int32) {
+        namespaceUsers[Int(k)] -= 1
+        invariant(namespaceUsers[Int(k)] >= 0, "CacheState: namespace \(k) used \(namespaceUsers[Int(k)]) times")
+        guard namespaceUsers[Int(k)] == 0 else { return }
+        namespaces[namespaceNames[Int(k)]] = nil
+        namespaceNames[Int(k)] = Namespace("")
+        rootKeys[Int(k)] = nil
+        freeNamespaces.append(k)
     }
 
     // MARK: - Matching
@@ -193,7 +220,9 @@ struct CacheState {
     /// Takes an unreferenced cached leaf out of the prefix tree (and its store key with it): the
     /// step eviction and dropping unwritten blocks share.
     mutating func uncache(_ b: Int32) {
+        let k = index.namespaceIndex[Int(b)]
         index.removeLeaf(b)
+        unuseNamespace(k)
         if coldStore != nil { prefixKeys[Int(b)] = nil }
         cachedFreeBlocks -= 1
     }
@@ -224,7 +253,10 @@ struct CacheState {
         let h = blockTokens.withUnsafeBufferPointer { all in
             hashBlockTokens(UnsafeBufferPointer(rebasing: all[(Int(b) * blockSize)..<(Int(b + 1) * blockSize)]))
         }
-        if index.insert(b, parent: parent, hash: h, namespace: seq.namespace) { seq.treeBlocks += 1 }
+        if index.insert(b, parent: parent, hash: h, namespace: seq.namespace) {
+            seq.treeBlocks += 1
+            useNamespace(seq.namespace)
+        }
     }
 
     // MARK: - Admit
@@ -253,6 +285,7 @@ struct CacheState {
             throw .insufficientBlocks(needed: needed, available: available)
         }
         let k = known ?? namespaceIndex(ns)
+        useNamespace(k)  // the new sequence's use, before allocation may evict the namespace's last blocks
         // Apply: pin the hit, then allocate the rest (evicting and spilling cold blocks).
         for b in matched { retain(b) }
         var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count,
@@ -433,6 +466,7 @@ struct CacheState {
         // One pass over the table for all children: each block gains `count` references at once.
         // The parent holds every block, so none is in the free queue or the evictable count.
         for b in seq.blocks { pool.retain(b, times: Int32(count)) }
+        useNamespace(seq.namespace, times: count)
         var children: [SequenceHandle] = []
         children.reserveCapacity(count)
         for _ in 0..<count {
@@ -462,6 +496,7 @@ struct CacheState {
             throw .invalidComputedTokens(c, tokenCount: seq.tokenCount)
         }
         sequences[s.serial] = nil
+        defer { unuseNamespace(seq.namespace) }  // after its blocks leave or stay in the tree
         // Under `.whenComputed` a release is the engine's word that the KV it names is written.
         if publication == .whenComputed { publish(&seq, serial: s.serial, upTo: computedTokens ?? seq.tokenCount) }
         // Deepest first, so a parent is always more recently used than its children in the queue.

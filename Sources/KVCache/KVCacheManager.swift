@@ -229,6 +229,10 @@ public final class KVCacheManager: Sendable {
         }
     }
 
+    /// Namespace slots the manager holds (registered and retired), for tests: bounded by the
+    /// namespaces in use at once, not by every namespace ever seen.
+    var namespaceSlots: Int { state.withLock { $0.namespaceNames.count } }
+
     /// The free queue, next block to reuse first (for tests and debugging).
     public var freeQueueOrder: [Int32] { state.withLock { $0.freeQueueOrder } }
 

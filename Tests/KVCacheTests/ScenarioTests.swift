@@ -144,6 +144,27 @@ import Testing
         cache.checkInvariants()
     }
 
+    /// Per-request or per-user namespaces (cache salts): a namespace nothing uses any more —
+    /// no live sequence, no cached block — is forgotten and its slot reused, so a long-running
+    /// manager does not keep every name it ever saw (~200 bytes each; 400,000 single-request
+    /// namespaces grew one by 72 MiB). A namespace that still has cached blocks keeps them.
+    @Test func unusedNamespacesAreForgotten() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 16)
+        let kept = try cache.admit(run(0, 8), namespace: "kept")  // live: its namespace stays
+        for i in 0..<2_000 {
+            let a = try cache.admit(run(0, 5), namespace: Namespace("salt-\(i)"))
+            try cache.release(a.sequence)  // its full block stays cached until evicted
+            if i % 100 == 0 { cache.checkInvariants() }
+        }
+        cache.checkInvariants()
+        #expect(cache.namespaceSlots <= 16 + 1, "\(cache.namespaceSlots) namespace slots for a pool of 16 blocks")
+        #expect(try cache.lookup(run(0, 8), namespace: "kept").memoryTokens == 8)
+        #expect(try cache.lookup(run(0, 4), namespace: "salt-1999").memoryTokens == 4)  // still cached
+        #expect(try cache.lookup(run(0, 4), namespace: "salt-0").memoryTokens == 0)     // long gone
+        try cache.release(kept.sequence)
+        cache.checkInvariants()
+    }
+
     /// A cold store keeps and restores KV through the manager's pages: a metadata-only manager
     /// would report store hits whose KV the engine never received, so it is refused.
     @Test func aColdStoreNeedsPages() throws {
