@@ -38,8 +38,11 @@ int32_t kvk_isa(void) {
 int32_t kvk_gemm_min_rows(void) { return KVK_GEMM_MIN_ROWS; }
 
 size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim, int32_t head_count) {
-    // few-row path: one layout over all heads' rows; many-row path: one layout per head
+    // few-row paths (and the portable one, a head at a time): one layout over all heads' rows;
+    // many-row paths: one layout per head. Sized for the path the rows take (was: the larger of
+    // the two always, 2.1 MB instead of 80 KB for a paged MHA item of 32 heads).
     const size_t joint = kvk_layout_scratch(rows * head_count, head_dim).total;
+    if (rows < KVK_GEMM_MIN_ROWS) return joint;
     const size_t per_head = kvk_layout_scratch(rows, head_dim).total * (size_t)(head_count < KVK_MAX_GEMM_HEADS ? head_count : KVK_MAX_GEMM_HEADS);
     return joint > per_head ? joint : per_head;
 }

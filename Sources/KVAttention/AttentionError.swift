@@ -14,6 +14,9 @@ public enum AttentionError: Error, Equatable, Sendable, CustomStringConvertible 
     case invalidThreadCount(Int)
     /// The softmax scale is NaN or infinite.
     case invalidScale(Float)
+    /// A call on an instance that is inside another call (shared between threads against its
+    /// contract: one instance serves one call at a time). Nothing was read or written.
+    case concurrentCall
 
     public var description: String {
         switch self {
@@ -23,6 +26,7 @@ public enum AttentionError: Error, Equatable, Sendable, CustomStringConvertible 
         case .blockOutOfRange(let b, let c): "block \(b) outside the arena (capacity \(c) blocks)"
         case .invalidThreadCount(let n): "thread count must be positive, got \(n)"
         case .invalidScale(let s): "softmax scale must be finite, got \(s)"
+        case .concurrentCall: "this DecodeAttention is inside another call: an instance serves one call at a time (keep one per thread)"
         }
     }
 }

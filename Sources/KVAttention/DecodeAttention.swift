@@ -14,7 +14,8 @@ import Darwin
 /// dtype and accumulated in fp32.
 ///
 /// An instance owns reusable scratch and partial buffers, so it serves one call at a time
-/// (it is not `Sendable`); keep one per engine thread. Both kernels use up to `threads` cores.
+/// (it is not `Sendable`; a call while another runs is `AttentionError.concurrentCall`); keep one
+/// per engine thread. Both kernels use up to `threads` cores (at most the online cores).
 /// It also keeps the work plan of its last paged and last bifurcated call and reuses it while
 /// calls bring equal block tables, so pass one batch / plan to every layer of a decode step.
 public final class DecodeAttention {
@@ -43,7 +44,8 @@ public final class DecodeAttention {
         let maxBlock: Int32
     }
 
-    /// The most threads an instance uses, however many it is given.
+    /// The most threads an instance uses, however many it is given (also never more than the
+    /// online cores: more workers would only queue, each with its own scratch).
     public static let maxThreads = 1024
 
     /// Cores available to this process.
@@ -70,7 +72,8 @@ public final class DecodeAttention {
         }
         self.layout = layout
         self.queryHeads = queryHeads
-        self.threads = min(threads, Self.maxThreads)
+        // More workers than cores would only queue (and each has its own scratch).
+        self.threads = min(threads, Self.maxThreads, Self.defaultThreadCount)
         self.math = math
         self.isa = min(isa, KernelISA.best)
     }
@@ -84,6 +87,13 @@ public final class DecodeAttention {
     /// group is processed together, so every block is read once per sequence.
     public func paged(query: UnsafeBufferPointer<Float>, pages: KVLayerPages, batch: BlockTableBatch,
                       scale: Float, output: UnsafeMutableBufferPointer<Float>) throws(AttentionError) {
+        try enterCall()
+        defer { leaveCall() }
+        try runPaged(query: query, pages: pages, batch: batch, scale: scale, output: output)
+    }
+
+    private func runPaged(query: UnsafeBufferPointer<Float>, pages: KVLayerPages, batch: BlockTableBatch,
+                          scale: Float, output: UnsafeMutableBufferPointer<Float>) throws(AttentionError) {
         let work = try workPlan(batch, cache: &lastPaged, batch: batch, pages: pages, queryCount: query.count,
                                 outputCount: output.count, scale: scale) { $0.pagedPlan(batch) }
         runner(scale: scale).run(work, pages: pages, query: query, output: output, workspace: workspace)
@@ -97,13 +107,33 @@ public final class DecodeAttention {
     /// paged kernel.
     public func bifurcated(query: UnsafeBufferPointer<Float>, pages: KVLayerPages, plan: DecodePlan,
                            scale: Float, output: UnsafeMutableBufferPointer<Float>) throws(AttentionError) {
+        try enterCall()
+        defer { leaveCall() }
         guard plan.hasSharing else {
-            return try paged(query: query, pages: pages, batch: plan.batch, scale: scale, output: output)
+            return try runPaged(query: query, pages: pages, batch: plan.batch, scale: scale, output: output)
         }
         let work = try workPlan(plan, cache: &lastCascade, batch: plan.batch, pages: pages, queryCount: query.count,
                                 outputCount: output.count, scale: scale) { $0.cascadePlan(plan) }
         runner(scale: scale).run(work, pages: pages, query: query, output: output, workspace: workspace)
     }
+
+    // MARK: - One call at a time
+
+    /// Set while a call runs: a second call meanwhile (the instance shared between threads
+    /// against its contract) would overwrite the first one's scratch and partials, so it is
+    /// refused instead of corrupting both outputs.
+    private let inCall = Locked(false)
+
+    private func enterCall() throws(AttentionError) {
+        let busy = inCall.withLock { (running: inout Bool) -> Bool in
+            if running { return true }
+            running = true
+            return false
+        }
+        if busy { throw .concurrentCall }
+    }
+
+    private func leaveCall() { inCall.withLock { $0 = false } }
 
     // MARK: - Array conveniences
 

@@ -1,3 +1,4 @@
+import Dispatch
 import KVAttention
 import KVCore
 import Testing
@@ -36,11 +37,39 @@ import Testing
         }
     }
 
-    /// A thread count far beyond the machine is a cap, not an overflow in the planner.
+    /// A thread count far beyond the machine is a cap, not an overflow in the planner, and not
+    /// a scratch buffer per thread that never runs (threads: 1024 prefaulted 544 MB here).
     @Test func hugeThreadCountIsCapped() throws {
         let kernel = try DecodeAttention(layout: c.layout, queryHeads: 4, threads: .max)
-        #expect(kernel.threads == DecodeAttention.maxThreads)
+        #expect(kernel.threads == min(DecodeAttention.maxThreads, DecodeAttention.defaultThreadCount))
         #expect(relativeError(try c.bifurcated(kernel), try c.reference()) <= 5e-5)
+    }
+
+    /// One instance, one call at a time: a call while another runs (the instance shared between
+    /// threads against its contract) is refused with a typed error, not allowed to overwrite the
+    /// other call's scratch (a review saw 37 of 40 such outputs wrong, and once an abort; without the guard this test
+    /// sees most of its 20 wrong).
+    @Test func aCallDuringAnotherIsRefused() throws {
+        let big = try AttentionCase(dtype: .bfloat16, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: 16, batch: 16,
+                                    levels: [2048], suffix: { $0 + 16 }, seed: 3)
+        nonisolated(unsafe) let kernel = try big.kernel(threads: 1)
+        let reference = try big.reference()
+        let outcomes = Locked<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { _ in
+            for _ in 0..<10 {
+                do {
+                    let out = try big.bifurcated(kernel)
+                    outcomes.withLock { $0.append(relativeError(out, reference) <= Tolerance.of(kernel) ? "ok" : "wrong") }
+                } catch {
+                    outcomes.withLock { $0.append(error as? AttentionError == .concurrentCall ? "refused" : "other") }
+                }
+            }
+        }
+        let all = outcomes.withLock { $0 }
+        #expect(!all.contains("wrong") && !all.contains("other"), "\(all)")
+        #expect(all.contains("ok"))
+        // Calls one after another from different threads are fine.
+        #expect(relativeError(try big.bifurcated(kernel), reference) <= Tolerance.of(kernel))
     }
 
     @Test func queryShapeMismatch() throws {
