@@ -83,12 +83,17 @@ extension CacheState {
             }
         }
 
-        // Namespaces: each registered one is used (by live sequences and tree blocks, exactly
-        // counted), each retired one is in the free list only, unnamed and unused.
+        // Namespaces: each registered one is used (by live sequences and its root's children,
+        // exactly counted), each retired one is in the free list only, unnamed and unused, with
+        // no tree block left in it.
         var users = [Int](repeating: 0, count: namespaceNames.count)
+        var treeBlocks = [Int](repeating: 0, count: namespaceNames.count)
         for seq in sequences.values { users[Int(seq.namespace)] += 1 }
-        for b in 1...capacity where index.inTree[b] { users[Int(index.namespaceIndex[b])] += 1 }
-        invariant(users == namespaceUsers, "CacheState: namespace use counts \(namespaceUsers) but \(users) sequences and tree blocks")
+        for b in 1...capacity where index.inTree[b] {
+            treeBlocks[Int(index.namespaceIndex[b])] += 1
+            if index.parent[b] < 0 { users[Int(index.namespaceIndex[b])] += 1 }
+        }
+        invariant(users == namespaceUsers, "CacheState: namespace use counts \(namespaceUsers) but \(users) sequences and root children")
         let retired = Set(freeNamespaces)
         invariant(retired.count == freeNamespaces.count, "CacheState: a namespace index is free twice: \(freeNamespaces)")
         invariant(namespaces.count + retired.count == namespaceNames.count,
@@ -97,7 +102,10 @@ extension CacheState {
             invariant(!retired.contains(k) && namespaceNames[Int(k)] == name && users[Int(k)] > 0,
                       "CacheState: namespace \(name) at index \(k) is retired, misnamed or unused (\(users[Int(k)]) uses)")
         }
-        for k in retired { invariant(users[Int(k)] == 0, "CacheState: retired namespace index \(k) has \(users[Int(k)]) uses") }
+        for k in retired {
+            invariant(users[Int(k)] == 0 && treeBlocks[Int(k)] == 0,
+                      "CacheState: retired namespace index \(k) has \(users[Int(k)]) uses and \(treeBlocks[Int(k)]) tree blocks")
+        }
     }
 
     /// The free queue from the next block to reuse to the last (for scenario tests).

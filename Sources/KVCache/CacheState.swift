@@ -56,8 +56,10 @@ struct CacheState {
     let managerID = SequenceHandle.newManagerID()
     var namespaces: [Namespace: Int32] = [:]
     var namespaceNames: [Namespace] = []
-    /// Per namespace index: its live sequences plus its tree blocks. A namespace nothing uses is
-    /// retired and its index reused, so per-user namespaces (cache salts) do not pile up.
+    /// Per namespace index: its live sequences plus its root's children in the tree (a namespace
+    /// has tree blocks exactly when its root has children; counting those, not every block,
+    /// keeps the count off the per-block paths). A namespace nothing uses is retired and its
+    /// index reused, so per-user namespaces (cache salts) do not pile up.
     var namespaceUsers: [Int] = []
     /// Indices of retired namespaces, reused first.
     var freeNamespaces: [Int32] = []
@@ -109,8 +111,8 @@ struct CacheState {
 
     mutating func useNamespace(_ k: Int32, times n: Int = 1) { namespaceUsers[Int(k)] += n }
 
-    /// Drops one use; the last one retires the namespace (no sequence and no tree block names
-    /// it, so its root has no children and no hint left).
+    /// Drops one use; the last one retires the namespace (no sequence names it and its root has
+    /// no children, so no tree block is in it and its root hint is clear).
     mutating func unuseNamespace(_ k: Int32) {
         namespaceUsers[Int(k)] -= 1
         invariant(namespaceUsers[Int(k)] >= 0, "CacheState: namespace \(k) used \(namespaceUsers[Int(k)]) times")
@@ -220,9 +222,9 @@ struct CacheState {
     /// Takes an unreferenced cached leaf out of the prefix tree (and its store key with it): the
     /// step eviction and dropping unwritten blocks share.
     mutating func uncache(_ b: Int32) {
-        let k = index.namespaceIndex[Int(b)]
+        let k = index.namespaceIndex[Int(b)], rootChild = index.parent[Int(b)] < 0
         index.removeLeaf(b)
-        unuseNamespace(k)
+        if rootChild { unuseNamespace(k) }
         if coldStore != nil { prefixKeys[Int(b)] = nil }
         cachedFreeBlocks -= 1
     }
@@ -255,7 +257,7 @@ struct CacheState {
         }
         if index.insert(b, parent: parent, hash: h, namespace: seq.namespace) {
             seq.treeBlocks += 1
-            useNamespace(seq.namespace)
+            if position == 0 { useNamespace(seq.namespace) }
         }
     }
 
