@@ -12,6 +12,15 @@ final class StoreOpeningTests: XCTestCase {
         SpillStoreConfiguration(path: path, layout: layout, limitBytes: limit, writeMode: mode, durable: false)
     }
 
+    /// A closed store at `path` holding one spilled block.
+    func makeStoreWithOneBlock(_ path: String) throws {
+        let store = try LMDBSpillStore(config(path))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        let tokens = blockTokens(chain: 1, index: 0)
+        store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+        store.close()
+    }
+
     func assertOpenFails(_ config: SpillStoreConfiguration, file: StaticString = #filePath, line: UInt = #line,
                          _ check: (SpillStoreError) -> Bool) {
         XCTAssertThrowsError(try LMDBSpillStore(config), file: file, line: line) { error in
@@ -34,13 +43,7 @@ final class StoreOpeningTests: XCTestCase {
 
         // A real store cut short.
         let truncated = dir + "/truncated"
-        do {
-            let store = try LMDBSpillStore(config(truncated))
-            let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
-            let tokens = blockTokens(chain: 1, index: 0)
-            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
-            store.close()
-        }
+        try makeStoreWithOneBlock(truncated)
         XCTAssertEqual(truncate(truncated + "/data.mdb", 4096 + 100), 0)
         assertOpenFails(config(truncated)) { if case .notAStore = $0 { true } else { false } }
 
@@ -83,13 +86,7 @@ final class StoreOpeningTests: XCTestCase {
     func testRemoveDeletesOnlyStoresFiles() throws {
         let dir = try makeTemporaryDirectory(self)
         let path = dir + "/store"
-        do {
-            let store = try LMDBSpillStore(config(path))
-            let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
-            let tokens = blockTokens(chain: 1, index: 0)
-            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
-            store.close()
-        }
+        try makeStoreWithOneBlock(path)
         _ = FileManager.default.createFile(atPath: path + "/notes.txt", contents: Data("keep".utf8))
         try LMDBSpillStore.remove(path: path)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path + "/data.mdb"))
