@@ -433,7 +433,7 @@ struct CacheState {
     mutating func markComputed(_ s: SequenceHandle, computedTokens c: Int) throws(KVCacheError) {
         var seq = try live(s)
         guard c >= 0 && c <= seq.tokenCount else { throw .invalidComputedTokens(c, tokenCount: seq.tokenCount) }
-        guard seq.treeBlocks < c / blockSize else { return }
+        guard publication == .whenComputed, seq.treeBlocks < c / blockSize else { return }
         publish(&seq, serial: s.serial, upTo: c)
         sequences[s.serial] = seq
     }

@@ -48,16 +48,20 @@ final class StoreDatabase: @unchecked Sendable {
                 throw SpillStoreError(opening: path, .noSuchFileOrDirectory)
             }
         }
+        // The writer lock first, before LMDB creates or opens any file: a `remove` in another
+        // process takes the same lock, so it can never unlink files a writer has open.
+        let lock: WriterLock
+        do { lock = try WriterLock(storePath: path) } catch .inUse where Environment.isOpenInProcess(path: path) {
+            throw .alreadyOpen(path: path)  // this process's own writer holds it
+        }
         let env: Environment
         do {
             env = try Environment(path: path, configuration: .init(
                 mapSize: min(config.mapSizeLimit, config.initialMapSizeBytes), maxDatabases: 8,
                 flags: config.durable ? [.noTLS, .noMetaSync] : [.noTLS, .noSync]))
-        } catch { throw SpillStoreError(opening: path, error) }
-        let lock: WriterLock
-        do { lock = try WriterLock(storePath: path) } catch {
-            env.close()
-            throw error
+        } catch {
+            lock.release()
+            throw SpillStoreError(opening: path, error)
         }
         do throws(SpillStoreError) {
             let store = try openOrCreate(env, config)
@@ -199,26 +203,33 @@ final class StoreDatabase: @unchecked Sendable {
     /// that is not a PrefixKV store (`.notAStore`: not ours to delete). A missing store is fine,
     /// and so is an empty `data.mdb` (a creation cut short).
     static func remove(path: String) throws(SpillStoreError) {
-        let data = path + "/data.mdb"
+        let data = path + "/data.mdb", lockFile = path + "/lock.mdb"
         var info = stat()
-        if stat(data, &info) == 0 {
-            let lock = try WriterLock(storePath: path)
-            defer { lock.release() }
-            if info.st_size > 0 {
-                do { try openReadOnly(path: path).close() } catch {
-                    switch error {
-                    case .unsupportedFormat: break  // ours, of another format version
-                    case .notAStore(let p, let why): throw .notAStore(path: p, reason: why + "; not removed")
-                    default: throw error
-                    }
+        let hasData = stat(data, &info) == 0
+        if !hasData && errno != ENOENT { throw SpillStoreError(opening: path, LMDBError(rawValue: errno)) }
+        let hadLockFile = exists(lockFile)
+        guard hasData || hadLockFile else { return }  // nothing of a store here
+        if hasData && info.st_size > 0 {
+            // Ours to delete? (A read-only open, beside any writer.) Refused: leave no lock.mdb
+            // of our own behind in somebody else's directory.
+            do { try openReadOnly(path: path).close() } catch {
+                switch error {
+                case .unsupportedFormat: break  // ours, of another format version
+                case .notAStore(let p, let why):
+                    if !hadLockFile { unlink(lockFile) }
+                    throw .notAStore(path: p, reason: why + "; not removed")
+                default:
+                    if !hadLockFile { unlink(lockFile) }
+                    throw error
                 }
             }
-        } else if errno != ENOENT {
-            throw SpillStoreError(opening: path, LMDBError(rawValue: errno))
         }
-        for file in ["data.mdb", "lock.mdb"] {
-            let full = path + "/" + file
-            if unlink(full) != 0 && errno != ENOENT { throw .lmdb(path: full, LMDBError(rawValue: errno)) }
+        // Writers take this lock before opening anything, so holding it, no writer has the
+        // files open or can open them until they are gone.
+        let lock = try WriterLock(storePath: path)
+        defer { lock.release() }
+        for file in [data, lockFile] where unlink(file) != 0 && errno != ENOENT {
+            throw .lmdb(path: file, LMDBError(rawValue: errno))
         }
     }
 
@@ -254,3 +265,6 @@ func nowMillis() -> UInt64 { UInt64(Date().timeIntervalSince1970 * 1000) }
 /// Whether this process may read `path` (outside `StoreDatabase`, whose `access` database would
 /// shadow the system call).
 private func isReadable(_ path: String) -> Bool { access(path, R_OK) == 0 }
+
+/// Whether `path` exists (see `isReadable`).
+private func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }

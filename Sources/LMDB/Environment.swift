@@ -119,6 +119,9 @@ public final class Environment: @unchecked Sendable {
     }
 
     /// Closes the environment (waits for transactions in flight). Idempotent; `deinit` calls it.
+    /// Whether this process has the environment at `path` open (LMDB forbids a second open).
+    public static func isOpenInProcess(path: String) -> Bool { OpenPaths.isOpen(path: path) }
+
     public func close() {
         guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         gate.exclusive { mdb_env_close(handle) }

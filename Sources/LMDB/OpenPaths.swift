@@ -33,6 +33,14 @@ enum OpenPaths {
         }
     }
 
+    /// Whether the environment at `path` (a directory, or a data file) is open in this process.
+    static func isOpen(path: String) -> Bool {
+        var s = stat()
+        guard fstatat(AT_FDCWD, path, &s, 0) == 0 else { return false }
+        let id = Identity(device: UInt64(s.st_dev), inode: UInt64(s.st_ino))
+        return open.withLock { $0.contains(id) }
+    }
+
     static func release(_ id: Identity) {
         _ = open.withLock { $0.remove(id) }
     }

@@ -107,5 +107,17 @@ import Testing
         #expect(throws: KVCacheError.invalidComputedTokens(9, tokenCount: 8)) { try cache.markComputed(a.sequence, computedTokens: 9) }
         try cache.release(a.sequence)
         #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.markComputed(a.sequence, computedTokens: 0) }
+
+        // Not even where a chain broke on a duplicate that has since been evicted (a review found
+        // markComputed inserting the private block then).
+        let small = try KVCacheManager(layout: .small(blockSize: 1), capacityBlocks: 3)
+        let s1 = try small.admit([1, 2]), s2 = try small.admit([1])
+        try small.append([2], to: s2.sequence)  // duplicate of s1's block: s2's chain stops
+        try small.release(s1.sequence)
+        _ = try small.admit([7])  // evicts the duplicate
+        let b = try small.blockTable(of: s2.sequence)[1]
+        try small.markComputed(s2.sequence, computedTokens: 2)
+        #expect(!small.isCached(b))
+        small.checkInvariants()
     }
 }

@@ -158,6 +158,51 @@ final class CrashTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: path + "/data.mdb"))
     }
 
+    /// Child mode: opens a writer on `store` again and again (a spill and a flush each time)
+    /// while the parent removes the store in a loop, and counts the opens during which a file it
+    /// held was unlinked under it (found by a review: the writer took its lock after opening
+    /// LMDB, and `remove` skipped the lock when `data.mdb` was missing).
+    func testChildReopener() throws {
+        guard let dir = ChildProcess.childDirectory, dir.hasSuffix("/reopen") else { throw XCTSkip("child mode only") }
+        let config = SpillStoreConfiguration(path: dir + "/store", layout: testLayout, limitBytes: 8 << 20,
+                                             writeMode: .background(queueLimitBytes: 4 << 20), durable: false)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 2)
+        var opened = 0, unlinkedUnderUs = 0
+        _ = FileManager.default.createFile(atPath: dir + "/ready", contents: nil)
+        let deadline = Date().addingTimeInterval(30)
+        while opened < 200 && Date() < deadline {
+            guard let store = try? LMDBSpillStore(config) else { continue }
+            opened += 1
+            let tokens = blockTokens(chain: opened, index: 0)
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+            store.flush()
+            let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+            if open.contains(where: { fd in
+                let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + fd)) ?? ""
+                return target.hasPrefix(dir) && target.hasSuffix("(deleted)")
+            }) { unlinkedUnderUs += 1 }
+            store.close()
+        }
+        try "opened=\(opened) unlinkedUnderUs=\(unlinkedUnderUs)".write(toFile: dir + "/result", atomically: true, encoding: .utf8)
+    }
+
+    func testRemoveNeverUnlinksFilesAWriterHolds() throws {
+        let dir = try makeTemporaryDirectory(self) + "/reopen"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let child = try ChildProcess(test: "KVSpillTests.CrashTests/testChildReopener", directory: dir, logPath: dir + "/../child.log")
+        XCTAssertTrue(child.waitForFile(dir + "/ready"))
+        var removed = 0
+        while !FileManager.default.fileExists(atPath: dir + "/result") && child.process.isRunning {
+            if (try? LMDBSpillStore.remove(path: dir + "/store")) != nil { removed += 1 }
+            usleep(UInt32.random(in: 0..<300))
+        }
+        child.process.waitUntilExit()
+        let result = (try? String(contentsOfFile: dir + "/result", encoding: .utf8)) ?? "no result"
+        XCTAssertTrue(result.hasSuffix("unlinkedUnderUs=0") && !result.hasPrefix("opened=0 "), result)
+        XCTAssertGreaterThan(removed, 0, "the race was not run: \(result)")
+    }
+
     func testAStoreKilledMidSpillOpensRestoresOnlyCorrectBlocksAndKeepsWorking() throws {
         let dir = try makeTemporaryDirectory(self)
         let child = try startSpiller(dir)

@@ -71,11 +71,14 @@ final class StoreOpeningTests: XCTestCase {
         // and leaves every file as it was.
         for path in [garbage, truncated, foreign] {
             let before = try Data(contentsOf: URL(fileURLWithPath: path + "/data.mdb"))
+            let files = try FileManager.default.contentsOfDirectory(atPath: path).sorted()
             XCTAssertThrowsError(try LMDBSpillStore.remove(path: path)) {
                 guard case SpillStoreError.notAStore(_, let why) = $0 else { return XCTFail("\(path): \($0)") }
                 XCTAssertTrue(why.hasSuffix("not removed"), why)
             }
             XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path + "/data.mdb")), before, path)
+            // Not even a lock file of ours is left behind (a review found lock.mdb and writer.lock).
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path).sorted(), files, path)
         }
         XCTAssertThrowsError(try LMDBSpillStore.remove(path: file)) { XCTAssertNotNil($0 as? SpillStoreError) }
         XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "hello")
