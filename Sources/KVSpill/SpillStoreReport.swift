@@ -15,7 +15,7 @@ public struct SpillStoreReport: Sendable, Codable, Equatable {
     public var model: String
     /// Records stored.
     public var entries: Int
-    /// Records with a KV payload (the others hold tokens only, from a metadata-only manager).
+    /// Records with a KV payload (the others hold tokens only: spilled with no arena).
     public var blocks: Int
     /// Sum of record sizes (what the size limit bounds).
     public var bytes: Int
@@ -60,6 +60,20 @@ extension LMDBSpillStore {
 }
 
 extension StoreDatabase {
+    /// Counts per namespace, keyed by name. Two namespaces whose names are one `String` under
+    /// Unicode canonical equivalence ("café" composed and decomposed) but differ in bytes are two
+    /// tenants: the later one (in byte order) gets its UTF-8 bytes appended to its key, so the
+    /// report never merges them.
+    static func namesByBytes(_ counts: [[UInt8]: Int]) -> [String: Int] {
+        var out: [String: Int] = [:]
+        for (bytes, n) in counts.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
+            var name = String(decoding: bytes, as: UTF8.self)
+            if out[name] != nil { name += " [utf8 " + bytes.map { String($0, radix: 16) }.joined(separator: " ") + "]" }
+            out[name] = n
+        }
+        return out
+    }
+
     func report() throws(SpillStoreError) -> SpillStoreReport {
         let now = nowMillis()
         func age(_ ms: UInt64) -> Double { Double(now > ms ? now - ms : 0) / 1000 }
@@ -70,6 +84,7 @@ extension StoreDatabase {
                                      bytes: 0, tokens: 0, mapSizeBytes: info.mapSize, mapUsedBytes: (info.lastPageNumber + 1) * pageSize,
                                      pageSize: pageSize, entriesPerNamespace: [:], unreadableEntries: 0)
             var oldest = UInt64.max, newest = UInt64.min
+            var perNamespace: [[UInt8]: Int] = [:]  // by bytes, as the store keys them
             try env.withReadTransaction { txn in
                 try txn.forEach(in: entries) { key, value in
                     r.entries += 1
@@ -80,12 +95,13 @@ extension StoreDatabase {
                     }
                     if view.payloadBytes > 0 { r.blocks += 1 }
                     r.tokens += view.tokenCount
-                    r.entriesPerNamespace[view.namespaceString, default: 0] += 1
+                    perNamespace[Array(view.namespace), default: 0] += 1
                     oldest = min(oldest, view.writtenAtMillis)
                     newest = max(newest, view.writtenAtMillis)
                     return true
                 }
             }
+            r.entriesPerNamespace = Self.namesByBytes(perNamespace)
             if r.entries > r.unreadableEntries {
                 r.oldestEntryAgeSeconds = age(oldest)
                 r.newestEntryAgeSeconds = age(newest)

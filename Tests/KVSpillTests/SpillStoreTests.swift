@@ -455,6 +455,29 @@ final class SpillStoreTests: XCTestCase {
         XCTAssertEqual(damaged.entries, 12)
     }
 
+    /// Namespaces are tenants by their bytes: two spellings of "café" (composed, decomposed)
+    /// keep their records apart in the store, restore only their own, and the report counts
+    /// them apart (a `[String: Int]` keyed by name merged them: String's == is canonical
+    /// equivalence).
+    func testCanonicallyEquivalentNamespacesStayApartInTheStoreAndItsReport() throws {
+        let store = try openStore(try makeTemporaryDirectory(self), mode: .synchronous)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 3)
+        let composed = Namespace("caf\u{E9}"), decomposed = Namespace("cafe\u{301}")
+        let tokens = blockTokens(chain: 1, index: 0)
+        fill(arena, block: BlockID(1), tokens: tokens)
+        store.spill(store.key(namespace: composed, chain: [tokens]), composed, tokens, block: BlockID(1), arena: arena)
+        XCTAssertFalse(store.restore(store.key(namespace: decomposed, chain: [tokens]), decomposed, tokens, into: BlockID(2), arena: arena))
+        XCTAssertTrue(store.restore(store.key(namespace: composed, chain: [tokens]), composed, tokens, into: BlockID(2), arena: arena))
+        store.spill(store.key(namespace: decomposed, chain: [tokens]), decomposed, tokens, block: BlockID(1), arena: arena)
+        store.spill(store.key(namespace: decomposed, chain: [tokens, tokens]), decomposed, tokens, block: BlockID(1), arena: arena)
+        let report = try store.report()
+        XCTAssertEqual(report.entries, 3)
+        XCTAssertEqual(report.entriesPerNamespace.count, 2, "\(report.entriesPerNamespace)")
+        XCTAssertEqual(report.entriesPerNamespace.values.sorted(), [1, 2])
+        XCTAssertEqual(report.entriesPerNamespace.keys.filter { $0.contains("[utf8 ") }.count, 1)
+        store.checkInvariants()
+    }
+
     func testConcurrentSpillsRestoresAndPublishes() throws {
         let store = try openStore(try makeTemporaryDirectory(self), limit: 1 << 20, mode: .background(queueLimitBytes: 256 << 10))
         let arenas = (0..<3).map { _ in KVPageArena(layout: testLayout, capacityBlocks: 2) }
