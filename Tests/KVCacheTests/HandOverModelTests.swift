@@ -55,6 +55,26 @@ final class HandOverStore: ColdPrefixStore, @unchecked Sendable {
     }
 }
 
+/// Tokens of block `j` of an `n`-token sequence (only the last block may be partial).
+func blockTokenCount(_ j: Int, of n: Int, blockSize bs: Int) -> Int { min(bs, n - j * bs) }
+
+/// The first block of a sequence's `table` whose KV is not wholly written (`table.count` when
+/// all are), by an engine model's per-block `written` token counts: the engine writes causally,
+/// so it is the one written next.
+func firstUnwrittenBlock(_ table: [Int32], tokenCount n: Int, written: [Int], blockSize bs: Int) -> Int {
+    var j = 0
+    while j < table.count && written[Int(table[j])] >= blockTokenCount(j, of: n, blockSize: bs) { j += 1 }
+    return j
+}
+
+/// The sequence's tokens whose KV is written, counted from the first: its wholly written blocks
+/// and what the first unwritten one holds.
+func writtenTokens(_ table: [Int32], tokenCount n: Int, written: [Int], blockSize bs: Int) -> Int {
+    let j = firstUnwrittenBlock(table, tokenCount: n, written: written, blockSize: bs)
+    guard j < table.count else { return n }
+    return j * bs + min(written[Int(table[j])], blockTokenCount(j, of: n, blockSize: bs))
+}
+
 struct HandOverViolations: CustomStringConvertible {
     var hitOverUnowned = 0      // an admission's hit block is unwritten and no live sequence owns it
     var unwrittenInTree = 0     // a cached block with refcount 0 whose KV was never written
@@ -87,7 +107,7 @@ func runHandOverModel(seed: UInt64, steps: Int, useStore: Bool, dropSpillPercent
 
     func table(_ s: SequenceHandle) -> [Int32] { try! cache.blockTable(of: s) }
     func count(_ s: SequenceHandle) -> Int { try! cache.tokenCount(of: s) }
-    func need(_ j: Int, _ n: Int) -> Int { min(bs, n - j * bs) }
+    func need(_ j: Int, _ n: Int) -> Int { blockTokenCount(j, of: n, blockSize: bs) }
     func owned(_ b: Int32, at j: Int, except: SequenceHandle? = nil) -> Bool {
         for (t, f) in firstNew where t != except && j >= f {
             let tt = table(t)
@@ -96,16 +116,7 @@ func runHandOverModel(seed: UInt64, steps: Int, useStore: Bool, dropSpillPercent
         return false
     }
     func note(_ what: String, _ step: Int) { if v.first == nil { v.first = "seed \(seed) step \(step): \(what)" } }
-    func contiguous(_ s: SequenceHandle) -> Int {
-        let t = table(s), n = count(s)
-        var c = 0
-        for j in 0..<t.count {
-            let w = min(model.written[Int(t[j])], need(j, n))
-            c += w
-            if w < need(j, n) { break }
-        }
-        return c
-    }
+    func contiguous(_ s: SequenceHandle) -> Int { writtenTokens(table(s), tokenCount: count(s), written: model.written, blockSize: bs) }
     func apply(_ inv: [InvalidatedHit], _ step: Int) {
         if ignoreInvalidated { return }
         for h in inv {
@@ -162,8 +173,7 @@ func runHandOverModel(seed: UInt64, steps: Int, useStore: Bool, dropSpillPercent
             let t = table(s), n = count(s)
             if op < 60 {
                 // Engine computes the next block (causal: everything before it is written).
-                var j = 0
-                while j < t.count && model.written[Int(t[j])] >= need(j, n) { j += 1 }
+                let j = firstUnwrittenBlock(t, tokenCount: n, written: model.written, blockSize: bs)
                 if j == t.count { continue }
                 if j < firstNew[s]! {
                     if !owned(t[j], at: j, except: s) { v.stuck += 1; note("sequence \(s.serial) waits on block \(t[j]) at \(j), owned by nobody", step) }

@@ -104,17 +104,8 @@ func runNamespacePublicationModel(seed: UInt64, steps: Int, _ cfg: NSPubConfig) 
 
     func table(_ s: SequenceHandle) -> [Int32] { try! cache.blockTable(of: s) }
     func count(_ s: SequenceHandle) -> Int { try! cache.tokenCount(of: s) }
-    func need(_ j: Int, _ n: Int) -> Int { min(bs, n - j * bs) }
-    func contiguous(_ s: SequenceHandle) -> Int {
-        let t = table(s), n = count(s)
-        var c = 0
-        for j in 0..<t.count {
-            let w = min(model.written[Int(t[j])], need(j, n))
-            c += w
-            if w < need(j, n) { break }
-        }
-        return c
-    }
+    func need(_ j: Int, _ n: Int) -> Int { blockTokenCount(j, of: n, blockSize: bs) }
+    func contiguous(_ s: SequenceHandle) -> Int { writtenTokens(table(s), tokenCount: count(s), written: model.written, blockSize: bs) }
     func setIdentity(_ s: SequenceHandle) {
         // Full blocks a sequence holds get its (namespace, prefix) identity when it writes them.
         let t = table(s), toks = try! cache.tokens(of: s)
@@ -166,8 +157,7 @@ func runNamespacePublicationModel(seed: UInt64, steps: Int, _ cfg: NSPubConfig) 
             let t = table(s), n = count(s)
             if op < 55 {
                 // engine writes the next block (causally)
-                var j = 0
-                while j < t.count && model.written[Int(t[j])] >= need(j, n) { j += 1 }
+                let j = firstUnwrittenBlock(t, tokenCount: n, written: model.written, blockSize: bs)
                 if j < t.count && j >= live[s]!.firstNew {
                     model.written[Int(t[j])] = max(model.written[Int(t[j])], need(j, n))
                     setIdentity(s)
