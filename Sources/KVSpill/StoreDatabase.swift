@@ -212,16 +212,12 @@ final class StoreDatabase: @unchecked Sendable {
         if hasData && info.st_size > 0 {
             // Ours to delete? (A read-only open, beside any writer.) Refused: leave no lock.mdb
             // of our own behind in somebody else's directory.
-            do { try openReadOnly(path: path).close() } catch {
-                switch error {
-                case .unsupportedFormat: break  // ours, of another format version
-                case .notAStore(let p, let why):
-                    if !hadLockFile { unlink(lockFile) }
-                    throw .notAStore(path: p, reason: why + "; not removed")
-                default:
-                    if !hadLockFile { unlink(lockFile) }
-                    throw error
-                }
+            do { try openReadOnly(path: path).close() } catch .unsupportedFormat {
+                // ours, of another format version
+            } catch {
+                if !hadLockFile { unlink(lockFile) }
+                if case .notAStore(let p, let why) = error { throw .notAStore(path: p, reason: why + "; not removed") }
+                throw error
             }
         }
         // Writers take this lock before opening anything, so holding it, no writer has the

@@ -27,7 +27,7 @@ struct Demo: ParsableCommand {
 
     func run() throws {
         let options = self.options
-        if !keepStore { try SpillStores.clear(path: store) }
+        if !keepStore { try LMDBSpillStore.remove(path: store) }
         let spill = try LMDBSpillStore(SpillStoreConfiguration(path: store, layout: options.layout, limitBytes: 256 << 20))
         print("store: \(store)")
         let report = try KVTools.Demo(options: options).run(store: spill) { print($0) }
