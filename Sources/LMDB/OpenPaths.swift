@@ -22,9 +22,7 @@ enum OpenPaths {
             if fd < 0 && errno != EACCES && errno != EROFS { throw LMDBError(rawValue: errno) }
             if fd >= 0 { Glibc.close(fd) }
         }
-        var s = stat()
-        guard fstatat(AT_FDCWD, path, &s, 0) == 0 else { throw LMDBError(rawValue: errno) }
-        let id = Identity(device: UInt64(s.st_dev), inode: UInt64(s.st_ino))
+        guard let id = identity(of: path) else { throw LMDBError(rawValue: errno) }
         return try Self.open.withLock { (set: inout Set<Identity>) throws(LMDBError) -> Identity in
             guard !set.contains(id) else { throw .alreadyOpenInProcess }
             try open()
@@ -35,10 +33,15 @@ enum OpenPaths {
 
     /// Whether the environment at `path` (a directory, or a data file) is open in this process.
     static func isOpen(path: String) -> Bool {
-        var s = stat()
-        guard fstatat(AT_FDCWD, path, &s, 0) == 0 else { return false }
-        let id = Identity(device: UInt64(s.st_dev), inode: UInt64(s.st_ino))
+        guard let id = identity(of: path) else { return false }
         return open.withLock { $0.contains(id) }
+    }
+
+    /// The file identity of `path`, or nil (with `errno` set) when it cannot be stat'ed.
+    private static func identity(of path: String) -> Identity? {
+        var s = stat()
+        guard fstatat(AT_FDCWD, path, &s, 0) == 0 else { return nil }
+        return Identity(device: UInt64(s.st_dev), inode: UInt64(s.st_ino))
     }
 
     static func release(_ id: Identity) {
