@@ -37,12 +37,12 @@ int main(int argc, char **argv) {
     const int dtype = env("DTYPE", 2), math = env("MATH", 1);
     const int cold = !getenv("HOT"), kv_heads = 32, block = 16, d = 128, blocks = tokens / block;
     attend_fn attend[8];
-    scratch_fn scratch_bytes = NULL;
+    scratch_fn scratch_bytes[8];
     for (int v = 0; v < builds; v++) {
         void *h = dlopen(argv[v + 1], RTLD_NOW | RTLD_LOCAL);
         if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
         attend[v] = (attend_fn)dlsym(h, "kvk_attend");
-        if (!scratch_bytes) scratch_bytes = (scratch_fn)dlsym(h, "kvk_attend_scratch_bytes");
+        scratch_bytes[v] = (scratch_fn)dlsym(h, "kvk_attend_scratch_bytes");
     }
     // KV pages (bf16, 2 MiB pages as KVPageArena asks for), random values of unit scale.
     const size_t block_bytes = (size_t)kv_heads * block * d * (dtype == 0 ? 4 : 2), bytes = ((block_bytes * blocks) | ((1 << 21) - 1)) + 1;
@@ -64,7 +64,12 @@ int main(int argc, char **argv) {
         out[v] = calloc((size_t)rows * kv_heads * d, 4);
         lse[v] = calloc((size_t)rows * kv_heads, 4);
     }
-    void *scratch = aligned_alloc(64, (scratch_bytes(rows, d, heads) + 63) / 64 * 64);
+    // The largest scratch any build asks for (a build whose layout grew would otherwise write
+    // past the first build's size into the next head's slice, and time and compute garbage).
+    size_t scratch_size = 0;
+    for (int v = 0; v < builds; v++)
+        if (scratch_bytes[v](rows, d, heads) > scratch_size) scratch_size = scratch_bytes[v](rows, d, heads);
+    void *scratch = aligned_alloc(64, (scratch_size + 63) / 64 * 64);
     const size_t flush_bytes = (size_t)128 << 20;
     char *flush = malloc(flush_bytes);
     memset(flush, 1, flush_bytes);
