@@ -38,6 +38,9 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
             writer = try StoreWriter(store: database, limitBytes: configuration.limitBytes,
                                      mapSizeLimit: configuration.mapSizeLimit,
                                      readerCheckIntervalSeconds: configuration.statsIntervalSeconds, logger: logger)
+        } catch let error as SpillStoreError {
+            database.close()
+            throw error
         } catch {
             database.close()
             throw .lmdb(path: configuration.path, error as? LMDBError ?? .invalid)

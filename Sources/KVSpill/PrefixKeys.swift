@@ -27,13 +27,16 @@ enum PrefixKeys {
 }
 
 extension PrefixKey {
+    /// Bytes of a key (the LMDB key of a block's entry).
+    static let byteCount = 32
+
     /// The 32 digest bytes, in digest order (so `description` prints the digest's hex).
     init(digest: SHA256.Digest) {
         self = digest.withUnsafeBytes { PrefixKey(bytes: $0) }
     }
 
     init(bytes: UnsafeRawBufferPointer) {
-        invariant(bytes.count == 32, "PrefixKey: \(bytes.count) bytes, a key has 32")
+        invariant(bytes.count == Self.byteCount, "PrefixKey: \(bytes.count) bytes, a key has \(Self.byteCount)")
         self.init(bytes.loadUnaligned(fromByteOffset: 0, as: UInt64.self), bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
                   bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self), bytes.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
     }

@@ -79,6 +79,9 @@ enum RecordDefect: Error, Equatable {
     case truncated
     case badMagic
     case unsupportedVersion(UInt16)
+    /// Flag bits this format does not define (none are: writers store 0). The checksum starts
+    /// after them, so this check is what refuses a record damaged there.
+    case unknownFlags(UInt16)
     case otherLayout
     case lengthMismatch
     case checksumMismatch
@@ -97,12 +100,19 @@ struct RecordView {
         T(littleEndian: b.loadUnaligned(fromByteOffset: o, as: T.self))
     }
 
+    /// Whether a stored value's size is the one its header states (magic, version and flags
+    /// readable, lengths adding up): when it is not, the size on disk changed after the writer
+    /// counted it, and the writer recounts its bytes.
+    static func sizeIsIntact(_ b: UnsafeRawBufferPointer) -> Bool { (try? RecordView(b)) != nil }
+
     /// Parses the header and checks the lengths add up (no checksum: see ``verifyChecksum()``).
     init(_ b: UnsafeRawBufferPointer) throws(RecordDefect) {
         guard b.count >= SpillRecord.fixedHeaderBytes else { throw .truncated }
         guard Self.get(b, 0, UInt32.self) == SpillRecord.magic else { throw .badMagic }
         let version = Self.get(b, 4, UInt16.self)
         guard version == SpillRecord.formatVersion else { throw .unsupportedVersion(version) }
+        let flags = Self.get(b, 6, UInt16.self)
+        guard flags == 0 else { throw .unknownFlags(flags) }
         bytes = b
         layerCount = Int(Self.get(b, 16, UInt32.self))
         kvHeadCount = Int(Self.get(b, 20, UInt32.self))

@@ -25,6 +25,9 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
     /// Another process has the store open for writing: a store takes one writer process at a
     /// time (readers, such as `kvctl stats`, are fine beside it).
     case inUse(path: String)
+    /// A PrefixKV store whose bookkeeping is damaged beyond what the writer repairs by itself
+    /// (an unreadable LRU index): ``LMDBSpillStore/remove(path:)`` clears it; it is a cache.
+    case damaged(path: String, reason: String)
     /// Any other failure from LMDB or the system.
     case lmdb(path: String, LMDBError)
     /// The store was closed (``LMDBSpillStore/report()`` after ``LMDBSpillStore/close()``).
@@ -43,6 +46,7 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
         case .notFound(let p): "\(p): no such store"
         case .alreadyOpen(let p): "\(p) is already open in this process"
         case .inUse(let p): "\(p) is open for writing in another process (one writer process per store; kvctl stats reads beside it)"
+        case .damaged(let p, let why): "\(p): a damaged spill store (\(why)); it is a cache: remove it to start afresh"
         case .lmdb(let p, let e): "\(p): \(e)"
         case .closed(let p): "\(p): the store is closed"
         }

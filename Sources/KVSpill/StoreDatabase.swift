@@ -231,18 +231,37 @@ final class StoreDatabase: @unchecked Sendable {
 
     // MARK: - Small reads
 
-    /// The committed sum of record sizes.
-    func storedBytes() throws -> Int {
-        try env.withReadTransaction { txn in try readBytes(txn) }
+    /// The committed sum of record sizes as the meta record states it: 0 when absent, nil when
+    /// the record is damaged (not 8 bytes, or beyond `Int`) — stored bytes are data read from
+    /// disk, and a damaged store is an input to handle, not a reason to trap.
+    func readBytes(_ txn: borrowing Transaction) throws -> Int? {
+        try txn.withValue(for: MetaKey.bytes, in: meta) { v -> Int? in
+            guard v.count == 8 else { return nil }
+            let n = UInt64(littleEndian: v.loadUnaligned(as: UInt64.self))
+            return n <= UInt64(Int.max) ? Int(n) : nil
+        } ?? 0
     }
 
-    func readBytes(_ txn: borrowing Transaction) throws -> Int {
-        try txn.withValue(for: MetaKey.bytes, in: meta) { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) } ?? 0
+    /// The sum of the entries' value sizes: what the meta record should state. A writer recounts
+    /// when a damaged store's sizes stop adding up (one cursor walk over `entries`).
+    func countBytes(_ txn: borrowing Transaction) throws -> Int {
+        var total = 0
+        try txn.forEach(in: entries) { _, value in
+            total += value.count
+            return true
+        }
+        return total
     }
 
-    /// The next access sequence: one past the newest in `lru`.
+    /// The next access sequence: one past the newest in `lru`. A damaged newest key (not 8 bytes,
+    /// or the last sequence there is) is `.damaged`: the writer cannot number new accesses.
     func nextSequence(_ txn: borrowing Transaction) throws -> UInt64 {
-        try txn.withCursor(lru) { c in try c.last { k, _ in UInt64(bigEndian: k.loadUnaligned(as: UInt64.self)) + 1 } } ?? 0
+        let newest = try txn.withCursor(lru) { c in
+            try c.last { k, _ -> UInt64? in k.count == 8 ? UInt64(bigEndian: k.loadUnaligned(as: UInt64.self)) : nil }
+        }
+        guard let newest else { return 0 }
+        guard let newest, newest < .max else { throw SpillStoreError.damaged(path: path, reason: "the newest LRU sequence is unreadable") }
+        return newest + 1
     }
 
     /// The stats record: nil when none was published yet; a record that does not decode is

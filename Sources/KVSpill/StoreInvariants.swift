@@ -34,7 +34,7 @@ extension StoreWriter {
                         return true
                     }
                     let metaBytes = try db.readBytes(txn)
-                    invariant(metaBytes == bytes, "spill store: meta bytes \(metaBytes), records add up to \(bytes)")
+                    invariant(metaBytes == bytes, "spill store: meta bytes \(metaBytes.map(String.init) ?? "unreadable"), records add up to \(bytes)")
                     invariant(state.bytes == bytes, "spill store: writer counts \(state.bytes) bytes, records add up to \(bytes)")
                     invariant(bytes <= state.limitBytes, "spill store: \(bytes) bytes stored over the limit of \(state.limitBytes)")
                     let info = try db.env.info()

@@ -52,7 +52,15 @@ final class StoreWriter: Sendable {
         minimumLimitBytes = min(limitBytes, SpillRecord.payloadOffset(namespaceBytes: 256, tokenCount: store.layout.blockSize)
                                                 + store.layout.blockBytes)
         readerCheckIntervalMillis = UInt64(max(0, readerCheckIntervalSeconds) * 1000)
-        let (bytes, next) = try store.env.withReadTransaction { txn in (try store.readBytes(txn), try store.nextSequence(txn)) }
+        let (stated, counted, next) = try store.env.withReadTransaction { txn in
+            let stated = try store.readBytes(txn)
+            return (stated, stated == nil ? try store.countBytes(txn) : 0, try store.nextSequence(txn))
+        }
+        if stated == nil {
+            logger.warning("spill store: the stored byte count is unreadable; recounted \(counted) bytes from the entries",
+                           metadata: ["path": "\(store.path)"])
+        }
+        let bytes = stated ?? counted
         let mapSize = try store.env.info().mapSize
         openedMapSize = mapSize
         state = Locked(State(bytes: bytes, nextSequence: next, limitBytes: limitBytes, mapSize: mapSize))
@@ -363,15 +371,29 @@ final class StoreWriter: Sendable {
     /// Deletes `key`'s entry, its LRU link and its bytes, if it is there.
     private func remove(_ key: PrefixKey, _ txn: borrowing Transaction, _ s: inout State) throws {
         try key.withBytes { k in
-            guard let size = try txn.withValue(for: k, in: store.entries, { $0.count }) else { return }
+            guard let (size, intact) = try txn.withValue(for: k, in: store.entries, { ($0.count, RecordView.sizeIsIntact($0)) })
+            else { return }
             try txn.delete(k, in: store.entries)
             if let seq = try txn.copyValue(for: k, in: store.access) {
                 try txn.delete(seq, in: store.lru)
                 try txn.delete(k, in: store.access)
             }
             s.bytes -= size
-            invariant(s.bytes >= 0, "StoreWriter: stored byte count went negative removing \(key)")
+            if !intact || s.bytes < 0 { try recount(txn, &s, after: "removing \(key)") }
         }
+    }
+
+    /// An entry whose size disagrees with its own header (or the count going negative) means
+    /// a size on disk changed since it was counted: a damaged page (bit rot, or a torn write
+    /// after a crash without fsync). Sizes are data read from disk, so this is repaired, not
+    /// trapped: the count becomes the entries' real sum (committed with the transaction).
+    private func recount(_ txn: borrowing Transaction, _ s: inout State, after what: String) throws {
+        let counted = try store.countBytes(txn)
+        if counted != s.bytes {
+            logger.warning("spill store: byte count \(s.bytes) after \(what) (a damaged entry size); recounted \(counted) bytes",
+                           metadata: ["path": "\(store.path)"])
+        }
+        s.bytes = counted
     }
 
     /// Drops least recently used entries until the store holds at most `target` bytes (or
@@ -384,17 +406,32 @@ final class StoreWriter: Sendable {
             try txn.withCursor(store.entries) { entries in
                 var removed = 0
                 while s.bytes > max(0, target) && removed < maxEntries {
-                    guard let oldest = try lru.first({ _, v in PrefixKey(bytes: v) }) else { return }
+                    // A slot whose value is not a key, or names no entry, is damage on disk
+                    // (transactions keep the indexes in step): dropped, and the walk goes on.
+                    guard let slot = try lru.first({ _, v in v.count == PrefixKey.byteCount ? PrefixKey(bytes: v) : nil }) else {
+                        // No slot left while bytes remain: the count is off (damaged sizes).
+                        if s.bytes > 0 { try recount(txn, &s, after: "with no entry left to evict") }
+                        return
+                    }
                     try lru.deleteCurrent()
-                    let size = try oldest.withBytes { k -> Int? in
-                        guard let size = try entries.seek(exactly: k, { _, v in v.count }) else { return nil }
+                    guard let oldest = slot else {
+                        logger.warning("spill store: dropped an LRU slot that names no key", metadata: ["path": "\(store.path)"])
+                        continue
+                    }
+                    let found = try oldest.withBytes { k -> (Int, Bool)? in
+                        guard let found = try entries.seek(exactly: k, { _, v in (v.count, RecordView.sizeIsIntact(v)) }) else { return nil }
                         try entries.deleteCurrent()
                         try txn.delete(k, in: store.access)
-                        return size
+                        return found
                     }
-                    invariant(size != nil, "StoreWriter: the LRU index names \(oldest), which has no entry")
-                    s.bytes -= size!
-                    invariant(s.bytes >= 0, "StoreWriter: stored byte count went negative evicting \(oldest)")
+                    guard let (size, intact) = found else {
+                        _ = try oldest.withBytes { k in try txn.delete(k, in: store.access) }  // any link left with it
+                        logger.warning("spill store: dropped an LRU slot naming \(oldest), which has no entry",
+                                       metadata: ["path": "\(store.path)"])
+                        continue
+                    }
+                    s.bytes -= size
+                    if !intact || s.bytes < 0 { try recount(txn, &s, after: "evicting \(oldest)") }
                     removed += 1
                     delta.lruEvictions += 1
                 }

@@ -90,7 +90,7 @@ final class SpillStoreTests: XCTestCase {
             let before = record.count
             edit(&record)
             try txn.put(record, for: key.byteArray, in: db.entries)
-            try txn.put(le(UInt64(try db.readBytes(txn) - (before - record.count))), for: StoreDatabase.MetaKey.bytes, in: db.meta)
+            try txn.put(le(UInt64(try XCTUnwrap(try db.readBytes(txn)) - (before - record.count))), for: StoreDatabase.MetaKey.bytes, in: db.meta)
             return before - record.count
         }
         store.writer.adjustCommittedBytesForTests(by: -shrunk)

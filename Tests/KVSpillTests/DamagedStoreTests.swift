@@ -1,0 +1,229 @@
+import Foundation
+import KVCache
+import KVCore
+import XCTest
+@testable import KVSpill
+@testable import LMDB
+
+/// A store damaged on disk (bit rot, a torn page after a crash without fsync) is input, not an
+/// internal error: the writer repairs its bookkeeping or the open fails with a typed error, and
+/// no damaged record is restored. Found by a fuzzing review (2026-12-01): each of these trapped
+/// the process (a byte count gone negative on the background writer, an overflow at open) or
+/// restored a record damaged outside its checksum.
+final class DamagedStoreTests: XCTestCase {
+    private func config(_ dir: String, limit: Int = 8 << 20) -> SpillStoreConfiguration {
+        SpillStoreConfiguration(path: dir + "/store", layout: testLayout, limitBytes: limit, writeMode: .synchronous,
+                                durable: false, statsIntervalSeconds: 0.05)
+    }
+
+    /// Spills blocks 0 ..< count of chain 1 (each block's KV from its tokens) and returns their keys.
+    private func spillChain(_ store: LMDBSpillStore, _ arena: KVPageArena, count: Int) -> [(PrefixKey, [TokenID])] {
+        var chain: [[TokenID]] = []
+        return (0..<count).map { i in
+            let tokens = blockTokens(chain: 1, index: i)
+            chain.append(tokens)
+            let key = store.key(chain: chain)
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(key, tokens, block: BlockID(1), arena: arena)
+            return (key, tokens)
+        }
+    }
+
+    /// The sum of the entries' sizes, read straight from LMDB.
+    private func entryBytes(_ store: LMDBSpillStore) throws -> Int {
+        try store.database.env.withReadTransaction { txn in try store.database.countBytes(txn) }
+    }
+
+    /// One bit of a record's size in its leaf node of `data.mdb` (the record now reads 64 KiB
+    /// longer): refused on restore, and dropping it repairs the byte count instead of trapping.
+    func testAnEntrySizeDamagedInDataMdbIsRecounted() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        var store: LMDBSpillStore? = try LMDBSpillStore(config(dir))
+        let blocks = spillChain(store!, arena, count: 3)
+        let (key, tokens) = blocks[1]
+        store!.close()
+        store = nil
+        // The leaf node of `key` in `entries`: [size: u32][flags: u16][key size: u16 = 32][key].
+        let path = dir + "/store/data.mdb"
+        var file = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let k = key.byteArray
+        var patched = 0
+        for i in 8..<(file.count - 32) where file[i - 2] == 32 && file[i - 1] == 0 && Array(file[i..<(i + 32)]) == k {
+            let size = Int(file[i - 8]) | Int(file[i - 7]) << 8 | Int(file[i - 6]) << 16 | Int(file[i - 5]) << 24
+            if size > 1000 { file[i - 6] ^= 0x01; patched += 1 }
+        }
+        XCTAssertGreaterThanOrEqual(patched, 1)  // the live leaf, and any older copy LMDB keeps
+        try Data(file).write(to: URL(fileURLWithPath: path))
+
+        let reopened = try LMDBSpillStore(config(dir))
+        XCTAssertEqual(try reopened.report().unreadableEntries, 1)
+        XCTAssertFalse(reopened.restore(key, tokens, into: BlockID(2), arena: arena))
+        reopened.flush()  // the writer drops the entry: the count would go negative
+        XCTAssertEqual(reopened.counters.corruptDropped, 1)
+        XCTAssertEqual(reopened.storedBytes, try entryBytes(reopened))
+        XCTAssertGreaterThan(reopened.checkInvariants(), 0)
+        // The undamaged blocks still restore their own KV.
+        for (i, (other, otherTokens)) in blocks.enumerated() where i != 1 {
+            XCTAssertTrue(reopened.restore(other, otherTokens, into: BlockID(2), arena: arena))
+            XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: otherTokens, layout: testLayout))
+        }
+        reopened.close()
+    }
+
+    /// A record that grew behind the writer's back (the byte count not adjusted): dropped on
+    /// restore with the count repaired; later spills and evictions keep it right.
+    func testARecordThatGrewIsDroppedAndRecounted() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let store = try LMDBSpillStore(config(dir))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let (key, tokens) = spillChain(store, arena, count: 1)[0]
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            var record = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+            record += [UInt8](repeating: 0, count: 16)
+            try txn.put(record, for: key.byteArray, in: db.entries)
+        }
+        XCTAssertFalse(store.restore(key, tokens, into: BlockID(2), arena: arena))
+        store.flush()
+        XCTAssertEqual(store.storedBytes, try entryBytes(store))
+        _ = spillChain(store, arena, count: 2)
+        XCTAssertEqual(store.storedBytes, try entryBytes(store))
+        XCTAssertGreaterThan(store.checkInvariants(), 0)
+        store.close()
+    }
+
+    /// A record that shrank behind the writer's back: spilling its block again replaces it
+    /// (its header no longer adds up), and the count is recounted rather than left too high.
+    func testARecordThatShrankIsReplacedAndRecounted() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let store = try LMDBSpillStore(config(dir))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let (key, tokens) = spillChain(store, arena, count: 1)[0]
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            let value = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+            try txn.put(Array(value.prefix(100)), for: key.byteArray, in: db.entries)
+        }
+        _ = spillChain(store, arena, count: 3)  // block 0 again, then two more
+        XCTAssertEqual(store.storedBytes, try entryBytes(store))
+        XCTAssertEqual(store.checkInvariants(), 3)
+        XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena))
+        XCTAssertEqual(contents(arena, block: BlockID(2)), expectedPayload(tokens: tokens, layout: testLayout))
+        store.close()
+    }
+
+    /// A damaged-size entry that LRU eviction reaches (no restore ever saw it): recounted.
+    func testADamagedEntryReachedByEvictionIsRecounted() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let record = SpillRecord.payloadOffset(namespaceBytes: Namespace.default.rawValue.utf8.count, tokenCount: 16)
+            + testLayout.blockBytes
+        let store = try LMDBSpillStore(config(dir, limit: 3 * record))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let (key, _) = spillChain(store, arena, count: 1)[0]
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            var value = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+            value += [UInt8](repeating: 0, count: 16)
+            try txn.put(value, for: key.byteArray, in: db.entries)
+        }
+        _ = spillChain(store, arena, count: 6)  // block 0 is the oldest: evicted first
+        XCTAssertEqual(store.storedBytes, try entryBytes(store))
+        XCTAssertEqual(store.checkInvariants(), 3)
+        store.close()
+    }
+
+    /// Flag bits (bytes 6 ..< 8, before the checksummed range) must be zero: a record damaged
+    /// there is refused and dropped, not restored.
+    func testARecordWithFlagBitsIsRefused() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let store = try LMDBSpillStore(config(dir))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let (key, tokens) = spillChain(store, arena, count: 1)[0]
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            var record = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+            record[6] = 0xff
+            record[7] = 0xff
+            try txn.put(record, for: key.byteArray, in: db.entries)
+        }
+        XCTAssertFalse(store.restore(key, tokens, into: BlockID(2), arena: arena))
+        store.flush()
+        XCTAssertEqual(store.counters.corruptDropped, 1)
+        XCTAssertEqual(store.checkInvariants(), 0)
+        store.close()
+    }
+
+    /// An unreadable stored byte count (top bit set, or not 8 bytes) is recounted at open.
+    func testAnUnreadableByteCountIsRecountedAtOpen() throws {
+        for damaged in [le(UInt64(1) << 63), [UInt8](repeating: 7, count: 3)] {
+            let dir = try makeTemporaryDirectory(self, function: "\(#function)-\(damaged.count)")
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            let written: Int
+            do {
+                let store = try LMDBSpillStore(config(dir))
+                _ = spillChain(store, arena, count: 2)
+                written = store.storedBytes
+                try store.database.env.withWriteTransaction { txn in
+                    try txn.put(damaged, for: StoreDatabase.MetaKey.bytes, in: store.database.meta)
+                }
+                store.close()
+            }
+            let reopened = try LMDBSpillStore(config(dir))
+            XCTAssertEqual(reopened.storedBytes, written, "\(damaged)")
+            _ = spillChain(reopened, arena, count: 3)  // a commit writes the repaired count back
+            XCTAssertEqual(reopened.checkInvariants(), 3)
+            reopened.close()
+        }
+    }
+
+    /// An unreadable newest LRU sequence cannot be continued: the open is `.damaged`, and
+    /// `remove(path:)` clears the store so the next open starts empty.
+    func testAnUnreadableLRUSequenceIsATypedErrorAndTheStoreRemovable() throws {
+        for damagedKey in [be(UInt64.max), [UInt8](repeating: 0xff, count: 9)] {
+            let dir = try makeTemporaryDirectory(self, function: "\(#function)-\(damagedKey.count)")
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            do {
+                let store = try LMDBSpillStore(config(dir))
+                let (key, _) = spillChain(store, arena, count: 1)[0]
+                try store.database.env.withWriteTransaction { txn in
+                    try txn.put(key.byteArray, for: damagedKey, in: store.database.lru)
+                }
+                store.close()
+            }
+            XCTAssertThrowsError(try LMDBSpillStore(config(dir))) { error in
+                guard case .damaged(_, let why)? = error as? SpillStoreError else { return XCTFail("\(error)") }
+                XCTAssertTrue(why.contains("LRU"), why)
+            }
+            try LMDBSpillStore.remove(path: dir + "/store")
+            let fresh = try LMDBSpillStore(config(dir))
+            XCTAssertEqual(fresh.checkInvariants(), 0)
+            fresh.close()
+        }
+    }
+
+    /// LRU slots that name no key, or a key with no entry, are dropped as eviction walks past
+    /// them; the real entries behind them are evicted as usual.
+    func testEvictionWalksPastDamagedLRUSlots() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let record = SpillRecord.payloadOffset(namespaceBytes: Namespace.default.rawValue.utf8.count, tokenCount: 16)
+            + testLayout.blockBytes
+        do {  // two damaged slots, older than any the store will write after reopening
+            let empty = try LMDBSpillStore(config(dir, limit: 3 * record))
+            let db = empty.database
+            try db.env.withWriteTransaction { txn in
+                try txn.put([UInt8](repeating: 1, count: 5), for: be(UInt64(0)), in: db.lru)
+                try txn.put([UInt8](repeating: 2, count: 32), for: be(UInt64(1)), in: db.lru)
+            }
+            empty.close()
+        }
+        let store = try LMDBSpillStore(config(dir, limit: 3 * record))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let blocks = spillChain(store, arena, count: 5)  // over the limit: evicts from the oldest slot
+        XCTAssertEqual(store.storedBytes, try entryBytes(store))
+        XCTAssertEqual(store.checkInvariants(), 3)
+        let (last, lastTokens) = blocks[4]
+        XCTAssertTrue(store.restore(last, lastTokens, into: BlockID(2), arena: arena))
+        store.close()
+    }
+}
