@@ -86,7 +86,14 @@ public struct ReplayCommandOptions: Sendable {
         if capacities != nil && !sweep { throw OptionError("--capacities", "needs --sweep; use --capacity-blocks for one run") }
         if capacityBlocks != nil && sweep { throw OptionError("--capacity-blocks", "is not used by --sweep; use --capacities") }
         if storeLimitBytes != nil && store == nil { throw OptionError("--store-limit-bytes", "needs --store") }
-        if let storeLimitBytes { try OptionChecks.atLeast(storeLimitBytes, 1, "--store-limit-bytes") }
+        if let storeLimitBytes {
+            // A replay with a store spills whole blocks: a limit below one record keeps nothing,
+            // and only the JSON's recordsTooLarge would say so.
+            let oneRecord = smallestRecordBytes(kvLayout)
+            guard storeLimitBytes >= oneRecord else {
+                throw OptionError("--store-limit-bytes", "must hold at least one block's record (\(oneRecord) bytes for this layout), got \(storeLimitBytes)")
+            }
+        }
         // Per block: its token ids (and with a store, its pages) must fit in memory.
         let perBlock = kvLayout.blockSize * MemoryLayout<TokenID>.stride + (store != nil ? kvLayout.blockBytes : 0)
         if let capacityBlocks {
@@ -124,6 +131,20 @@ public struct ReplayCommandOptions: Sendable {
 
 /// A store limit with room for every distinct block of `trace` (payload, token ids and record
 /// header), at least 64 MiB; an error naming --layout when that overflows `Int`.
+/// A lower bound on one spilled block's record: its KV, its token ids and the fixed header (96
+/// bytes; the namespace and padding add a little more).
+func smallestRecordBytes(_ layout: KVLayout) -> Int {
+    layout.blockBytes + layout.blockSize * MemoryLayout<TokenID>.stride + 96
+}
+
+/// Fails unless the trace's unbounded capacity (every distinct block) fits in memory: token ids
+/// per block, and pages too when a store is used (the manager then allocates them).
+public func checkUnboundedCapacity(_ trace: Trace, layout: KVLayout, withPages: Bool) throws(OptionError) {
+    let perBlock = layout.blockSize * MemoryLayout<TokenID>.stride + (withPages ? layout.blockBytes : 0)
+    try OptionChecks.fitsInMemory(blocks: unboundedCapacity(of: trace, blockSize: layout.blockSize), bytesPerBlock: perBlock,
+                                  "the trace's unbounded capacity (give --capacity-blocks)")
+}
+
 public func storeRoomForEveryBlock(_ trace: Trace, layout: KVLayout) throws(OptionError) -> Int {
     let (perRecord, o1) = layout.blockBytes.addingReportingOverflow(layout.blockSize * MemoryLayout<TokenID>.stride + 256)
     let blocks = unboundedCapacity(of: trace, blockSize: layout.blockSize)

@@ -74,7 +74,8 @@ public struct Trace: Sendable {
         self.hashBlockTokens = hashBlockTokens
         var parsed: [TraceRequest] = []
         try bytes.withUnsafeBufferPointer { (buffer: UnsafeBufferPointer<UInt8>) throws(TraceError) in
-            var start = 0
+            // A UTF-8 byte order mark some editors write is not part of the first line's JSON.
+            var start = buffer.starts(with: [0xEF, 0xBB, 0xBF]) ? 3 : 0
             var line = 0
             while start < buffer.count {
                 line += 1
@@ -111,12 +112,22 @@ public struct Trace: Sendable {
     /// Total prompt tokens.
     public var promptTokens: Int { requests.reduce(0) { $0 + $1.inputLength } }
 
+    /// The longest prompt a trace line may ask for. A replay builds each prompt's token ids (4
+    /// bytes each), so an unchecked `input_length` let a 67-byte line ask for 25 GB and abort
+    /// the process; 2^24 tokens (64 MiB of ids) is beyond any model's context today.
+    public static let maxPromptTokens = 1 << 24
+
     static func validate(_ r: TraceRequest, hashBlockTokens: Int) throws(TraceError) {
         guard r.inputLength > 0 else { throw .inconsistent(line: r.line, reason: "input_length must be positive, got \(r.inputLength)") }
+        guard r.timestamp >= 0 else { throw .inconsistent(line: r.line, reason: "timestamp must not be negative, got \(r.timestamp)") }
+        guard r.outputLength >= 0 else { throw .inconsistent(line: r.line, reason: "output_length must not be negative, got \(r.outputLength)") }
         // Rounded up without `inputLength + hashBlockTokens - 1`, which overflows for a huge length.
         let needed = hashIDsCovering(r.inputLength, hashBlockTokens: hashBlockTokens)
         guard r.hashIDs.count >= needed else {
             throw .inconsistent(line: r.line, reason: "\(r.hashIDs.count) hash ids cannot cover input_length \(r.inputLength) at \(hashBlockTokens) tokens per id")
+        }
+        guard r.inputLength <= maxPromptTokens else {
+            throw .inconsistent(line: r.line, reason: "input_length \(r.inputLength) is over the \(maxPromptTokens) tokens a replayed prompt may have")
         }
         let limit = Int64(Int32.max) / Int64(hashBlockTokens)
         for h in r.hashIDs.prefix(needed) where h < 0 || h >= limit { throw .tokenOverflow(line: r.line, hashID: h) }

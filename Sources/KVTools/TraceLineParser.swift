@@ -22,16 +22,22 @@ struct TraceLineParser {
         if peek == UInt8(ascii: "}") { at += 1 } else {
             while true {
                 skipSpace()
+                let keyColumn = at + 1
                 let key = try parseKey()
                 skipSpace()
                 try expect(UInt8(ascii: ":"))
                 skipSpace()
+                // A field given twice is refused (JSON leaves it undefined; a last-one-wins
+                // reading silently replays another request than the file's author meant).
+                func once<T>(_ seen: T?) throws(TraceError) {
+                    if seen != nil { throw .malformed(line: line, reason: "duplicate field \"\(key)\" at column \(keyColumn)") }
+                }
                 switch key {
-                case "timestamp": timestamp = try parseInteger()
-                case "input_length": input = try parseInteger()
-                case "output_length": output = try parseInteger()
-                case "hash_ids": ids = try parseIntegerArray()
-                default: try skipValue()
+                case "timestamp": try once(timestamp); timestamp = try parseInteger()
+                case "input_length": try once(input); input = try parseInteger()
+                case "output_length": try once(output); output = try parseInteger()
+                case "hash_ids": try once(ids); ids = try parseIntegerArray()
+                default: try skipValue(depth: 0)
                 }
                 skipSpace()
                 if peek == UInt8(ascii: ",") { at += 1; continue }
@@ -64,22 +70,76 @@ struct TraceLineParser {
         at += 1
     }
 
-    /// A key: the field names we look for have no escapes, so raw bytes between quotes suffice
-    /// (a key with escapes simply matches none of them and its value is skipped).
+    /// A key, its escapes decoded (so `"input\u005flength"` is the field it spells; keys
+    /// without a backslash, all of a real trace's, are taken as they are).
     private mutating func parseKey() throws(TraceError) -> String {
         try expect(UInt8(ascii: "\""))
         let start = at
-        try skipStringBody()
-        return String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<(at - 1)]), as: UTF8.self)
+        let escaped = try skipStringBody()
+        let raw = UnsafeBufferPointer(rebasing: bytes[start..<(at - 1)])
+        return escaped ? unescape(raw) : String(decoding: raw, as: UTF8.self)
     }
 
-    /// Skips to just past the closing quote of a string whose opening quote was consumed.
-    private mutating func skipStringBody() throws(TraceError) {
+    /// Skips to just past the closing quote of a string whose opening quote was consumed,
+    /// checking its escapes and that it holds no raw control character; returns whether it
+    /// had escapes.
+    @discardableResult
+    private mutating func skipStringBody() throws(TraceError) -> Bool {
+        var escaped = false
         while let c = peek {
             at += 1
-            if c == UInt8(ascii: "\\") { at += 1 } else if c == UInt8(ascii: "\"") { return }
+            if c == UInt8(ascii: "\"") { return escaped }
+            if c < 0x20 { throw fail("a control character inside a string") }
+            guard c == UInt8(ascii: "\\") else { continue }
+            escaped = true
+            guard let e = peek else { break }
+            at += 1
+            switch e {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"), UInt8(ascii: "b"), UInt8(ascii: "f"),
+                 UInt8(ascii: "n"), UInt8(ascii: "r"), UInt8(ascii: "t"):
+                continue
+            case UInt8(ascii: "u"):
+                for _ in 0..<4 {
+                    guard let h = peek, hexValue(h) != nil else { throw fail("a \\u escape needs four hex digits") }
+                    at += 1
+                }
+            default: throw fail("an invalid escape")
+            }
         }
         throw fail("unterminated string")
+    }
+
+    /// The string a key's escaped bytes spell (already checked by `skipStringBody`), built as
+    /// UTF-16 so `\\u` surrogate pairs join up.
+    private func unescape(_ raw: UnsafeBufferPointer<UInt8>) -> String {
+        var units: [UInt16] = []
+        var i = 0
+        while i < raw.count {
+            guard raw[i] == UInt8(ascii: "\\") else {
+                var j = i  // a run of raw UTF-8 up to the next backslash
+                while j < raw.count && raw[j] != UInt8(ascii: "\\") { j += 1 }
+                units.append(contentsOf: String(decoding: UnsafeBufferPointer(rebasing: raw[i..<j]), as: UTF8.self).utf16)
+                i = j
+                continue
+            }
+            let e = raw[i + 1]
+            switch e {
+            case UInt8(ascii: "u"):
+                var v: UInt16 = 0
+                for k in 0..<4 { v = v << 4 | UInt16(hexValue(raw[i + 2 + k])!) }
+                units.append(v)
+                i += 6
+                continue
+            case UInt8(ascii: "b"): units.append(0x08)
+            case UInt8(ascii: "f"): units.append(0x0C)
+            case UInt8(ascii: "n"): units.append(0x0A)
+            case UInt8(ascii: "r"): units.append(0x0D)
+            case UInt8(ascii: "t"): units.append(0x09)
+            default: units.append(UInt16(e))  // \" \\ \/
+            }
+            i += 2
+        }
+        return String(decoding: units, as: UTF16.self)
     }
 
     private mutating func parseInteger() throws(TraceError) -> Int64 {
@@ -96,6 +156,7 @@ struct TraceLineParser {
             at += 1
         }
         guard digits > 0 else { throw fail("expected an integer") }
+        if digits > 1 && bytes[at - digits] == UInt8(ascii: "0") { throw fail("an integer with a leading zero") }
         if let c = peek, c == UInt8(ascii: ".") || c == UInt8(ascii: "e") || c == UInt8(ascii: "E") {
             throw fail("expected an integer, found a fraction or exponent")
         }
@@ -117,39 +178,81 @@ struct TraceLineParser {
         }
     }
 
-    /// Skips one JSON value of any type (for fields the replay does not use).
-    private mutating func skipValue() throws(TraceError) {
+    /// Nesting a skipped value may have: deeper is refused rather than recursed into.
+    static let maxSkippedDepth = 64
+
+    /// Skips one JSON value of any type (for fields the replay does not use), checking its
+    /// grammar: a malformed value in a field the replay ignores is still a malformed line.
+    private mutating func skipValue(depth: Int) throws(TraceError) {
         guard let c = peek else { throw fail("expected a value") }
         switch c {
         case UInt8(ascii: "\""):
             at += 1
             try skipStringBody()
         case UInt8(ascii: "{"), UInt8(ascii: "["):
-            try skipContainer()
+            guard depth < Self.maxSkippedDepth else { throw fail("values nested more than \(Self.maxSkippedDepth) deep") }
+            at += 1
+            let object = c == UInt8(ascii: "{")
+            let close = object ? UInt8(ascii: "}") : UInt8(ascii: "]")
+            skipSpace()
+            if peek == close { at += 1; return }
+            while true {
+                skipSpace()
+                if object {
+                    try expect(UInt8(ascii: "\""))
+                    try skipStringBody()
+                    skipSpace()
+                    try expect(UInt8(ascii: ":"))
+                    skipSpace()
+                }
+                try skipValue(depth: depth + 1)
+                skipSpace()
+                if peek == UInt8(ascii: ",") { at += 1; continue }
+                try expect(close)
+                return
+            }
         case UInt8(ascii: "t"), UInt8(ascii: "f"), UInt8(ascii: "n"):
-            while let l = peek, l >= UInt8(ascii: "a") && l <= UInt8(ascii: "z") { at += 1 }
+            for word in ["true", "false", "null"] where word.utf8.first == c {
+                guard bytes.count - at >= word.utf8.count, word.utf8.elementsEqual(bytes[at..<(at + word.utf8.count)]) else {
+                    throw fail("unexpected word")
+                }
+                at += word.utf8.count
+            }
         default:
-            let start = at
-            while let n = peek, n == UInt8(ascii: "-") || n == UInt8(ascii: "+") || n == UInt8(ascii: ".")
-                    || n == UInt8(ascii: "e") || n == UInt8(ascii: "E") || (n >= 0x30 && n <= 0x39) { at += 1 }
-            guard at > start else { throw fail("unexpected character") }
+            try skipNumber()
         }
     }
 
-    /// Skips a nested object or array by bracket depth, stepping over strings.
-    private mutating func skipContainer() throws(TraceError) {
-        var depth = 0
-        while let c = peek {
-            at += 1
-            switch c {
-            case UInt8(ascii: "\""): try skipStringBody()
-            case UInt8(ascii: "{"), UInt8(ascii: "["): depth += 1
-            case UInt8(ascii: "}"), UInt8(ascii: "]"):
-                depth -= 1
-                if depth == 0 { return }
-            default: break
-            }
+    /// Skips a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+    private mutating func skipNumber() throws(TraceError) {
+        func digits() -> Int {
+            let start = at
+            while let d = peek, d >= 0x30 && d <= 0x39 { at += 1 }
+            return at - start
         }
-        throw fail("unterminated object or array")
+        if peek == UInt8(ascii: "-") { at += 1 }
+        let first = at
+        let n = digits()
+        guard n > 0 else { throw fail("unexpected character") }
+        if n > 1 && bytes[first] == UInt8(ascii: "0") { throw fail("a number with a leading zero") }
+        if peek == UInt8(ascii: ".") {
+            at += 1
+            guard digits() > 0 else { throw fail("a fraction without digits") }
+        }
+        if let e = peek, e == UInt8(ascii: "e") || e == UInt8(ascii: "E") {
+            at += 1
+            if let sign = peek, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { at += 1 }
+            guard digits() > 0 else { throw fail("an exponent without digits") }
+        }
+    }
+}
+
+/// The value of a hex digit, or nil.
+private func hexValue(_ c: UInt8) -> UInt8? {
+    switch c {
+    case 0x30...0x39: c - 0x30
+    case 0x41...0x46: c - 0x41 + 10
+    case 0x61...0x66: c - 0x61 + 10
+    default: nil
     }
 }

@@ -7,7 +7,7 @@ struct Demo: ParsableCommand {
         commandName: "demo",
         abstract: "End-to-end demo: shared prompt, 32 samples, bifurcated decode, spill and restore.")
 
-    @Option(help: "The LMDB store path (emptied first unless --keep-store; refused while another process writes it, or when it holds something else).") var store = "/tmp/prefixkv-demo.lmdb"
+    @Option(help: "The LMDB store path (emptied first unless --keep-store; refused while another process writes it, or when its data.mdb is not a PrefixKV store; the store files go into the directory beside anything else there).") var store = "/tmp/prefixkv-demo.lmdb"
     @Flag(help: "Keep what the store already holds.") var keepStore = false
     @Option(help: "Requests that share the system prompt.") var requests = 4
     @Option(help: "Parallel samples per request.") var samples = 32

@@ -37,7 +37,7 @@ struct Replay: ParsableCommand {
     @Option(help: "With --sweep: write the hit-rate chart as SVG to this file.")
     var chart: String?
 
-    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first; refused while another process writes it, or when it holds something else) and restore from it. The store's writer runs in wait-when-full mode: when its queue is full, the replay waits for the disk instead of dropping spills (a serving stack drops; an offline replay must not).")
+    @Option(help: "Spill evicted blocks to an LMDB store at this path (emptied first; refused while another process writes it, or when its data.mdb is not a PrefixKV store; the store files go into the directory beside anything else there) and restore from it. The store's writer runs in wait-when-full mode: when its queue is full, the replay waits for the disk instead of dropping spills (a serving stack drops; an offline replay must not).")
     var store: String?
 
     @Option(help: "With --store: the store's size limit in bytes (default: room for every distinct block of the trace).")
@@ -50,6 +50,9 @@ struct Replay: ParsableCommand {
         var parsed = try Trace(contentsOf: trace, hashBlockTokens: hashBlockTokens)
         if let limit { parsed = parsed.prefix(limit) }
         let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
+        if sweep || capacityBlocks == nil {
+            try usageErrors { try checkUnboundedCapacity(parsed, layout: kvLayout, withPages: store != nil) }
+        }
         let bar = ProgressBar()
         let makeStore = try store.map { path in
             SpillStores.factory(path: path, limitBytes: try storeLimitBytes ?? storeRoomForEveryBlock(parsed, layout: kvLayout), durable: false,

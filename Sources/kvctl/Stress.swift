@@ -21,7 +21,7 @@ struct Stress: ParsableCommand {
     @Option(help: "Cache capacity in blocks (small, so threads contend and evict).")
     var capacityBlocks = 256
 
-    @Option(help: "Spill evictions to an LMDB store at this path (emptied first; refused while another process writes it, or when it holds something else); restored KV is checked too.")
+    @Option(help: "Spill evictions to an LMDB store at this path (emptied first; refused while another process writes it, or when its data.mdb is not a PrefixKV store; the store files go into the directory beside anything else there); restored KV is checked too.")
     var store: String?
 
     func validate() throws {

@@ -87,6 +87,9 @@ import KVCore
         Case(command: "replay --store S --store-limit-bytes=-5", option: "--store-limit-bytes",
              check: replay { $0.store = "/tmp/s"; $0.storeLimitBytes = -5 }),
         Case(command: "replay --store-limit-bytes 1000000 (no --store)", option: "--store-limit-bytes", check: replay { $0.storeLimitBytes = 1_000_000 }),
+        // below one block's record nothing is ever stored (a review found the table silent about it)
+        Case(command: "replay --store S --store-limit-bytes 1", option: "--store-limit-bytes",
+             check: replay { $0.store = "/tmp/s"; $0.storeLimitBytes = 1 }),
         Case(command: "replay --sweep --capacity-blocks 10", option: "--capacity-blocks", check: replay { $0.sweep = true; $0.capacityBlocks = 10 }),
         Case(command: "replay --chart c.svg (no --sweep)", option: "--chart", check: replay { $0.chart = "/tmp/c.svg" }),
         Case(command: "replay --capacities 5 (no --sweep)", option: "--capacities", check: replay { $0.capacities = [5] }),
@@ -126,7 +129,7 @@ import KVCore
         try Self.stress()()
         try Self.stress(threads: 1, seconds: 0.001, capacityBlocks: 1)()
         try Self.replay { _ in }()
-        try Self.replay { $0.store = "/tmp/s"; $0.storeLimitBytes = 1; $0.capacityBlocks = 1 }()
+        try Self.replay { $0.store = "/tmp/s"; $0.storeLimitBytes = 1 << 20; $0.capacityBlocks = 1 }()
         try Self.replay { $0.sweep = true; $0.capacities = [1, 10]; $0.chart = FileManager.default.temporaryDirectory.path + "/c.svg" }()
         try Self.replay { $0.sweep = true; $0.chart = "relative-chart.svg" }()
         try Self.demo { _ in }()

@@ -97,6 +97,67 @@ import KVTools
         #expect(throws: TraceError.self) { try parse(#"{"timestamp": 0, "input_length": 0, "hash_ids": []}"#) }
     }
 
+    /// A trace fuzzing review (2026-12-01): a 67-byte line asked for a 25 GB prompt and the replay
+    /// aborted on the allocation; fields given twice were read last-one-wins; negative timestamps
+    /// and output lengths, leading zeros and malformed values in ignored fields were accepted.
+    @Test func promptsOverTheLimitAreRefusedByLine() {
+        let good = #"{"timestamp": 0, "input_length": 3, "hash_ids": [0]}"#
+        let huge = #"{"timestamp": 0, "input_length": 6442450941, "hash_ids": [0,0,0]}"#
+        #expect(errorLine(good + "\n" + huge, hashBlockTokens: Int(Int32.max)) == 2)
+        let atLimit = #"{"timestamp": 0, "input_length": \#(Trace.maxPromptTokens), "hash_ids": [0]}"#
+        #expect(throws: Never.self) { try parse(atLimit, hashBlockTokens: Trace.maxPromptTokens) }
+        let over = #"{"timestamp": 0, "input_length": \#(Trace.maxPromptTokens + 1), "hash_ids": [0, 0]}"#
+        #expect(throws: TraceError.inconsistent(line: 1, reason: "input_length 16777217 is over the 16777216 tokens a replayed prompt may have")) {
+            try parse(over, hashBlockTokens: Trace.maxPromptTokens)
+        }
+    }
+
+    @Test func duplicateFieldsAreRefused() {
+        for text in [#"{"timestamp": 0, "timestamp": 5, "input_length": 3, "hash_ids": [1]}"#,
+                     #"{"timestamp": 0, "input_length": 600, "input_length": 3, "hash_ids": [1, 2]}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "hash_ids": [9]}"#,
+                     #"{"timestamp": 0, "input_length": 3, "output_length": 1, "output_length": 2, "hash_ids": [1]}"#,
+                     #"{"timestamp": 0, "input\u005flength": 600, "input_length": 3, "hash_ids": [1, 2]}"#] {
+            #expect(throws: TraceError.self, "\(text)") { try parse(text) }
+        }
+        // An escaped key is the field it spells.
+        #expect((try? parse(#"{"time\u0073tamp": 4, "input_length": 3, "hash_ids": [1]}"#))?.requests.first?.timestamp == 4)
+    }
+
+    @Test func negativeTimestampsAndOutputLengthsAreRefused() {
+        #expect(throws: TraceError.inconsistent(line: 1, reason: "timestamp must not be negative, got -5")) {
+            try parse(#"{"timestamp": -5, "input_length": 3, "hash_ids": [1]}"#)
+        }
+        #expect(throws: TraceError.inconsistent(line: 1, reason: "output_length must not be negative, got -7")) {
+            try parse(#"{"timestamp": 0, "input_length": 3, "output_length": -7, "hash_ids": [1]}"#)
+        }
+    }
+
+    @Test func malformedValuesInIgnoredFieldsAreRefused() {
+        let deep = #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "deep": "# + String(repeating: "[", count: 100)
+            + String(repeating: "]", count: 100) + "}"
+        for text in [#"{"timestamp": 007, "input_length": 3, "hash_ids": [1]}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [01, 2]}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "x": nonsense}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "y": ---e.}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "z": [}}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "w": {"a" 1}}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "v": 1.}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "u": "\q"}"#,
+                     #"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "t": tru}"#,
+                     "{\"timestamp\": 0, \"input_length\": 3, \"hash_ids\": [1], \"s\": \"a\tb\"}",
+                     deep] {
+            #expect(throws: TraceError.self, "\(text)") { try parse(text) }
+        }
+        // Well-formed values of every kind still pass.
+        #expect((try? parse(#"{"n": -0.5e-3, "m": 0, "a": [true, false, null, {"k": "\u00e9\n"}], "timestamp": 1, "input_length": 3, "hash_ids": [1]}"#)) != nil)
+    }
+
+    @Test func aByteOrderMarkIsSkipped() throws {
+        let trace = try Trace(jsonl: [0xEF, 0xBB, 0xBF] + Array(#"{"timestamp": 0, "input_length": 3, "hash_ids": [1]}"#.utf8))
+        #expect(trace.requests.count == 1)
+    }
+
     @Test func parsesLayoutSpecs() throws {
         #expect(try KVLayout(spec: "2x4x64:bf16", blockSize: 32) == KVLayout(layerCount: 2, kvHeadCount: 4, headDim: 64, blockSize: 32, dtype: .bfloat16))
         #expect(try KVLayout(spec: "1x1x8", blockSize: 16) == .small())
