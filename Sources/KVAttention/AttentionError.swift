@@ -12,8 +12,12 @@ public enum AttentionError: Error, Equatable, Sendable, CustomStringConvertible 
     case blockOutOfRange(block: Int32, capacity: Int)
     /// A kernel was asked for fewer than one thread.
     case invalidThreadCount(Int)
-    /// The softmax scale is NaN or infinite.
+    /// The softmax scale is not a positive finite number.
     case invalidScale(Float)
+    /// A query element is NaN or infinite (that row's output would be NaN).
+    case nonFiniteQuery(index: Int)
+    /// More query rows (sequences × query heads) than one call takes (``DecodeAttention/maxQueryRows``).
+    case tooManyQueryRows(sequences: Int, queryHeads: Int, limit: Int)
     /// A call on an instance that is inside another call (shared between threads against its
     /// contract: one instance serves one call at a time). Nothing was read or written.
     case concurrentCall
@@ -25,7 +29,9 @@ public enum AttentionError: Error, Equatable, Sendable, CustomStringConvertible 
         case .layoutMismatch(let why): "layout mismatch: \(why)"
         case .blockOutOfRange(let b, let c): "block \(b) outside the arena (capacity \(c) blocks)"
         case .invalidThreadCount(let n): "thread count must be positive, got \(n)"
-        case .invalidScale(let s): "softmax scale must be finite, got \(s)"
+        case .invalidScale(let s): "softmax scale must be positive and finite, got \(s)"
+        case .nonFiniteQuery(let i): "query element \(i) is NaN or infinite: queries must be finite"
+        case .tooManyQueryRows(let b, let h, let limit): "\(b) sequences × \(h) query heads exceed the \(limit) query rows one call takes"
         case .concurrentCall: "this DecodeAttention is inside another call: an instance serves one call at a time (keep one per thread)"
         }
     }

@@ -23,6 +23,9 @@ public final class DecodeAttention {
     public let layout: KVLayout
     /// Query heads per sequence: a multiple of `layout.kvHeadCount`.
     public let queryHeads: Int
+    /// The most query rows (sequences × query heads) one call takes; more is
+    /// ``AttentionError/tooManyQueryRows(sequences:queryHeads:limit:)``.
+    public static let maxQueryRows = AttentionValidation.maxQueryRows
     /// Most threads a call uses (small calls stay on the caller's thread); a larger request at
     /// init is capped at ``maxThreads``.
     public let threads: Int
@@ -94,7 +97,7 @@ public final class DecodeAttention {
 
     private func runPaged(query: UnsafeBufferPointer<Float>, pages: KVLayerPages, batch: BlockTableBatch,
                           scale: Float, output: UnsafeMutableBufferPointer<Float>) throws(AttentionError) {
-        let work = try workPlan(batch, cache: &lastPaged, batch: batch, pages: pages, queryCount: query.count,
+        let work = try workPlan(batch, cache: &lastPaged, batch: batch, pages: pages, query: query,
                                 outputCount: output.count, scale: scale) { $0.pagedPlan(batch) }
         runner(scale: scale).run(work, pages: pages, query: query, output: output, workspace: workspace)
     }
@@ -112,7 +115,7 @@ public final class DecodeAttention {
         guard plan.hasSharing else {
             return try runPaged(query: query, pages: pages, batch: plan.batch, scale: scale, output: output)
         }
-        let work = try workPlan(plan, cache: &lastCascade, batch: plan.batch, pages: pages, queryCount: query.count,
+        let work = try workPlan(plan, cache: &lastCascade, batch: plan.batch, pages: pages, query: query,
                                 outputCount: output.count, scale: scale) { $0.cascadePlan(plan) }
         runner(scale: scale).run(work, pages: pages, query: query, output: output, workspace: workspace)
     }
@@ -175,7 +178,7 @@ public final class DecodeAttention {
     /// equal the last call's (arrays passed on unchanged compare by identity, so the check
     /// costs next to nothing), else a new one from `build`.
     private func workPlan<Key: Equatable>(_ key: Key, cache: inout CachedWork<Key>?, batch: BlockTableBatch,
-                                          pages: KVLayerPages, queryCount: Int, outputCount: Int, scale: Float,
+                                          pages: KVLayerPages, query: UnsafeBufferPointer<Float>, outputCount: Int, scale: Float,
                                           build: (WorkPlanner) -> WorkPlan) throws(AttentionError) -> WorkPlan {
         let p = pages.layout
         guard p.kvHeadCount == layout.kvHeadCount, p.headDim == layout.headDim, p.blockSize == layout.blockSize,
@@ -185,7 +188,7 @@ public final class DecodeAttention {
         let cached = cache.flatMap { $0.key == key ? $0 : nil }
         try AttentionValidation.check(layout: layout, queryHeads: queryHeads, batch: batch, capacity: pages.capacityBlocks,
                                       knownMaxBlock: cached?.maxBlock,
-                                      queryCount: queryCount, outputCount: outputCount, scale: scale)
+                                      query: query, outputCount: outputCount, scale: scale)
         if let cached { return cached.work }
         let work = build(planner)
         cache = CachedWork(key: key, work: work, maxBlock: batch.indices.max() ?? -1)

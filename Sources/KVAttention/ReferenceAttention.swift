@@ -9,8 +9,10 @@ public enum ReferenceAttention {
         query: [Float], pages: KVLayerPages, batch: BlockTableBatch, queryHeads: Int, scale: Float
     ) throws(AttentionError) -> [Float] {
         let layout = pages.layout
-        try AttentionValidation.check(layout: layout, queryHeads: queryHeads, batch: batch, capacity: pages.capacityBlocks,
-                                      queryCount: query.count, outputCount: query.count, scale: scale)
+        try query.withUnsafeBufferPointer { (q) throws(AttentionError) in
+            try AttentionValidation.check(layout: layout, queryHeads: queryHeads, batch: batch, capacity: pages.capacityBlocks,
+                                          query: q, outputCount: query.count, scale: scale)
+        }
         let d = layout.headDim, hq = queryHeads, group = hq / layout.kvHeadCount
         let elt = layout.dtype.byteWidth
         var output = [Float](repeating: 0, count: query.count)

@@ -147,4 +147,78 @@ import Testing
             }
         }
     }
+
+    /// From an input-fuzzing review (2026-12-01): scales that are not positive, non-finite
+    /// queries and shape products that overflow were accepted (NaN or wrong output, or a trap).
+    @Test func nonPositiveScalesAreRefused() throws {
+        let kernel = try c.kernel()
+        let plan = try DecodePlan(batch: c.batch)
+        for scale: Float in [0, -0.0, -1, -c.scale, .nan, -.infinity] {
+            try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+                #expect(throws: AttentionError.self, "\(scale)") {
+                    try kernel.paged(query: c.query, pages: pages, batch: c.batch, scale: scale)
+                }
+                #expect(throws: AttentionError.self, "\(scale)") {
+                    try kernel.bifurcated(query: c.query, pages: pages, plan: plan, scale: scale)
+                }
+                #expect(throws: AttentionError.self, "\(scale)") {
+                    try ReferenceAttention.compute(query: c.query, pages: pages, batch: c.batch, queryHeads: 4, scale: scale)
+                }
+            }
+        }
+    }
+
+    @Test func nonFiniteQueriesAreRefusedByIndex() throws {
+        let kernel = try c.kernel()
+        let plan = try DecodePlan(batch: c.batch)
+        // Every position class of the checker: the first element, one inside a 64-float step,
+        // the last of a step, and the tail past the last whole step.
+        for index in [0, 37, 63, c.query.count - 1] {
+            for value: Float in [.nan, .infinity, -.infinity] {
+                var q = c.query
+                q[index] = value
+                try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+                    #expect(throws: AttentionError.nonFiniteQuery(index: index)) {
+                        try kernel.paged(query: q, pages: pages, batch: c.batch, scale: c.scale)
+                    }
+                    #expect(throws: AttentionError.nonFiniteQuery(index: index)) {
+                        try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: c.scale)
+                    }
+                }
+            }
+        }
+        // Large but finite queries are fine.
+        var q = c.query
+        q[5] = 1e30
+        try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+            #expect(throws: Never.self) { try kernel.paged(query: q, pages: pages, batch: c.batch, scale: c.scale) }
+        }
+    }
+
+    /// sequences × query heads × head dim trapped on overflow inside validation (a 4 MiB arena,
+    /// queryHeads = Int32.max, head dim 2^20).
+    @Test func shapeProductsBeyondTheRowLimitAreRefused() throws {
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 1 << 20, blockSize: 1, dtype: .float16)
+        let arena = KVPageArena(layout: layout, capacityBlocks: 1)
+        let kernel = try DecodeAttention(layout: layout, queryHeads: Int(Int32.max), threads: 1)
+        let batch = try BlockTableBatch(blockSize: 1, tables: Array(repeating: [0], count: 4097),
+                                        tokenCounts: Array(repeating: 1, count: 4097))
+        #expect(throws: AttentionError.tooManyQueryRows(sequences: 4097, queryHeads: Int(Int32.max), limit: DecodeAttention.maxQueryRows)) {
+            try arena.withUnsafeLayerPages(layer: 0) { pages in
+                try kernel.paged(query: [Float](repeating: 0, count: 16), pages: pages, batch: batch, scale: 1)
+            }
+        }
+    }
+
+    /// An empty batch is no work, not an error: both kernels return an empty output.
+    @Test func anEmptyBatchReturnsNothing() throws {
+        let kernel = try c.kernel()
+        let empty = try BlockTableBatch(blockSize: 16, tables: [], tokenCounts: [])
+        let plan = try DecodePlan(batch: empty)
+        let (paged, bifurcated) = try c.arena.withUnsafeLayerPages(layer: 0) { pages in
+            (try kernel.paged(query: [], pages: pages, batch: empty, scale: c.scale),
+             try kernel.bifurcated(query: [], pages: pages, plan: plan, scale: c.scale))
+        }
+        #expect(paged.isEmpty && bifurcated.isEmpty)
+    }
 }

@@ -86,6 +86,9 @@ int32_t kvk_gemm_min_rows(void);
 /// only; returns a checksum so the reads cannot be elided.
 float kvk_stream_read(const void *buffer, size_t bytes);
 
+/// Index of the first NaN or infinity among x[0 ..< n], or n when all are finite.
+size_t kvk_first_nonfinite(const float *x, size_t n);
+
 /// Runs `iterations` rounds of sixteen independent chains of the instruction the many-row path
 /// multiplies with (vdpbf16ps when `bf16_math` and the CPU has it, else the widest FMA) and
 /// returns the FLOPs done: the per-core compute ceiling of the bench's roofline.
