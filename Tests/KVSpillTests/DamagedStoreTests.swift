@@ -29,6 +29,17 @@ final class DamagedStoreTests: XCTestCase {
         }
     }
 
+    /// Rewrites `key`'s stored value behind the writer's back (its byte count not adjusted), as
+    /// damage on disk would.
+    private func damage(_ store: LMDBSpillStore, _ key: PrefixKey, _ edit: (inout [UInt8]) -> Void) throws {
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            var value = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+            edit(&value)
+            try txn.put(value, for: key.byteArray, in: db.entries)
+        }
+    }
+
     /// The sum of the entries' sizes, read straight from LMDB.
     private func entryBytes(_ store: LMDBSpillStore) throws -> Int {
         try store.database.env.withReadTransaction { txn in try store.database.countBytes(txn) }
@@ -78,11 +89,8 @@ final class DamagedStoreTests: XCTestCase {
         let store = try LMDBSpillStore(config(dir))
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
         let (key, tokens) = spillChain(store, arena, count: 1)[0]
-        let db = store.database
-        try db.env.withWriteTransaction { txn in
-            var record = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+        try damage(store, key) { record in
             record += [UInt8](repeating: 0, count: 16)
-            try txn.put(record, for: key.byteArray, in: db.entries)
         }
         XCTAssertFalse(store.restore(key, tokens, into: BlockID(2), arena: arena))
         store.flush()
@@ -100,10 +108,8 @@ final class DamagedStoreTests: XCTestCase {
         let store = try LMDBSpillStore(config(dir))
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
         let (key, tokens) = spillChain(store, arena, count: 1)[0]
-        let db = store.database
-        try db.env.withWriteTransaction { txn in
-            let value = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
-            try txn.put(Array(value.prefix(100)), for: key.byteArray, in: db.entries)
+        try damage(store, key) { value in
+            value = Array(value.prefix(100))
         }
         _ = spillChain(store, arena, count: 3)  // block 0 again, then two more
         XCTAssertEqual(store.storedBytes, try entryBytes(store))
@@ -121,11 +127,8 @@ final class DamagedStoreTests: XCTestCase {
         let store = try LMDBSpillStore(config(dir, limit: 3 * record))
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
         let (key, _) = spillChain(store, arena, count: 1)[0]
-        let db = store.database
-        try db.env.withWriteTransaction { txn in
-            var value = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+        try damage(store, key) { value in
             value += [UInt8](repeating: 0, count: 16)
-            try txn.put(value, for: key.byteArray, in: db.entries)
         }
         _ = spillChain(store, arena, count: 6)  // block 0 is the oldest: evicted first
         XCTAssertEqual(store.storedBytes, try entryBytes(store))
@@ -140,12 +143,9 @@ final class DamagedStoreTests: XCTestCase {
         let store = try LMDBSpillStore(config(dir))
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
         let (key, tokens) = spillChain(store, arena, count: 1)[0]
-        let db = store.database
-        try db.env.withWriteTransaction { txn in
-            var record = try XCTUnwrap(try txn.copyValue(for: key.byteArray, in: db.entries))
+        try damage(store, key) { record in
             record[6] = 0xff
             record[7] = 0xff
-            try txn.put(record, for: key.byteArray, in: db.entries)
         }
         XCTAssertFalse(store.restore(key, tokens, into: BlockID(2), arena: arena))
         store.flush()
