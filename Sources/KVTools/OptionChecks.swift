@@ -129,8 +129,6 @@ public struct ReplayCommandOptions: Sendable {
     }
 }
 
-/// A store limit with room for every distinct block of `trace` (payload, token ids and record
-/// header), at least 64 MiB; an error naming --layout when that overflows `Int`.
 /// A lower bound on one spilled block's record: its KV, its token ids and the fixed header (96
 /// bytes; the namespace and padding add a little more).
 func smallestRecordBytes(_ layout: KVLayout) -> Int {
@@ -139,15 +137,19 @@ func smallestRecordBytes(_ layout: KVLayout) -> Int {
 
 /// Fails unless the trace's unbounded capacity (every distinct block) fits in memory: token ids
 /// per block, and pages too when a store is used (the manager then allocates them).
-public func checkUnboundedCapacity(_ trace: Trace, layout: KVLayout, withPages: Bool) throws(OptionError) {
+/// `blocks`: the trace's ``unboundedCapacity(of:blockSize:)``, when the caller has it already.
+public func checkUnboundedCapacity(_ trace: Trace, layout: KVLayout, withPages: Bool, blocks: Int? = nil) throws(OptionError) {
     let perBlock = layout.blockSize * MemoryLayout<TokenID>.stride + (withPages ? layout.blockBytes : 0)
-    try OptionChecks.fitsInMemory(blocks: unboundedCapacity(of: trace, blockSize: layout.blockSize), bytesPerBlock: perBlock,
+    try OptionChecks.fitsInMemory(blocks: blocks ?? unboundedCapacity(of: trace, blockSize: layout.blockSize), bytesPerBlock: perBlock,
                                   "the trace's unbounded capacity (give --capacity-blocks)")
 }
 
-public func storeRoomForEveryBlock(_ trace: Trace, layout: KVLayout) throws(OptionError) -> Int {
+/// A store limit with room for every distinct block of `trace` (payload, token ids and record
+/// header), at least 64 MiB; an error naming --layout when that overflows `Int`. `blocks`: the
+/// trace's ``unboundedCapacity(of:blockSize:)``, when the caller has it already.
+public func storeRoomForEveryBlock(_ trace: Trace, layout: KVLayout, blocks: Int? = nil) throws(OptionError) -> Int {
     let (perRecord, o1) = layout.blockBytes.addingReportingOverflow(layout.blockSize * MemoryLayout<TokenID>.stride + 256)
-    let blocks = unboundedCapacity(of: trace, blockSize: layout.blockSize)
+    let blocks = blocks ?? unboundedCapacity(of: trace, blockSize: layout.blockSize)
     let (total, o2) = perRecord.multipliedReportingOverflow(by: blocks)
     guard !o1, !o2 else {
         throw OptionError("--layout", "\(layout) is too large: \(blocks) blocks of it overflow a store size; give --store-limit-bytes")

@@ -50,13 +50,17 @@ struct Replay: ParsableCommand {
         var parsed = try Trace(contentsOf: trace, hashBlockTokens: hashBlockTokens)
         if let limit { parsed = parsed.prefix(limit) }
         let kvLayout = try KVLayout(spec: layout, blockSize: blockSize)
+        // Every distinct block of the trace: one walk over it, shared by the memory check, the
+        // default store limit and the default capacity.
+        let unbounded = sweep || capacityBlocks == nil || (store != nil && storeLimitBytes == nil)
+            ? unboundedCapacity(of: parsed, blockSize: kvLayout.blockSize) : nil
         if sweep || capacityBlocks == nil {
-            try usageErrors { try checkUnboundedCapacity(parsed, layout: kvLayout, withPages: store != nil) }
+            try usageErrors { try checkUnboundedCapacity(parsed, layout: kvLayout, withPages: store != nil, blocks: unbounded) }
         }
         let bar = ProgressBar()
         let makeStore = try store.map { path in
-            SpillStores.factory(path: path, limitBytes: try storeLimitBytes ?? storeRoomForEveryBlock(parsed, layout: kvLayout), durable: false,
-                                whenQueueFull: .waitWhenFull)
+            SpillStores.factory(path: path, limitBytes: try storeLimitBytes ?? storeRoomForEveryBlock(parsed, layout: kvLayout, blocks: unbounded),
+                                durable: false, whenQueueFull: .waitWhenFull)
         }
         if sweep {
             let list = try capacities.map(parseCapacities)
@@ -74,7 +78,7 @@ struct Replay: ParsableCommand {
                 }
             }
         } else {
-            let options = ReplayOptions(layout: kvLayout, capacityBlocks: capacityBlocks, makeStore: makeStore)
+            let options = ReplayOptions(layout: kvLayout, capacityBlocks: capacityBlocks ?? unbounded, makeStore: makeStore)
             let result = try KVTools.replay(parsed, options: options, progress: { bar.show($0, $1, "requests") })
             bar.finish()
             if json { try printJSON(result) } else { printTable(result) }

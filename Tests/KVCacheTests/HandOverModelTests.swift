@@ -46,13 +46,7 @@ final class HandOverStore: ColdPrefixStore, @unchecked Sendable {
     }
     func contains(key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool { inner.contains(key: key, tokens: tokens) }
     func publish(stats: KVCacheStats) {}
-    func forgetRandom() {
-        inner.records.withLock { r in
-            guard !r.isEmpty else { return }
-            let k = Array(r.keys)[rng.below(r.count)]
-            r[k] = nil
-        }
-    }
+    func forgetRandom() { inner.forgetRandom(using: &rng) }
 }
 
 /// Tokens of block `j` of an `n`-token sequence (only the last block may be partial).

@@ -31,6 +31,14 @@ final class MemoryColdStore: ColdPrefixStore, @unchecked Sendable {
         let t = Array(tokens)
         return records.withLock { $0[key] == t }
     }
+    /// Drops one record picked by `rng` (a store that lost an entry: evicted, or damaged).
+    func forgetRandom(using rng: inout SeededRandom) {
+        records.withLock { r in
+            guard !r.isEmpty else { return }
+            let k = Array(r.keys)[rng.below(r.count)]
+            r[k] = nil
+        }
+    }
     /// Whether the store holds the whole-block prefix `tokens` (a multiple of `blockSize` long).
     func holds(_ tokens: [TokenID], namespace: Namespace, blockSize: Int) -> Bool {
         var key = rootKey(namespace: namespace)

@@ -62,13 +62,7 @@ final class NSPubStore: ColdPrefixStore, @unchecked Sendable {
         return inner.contains(key: key, tokens: tokens) && stored[key] != nil
     }
     func publish(stats: KVCacheStats) {}
-    func forgetRandom() {
-        inner.records.withLock { r in
-            guard !r.isEmpty else { return }
-            let k = Array(r.keys)[rng.below(r.count)]
-            r[k] = nil
-        }
-    }
+    func forgetRandom() { inner.forgetRandom(using: &rng) }
 }
 
 struct NSPubConfig {
