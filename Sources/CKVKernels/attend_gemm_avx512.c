@@ -3,18 +3,22 @@
 // compute-bound once there are a few dozen rows.
 //
 // Lanes run along the query rows, so the whole online softmax is vertical (no horizontal
-// reductions): scores are S^T[token][row], the output is accumulated transposed, O^T[dim][row],
-// and the per-row max / sum / rescale factor are vectors. Per tile of KVK_TILE tokens, gathered
-// across blocks (any block size), K and V are staged into L1 in the operand layout; then for each
-// block of up to 64 rows: S^T = K.Q^T (key elements broadcast against 16-row query vectors),
-// online softmax, O^T = O^T * alpha + V^T.P^T (value elements broadcast against probability
-// vectors).
+// reductions): scores are S^T[token][row] and the per-row max / sum / rescale factor are
+// vectors. Per tile of KVK_TILE tokens, gathered across blocks (any block size), K and V are
+// staged into L1 in the operand layout where they are not already in it; then for each block of
+// up to 64 rows: S^T = K.Q^T (key elements broadcast against 16-row query vectors), online
+// softmax, then P.V into the output.
 //
-// fp32 math: staged tiles are fp32, products are FMAs. bf16 math (vdpbf16ps, twice the
-// multiply rate): queries are packed as bf16 pairs along the head dim, keys as bf16 rows, so
-// each dot-product step covers two dims; probabilities are packed as bf16 pairs of consecutive
-// tokens and values interleaved the same way ([token pair][dim][2]), so each P.V step covers
-// two tokens. The row sums l use the bf16-rounded probabilities, the same weights P.V uses.
+// fp32 math: staged tiles are fp32, products are FMAs, the output is accumulated transposed,
+// O^T[dim][row] (value elements broadcast against probability vectors). bf16 math (vdpbf16ps,
+// twice the multiply rate): queries are packed as bf16 pairs along the head dim, keys (bf16
+// rows, read in place) are broadcast as pairs of dims, so each dot-product step covers two dims;
+// probabilities are packed as bf16 pairs of consecutive tokens, so each P.V step covers two
+// tokens. For bf16 KV with head dims that are multiples of 32 the values are read in place too:
+// two tokens' rows interleave into pairs in registers and the output is accumulated as rows,
+// O[row][dim] (kvk_pv_rows_bf16). Otherwise the values are staged as pairs ([token pair][dim][2])
+// and broadcast against probability vectors into O^T. The row sums l use the bf16-rounded
+// probabilities, the same weights P.V uses.
 #if defined(__x86_64__)
 #include "avx512_common.h"
 
@@ -27,10 +31,10 @@
 
 typedef struct kvk_gemm_state {
     int32_t d, dpad2, rpad, kstride;
-    int32_t vlanes;           // bf16 math: value pairs stored in the unpack order (kvk_stage_pairs_bf16)
+    int32_t orows;            // bf16 math, bf16 KV, d % 32 == 0: values read in place, ot holds O as rows
     const float *qt;          // fp32 math: d x rpad
     const uint32_t *qp;       // bf16 math: dpad2/2 x rpad pairs
-    float *ot, *m, *l, *alpha, *s;
+    float *ot, *m, *l, *alpha, *s;  // ot: O^T (d x rpad), or O (rpad x d, kvk_vpos order) if orows
     float *kt, *vt;           // fp32 math tiles: KVK_TILE x d
     uint16_t *kb;             // bf16 math: KVK_TILE x dpad2
     uint32_t *vp, *pp;        // bf16 math: KVK_TILE/2 x d pairs; KVK_TILE/2 x 64 pairs
@@ -67,18 +71,6 @@ KVK_AVX512_INLINE void kvk_stage_pairs(uint32_t *dst, const char *a, const char 
         __m512i lo = _mm512_cvtepu16_epi32(kvk_load16_bf16(a, dtype, i, m));
         __m512i hi = b ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(kvk_load16_bf16(b, dtype, i, m)), 16) : _mm512_setzero_si512();
         _mm512_mask_storeu_epi32(dst + i, m, _mm512_or_si512(lo, hi));
-    }
-}
-
-/// Two bf16 value rows (d % 32 == 0) interleaved as pairs with in-lane unpacks, which is much
-/// cheaper than widening: each 32-dim chunk holds dims {0-3, 8-11, 16-19, 24-27} then
-/// {4-7, 12-15, 20-23, 28-31}; kvk_vpos maps a dim to its slot. b may be NULL: zeros.
-KVK_AVX512_INLINE void kvk_stage_pairs_bf16(uint32_t *dst, const char *a, const char *b, int32_t d) {
-    for (int32_t i = 0; i < d; i += 32) {
-        __m512i x = _mm512_loadu_si512((const uint16_t *)a + i);
-        __m512i y = b ? _mm512_loadu_si512((const uint16_t *)b + i) : _mm512_setzero_si512();
-        _mm512_store_si512(dst + i, _mm512_unpacklo_epi16(x, y));
-        _mm512_store_si512(dst + i + 16, _mm512_unpackhi_epi16(x, y));
     }
 }
 
@@ -146,19 +138,17 @@ KVK_AVX512_INLINE void kvk_pv_f32(const kvk_gemm_state *g, int32_t r0, int32_t i
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->ot + (size_t)(i0 + i) * g->rpad + r0 + rv * 16, acc[i][rv]);
 }
 
-/// Same with bf16 pairs of tokens: each vdpbf16ps adds two tokens' products.
-/// rescale == 0: no row's max moved this tile (alpha is 1), so O^T is only loaded. VL: pairs in
-/// the unpack order; with i0 a multiple of NI (a power of two), slot(i0 + i) = slot(i0) + slot(i),
-/// so the broadcasts keep constant offsets.
+/// Same with bf16 pairs of tokens (staged values): each vdpbf16ps adds two tokens' products.
+/// rescale == 0: no row's max moved this tile (alpha is 1), so O^T is only loaded.
 KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t i0, int32_t npairs, int32_t RVB, int32_t NI,
-                                   int rescale, int VL) {
+                                   int rescale) {
     __m512 acc[16][4], al[4];
     // Local restrict pointers: stores through g's fields would make the compiler reload the
     // fields (and rebuild each address) after every store of the epilogue.
     const size_t rpad = (size_t)g->rpad, d = (size_t)g->d;
     float *restrict ot = g->ot + (size_t)i0 * rpad + r0;
     const uint32_t *restrict pp = g->pp;
-    const uint32_t *restrict vrow = g->vp + (VL ? kvk_vpos(i0) : i0);
+    const uint32_t *restrict vrow = g->vp + i0;
     for (int32_t rv = 0; rv < RVB; rv++) al[rv] = _mm512_load_ps(g->alpha + r0 + rv * 16);
     KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
@@ -171,13 +161,59 @@ KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
         for (int32_t rv = 0; rv < RVB; rv++) pv[rv] = (__m512bh)_mm512_load_si512(pp + (size_t)tp * KVK_ROW_BLOCK + rv * 16);
         KVK_UNROLL
         for (int32_t i = 0; i < NI; i++) {
-            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)vrow[(size_t)tp * d + (VL ? kvk_vpos(i) : i)]);
+            __m512bh vb = (__m512bh)_mm512_set1_epi32((int32_t)vrow[(size_t)tp * d + i]);
             for (int32_t rv = 0; rv < RVB; rv++) acc[i][rv] = _mm512_dpbf16_ps(acc[i][rv], pv[rv], vb);
         }
     }
     KVK_UNROLL
     for (int32_t i = 0; i < NI; i++)
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(ot + (size_t)i * rpad + rv * 16, acc[i][rv]);
+}
+
+/// Rows x 32-dim chunks of kvk_pv_rows_bf16's register tile (16 accumulators). Goal GEMM item,
+/// one head in cache: 4 x 2 ~2 % ahead of 8 x 1 and 2 x 4.
+#define KVK_PVR_ROWS 4
+#define KVK_PVR_CHUNKS 2
+
+/// P.V over bf16 values read in place, the output kept as rows (lanes along the head dim): the
+/// value rows of two tokens, 32 dims each, interleave into pairs in registers by in-lane word
+/// unpacks (dims in kvk_vpos order, as O keeps them), and each row's probability pair is a
+/// broadcast. Nothing is staged or stored but the output, where the staged pairs cost a store
+/// per 64 bytes of values. Rows r0 ..< r0 + KVK_PVR_ROWS (lanes rr0 ... of the row block's
+/// probability pairs), NC 32-dim chunks from dim i0, tokens 0 ..< n.
+KVK_AVX512_INLINE void kvk_pv_rows_bf16(const kvk_gemm_state *g, int32_t r0, int32_t rr0, int32_t i0, int32_t n,
+                                        const char *const *vrows, int rescale, int32_t NC) {
+    enum { RG = KVK_PVR_ROWS };
+    __m512 acc[RG][2 * KVK_PVR_CHUNKS];
+    const size_t d = (size_t)g->d;
+    float *restrict o = g->ot + (size_t)r0 * d + i0;
+    const uint32_t *restrict pp = g->pp + rr0;
+    KVK_UNROLL
+    for (int32_t r = 0; r < RG; r++) {
+        const __m512 al = _mm512_set1_ps(rescale ? g->alpha[r0 + r] : 1.f);
+        for (int32_t j = 0; j < 2 * NC; j++) {
+            acc[r][j] = _mm512_load_ps(o + (size_t)r * d + 16 * j);
+            if (rescale) acc[r][j] = _mm512_mul_ps(acc[r][j], al);
+        }
+    }
+    for (int32_t t = 0; t < n; t += 2) {
+        const char *next = t + 1 < n ? vrows[t + 1] : NULL;  // an odd last token pairs with zeros
+        __m512bh v[2 * KVK_PVR_CHUNKS];
+        for (int32_t c = 0; c < NC; c++) {
+            const __m512i x = _mm512_loadu_si512((const uint16_t *)vrows[t] + i0 + 32 * c);
+            const __m512i y = next ? _mm512_loadu_si512((const uint16_t *)next + i0 + 32 * c) : _mm512_setzero_si512();
+            v[2 * c] = (__m512bh)_mm512_unpacklo_epi16(x, y);
+            v[2 * c + 1] = (__m512bh)_mm512_unpackhi_epi16(x, y);
+        }
+        KVK_UNROLL
+        for (int32_t r = 0; r < RG; r++) {
+            const __m512bh pr = (__m512bh)_mm512_set1_epi32((int32_t)pp[(size_t)(t / 2) * KVK_ROW_BLOCK + r]);
+            for (int32_t j = 0; j < 2 * NC; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], v[j], pr);
+        }
+    }
+    KVK_UNROLL
+    for (int32_t r = 0; r < RG; r++)
+        for (int32_t j = 0; j < 2 * NC; j++) _mm512_store_ps(o + (size_t)r * d + 16 * j, acc[r][j]);
 }
 
 /// Online-softmax update of one row block from the scores of n tokens: new max, rescale
@@ -252,12 +288,13 @@ KVK_AVX512_INLINE void kvk_prefetch_near(const kvk_prefetch *pf, int32_t t0, int
         }
 }
 
-/// One tile of n staged tokens for the row block starting at r0 (RVB row vectors). The last
+/// One tile of n tokens for the row block starting at r0 (RVB row vectors): keys staged or
+/// read in place (kdirect), values staged or read in place with O as rows (vdirect). The last
 /// register tile of scores may run past n over stale rows; softmax never reads those scores.
 /// The next (head, tile) `pf` is prefetched a few tokens per score block, spread over the
 /// compute rather than issued in one burst that would stall on the miss buffers.
 KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16,
-                                     const kvk_prefetch *pf, const uint16_t *const *kdirect) {
+                                     const kvk_prefetch *pf, const uint16_t *const *kdirect, const char *const *vdirect) {
     const int32_t NT = KVK_NT(RVB);
     for (int32_t t0 = 0; t0 < n; t0 += NT) {
         kvk_prefetch_near(pf, t0, t0 + NT);
@@ -267,6 +304,22 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
     }
     kvk_prefetch_near(pf, n, KVK_TILE);
     const int rescale = kvk_softmax(g, r0, n, RVB, bf16);
+    if (vdirect) {
+        // Values in place, O as rows: (dim chunks, row group) calls, dim chunks outer so a
+        // chunk's values stay in L1 across the row groups; the L2 prefetch spread over them.
+        const int32_t groups = RVB * 16 / KVK_PVR_ROWS, wide = g->d / (32 * KVK_PVR_CHUNKS);
+        const int32_t chunks = (g->d / 32 + KVK_PVR_CHUNKS - 1) / KVK_PVR_CHUNKS, calls = groups * chunks;
+        for (int32_t k = 0; k < calls; k++) {
+            const int32_t c = k / groups, rr = k % groups * KVK_PVR_ROWS, i0 = c * 32 * KVK_PVR_CHUNKS;
+            kvk_prefetch_far(pf, k * KVK_TILE / calls, (k + 1) * KVK_TILE / calls);
+            if (c < wide) {
+                if (rescale) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 1, KVK_PVR_CHUNKS);
+                else kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS);
+            } else  // d not a multiple of the tile's dims: the last chunks one at a time
+                for (int32_t i = i0; i < g->d; i += 32) kvk_pv_rows_bf16(g, r0 + rr, rr, i, n, vdirect, rescale, 1);
+        }
+        return;
+    }
     // The L2 prefetch is spread over the P.V blocks: a few tokens each, no burst of misses.
     const int32_t nblk = g->d / NT > 0 ? g->d / NT : 1;
     int32_t i0 = 0;
@@ -274,17 +327,13 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
     for (; i0 + NT <= g->d; i0 += NT) {
         const int32_t b = i0 / NT;
         if (nblk > 1) kvk_prefetch_far(pf, b * KVK_TILE / nblk, (b + 1) * KVK_TILE / nblk);
-        if (bf16) {
-            if (g->vlanes) {
-                if (rescale) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1, 1);
-                else kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 0, 1);
-            } else
-                kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1, 0);
-        } else
+        if (bf16)
+            kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1);
+        else
             kvk_pv_f32(g, r0, i0, n, RVB, NT);
     }
     for (; i0 < g->d; i0++) {
-        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1, 1, 0);  // vlanes implies d % 32 == 0
+        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1, 1);
         else kvk_pv_f32(g, r0, i0, n, RVB, 1);
     }
 }
@@ -320,7 +369,7 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
     g->dpad2 = kvk_round_up(d, 2);
     g->rpad = kvk_round_up(rows, 16);
     g->kstride = d;
-    g->vlanes = bf16 && a->dtype == KVK_DTYPE_BF16 && d % 32 == 0;
+    g->orows = bf16 && a->dtype == KVK_DTYPE_BF16 && d % 32 == 0;
     g->ot = (float *)(own + sl->o);
     g->m = (float *)(own + sl->m);
     g->l = (float *)(own + sl->l);
@@ -382,13 +431,13 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     const int direct = bf16 && dtype == KVK_DTYPE_BF16 && g->dpad2 == d;
     if (direct)
         for (int32_t t = 0; t < KVK_TILE + 16; t++) kdirect[t] = (const uint16_t *)(kr[t < n ? t : n - 1] + hoff);
+    const char *vdirect[KVK_TILE];  // bf16 values read in place (g->orows)
+    if (g->orows)
+        for (int32_t t = 0; t < n; t++) vdirect[t] = vr[t] + hoff;
     if (bf16) {
         if (!direct)
             for (int32_t t = 0; t < n; t++) kvk_stage_bf16(g->kb + (size_t)t * g->dpad2, kr[t] + hoff, dtype, d, g->dpad2);
-        if (g->vlanes)
-            for (int32_t t = 0; t < n; t += 2)
-                kvk_stage_pairs_bf16(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, d);
-        else
+        if (!g->orows)
             for (int32_t t = 0; t < n; t += 2)
                 kvk_stage_pairs(g->vp + (size_t)(t / 2) * d, vr[t] + hoff, t + 1 < n ? vr[t + 1] + hoff : NULL, dtype, d);
     } else {
@@ -400,10 +449,10 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
         const kvk_prefetch *p = r0 == 0 ? pf : NULL;
         switch ((rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16) {
-        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p, direct ? kdirect : NULL); break;
-        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p, direct ? kdirect : NULL); break;
-        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p, direct ? kdirect : NULL); break;
-        default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL); break;
+        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
+        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
+        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
+        default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
         }
     }
 }
@@ -420,6 +469,44 @@ static inline kvk_prefetch_unit kvk_unit_ahead(int32_t j, int32_t ahead, int32_t
     const int32_t h = j + ahead;
     if (h < heads) return (kvk_prefetch_unit){kr, vr, (size_t)h * head_bytes, n};
     return (kvk_prefetch_unit){kn, vn, (size_t)(h - heads < heads ? h - heads : heads - 1) * head_bytes, n_next};
+}
+
+/// Head j's normalised output rows out of O as rows: each 32-dim chunk is in kvk_vpos order,
+/// and two two-source permutes put it back in dim order.
+KVK_AVX512_INLINE void kvk_gemm_output_rows(const kvk_attend_args *a, const kvk_gemm_state *g, int32_t j) {
+    const int32_t d = g->d, rows = a->seq_count * a->group;
+    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int32_t r = 0; r < rows; r++) {
+        const __m512 inv = _mm512_set1_ps(1.f / g->l[r]);
+        const float *o = g->ot + (size_t)r * d;
+        float *out = kvk_out_row(a, r) + (size_t)j * a->group * d;
+        for (int32_t i = 0; i < d; i += 32) {
+            const __m512 lo = _mm512_load_ps(o + i), hi = _mm512_load_ps(o + i + 16);
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutex2var_ps(lo, first, hi), inv));
+            _mm512_storeu_ps(out + i + 16, _mm512_mul_ps(_mm512_permutex2var_ps(lo, second, hi), inv));
+        }
+    }
+}
+
+/// Head j's normalised output rows out of O^T: 16 dims x 16 rows at a time, scaled by 1 / l
+/// while the rows are still lanes, then transposed (16 gathers per row cost ~4x as much).
+KVK_AVX512_INLINE void kvk_gemm_output_transposed(const kvk_attend_args *a, const kvk_gemm_state *g, int32_t j) {
+    const int32_t d = g->d, rows = a->seq_count * a->group;
+    const size_t rpad = (size_t)g->rpad;
+    for (int32_t r0 = 0; r0 < rows; r0 += 16) {
+        const int32_t nr = rows - r0 < 16 ? rows - r0 : 16;
+        const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_loadu_ps(g->l + r0));
+        for (int32_t i0 = 0; i0 < d; i0 += 16) {
+            const int32_t nd = d - i0 < 16 ? d - i0 : 16;
+            __m512 v[16];
+            for (int32_t k = 0; k < 16; k++)
+                v[k] = k < nd ? _mm512_mul_ps(_mm512_load_ps(g->ot + (size_t)(i0 + k) * rpad + r0), inv) : _mm512_setzero_ps();
+            kvk_transpose16(v);
+            const __mmask16 m = kvk_step_mask16(nd);
+            for (int32_t k = 0; k < nr; k++) _mm512_mask_storeu_ps(kvk_out_row(a, r0 + k) + (size_t)j * a->group * d + i0, m, v[k]);
+        }
+    }
 }
 
 /// Tiles outer, heads inner: a block's heads are adjacent in the arena, so the run is read as
@@ -451,23 +538,8 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
         n = n_next;
     }
     for (int32_t j = 0; j < heads; j++) {
-        // Normalised output rows out of O^T: 16 dims x 16 rows at a time, scaled by 1 / l while
-        // the rows are still lanes, then transposed (16 gathers per row cost ~4x as much).
-        const float *ot = g[j].ot;
-        const size_t rpad = (size_t)g[j].rpad;
-        for (int32_t r0 = 0; r0 < rows; r0 += 16) {
-            const int32_t nr = rows - r0 < 16 ? rows - r0 : 16;
-            const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.f), _mm512_loadu_ps(g[j].l + r0));
-            for (int32_t i0 = 0; i0 < d; i0 += 16) {
-                const int32_t nd = d - i0 < 16 ? d - i0 : 16;
-                __m512 v[16];
-                for (int32_t k = 0; k < 16; k++)
-                    v[k] = k < nd ? _mm512_mul_ps(_mm512_load_ps(ot + (size_t)(i0 + k) * rpad + r0), inv) : _mm512_setzero_ps();
-                kvk_transpose16(v);
-                const __mmask16 m = kvk_step_mask16(nd);
-                for (int32_t k = 0; k < nr; k++) _mm512_mask_storeu_ps(kvk_out_row(a, r0 + k) + (size_t)j * a->group * d + i0, m, v[k]);
-            }
-        }
+        if (g[j].orows) kvk_gemm_output_rows(a, &g[j], j);
+        else kvk_gemm_output_transposed(a, &g[j], j);
         if (a->lse2)
             for (int32_t r = 0; r < rows; r++)
                 a->lse2[(int64_t)(r / a->group) * a->lse_seq_stride + j * a->group + r % a->group] = g[j].m[r] + log2f(g[j].l[r]);

@@ -6,7 +6,7 @@
 // group's rows multiply. Here the widening is gone and each instruction multiplies two
 // elements: S = K.q pairs dims (a key row's 32 bf16 against the query's, in place), P.V pairs
 // tokens (two value rows interleaved in registers by in-lane unpacks, which leaves the output
-// dims of each 32-dim chunk in kvk_vpos order, as the many-row path's staged pairs; the output
+// dims of each 32-dim chunk in kvk_vpos order, as in the many-row path's O rows; the output
 // is un-permuted once at the end). Queries and probabilities are rounded to bf16, as in the
 // many-row path's bf16 math; the row sums use the rounded probabilities, the weights P.V uses.
 //
