@@ -216,6 +216,19 @@ KVK_AVX512_INLINE void kvk_pv_rows_bf16(const kvk_gemm_state *g, int32_t r0, int
         for (int32_t j = 0; j < 2 * NC; j++) _mm512_store_ps(o + (size_t)r * d + 16 * j, acc[r][j]);
 }
 
+/// Two vectors of 16 rows' values for tokens t and t+1 as one vector of bf16 pairs, lane r =
+/// (even[r], odd[r]): rounded by one vcvtne2ps2bf16, interleaved by one word permute.
+KVK_AVX512_INLINE __m512i kvk_bf16_pairs(__m512 even, __m512 odd) {
+    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(odd, even));
+}
+
+/// The probability pairs of two score vectors given minus their reference (finite, <= a few).
+KVK_AVX512_INLINE __m512i kvk_prob_pairs(__m512 x0, __m512 x1) {
+    return kvk_bf16_pairs(kvk_exp2_16_bf16(x0), kvk_exp2_16_bf16(x1));
+}
+
 /// Online-softmax update of one row block from the scores of n tokens: new max, rescale
 /// factor alpha, probabilities (fp32, or bf16 pairs of tokens), row sums. Returns whether any
 /// row's max moved (otherwise alpha is 1 and O^T needs no rescale).
@@ -235,19 +248,16 @@ KVK_AVX512_INLINE int kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t n
                 sum = _mm512_add_ps(sum, e);
             }
         } else {
-            // Two tokens' probabilities round to bf16 in one instruction and interleave into
-            // pairs with one word permute; the row sums add the rounded pairs with vdpbf16ps
-            // against (1, 1), in two chains. A missing odd token scores -200: exp2 gives 0.
-            const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                                   23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            // Two tokens' probabilities become one vector of bf16 pairs; the row sums add the
+            // rounded pairs with vdpbf16ps against (1, 1), in two chains. A missing odd token
+            // scores -200: exp2 gives 0.
             const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
             __m512 sum2 = _mm512_setzero_ps();
             for (int32_t t = 0; t < n; t += 2) {
                 const __m512 x0 = _mm512_sub_ps(_mm512_load_ps(g->s + (size_t)t * KVK_ROW_BLOCK + c), mn);
                 const __m512 x1 = t + 1 < n ? _mm512_sub_ps(_mm512_load_ps(g->s + (size_t)(t + 1) * KVK_ROW_BLOCK + c), mn)
                                             : _mm512_set1_ps(-200.f);
-                const __m512i pr = _mm512_permutexvar_epi16(
-                    pairs, (__m512i)_mm512_cvtne2ps_pbh(kvk_exp2_16_bf16(x1), kvk_exp2_16_bf16(x0)));
+                const __m512i pr = kvk_prob_pairs(x0, x1);
                 _mm512_store_si512(g->pp + (size_t)(t / 2) * KVK_ROW_BLOCK + c, pr);
                 if (t & 2) sum2 = _mm512_dpbf16_ps(sum2, (__m512bh)pr, ones);
                 else sum = _mm512_dpbf16_ps(sum, (__m512bh)pr, ones);
@@ -259,6 +269,79 @@ KVK_AVX512_INLINE int kvk_softmax(const kvk_gemm_state *g, int32_t r0, int32_t n
         _mm512_store_ps(g->m + r0 + c, mn);
     }
     return moved != 0;
+}
+
+/// Lazy max of the fused softmax (kvk_qk_bf16_softmax): a row's reference m moves only when a
+/// score exceeds it by more than this (log2 units), so probabilities stay below 2^KVK_LAZY_TAU
+/// and after a head's first block a move is rare. l and O are kept relative to m, whatever m
+/// is, so the result is the same softmax; lse = m + log2(l) too.
+#define KVK_LAZY_TAU 8.f
+
+/// The rare step of the lazy max: lanes `up` of row vector c move their reference to bmax. The
+/// factor alpha = 2^(old - new) rescales l, the probability pairs this tile already wrote (pairs
+/// 0 ..< tp_done) and, through the tile's alpha and *moved, the output before the tile's P.V.
+/// Returns the new reference.
+__attribute__((noinline, cold)) KVK_AVX512 static __m512 kvk_lazy_move(const kvk_gemm_state *g, int32_t r0, int32_t RVB, size_t c,
+                                                                      int32_t tp_done, __m512 ref, __m512 bmax, __mmask16 up,
+                                                                      int *moved) {
+    const __m512 mn = _mm512_mask_blend_ps(up, ref, bmax), al = kvk_exp2_16(_mm512_sub_ps(ref, mn));
+    if (!*moved) {
+        for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->alpha + r0 + rv * 16, _mm512_set1_ps(1.f));
+        *moved = 1;
+    }
+    _mm512_store_ps(g->alpha + r0 + c, _mm512_mul_ps(_mm512_load_ps(g->alpha + r0 + c), al));
+    _mm512_store_ps(g->l + r0 + c, _mm512_mul_ps(_mm512_load_ps(g->l + r0 + c), al));
+    for (int32_t tp = 0; tp < tp_done; tp++) {
+        uint32_t *at = g->pp + (size_t)tp * KVK_ROW_BLOCK + c;
+        const __m512i x = _mm512_load_si512(at);
+        const __m512 lo = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), al);
+        const __m512 hi = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32((int)0xFFFF0000u))), al);
+        _mm512_store_si512(at, kvk_bf16_pairs(lo, hi));  // rounded again; l keeps the exact product
+    }
+    _mm512_store_ps(g->m + r0 + c, mn);
+    return mn;
+}
+
+/// kvk_qk_bf16 with the online softmax in its epilogue, for full tiles: the scores never leave
+/// the registers, each becomes a probability pair against the lazy reference right away (so the
+/// exps overlap the next block's products instead of running as a pass over stored scores), and
+/// the row sums are added to l. *moved: the tile's P.V must rescale the output by alpha.
+KVK_AVX512_INLINE void kvk_qk_bf16_softmax(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
+                                           const uint16_t *const *krows, int *moved) {
+    __m512 acc[4][16];
+    for (int32_t rv = 0; rv < RVB; rv++)
+        KVK_UNROLL
+        for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
+    const uint16_t *k = g->kb + (size_t)t0 * g->dpad2;
+    for (int32_t i2 = 0; i2 < g->dpad2 / 2; i2++) {
+        __m512bh qv[4];
+        for (int32_t rv = 0; rv < RVB; rv++) qv[rv] = (__m512bh)_mm512_load_si512(g->qp + (size_t)i2 * g->rpad + r0 + rv * 16);
+        KVK_UNROLL
+        for (int32_t t = 0; t < NT; t++) {
+            int32_t w;
+            memcpy(&w, (krows ? krows[t] : k + (size_t)t * g->dpad2) + 2 * i2, 4);
+            __m512bh kb = (__m512bh)_mm512_set1_epi32(w);
+            for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_dpbf16_ps(acc[rv][t], qv[rv], kb);
+        }
+    }
+    const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
+    for (int32_t rv = 0; rv < RVB; rv++) {
+        const size_t c = (size_t)rv * 16;
+        __m512 ref = _mm512_load_ps(g->m + r0 + c), bmax = acc[rv][0];
+        KVK_UNROLL
+        for (int32_t t = 1; t < NT; t++) bmax = _mm512_max_ps(bmax, acc[rv][t]);
+        const __mmask16 up = _mm512_cmp_ps_mask(bmax, _mm512_add_ps(ref, _mm512_set1_ps(KVK_LAZY_TAU)), _CMP_GT_OQ);
+        if (__builtin_expect(up != 0, 0)) ref = kvk_lazy_move(g, r0, RVB, c, t0 / 2, ref, bmax, up, moved);
+        __m512 sum = _mm512_setzero_ps(), sum2 = _mm512_setzero_ps();
+        KVK_UNROLL
+        for (int32_t t = 0; t < NT; t += 2) {
+            const __m512i pr = kvk_prob_pairs(_mm512_sub_ps(acc[rv][t], ref), _mm512_sub_ps(acc[rv][t + 1], ref));
+            _mm512_store_si512(g->pp + (size_t)((t0 + t) / 2) * KVK_ROW_BLOCK + c, pr);
+            if (t & 2) sum2 = _mm512_dpbf16_ps(sum2, (__m512bh)pr, ones);
+            else sum = _mm512_dpbf16_ps(sum, (__m512bh)pr, ones);
+        }
+        _mm512_store_ps(g->l + r0 + c, _mm512_add_ps(_mm512_load_ps(g->l + r0 + c), _mm512_add_ps(sum, sum2)));
+    }
 }
 
 /// A (head, tile) to prefetch while a tile computes: token rows k[t] + hoff, v[t] + hoff.
@@ -296,14 +379,22 @@ KVK_AVX512_INLINE void kvk_prefetch_near(const kvk_prefetch *pf, int32_t t0, int
 KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16,
                                      const kvk_prefetch *pf, const uint16_t *const *kdirect, const char *const *vdirect) {
     const int32_t NT = KVK_NT(RVB);
-    for (int32_t t0 = 0; t0 < n; t0 += NT) {
-        kvk_prefetch_near(pf, t0, t0 + NT);
-        if (bf16 && kdirect) kvk_qk_bf16(g, r0, t0, RVB, NT, kdirect + t0);
-        else if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT, NULL);
-        else kvk_qk_f32(g, r0, t0, RVB, NT);
+    int rescale = 0;
+    if (bf16 && n == KVK_TILE) {  // a full tile: the softmax in the Q.K^T epilogue
+        for (int32_t t0 = 0; t0 < n; t0 += NT) {
+            kvk_prefetch_near(pf, t0, t0 + NT);
+            kvk_qk_bf16_softmax(g, r0, t0, RVB, NT, kdirect ? kdirect + t0 : NULL, &rescale);
+        }
+    } else {
+        for (int32_t t0 = 0; t0 < n; t0 += NT) {
+            kvk_prefetch_near(pf, t0, t0 + NT);
+            if (bf16 && kdirect) kvk_qk_bf16(g, r0, t0, RVB, NT, kdirect + t0);
+            else if (bf16) kvk_qk_bf16(g, r0, t0, RVB, NT, NULL);
+            else kvk_qk_f32(g, r0, t0, RVB, NT);
+        }
+        kvk_prefetch_near(pf, n, KVK_TILE);
+        rescale = kvk_softmax(g, r0, n, RVB, bf16);
     }
-    kvk_prefetch_near(pf, n, KVK_TILE);
-    const int rescale = kvk_softmax(g, r0, n, RVB, bf16);
     if (vdirect) {
         // Values in place, O as rows: (dim chunks, row group) calls, dim chunks outer so a
         // chunk's values stay in L1 across the row groups; the L2 prefetch spread over them.
@@ -328,12 +419,12 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
         const int32_t b = i0 / NT;
         if (nblk > 1) kvk_prefetch_far(pf, b * KVK_TILE / nblk, (b + 1) * KVK_TILE / nblk);
         if (bf16)
-            kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, 1);
+            kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, NT, rescale);
         else
             kvk_pv_f32(g, r0, i0, n, RVB, NT);
     }
     for (; i0 < g->d; i0++) {
-        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1, 1);
+        if (bf16) kvk_pv_bf16(g, r0, i0, (n + 1) / 2, RVB, 1, rescale);
         else kvk_pv_f32(g, r0, i0, n, RVB, 1);
     }
 }

@@ -19,8 +19,17 @@ struct AttentionCase {
     ///   - levels: tokens of each shared level (multiples of the block size, except where every
     ///     sequence ends there); level k is shared by groups of `batch / fanout^k` sequences.
     ///   - suffix: own tokens per sequence.
+    ///   - bf16Exact: every K, V and query value is a bf16 value (tiny ones 0, so fp16 holds them
+    ///     exactly too) and the scale times log2(e) is 1/8, so bf16 math rounds nothing but its
+    ///     probabilities: its error against the reference is then the softmax's own, at any logits.
     init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int, batch b: Int,
-         levels: [Int], fanout: Int = 2, suffix: (Int) -> Int, seed: UInt64) throws {
+         levels: [Int], fanout: Int = 2, suffix: (Int) -> Int, seed: UInt64, bf16Exact: Bool = false) throws {
+        func value(_ x: Float) -> Float {
+            guard bf16Exact else { return x }
+            let bits = x.bitPattern
+            let rounded = Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000)
+            return abs(rounded) < 1.0 / 1024 ? 0 : rounded
+        }
         layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
         self.queryHeads = queryHeads
         var tables = [[Int32]](repeating: [], count: b)
@@ -55,12 +64,12 @@ struct AttentionCase {
         for block in 1..<Int(next) {
             for kind in KVKind.allCases {
                 arena.withUnsafeMutableBlockBytes(BlockID(Int32(block)), layer: 0, kind: kind) { raw in
-                    for i in 0..<elements { dtype.store(Float.random(in: -1.7...1.7, using: &rng), raw.baseAddress!, i) }
+                    for i in 0..<elements { dtype.store(value(Float.random(in: -1.7...1.7, using: &rng)), raw.baseAddress!, i) }
                 }
             }
         }
-        query = (0..<(b * queryHeads * headDim)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
-        scale = DecodeAttention.defaultScale(headDim: headDim)
+        query = (0..<(b * queryHeads * headDim)).map { _ in value(Float.random(in: -1.7...1.7, using: &rng)) }
+        scale = bf16Exact ? Float(0.125 / 1.4426950408889634) : DecodeAttention.defaultScale(headDim: headDim)
     }
 
     func reference() throws -> [Float] {
@@ -80,6 +89,21 @@ struct AttentionCase {
         plan.checkInvariants()
         return try arena.withUnsafeLayerPages(layer: 0) { pages in
             try kernel.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
+        }
+    }
+
+    /// Multiplies the key of token `t` of the level-0 shared run (its blocks are numbered from 1),
+    /// for every KV head, by `factor` (a power of two keeps bf16-exact keys exact): scores far
+    /// above or below the rest.
+    func scaleKeys(sharedToken t: Int, by factor: Float) {
+        let block = BlockID(Int32(1 + t / layout.blockSize)), slot = t % layout.blockSize
+        arena.withUnsafeMutableBlockBytes(block, layer: 0, kind: .keys) { raw in
+            for h in 0..<layout.kvHeadCount {
+                let first = (h * layout.blockSize + slot) * layout.headDim
+                for i in first..<(first + layout.headDim) {
+                    layout.dtype.store(layout.dtype.load(raw.baseAddress!, i) * factor, raw.baseAddress!, i)
+                }
+            }
         }
     }
 

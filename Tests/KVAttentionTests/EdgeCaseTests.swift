@@ -48,6 +48,41 @@ import Testing
         try check(c)
     }
 
+    /// Scores that jump far above everything before them in the middle of a full tile, so the
+    /// many-row path's lazy max (its reference moves only past 2^8) moves mid-tile: the pairs the
+    /// tile already wrote, l and the output are rescaled — twice in one tile (tokens 20 and 28)
+    /// and once late in a later tile (token 120). Keys of those tokens times 32 put some rows'
+    /// scores tens of log2 units above the rest. bf16-exact data, so bf16 math rounds only its
+    /// probabilities and the bound is tighter than the bf16 one (at such logits, rounding the
+    /// queries alone costs 2–5 %). bf16 KV (values in place) and fp16 KV (staged values).
+    @Test(arguments: [KVDType.bfloat16, .float16])
+    func scoreSpikesMoveTheMaxMidTile(dtype: KVDType) throws {
+        let c = try AttentionCase(dtype: dtype, queryHeads: 4, kvHeads: 4, headDim: 64, blockSize: 16, batch: 12,
+                                  levels: [128], suffix: { $0 % 3 }, seed: 12, bf16Exact: true)
+        for token in [20, 28, 120] { c.scaleKeys(sharedToken: token, by: 32) }
+        try checkSoftmaxOnly(c)
+    }
+
+    /// Scores that rise through the run (keys doubled every 64 tokens, 4 times): the reference
+    /// moves in many tiles and blocks.
+    @Test func risingScoresMoveTheMaxOften() throws {
+        let c = try AttentionCase(dtype: .bfloat16, queryHeads: 2, kvHeads: 2, headDim: 128, blockSize: 16, batch: 16,
+                                  levels: [256], suffix: { _ in 5 }, seed: 13, bf16Exact: true)
+        for token in 0..<256 { c.scaleKeys(sharedToken: token, by: Float(1 << (token / 64))) }
+        try checkSoftmaxOnly(c)
+    }
+
+    /// bf16 math on bf16-exact data against the reference: only the probabilities' rounding
+    /// (2^-9 relative each, averaging over tokens) separates them.
+    func checkSoftmaxOnly(_ c: AttentionCase) throws {
+        let reference = try c.reference()
+        let kernel = try c.kernel(math: .bf16)
+        let paged = relativeError(try c.paged(kernel), reference)
+        let bifurcated = relativeError(try c.bifurcated(kernel), reference)
+        #expect(paged <= 4e-3, "paged: relative error \(paged)")
+        #expect(bifurcated <= 4e-3, "bifurcated: relative error \(bifurcated)")
+    }
+
     /// Many KV heads in one GEMM-shaped item: with head dim 16 an item takes ~34 heads, more
     /// than the C driver interleaves at once (KVK_MAX_GEMM_HEADS = 32), so it splits the range.
     @Test(arguments: [AttentionMath.fp32, .automatic])
