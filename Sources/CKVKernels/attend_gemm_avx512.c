@@ -94,11 +94,11 @@ KVK_AVX512_INLINE void kvk_qk_f32(const kvk_gemm_state *g, int32_t r0, int32_t t
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->s + (size_t)(t0 + t) * KVK_ROW_BLOCK + rv * 16, acc[rv][t]);
 }
 
-/// Same with bf16 pairs: each vdpbf16ps adds two dims' products.
-/// krows: the NT key rows (bf16, dpad2 long) read in place, or NULL: the staged tile.
-KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
-                                   const uint16_t *const *krows) {
-    __m512 acc[4][16];
+/// The bf16 products of S^T[t0 ..< t0+NT][r0 ..< r0+16*RVB] = K . Q^T into acc (register tiles:
+/// the caller's array stays in registers once this is inlined); each vdpbf16ps adds two dims'
+/// products. krows: the NT key rows (bf16, dpad2 long) read in place, or NULL: the staged tile.
+KVK_AVX512_INLINE void kvk_qk_bf16_products(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
+                                            const uint16_t *const *krows, __m512 acc[4][16]) {
     for (int32_t rv = 0; rv < RVB; rv++)
         KVK_UNROLL
         for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
@@ -114,6 +114,13 @@ KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
             for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_dpbf16_ps(acc[rv][t], qv[rv], kb);
         }
     }
+}
+
+/// Same as kvk_qk_f32 with bf16 pairs, the scores stored for kvk_softmax.
+KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
+                                   const uint16_t *const *krows) {
+    __m512 acc[4][16];
+    kvk_qk_bf16_products(g, r0, t0, RVB, NT, krows, acc);
     KVK_UNROLL
     for (int32_t t = 0; t < NT; t++)
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->s + (size_t)(t0 + t) * KVK_ROW_BLOCK + rv * 16, acc[rv][t]);
@@ -309,21 +316,7 @@ __attribute__((noinline, cold)) KVK_AVX512 static __m512 kvk_lazy_move(const kvk
 KVK_AVX512_INLINE void kvk_qk_bf16_softmax(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
                                            const uint16_t *const *krows, int *moved) {
     __m512 acc[4][16];
-    for (int32_t rv = 0; rv < RVB; rv++)
-        KVK_UNROLL
-        for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
-    const uint16_t *k = g->kb + (size_t)t0 * g->dpad2;
-    for (int32_t i2 = 0; i2 < g->dpad2 / 2; i2++) {
-        __m512bh qv[4];
-        for (int32_t rv = 0; rv < RVB; rv++) qv[rv] = (__m512bh)_mm512_load_si512(g->qp + (size_t)i2 * g->rpad + r0 + rv * 16);
-        KVK_UNROLL
-        for (int32_t t = 0; t < NT; t++) {
-            int32_t w;
-            memcpy(&w, (krows ? krows[t] : k + (size_t)t * g->dpad2) + 2 * i2, 4);
-            __m512bh kb = (__m512bh)_mm512_set1_epi32(w);
-            for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_dpbf16_ps(acc[rv][t], qv[rv], kb);
-        }
-    }
+    kvk_qk_bf16_products(g, r0, t0, RVB, NT, krows, acc);
     const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
     for (int32_t rv = 0; rv < RVB; rv++) {
         const size_t c = (size_t)rv * 16;
