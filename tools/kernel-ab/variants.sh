@@ -1,0 +1,28 @@
+#!/bin/bash
+# Kernel variants in one process: CKVKernels at a git revision (the first build) against the
+# working tree compiled once per NAME:FLAGS argument, e.g. a macro a probe patch reads:
+#   tools/kernel-ab/variants.sh HEAD base: t64:-DKVK_TILE=64 hout:-DKVK_HEADS_OUTER
+#   HOT=1 HEADS=1 TOKENS=2048 tools/kernel-ab/variants.sh HEAD base: o3:-O3
+# At most seven variants (ab.c takes eight builds); the environment is ab.c's (HEADS, TOKENS,
+# SEQS, REPS, HOT, ISA, DTYPE, MATH). Builds are -O2 with no machine flags, as SwiftPM's.
+set -euo pipefail
+rev=${1:?usage: variants.sh REV NAME:FLAGS...}
+shift
+repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+CC=${CC:-$(dirname "$(command -v swift)")/clang}
+mkdir -p "$work/a"
+git -C "$repo" archive "$rev" Sources/CKVKernels | tar -x -C "$work/a" --strip-components=2
+build() { local dir=$1 out=$2; shift 2; "$CC" -O2 -fPIC -shared -Wl,-Bsymbolic "$@" -I"$dir/include" -I"$dir" "$dir"/*.c -o "$out" -lm; }
+build "$work/a" "$work/A-${rev//\//_}.so" &
+builds=("$work/A-${rev//\//_}.so")
+for v in "$@"; do
+    name=${v%%:*} flags=${v#*:}
+    # shellcheck disable=SC2086  # flags split into words on purpose
+    build "$repo/Sources/CKVKernels" "$work/$name.so" $flags &
+    builds+=("$work/$name.so")
+done
+wait
+"$CC" -O2 -I"$repo/Sources/CKVKernels/include" "$repo/tools/kernel-ab/ab.c" -o "$work/ab" -ldl -lm
+"$work/ab" "${builds[@]}"
