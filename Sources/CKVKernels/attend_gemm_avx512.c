@@ -364,6 +364,24 @@ KVK_AVX512_INLINE void kvk_prefetch_near(const kvk_prefetch *pf, int32_t t0, int
         }
 }
 
+/// P.V of a tile over values read in place, O as rows, for `groups` groups of KVK_PVR_ROWS rows
+/// from r0: (dim chunks, row group) calls, dim chunks outer so a chunk's values stay in L1 across
+/// the row groups; the L2 prefetch spread over them.
+KVK_AVX512_INLINE void kvk_pv_rows_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t groups,
+                                        const char *const *vdirect, int rescale, const kvk_prefetch *pf) {
+    const int32_t wide = g->d / (32 * KVK_PVR_CHUNKS);
+    const int32_t chunks = (g->d / 32 + KVK_PVR_CHUNKS - 1) / KVK_PVR_CHUNKS, calls = groups * chunks;
+    for (int32_t k = 0; k < calls; k++) {
+        const int32_t c = k / groups, rr = k % groups * KVK_PVR_ROWS, i0 = c * 32 * KVK_PVR_CHUNKS;
+        kvk_prefetch_far(pf, k * KVK_TILE / calls, (k + 1) * KVK_TILE / calls);
+        if (c < wide) {
+            if (rescale) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 1, KVK_PVR_CHUNKS);
+            else kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS);
+        } else  // d not a multiple of the tile's dims: the last chunks one at a time
+            for (int32_t i = i0; i < g->d; i += 32) kvk_pv_rows_bf16(g, r0 + rr, rr, i, n, vdirect, rescale, 1);
+    }
+}
+
 /// One tile of n tokens for the row block starting at r0 (RVB row vectors): keys staged or
 /// read in place (kdirect), values staged or read in place with O as rows (vdirect). The last
 /// register tile of scores may run past n over stale rows; softmax never reads those scores.
@@ -389,19 +407,7 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
         rescale = kvk_softmax(g, r0, n, RVB, bf16);
     }
     if (vdirect) {
-        // Values in place, O as rows: (dim chunks, row group) calls, dim chunks outer so a
-        // chunk's values stay in L1 across the row groups; the L2 prefetch spread over them.
-        const int32_t groups = RVB * 16 / KVK_PVR_ROWS, wide = g->d / (32 * KVK_PVR_CHUNKS);
-        const int32_t chunks = (g->d / 32 + KVK_PVR_CHUNKS - 1) / KVK_PVR_CHUNKS, calls = groups * chunks;
-        for (int32_t k = 0; k < calls; k++) {
-            const int32_t c = k / groups, rr = k % groups * KVK_PVR_ROWS, i0 = c * 32 * KVK_PVR_CHUNKS;
-            kvk_prefetch_far(pf, k * KVK_TILE / calls, (k + 1) * KVK_TILE / calls);
-            if (c < wide) {
-                if (rescale) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 1, KVK_PVR_CHUNKS);
-                else kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS);
-            } else  // d not a multiple of the tile's dims: the last chunks one at a time
-                for (int32_t i = i0; i < g->d; i += 32) kvk_pv_rows_bf16(g, r0 + rr, rr, i, n, vdirect, rescale, 1);
-        }
+        kvk_pv_rows_tile(g, r0, n, RVB * 16 / KVK_PVR_ROWS, vdirect, rescale, pf);
         return;
     }
     // The L2 prefetch is spread over the P.V blocks: a few tokens each, no burst of misses.
@@ -442,6 +448,40 @@ static int32_t kvk_next_tile(const kvk_attend_args *a, kvk_cursor *c, const char
     return n;
 }
 
+/// Head j's queries (times scale / ln 2) as bf16 pairs along the head dim in RV-row vectors
+/// (RV 16 or 8; rpad a multiple of RV): qp[pair][row], padded rows and dims zero.
+KVK_AVX512_INLINE void kvk_pack_query_pairs(const kvk_attend_args *a, int32_t j, int32_t rpad, int32_t RV, uint32_t *qp) {
+    const int32_t d = a->head_dim, rows = a->seq_count * a->group, dfull = d / 32 * 32;
+    const float qscale = a->scale * KVK_LOG2E;
+    const __m512 qs = _mm512_set1_ps(qscale);
+    memset(qp, 0, (size_t)(kvk_round_up(d, 2) / 2) * rpad * 4);
+    for (int32_t r0 = 0; r0 < rows; r0 += RV) {
+        // 32 dims of 16 rows: each row rounds to 16 pairs in one instruction, one transpose
+        // turns them into 16 row vectors of one pair each (padded rows: zero); RV 8 keeps the
+        // low half of each.
+        for (int32_t i = 0; i < dfull; i += 32) {
+            __m512 v[16];
+            for (int32_t k = 0; k < 16; k++) {
+                if (k >= RV || r0 + k >= rows) { v[k] = _mm512_setzero_ps(); continue; }
+                const float *qr = kvk_q_row(a, r0 + k) + (size_t)j * a->group * d;
+                v[k] = (__m512)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(qr + i + 16), qs),
+                                                   _mm512_mul_ps(_mm512_loadu_ps(qr + i), qs));
+            }
+            kvk_transpose16(v);
+            for (int32_t k = 0; k < 16; k++) {
+                float *at = (float *)(qp + (size_t)(i / 2 + k) * rpad + r0);
+                if (RV == 16) _mm512_store_ps(at, v[k]);
+                else _mm256_store_ps(at, _mm512_castps512_ps256(v[k]));
+            }
+        }
+    }
+    for (int32_t r = 0; r < rows; r++) {  // dims past the last full 32
+        const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
+        for (int32_t i = dfull; i < d; i++)
+            qp[(size_t)(i / 2) * rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
+    }
+}
+
 /// Per-head state of the many-row path: queries, transposed output, softmax state. Head j's
 /// state lives in the j-th scratch slice; the staging buffers (k, v, s, p) of slice 0 serve all.
 KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a, int32_t j, char *base,
@@ -468,29 +508,7 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
     const float qscale = a->scale * KVK_LOG2E;
     if (bf16) {  // query pairs along the head dim, 16-row vectors, padded rows/dims zero
         uint32_t *qp = (uint32_t *)(own + sl->q);
-        memset(qp, 0, (size_t)(g->dpad2 / 2) * g->rpad * 4);
-        const __m512 qs = _mm512_set1_ps(qscale);
-        const int32_t dfull = d / 32 * 32;
-        for (int32_t r0 = 0; r0 < rows; r0 += 16) {
-            // 32 dims of 16 rows: each row rounds to 16 pairs in one instruction, one transpose
-            // turns them into 16 row vectors of one pair each (padded rows: zero).
-            for (int32_t i = 0; i < dfull; i += 32) {
-                __m512 v[16];
-                for (int32_t k = 0; k < 16; k++) {
-                    if (r0 + k >= rows) { v[k] = _mm512_setzero_ps(); continue; }
-                    const float *qr = kvk_q_row(a, r0 + k) + (size_t)j * a->group * d;
-                    v[k] = (__m512)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(qr + i + 16), qs),
-                                                       _mm512_mul_ps(_mm512_loadu_ps(qr + i), qs));
-                }
-                kvk_transpose16(v);
-                for (int32_t k = 0; k < 16; k++) _mm512_store_ps((float *)(qp + (size_t)(i / 2 + k) * g->rpad + r0), v[k]);
-            }
-        }
-        for (int32_t r = 0; r < rows; r++) {  // dims past the last full 32
-            const float *qr = kvk_q_row(a, r) + (size_t)j * a->group * d;
-            for (int32_t i = dfull; i < d; i++)
-                qp[(size_t)(i / 2) * g->rpad + r] |= (uint32_t)kvk_f32_to_bf16(qr[i] * qscale) << (16 * (i & 1));
-        }
+        kvk_pack_query_pairs(a, j, g->rpad, 16, qp);
         g->qp = qp;
     } else {
         float *qt = (float *)(own + sl->q);
@@ -539,6 +557,160 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
         default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------- 8-row variant
+
+// For 6 to 8 rows (KVK_YMM8_MIN_ROWS, dispatch.c), bf16 math, bf16 KV, head_dim % 32 == 0. The rows are one
+// 8-lane ymm vector: on Zen 4 the 256-bit vdpbf16ps issues twice per cycle, as many multiplies
+// as the 512-bit one, where a 16-row vector would be half padding. Q.K^T and its fused softmax
+// are the 16-row ones at 8 lanes (also for partial tiles: tokens past n are masked in the
+// epilogue); P.V is kvk_pv_rows_bf16 (lanes along the head dim, one broadcast pair per row).
+// At 8 rows a (head, tile) computes in half the time of a 16-row one, so the prefetches are
+// spread over the Q.K^T steps (kvk_qk8_softmax) rather than issued in bursts.
+
+/// Tokens per register tile of the 8-row Q.K^T (one accumulator each).
+#ifndef KVK_NT8
+#define KVK_NT8 16
+#endif
+
+/// Per-head state of the 8-row variant in its compact layout (kvk_layout_scratch8).
+KVK_AVX512_INLINE void kvk_gemm_init8(kvk_gemm_state *g, const kvk_attend_args *a, int32_t j, char *base,
+                                      const kvk_scratch_layout8 *sl) {
+    const int32_t d = a->head_dim;
+    char *own = base + (size_t)j * sl->head;
+    memset(g, 0, sizeof *g);
+    g->d = d;
+    g->dpad2 = d;
+    g->rpad = KVK_YMM8_ROWS;
+    g->kstride = d;
+    g->orows = 1;
+    g->ot = (float *)(own + sl->o);
+    g->m = (float *)(own + sl->m);
+    g->l = (float *)(own + sl->l);
+    g->alpha = (float *)(base + sl->alpha);
+    g->pp = (uint32_t *)(base + sl->pp);
+    uint32_t *qp = (uint32_t *)(own + sl->q);
+    kvk_pack_query_pairs(a, j, KVK_YMM8_ROWS, KVK_YMM8_ROWS, qp);
+    g->qp = qp;
+    memset(g->ot, 0, (size_t)d * KVK_YMM8_ROWS * 4);
+    for (int32_t r = 0; r < KVK_YMM8_ROWS; r++) { g->m[r] = -INFINITY; g->l[r] = 0.f; }
+}
+
+/// Two vectors of 8 rows' values for tokens t and t+1 as one vector of bf16 pairs, lane r =
+/// (even[r], odd[r]).
+KVK_AVX512_INLINE __m256i kvk_bf16_pairs8(__m512 even_odd) {
+    const __m256i pairs = _mm256_setr_epi16(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    return _mm256_permutexvar_epi16(pairs, (__m256i)_mm512_cvtneps_pbh(even_odd));
+}
+
+KVK_AVX512_INLINE __m512 kvk_join8(__m256 lo, __m256 hi) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+/// kvk_lazy_move for the 8-row vector.
+__attribute__((noinline, cold)) KVK_AVX512 static __m256 kvk_lazy_move8(const kvk_gemm_state *g, int32_t tp_done, __m256 ref,
+                                                                       __m256 bmax, __mmask8 up, int *moved) {
+    const __m256 mn = _mm256_mask_blend_ps(up, ref, bmax);
+    const __m256 al = _mm512_castps512_ps256(kvk_exp2_16(_mm512_zextps256_ps512(_mm256_sub_ps(ref, mn))));
+    if (!*moved) {
+        _mm256_store_ps(g->alpha, _mm256_set1_ps(1.f));
+        *moved = 1;
+    }
+    _mm256_store_ps(g->alpha, _mm256_mul_ps(_mm256_load_ps(g->alpha), al));
+    _mm256_store_ps(g->l, _mm256_mul_ps(_mm256_load_ps(g->l), al));
+    for (int32_t tp = 0; tp < tp_done; tp++) {
+        uint32_t *at = g->pp + (size_t)tp * KVK_ROW_BLOCK;
+        const __m256i x = _mm256_load_si256((const __m256i *)at);
+        const __m256 lo = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16)), al);
+        const __m256 hi = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32((int)0xFFFF0000u))), al);
+        _mm256_store_si256((__m256i *)at, kvk_bf16_pairs8(kvk_join8(lo, hi)));  // rounded again; l keeps the exact product
+    }
+    _mm256_store_ps(g->m, mn);
+    return mn;
+}
+
+/// Scores of tokens t0 ..< t0 + KVK_NT8 for the 8 rows, and their fused online softmax against
+/// the lazy max: probability pairs into pp, row sums into l. Tokens from n on (a partial tile)
+/// get probability 0. *moved as in kvk_qk_bf16_softmax. The key rows are read in place: D > 0
+/// (the head dim, a constant), row t at k0 + t * D (one block's rows: one base register, the
+/// rows at constant displacements); D == 0, row t at krows[t] (16 pointers do not fit in the
+/// general registers: the compiler spilled half of them, and reloading them took a load slot
+/// per product beside the broadcast's). pf: the (head, tile) units to prefetch, spread over the
+/// steps: each step one line of K and one of V of the near unit (this tile's tokens t0 ..< t0 +
+/// 16) into L1 and of the far unit into L2. (Issued as kvk_gemm_tile does, in bursts of 128 per
+/// register tile, they held this path at ~10 GB/s from DRAM, below the few-row path: 8 rows x
+/// 32 heads x 2048 tokens, LLC flushed, 3.5 ms; spread, 2.1 ms.)
+KVK_AVX512_INLINE void kvk_qk8_softmax(const kvk_gemm_state *g, int32_t t0, int32_t n, const uint16_t *const *krows,
+                                       const uint16_t *k0, int32_t D, const kvk_prefetch *pf, int *moved) {
+    enum { NT = KVK_NT8 };
+    __m256 acc[NT];
+    KVK_UNROLL
+    for (int32_t t = 0; t < NT; t++) acc[t] = _mm256_setzero_ps();
+    const uint32_t *restrict qp = g->qp;
+    for (int32_t i2 = 0; i2 < g->dpad2 / 2; i2++) {
+        const __m256bh qv = (__m256bh)_mm256_load_si256((const __m256i *)(qp + (size_t)i2 * KVK_YMM8_ROWS));
+        if (pf) {  // one line of K and one of V of the near unit into L1 and of the far one into L2
+            const int32_t lines = D ? D / 32 : g->d / 32, t = t0 + i2 / lines, off = i2 % lines * 64;
+            if (t < pf->near.n) {
+                _mm_prefetch(pf->near.k[t] + pf->near.hoff + off, _MM_HINT_T0);
+                _mm_prefetch(pf->near.v[t] + pf->near.hoff + off, _MM_HINT_T0);
+            }
+            if (t < pf->far.n) {
+                _mm_prefetch(pf->far.k[t] + pf->far.hoff + off, _MM_HINT_T1);
+                _mm_prefetch(pf->far.v[t] + pf->far.hoff + off, _MM_HINT_T1);
+            }
+        }
+        KVK_UNROLL
+        for (int32_t t = 0; t < NT; t++) {
+            int32_t w;
+            memcpy(&w, (D ? k0 + (size_t)t * D : krows[t]) + 2 * i2, 4);
+            acc[t] = _mm256_dpbf16_ps(acc[t], qv, (__m256bh)_mm256_set1_epi32(w));
+        }
+    }
+    const int32_t nv = n - t0 < NT ? n - t0 : NT;  // >= 1
+    __m256 ref = _mm256_load_ps(g->m), bmax = acc[0];
+    KVK_UNROLL
+    for (int32_t t = 1; t < NT; t++)
+        if (t < nv) bmax = _mm256_max_ps(bmax, acc[t]);
+    const __mmask8 up = _mm256_cmp_ps_mask(bmax, _mm256_add_ps(ref, _mm256_set1_ps(KVK_LAZY_TAU)), _CMP_GT_OQ);
+    if (__builtin_expect(up != 0, 0)) ref = kvk_lazy_move8(g, t0 / 2, ref, bmax, up, moved);
+    const __m256bh ones = (__m256bh)_mm256_set1_epi32(0x3f803f80);
+    const __m512 ref2 = kvk_join8(ref, ref);
+    __m256 sum = _mm256_setzero_ps(), sum2 = _mm256_setzero_ps();
+    KVK_UNROLL
+    for (int32_t t = 0; t < NT; t += 2) {
+        if (t >= nv) break;
+        // A missing odd token scores -200 below the reference: exp2 gives 0.
+        __m512 x = _mm512_sub_ps(kvk_join8(acc[t], acc[t + 1]), ref2);
+        if (t + 1 >= nv) x = _mm512_mask_blend_ps(0xFF00, x, _mm512_set1_ps(-200.f));
+        const __m256i pr = kvk_bf16_pairs8(kvk_exp2_16_bf16(x));
+        _mm256_store_si256((__m256i *)(g->pp + (size_t)((t0 + t) / 2) * KVK_ROW_BLOCK), pr);
+        if (t & 2) sum2 = _mm256_dpbf16_ps(sum2, (__m256bh)pr, ones);
+        else sum = _mm256_dpbf16_ps(sum, (__m256bh)pr, ones);
+    }
+    _mm256_store_ps(g->l, _mm256_add_ps(_mm256_load_ps(g->l), _mm256_add_ps(sum, sum2)));
+}
+
+/// One head's tile of n tokens for the 8 rows: keys and values read in place.
+KVK_AVX512_INLINE void kvk_gemm_head_tile8(const kvk_gemm_state *g, const char **kr, const char **vr, size_t hoff, int32_t n,
+                                           const kvk_prefetch *pf, int32_t D) {
+    const uint16_t *kdirect[KVK_TILE];  // rows past n repeat the last one
+    for (int32_t t = 0; t < KVK_TILE; t++) kdirect[t] = (const uint16_t *)(kr[t < n ? t : n - 1] + hoff);
+    const char *vdirect[KVK_TILE];
+    for (int32_t t = 0; t < n; t++) vdirect[t] = vr[t] + hoff;
+    int rescale = 0, t0 = 0;
+    for (; t0 < n; t0 += KVK_NT8) {
+        // D: the register tile's key rows one block's consecutive rows (a full tile of
+        // 16-token blocks), else the pointers.
+        int contiguous = D > 0 && t0 + KVK_NT8 <= n;
+        for (int32_t t = 1; t < KVK_NT8 && contiguous; t++) contiguous = kdirect[t0 + t] == kdirect[t0] + (size_t)t * D;
+        if (contiguous) kvk_qk8_softmax(g, t0, n, NULL, kdirect[t0], D, pf, &rescale);
+        else kvk_qk8_softmax(g, t0, n, kdirect + t0, NULL, 0, pf, &rescale);
+    }
+    kvk_prefetch_near(pf, t0, KVK_TILE);  // a partial tile: the rest of both units at once
+    kvk_prefetch_far(pf, t0, KVK_TILE);
+    kvk_pv_rows_tile(g, 0, n, KVK_YMM8_ROWS / KVK_PVR_ROWS, vdirect, rescale, NULL);
 }
 
 /// (head, tile) units of look-ahead of the L2 prefetch (one unit: 16 KiB of bf16 K+V); 2, 4 and
@@ -595,14 +767,18 @@ KVK_AVX512_INLINE void kvk_gemm_output_transposed(const kvk_attend_args *a, cons
 
 /// Tiles outer, heads inner: a block's heads are adjacent in the arena, so the run is read as
 /// contiguous stretches of head_count x 4 KiB rather than one 4 KiB island per head.
-KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype) {
+KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype, int ymm8, int32_t D) {
     const int32_t d = a->head_dim, rows = a->seq_count * a->group, heads = a->head_count;
     const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype), head_bytes = (size_t)a->block_size * row_bytes;
     const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
     char *base = (char *)a->scratch;
     kvk_gemm_state g[KVK_MAX_GEMM_HEADS];
     kvk_prefetch_row_spans(a, 0);
-    for (int32_t j = 0; j < heads; j++) kvk_gemm_init(&g[j], a, j, base, &sl, bf16);
+    if (ymm8) {
+        const kvk_scratch_layout8 sl8 = kvk_layout_scratch8(d, heads);
+        for (int32_t j = 0; j < heads; j++) kvk_gemm_init8(&g[j], a, j, base, &sl8);
+    } else
+        for (int32_t j = 0; j < heads; j++) kvk_gemm_init(&g[j], a, j, base, &sl, bf16);
 
     const char *krows[2][KVK_TILE], *vrows[2][KVK_TILE];
     kvk_cursor cur = {0, 0};
@@ -617,7 +793,8 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
             const int32_t far = KVK_PREFETCH_FAR < heads ? KVK_PREFETCH_FAR : heads;
             const kvk_prefetch pf = {kvk_unit_ahead(j, 1, heads, head_bytes, kr, vr, n, kn, vn, n_next),
                                      kvk_unit_ahead(j, far, heads, head_bytes, kr, vr, n, kn, vn, n_next), row_bytes};
-            kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16, &pf);
+            if (ymm8) kvk_gemm_head_tile8(&g[j], kr, vr, (size_t)j * head_bytes, n, &pf, D);
+            else kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16, &pf);
         }
         n = n_next;
     }
@@ -630,18 +807,28 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
     }
 }
 
+/// The 8-row variant (dispatch.c): 6 to 8 rows, bf16 math and KV, head_dim % 32 == 0.
+/// D: the head dim as a constant for kvk_qk8_softmax's key addressing (0: any).
+KVK_AVX512 void kvk_attend_gemm8_avx512(const kvk_attend_args *a) {
+    switch (a->head_dim) {
+    case 64: kvk_gemm_run(a, 1, KVK_DTYPE_BF16, 1, 64); break;
+    case 128: kvk_gemm_run(a, 1, KVK_DTYPE_BF16, 1, 128); break;
+    default: kvk_gemm_run(a, 1, KVK_DTYPE_BF16, 1, 0); break;
+    }
+}
+
 KVK_AVX512 void kvk_attend_gemm_avx512(const kvk_attend_args *a, int bf16_math) {
     if (bf16_math) {
         switch (a->dtype) {
-        case KVK_DTYPE_F16: kvk_gemm_run(a, 1, KVK_DTYPE_F16); break;
-        case KVK_DTYPE_BF16: kvk_gemm_run(a, 1, KVK_DTYPE_BF16); break;
-        default: kvk_gemm_run(a, 1, KVK_DTYPE_F32); break;
+        case KVK_DTYPE_F16: kvk_gemm_run(a, 1, KVK_DTYPE_F16, 0, 0); break;
+        case KVK_DTYPE_BF16: kvk_gemm_run(a, 1, KVK_DTYPE_BF16, 0, 0); break;
+        default: kvk_gemm_run(a, 1, KVK_DTYPE_F32, 0, 0); break;
         }
     } else {
         switch (a->dtype) {
-        case KVK_DTYPE_F16: kvk_gemm_run(a, 0, KVK_DTYPE_F16); break;
-        case KVK_DTYPE_BF16: kvk_gemm_run(a, 0, KVK_DTYPE_BF16); break;
-        default: kvk_gemm_run(a, 0, KVK_DTYPE_F32); break;
+        case KVK_DTYPE_F16: kvk_gemm_run(a, 0, KVK_DTYPE_F16, 0, 0); break;
+        case KVK_DTYPE_BF16: kvk_gemm_run(a, 0, KVK_DTYPE_BF16, 0, 0); break;
+        default: kvk_gemm_run(a, 0, KVK_DTYPE_F32, 0, 0); break;
         }
     }
 }

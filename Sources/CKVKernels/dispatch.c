@@ -14,6 +14,23 @@
 /// on one thread in bf16 (2.11 -> 1.98 ms); paged GQA 32/8 at b = 16 / 32 15-23 % faster.
 #define KVK_BF16_ROWS_MIN_ROWS 2
 
+/// From this many rows up to KVK_YMM8_ROWS, bf16 math on bf16 KV with head_dim % 32 == 0 takes
+/// the many-row path's 8-row variant (one ymm row vector: 256-bit vdpbf16ps issues twice per
+/// cycle on Zen 4, the 512-bit rate, where a 16-row vector would be half padding) instead of
+/// the few-row path. One thread, 32 KV heads, LLC flushed (2048 tokens) / in cache (512):
+/// 8 rows 3.23-3.38 -> 2.10-2.11 ms / 0.72-0.76 -> 0.51-0.55; 7 rows 2.94 -> 2.09 / 0.67 ->
+/// 0.51; 6 rows 2.58-2.64 -> 2.11-2.13 / 0.58 -> 0.54; 5 rows 2.82-2.86 -> 2.59-2.73 / 0.48 ->
+/// 0.47 (rows pad to 8, so 5 gains too little to switch paths for).
+#define KVK_YMM8_MIN_ROWS 6
+
+#if defined(__x86_64__)
+/// Whether a call takes the 8-row variant of the many-row path.
+static int kvk_takes_ymm8(const kvk_attend_args *a, int bf16) {
+    const int32_t rows = a->seq_count * a->group;
+    return bf16 && a->dtype == KVK_DTYPE_BF16 && a->head_dim % 32 == 0 && rows >= KVK_YMM8_MIN_ROWS && rows <= KVK_YMM8_ROWS;
+}
+#endif
+
 static int32_t kvk_detect(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
@@ -42,6 +59,10 @@ size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim, int32_t head_cou
     // many-row paths: one layout per head. Sized for the path the rows take (was: the larger of
     // the two always, 2.1 MB instead of 80 KB for a paged MHA item of 32 heads).
     const size_t joint = kvk_layout_scratch(rows * head_count, head_dim).total;
+    if (rows >= KVK_YMM8_MIN_ROWS && rows <= KVK_YMM8_ROWS) {  // the few-row or the 8-row layout (dtype and math decide)
+        const size_t y8 = kvk_layout_scratch8(head_dim, head_count < KVK_MAX_GEMM_HEADS ? head_count : KVK_MAX_GEMM_HEADS).total;
+        return joint > y8 ? joint : y8;
+    }
     if (rows < KVK_GEMM_MIN_ROWS) return joint;
     const size_t per_head = kvk_layout_scratch(rows, head_dim).total * (size_t)(head_count < KVK_MAX_GEMM_HEADS ? head_count : KVK_MAX_GEMM_HEADS);
     return joint > per_head ? joint : per_head;
@@ -70,6 +91,18 @@ void kvk_attend(const kvk_attend_args *a) {
 #if defined(__x86_64__)
     if (isa >= KVK_ISA_AVX512) {
         const int bf16 = a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16;
+        if (kvk_takes_ymm8(a, bf16)) {
+            kvk_attend_args part = *a;  // at most KVK_MAX_GEMM_HEADS heads per pass
+            for (int32_t j = 0; j < a->head_count; j += KVK_MAX_GEMM_HEADS) {
+                part.head = a->head + j;
+                part.head_count = a->head_count - j < KVK_MAX_GEMM_HEADS ? a->head_count - j : KVK_MAX_GEMM_HEADS;
+                part.q_head0 = a->q_head0 + j * a->group;
+                part.out = a->out + (int64_t)j * a->group * a->head_dim;
+                part.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
+                kvk_attend_gemm8_avx512(&part);
+            }
+            return;
+        }
         if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS) {
             kvk_attend_args part = *a;  // at most KVK_MAX_GEMM_HEADS heads per pass
             for (int32_t j = 0; j < a->head_count; j += KVK_MAX_GEMM_HEADS) {

@@ -160,6 +160,34 @@ static inline kvk_scratch_layout kvk_layout_scratch(int32_t rows, int32_t head_d
     return s;
 }
 
+/// Rows of the many-row path's 8-row variant (one 8-lane ymm row vector; from KVK_YMM8_MIN_ROWS in dispatch.c).
+#define KVK_YMM8_ROWS 8
+
+/// Scratch of the 8-row variant: per head (a slice of `head` bytes each) the query pairs
+/// (dpad/2 x 8 pairs), O as rows (8 x dpad fp32), m and l; after the heads' slices the
+/// shared alpha and probability pairs (KVK_TILE/2 x KVK_ROW_BLOCK, as kvk_pv_rows_bf16 reads
+/// them). Compact: the 16-row layout's per-head slices are ~64 KiB apart (staging space only
+/// slice 0 uses), which would put every head's state on the same cache sets (not measured).
+typedef struct kvk_scratch_layout8 {
+    size_t head, q, o, m, l, alpha, pp, total;
+} kvk_scratch_layout8;
+
+static inline kvk_scratch_layout8 kvk_layout_scratch8(int32_t head_dim, int32_t heads) {
+    kvk_scratch_layout8 s;
+    const size_t dpad = (size_t)kvk_round_up(head_dim, 16), r = KVK_YMM8_ROWS;
+    size_t at = 0;
+    s.q = at; at += kvk_align64(dpad / 2 * r * 4);
+    s.o = at; at += kvk_align64(dpad * r * 4);
+    s.m = at; at += kvk_align64(r * 4);
+    s.l = at; at += kvk_align64(r * 4);
+    s.head = at;
+    at = s.head * (size_t)heads;
+    s.alpha = at; at += kvk_align64(r * 4);
+    s.pp = at; at += kvk_align64((size_t)KVK_TILE / 2 * KVK_ROW_BLOCK * 4);
+    s.total = at;
+    return s;
+}
+
 void kvk_attend_portable(const kvk_attend_args *a);
 float kvk_stream_read_portable(const void *buffer, size_t bytes);
 #if defined(__x86_64__)
@@ -169,6 +197,7 @@ float kvk_stream_read_avx2(const void *buffer, size_t bytes);
 void kvk_attend_rows_avx512(const kvk_attend_args *a);
 void kvk_attend_rows_bf16_avx512(const kvk_attend_args *a);
 void kvk_attend_gemm_avx512(const kvk_attend_args *a, int bf16_math);
+void kvk_attend_gemm8_avx512(const kvk_attend_args *a);
 float kvk_stream_read_avx512(const void *buffer, size_t bytes);
 #endif
 

@@ -66,9 +66,10 @@ let gridShapes: [GridShape] = [
     }
 }
 
-/// The few-row path's bf16 products (bf16 KV, head dims that are multiples of 32, 2…8 rows per
-/// KV head): within the bf16 bound, and really taken — its result differs from fp32 math, which
-/// it would equal exactly if the call fell back to the fp32 few-row kernel.
+/// The bf16 products of few-row calls (bf16 KV, head dims that are multiples of 32, 2…8 rows per
+/// KV head: the few-row path up to 5 rows, the many-row path's 8-row variant from 6, see
+/// `EightRowPathTests`): within the bf16 bound, and really taken — the result differs from fp32
+/// math, which it would equal exactly if the call fell back to the fp32 few-row kernel.
 @Suite struct FewRowBF16Tests {
     /// Shapes, and whether the paged kernel takes the path (its rows are the GQA group).
     static let shapes: [(GridShape, pagedTakesIt: Bool)] = [
