@@ -68,22 +68,25 @@ size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim, int32_t head_cou
     return joint > per_head ? joint : per_head;
 }
 
-/// The paths that read one head at a time: call them once per head.
-static void kvk_per_head(const kvk_attend_args *a, void (*run)(const kvk_attend_args *, int), int arg) {
-    kvk_attend_args one = *a;
-    one.head_count = 1;
-    for (int32_t j = 0; j < a->head_count; j++) {
-        one.head = a->head + j;
-        one.q_head0 = a->q_head0 + j * a->group;
-        one.out = a->out + (int64_t)j * a->group * a->head_dim;
-        one.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
-        run(&one, arg);
+/// Runs `run` over the call's heads in passes of at most `per_pass` heads: 1 for the paths that
+/// read one head at a time, KVK_MAX_GEMM_HEADS for the many-row driver (it keeps every head's
+/// state of a pass at once).
+static void kvk_head_passes(const kvk_attend_args *a, int32_t per_pass, void (*run)(const kvk_attend_args *, int), int arg) {
+    kvk_attend_args part = *a;
+    for (int32_t j = 0; j < a->head_count; j += per_pass) {
+        part.head = a->head + j;
+        part.head_count = a->head_count - j < per_pass ? a->head_count - j : per_pass;
+        part.q_head0 = a->q_head0 + j * a->group;
+        part.out = a->out + (int64_t)j * a->group * a->head_dim;
+        part.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
+        run(&part, arg);
     }
 }
 
 static void kvk_portable_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_portable(a); }
 #if defined(__x86_64__)
 static void kvk_avx2_gemm_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_gemm_avx2(a); }
+static void kvk_gemm8_adapter(const kvk_attend_args *a, int unused) { (void)unused; kvk_attend_gemm8_avx512(a); }
 #endif
 
 void kvk_attend(const kvk_attend_args *a) {
@@ -91,42 +94,24 @@ void kvk_attend(const kvk_attend_args *a) {
 #if defined(__x86_64__)
     if (isa >= KVK_ISA_AVX512) {
         const int bf16 = a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16;
-        if (kvk_takes_ymm8(a, bf16)) {
-            kvk_attend_args part = *a;  // at most KVK_MAX_GEMM_HEADS heads per pass
-            for (int32_t j = 0; j < a->head_count; j += KVK_MAX_GEMM_HEADS) {
-                part.head = a->head + j;
-                part.head_count = a->head_count - j < KVK_MAX_GEMM_HEADS ? a->head_count - j : KVK_MAX_GEMM_HEADS;
-                part.q_head0 = a->q_head0 + j * a->group;
-                part.out = a->out + (int64_t)j * a->group * a->head_dim;
-                part.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
-                kvk_attend_gemm8_avx512(&part);
-            }
-            return;
-        }
-        if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS) {
-            kvk_attend_args part = *a;  // at most KVK_MAX_GEMM_HEADS heads per pass
-            for (int32_t j = 0; j < a->head_count; j += KVK_MAX_GEMM_HEADS) {
-                part.head = a->head + j;
-                part.head_count = a->head_count - j < KVK_MAX_GEMM_HEADS ? a->head_count - j : KVK_MAX_GEMM_HEADS;
-                part.q_head0 = a->q_head0 + j * a->group;
-                part.out = a->out + (int64_t)j * a->group * a->head_dim;
-                part.lse2 = a->lse2 ? a->lse2 + (int64_t)j * a->group : NULL;
-                kvk_attend_gemm_avx512(&part, bf16);
-            }
-        } else if (bf16 && a->dtype == KVK_DTYPE_BF16 && a->head_dim % 32 == 0 && a->seq_count * a->group >= KVK_BF16_ROWS_MIN_ROWS)
+        if (kvk_takes_ymm8(a, bf16))
+            kvk_head_passes(a, KVK_MAX_GEMM_HEADS, kvk_gemm8_adapter, 0);
+        else if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS)
+            kvk_head_passes(a, KVK_MAX_GEMM_HEADS, kvk_attend_gemm_avx512, bf16);
+        else if (bf16 && a->dtype == KVK_DTYPE_BF16 && a->head_dim % 32 == 0 && a->seq_count * a->group >= KVK_BF16_ROWS_MIN_ROWS)
             kvk_attend_rows_bf16_avx512(a);
         else
             kvk_attend_rows_avx512(a);
         return;
     }
     if (isa == KVK_ISA_AVX2) {
-        if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS) kvk_per_head(a, kvk_avx2_gemm_adapter, 0);
+        if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS) kvk_head_passes(a, 1, kvk_avx2_gemm_adapter, 0);
         else kvk_attend_avx2(a);
         return;
     }
 #endif
     (void)isa;
-    kvk_per_head(a, kvk_portable_adapter, 0);
+    kvk_head_passes(a, 1, kvk_portable_adapter, 0);
 }
 
 float kvk_stream_read(const void *buffer, size_t bytes) {
