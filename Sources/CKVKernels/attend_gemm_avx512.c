@@ -19,6 +19,9 @@
 // O[row][dim] (kvk_pv_rows_bf16). Otherwise the values are staged as pairs ([token pair][dim][2])
 // and broadcast against probability vectors into O^T. The row sums l use the bf16-rounded
 // probabilities, the same weights P.V uses.
+//
+// 6 to 8 rows with bf16 math on bf16 KV take an 8-row variant (below): one ymm row vector
+// instead of 16-row zmm vectors that would be half padding.
 #if defined(__x86_64__)
 #include "avx512_common.h"
 
@@ -561,9 +564,9 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
 
 // ---------------------------------------------------------------------------------- 8-row variant
 
-// For 6 to 8 rows (KVK_YMM8_MIN_ROWS, dispatch.c), bf16 math, bf16 KV, head_dim % 32 == 0. The rows are one
-// 8-lane ymm vector: on Zen 4 the 256-bit vdpbf16ps issues twice per cycle, as many multiplies
-// as the 512-bit one, where a 16-row vector would be half padding. Q.K^T and its fused softmax
+// For 6 to 8 rows (KVK_YMM8_MIN_ROWS, dispatch.c), bf16 math, bf16 KV, head_dim % 32 == 0.
+// The rows are one 8-lane ymm vector: on Zen 4 the 256-bit vdpbf16ps issues twice per cycle,
+// as many multiplies as the 512-bit one, where a 16-row vector would be half padding. Q.K^T and its fused softmax
 // are the 16-row ones at 8 lanes (also for partial tiles: tokens past n are masked in the
 // epilogue); P.V is kvk_pv_rows_bf16 (lanes along the head dim, one broadcast pair per row).
 // At 8 rows a (head, tile) computes in half the time of a 16-row one, so the prefetches are
