@@ -566,9 +566,10 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
 
 // For 6 to 8 rows (KVK_YMM8_MIN_ROWS, dispatch.c), bf16 math, bf16 KV, head_dim % 32 == 0.
 // The rows are one 8-lane ymm vector: on Zen 4 the 256-bit vdpbf16ps issues twice per cycle,
-// as many multiplies as the 512-bit one, where a 16-row vector would be half padding. Q.K^T and its fused softmax
-// are the 16-row ones at 8 lanes (also for partial tiles: tokens past n are masked in the
-// epilogue); P.V is kvk_pv_rows_bf16 (lanes along the head dim, one broadcast pair per row).
+// as many multiplies as the 512-bit one, where a 16-row vector would be half padding. Q.K^T
+// and its fused softmax are the 16-row ones at 8 lanes (also for partial tiles: tokens past n
+// are masked in the epilogue); P.V is kvk_pv_rows_bf16 (lanes along the head dim, one
+// broadcast pair per row).
 // At 8 rows a (head, tile) computes in half the time of a 16-row one, so the prefetches are
 // spread over the Q.K^T steps (kvk_qk8_softmax) rather than issued in bursts.
 
@@ -773,15 +774,16 @@ KVK_AVX512_INLINE void kvk_gemm_output_transposed(const kvk_attend_args *a, cons
 KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t dtype, int ymm8, int32_t D) {
     const int32_t d = a->head_dim, rows = a->seq_count * a->group, heads = a->head_count;
     const size_t row_bytes = (size_t)d * kvk_elt_bytes(dtype), head_bytes = (size_t)a->block_size * row_bytes;
-    const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
     char *base = (char *)a->scratch;
     kvk_gemm_state g[KVK_MAX_GEMM_HEADS];
     kvk_prefetch_row_spans(a, 0);
     if (ymm8) {
-        const kvk_scratch_layout8 sl8 = kvk_layout_scratch8(d, heads);
-        for (int32_t j = 0; j < heads; j++) kvk_gemm_init8(&g[j], a, j, base, &sl8);
-    } else
+        const kvk_scratch_layout8 sl = kvk_layout_scratch8(d, heads);
+        for (int32_t j = 0; j < heads; j++) kvk_gemm_init8(&g[j], a, j, base, &sl);
+    } else {
+        const kvk_scratch_layout sl = kvk_layout_scratch(rows, d);
         for (int32_t j = 0; j < heads; j++) kvk_gemm_init(&g[j], a, j, base, &sl, bf16);
+    }
 
     const char *krows[2][KVK_TILE], *vrows[2][KVK_TILE];
     kvk_cursor cur = {0, 0};

@@ -23,11 +23,15 @@
 /// 0.47 (rows pad to 8, so 5 gains too little to switch paths for).
 #define KVK_YMM8_MIN_ROWS 6
 
+/// Rows per KV head the 8-row variant takes (when the call's math and KV allow it).
+static int kvk_ymm8_rows(int32_t rows) { return rows >= KVK_YMM8_MIN_ROWS && rows <= KVK_YMM8_ROWS; }
+
 #if defined(__x86_64__)
-/// Whether a call takes the 8-row variant of the many-row path.
-static int kvk_takes_ymm8(const kvk_attend_args *a, int bf16) {
-    const int32_t rows = a->seq_count * a->group;
-    return bf16 && a->dtype == KVK_DTYPE_BF16 && a->head_dim % 32 == 0 && rows >= KVK_YMM8_MIN_ROWS && rows <= KVK_YMM8_ROWS;
+/// Whether a call's bf16 products can run straight on its KV rows (keys and values read in
+/// place): bf16 math on bf16 KV, head dims a multiple of 32. The bf16 few-row path and the
+/// 8-row variant need it.
+static int kvk_bf16_in_place(const kvk_attend_args *a, int bf16) {
+    return bf16 && a->dtype == KVK_DTYPE_BF16 && a->head_dim % 32 == 0;
 }
 #endif
 
@@ -59,7 +63,7 @@ size_t kvk_attend_scratch_bytes(int32_t rows, int32_t head_dim, int32_t head_cou
     // many-row paths: one layout per head. Sized for the path the rows take (was: the larger of
     // the two always, 2.1 MB instead of 80 KB for a paged MHA item of 32 heads).
     const size_t joint = kvk_layout_scratch(rows * head_count, head_dim).total;
-    if (rows >= KVK_YMM8_MIN_ROWS && rows <= KVK_YMM8_ROWS) {  // the few-row or the 8-row layout (dtype and math decide)
+    if (kvk_ymm8_rows(rows)) {  // the few-row or the 8-row layout (dtype and math decide)
         const size_t y8 = kvk_layout_scratch8(head_dim, head_count < KVK_MAX_GEMM_HEADS ? head_count : KVK_MAX_GEMM_HEADS).total;
         return joint > y8 ? joint : y8;
     }
@@ -94,11 +98,13 @@ void kvk_attend(const kvk_attend_args *a) {
 #if defined(__x86_64__)
     if (isa >= KVK_ISA_AVX512) {
         const int bf16 = a->math == KVK_MATH_BF16 && isa >= KVK_ISA_AVX512_BF16;
-        if (kvk_takes_ymm8(a, bf16))
+        const int32_t rows = a->seq_count * a->group;
+        const int in_place = kvk_bf16_in_place(a, bf16);
+        if (in_place && kvk_ymm8_rows(rows))
             kvk_head_passes(a, KVK_MAX_GEMM_HEADS, kvk_gemm8_adapter, 0);
-        else if (a->seq_count * a->group >= KVK_GEMM_MIN_ROWS)
+        else if (rows >= KVK_GEMM_MIN_ROWS)
             kvk_head_passes(a, KVK_MAX_GEMM_HEADS, kvk_attend_gemm_avx512, bf16);
-        else if (bf16 && a->dtype == KVK_DTYPE_BF16 && a->head_dim % 32 == 0 && a->seq_count * a->group >= KVK_BF16_ROWS_MIN_ROWS)
+        else if (in_place && rows >= KVK_BF16_ROWS_MIN_ROWS)
             kvk_attend_rows_bf16_avx512(a);
         else
             kvk_attend_rows_avx512(a);
