@@ -1,6 +1,7 @@
 import KVAttention
 import KVCore
 import KVTestSupport
+import Testing
 
 /// A decode step to test: an arena filled with random KV, block tables, random queries.
 ///
@@ -110,6 +111,21 @@ struct AttentionCase {
     func kernel(threads: Int = 2, math: AttentionMath = .automatic, isa: KernelISA = .best) throws -> DecodeAttention {
         try DecodeAttention(layout: layout, queryHeads: queryHeads, threads: threads, math: math, isa: isa)
     }
+}
+
+/// Both kernels of `c` against its reference: the paged and the bifurcated relative error within
+/// `bound`, or nil for the kernel's (`Tolerance.of`). Returns the kernel it ran.
+@discardableResult
+func checkAgainstReference(_ c: AttentionCase, threads: Int = 2, isa: KernelISA = .best, math: AttentionMath = .automatic,
+                           tolerance bound: Float? = nil) throws -> DecodeAttention {
+    let reference = try c.reference()
+    let kernel = try c.kernel(threads: threads, math: math, isa: isa)
+    let tolerance = bound ?? Tolerance.of(kernel)
+    let paged = relativeError(try c.paged(kernel), reference)
+    let bifurcated = relativeError(try c.bifurcated(kernel), reference)
+    #expect(paged <= tolerance, "paged: relative error \(paged)")
+    #expect(bifurcated <= tolerance, "bifurcated: relative error \(bifurcated)")
+    return kernel
 }
 
 /// max |a − b| / max |b|: the error measure of the tests and benchmarks; infinite when any

@@ -3,40 +3,28 @@ import KVCore
 import Testing
 
 @Suite struct EdgeCaseTests {
-    /// - Parameter tolerance: the bound, or nil for the kernel's (`Tolerance.of`).
-    func check(_ c: AttentionCase, threads: Int = 2, isa: KernelISA = .best, math: AttentionMath = .automatic,
-               tolerance bound: Float? = nil) throws {
-        let reference = try c.reference()
-        let kernel = try c.kernel(threads: threads, math: math, isa: isa)
-        let tolerance = bound ?? Tolerance.of(kernel)
-        let paged = relativeError(try c.paged(kernel), reference)
-        let bifurcated = relativeError(try c.bifurcated(kernel), reference)
-        #expect(paged <= tolerance, "paged: relative error \(paged)")
-        #expect(bifurcated <= tolerance, "bifurcated: relative error \(bifurcated)")
-    }
-
     @Test(arguments: KVDType.allCases)
     func contextOfOneToken(dtype: KVDType) throws {
-        try check(AttentionCase(dtype: dtype, queryHeads: 4, kvHeads: 2, headDim: 64, blockSize: 16, batch: 3,
+        try checkAgainstReference(AttentionCase(dtype: dtype, queryHeads: 4, kvHeads: 2, headDim: 64, blockSize: 16, batch: 3,
                                 levels: [], suffix: { _ in 1 }, seed: 1))
     }
 
     /// Every sequence ends inside the shared node: no own blocks, the shared last block partial.
     @Test(arguments: KVDType.allCases)
     func emptySuffixesAndPartialSharedBlock(dtype: KVDType) throws {
-        try check(AttentionCase(dtype: dtype, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: 16, batch: 4,
+        try checkAgainstReference(AttentionCase(dtype: dtype, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: 16, batch: 4,
                                 levels: [37], suffix: { _ in 0 }, seed: 2))
     }
 
     @Test(arguments: [1, 16, 32])
     func singleSequence(blockSize: Int) throws {
-        try check(AttentionCase(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 128, blockSize: blockSize, batch: 1,
+        try checkAgainstReference(AttentionCase(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 128, blockSize: blockSize, batch: 1,
                                 levels: [], suffix: { _ in 70 }, seed: 3))
     }
 
     @Test(arguments: [1, 16, 32])
     func blockSizes(blockSize: Int) throws {
-        try check(AttentionCase(dtype: .bfloat16, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: blockSize, batch: 6,
+        try checkAgainstReference(AttentionCase(dtype: .bfloat16, queryHeads: 8, kvHeads: 8, headDim: 64, blockSize: blockSize, batch: 6,
                                 levels: [2 * 32, 32], suffix: { $0 + 1 }, seed: 4))
     }
 
@@ -47,7 +35,7 @@ import Testing
                                   levels: [64, 32, 16], suffix: { ($0 * 5) % 19 }, seed: 5)
         let plan = try DecodePlan(batch: c.batch)
         #expect(plan.levels.count == 4)
-        try check(c)
+        try checkAgainstReference(c)
     }
 
     /// Scores that jump far above everything before them in the middle of a full tile, so the
@@ -77,26 +65,26 @@ import Testing
     /// bf16 math on bf16-exact data against the reference: only the probabilities' rounding
     /// (2^-9 relative each, averaging over tokens) separates them.
     func checkSoftmaxOnly(_ c: AttentionCase) throws {
-        try check(c, math: .bf16, tolerance: 4e-3)
+        try checkAgainstReference(c, math: .bf16, tolerance: 4e-3)
     }
 
     /// Many KV heads in one GEMM-shaped item: with head dim 16 an item takes ~34 heads, more
     /// than the C driver interleaves at once (KVK_MAX_GEMM_HEADS = 32), so it splits the range.
     @Test(arguments: [AttentionMath.fp32, .automatic])
     func manyHeadsPerGemmItem(math: AttentionMath) throws {
-        try check(AttentionCase(dtype: .bfloat16, queryHeads: 48, kvHeads: 48, headDim: 16, blockSize: 16, batch: 9,
+        try checkAgainstReference(AttentionCase(dtype: .bfloat16, queryHeads: 48, kvHeads: 48, headDim: 16, blockSize: 16, batch: 9,
                                 levels: [80], suffix: { $0 + 2 }, seed: 8), math: math)
     }
 
     @Test(arguments: KernelISA.allCases.filter { $0 <= .best })
     func everyVariantMatches(isa: KernelISA) throws {
-        try check(AttentionCase(dtype: .float16, queryHeads: 16, kvHeads: 4, headDim: 80, blockSize: 16, batch: 5,
+        try checkAgainstReference(AttentionCase(dtype: .float16, queryHeads: 16, kvHeads: 4, headDim: 80, blockSize: 16, batch: 5,
                                 levels: [48], suffix: { $0 * 3 + 1 }, seed: 6), isa: isa)
     }
 
     @Test(arguments: [1, 2, 3])
     func threadCounts(threads: Int) throws {
-        try check(AttentionCase(dtype: .float32, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 7,
+        try checkAgainstReference(AttentionCase(dtype: .float32, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 7,
                                 levels: [128], suffix: { $0 }, seed: 7), threads: threads)
     }
 
@@ -136,7 +124,7 @@ import Testing
 
     /// Long runs are split across threads into chunks and merged back (MQA, b = 1).
     @Test func chunkedLongSequence() throws {
-        try check(AttentionCase(dtype: .bfloat16, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 1,
+        try checkAgainstReference(AttentionCase(dtype: .bfloat16, queryHeads: 4, kvHeads: 1, headDim: 64, blockSize: 16, batch: 1,
                                 levels: [], suffix: { _ in 3000 }, seed: 8))
     }
 

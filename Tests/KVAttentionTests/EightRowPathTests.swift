@@ -8,14 +8,12 @@ import Testing
 /// kernel, 6–8 query heads per KV head in both kernels. Every case is checked against the
 /// reference, paged and bifurcated.
 @Suite struct EightRowPathTests {
-    func check(_ c: AttentionCase, tolerance: Float = Tolerance.bf16Math) throws {
-        let reference = try c.reference()
-        let kernel = try c.kernel(math: .bf16)
-        #expect(kernel.effectiveMath == .bf16)
-        let paged = relativeError(try c.paged(kernel), reference)
-        let bifurcated = relativeError(try c.bifurcated(kernel), reference)
-        #expect(paged <= tolerance, "paged: relative error \(paged)")
-        #expect(bifurcated <= tolerance, "bifurcated: relative error \(bifurcated)")
+    /// bf16 math against the reference (the bf16 bound, or `tolerance`); on a CPU with
+    /// AVX512-BF16 the kernel must really multiply in bf16 (elsewhere it runs fp32 math, checked
+    /// against the fp32 bound).
+    func check(_ c: AttentionCase, tolerance: Float? = nil) throws {
+        let kernel = try checkAgainstReference(c, math: .bf16, tolerance: tolerance)
+        if KernelISA.best >= .avx512bf16 { #expect(kernel.effectiveMath == .bf16) }
     }
 
     /// MHA shared nodes of 5–8 sequences: the shared run ends in a partial 32-token tile (201
