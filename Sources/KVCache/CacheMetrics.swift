@@ -26,7 +26,11 @@ final class CacheMetrics: Sendable {
     /// concurrent calls, so each counter advances by what a snapshot adds beyond the maximum.
     private let counted = Locked(Totals())
 
-    private struct Totals { var evicted = 0, spilled = 0, restored = 0, allocationsFailed = 0 }
+    private struct Totals {
+        var evicted = 0, spilled = 0, restored = 0, allocationsFailed = 0
+        /// The version of the newest snapshot whose gauges were recorded.
+        var gaugeVersion: UInt64 = 0
+    }
 
     init(label: String, dimensions: [(String, String)] = [], factory: any MetricsFactory = MetricsSystem.factory) {
         func counter(_ name: String) -> Counter { Counter(label: "\(label)_\(name)", dimensions: dimensions, factory: factory) }
@@ -53,13 +57,20 @@ final class CacheMetrics: Sendable {
         if a.storeHitTokens > 0 { storeHitTokens.increment(by: a.storeHitTokens) }
     }
 
-    func update(_ s: KVCacheStats) {
-        capacity.record(s.capacityBlocks)
-        used.record(s.usedBlocks)
-        cached.record(s.cachedBlocks)
-        shared.record(s.sharedBlocks)
-        dedupRatio.record(s.dedupRatio)
+    /// `version` orders snapshots (the manager numbers them under its lock): gauges are levels,
+    /// so a snapshot older than one already recorded must not overwrite it (a call that lost the
+    /// race to the metrics would leave a stale level until the next call). Nil: record always.
+    func update(_ s: KVCacheStats, version: UInt64? = nil) {
         let added = counted.withLock { (t: inout Totals) -> Totals in
+            // Under the lock, so two updates never interleave their gauge records.
+            if version.map({ $0 > t.gaugeVersion }) ?? true {
+                if let version { t.gaugeVersion = version }
+                capacity.record(s.capacityBlocks)
+                used.record(s.usedBlocks)
+                cached.record(s.cachedBlocks)
+                shared.record(s.sharedBlocks)
+                dedupRatio.record(s.dedupRatio)
+            }
             let d = Totals(evicted: max(0, s.evictedBlocks - t.evicted), spilled: max(0, s.spilledBlocks - t.spilled),
                            restored: max(0, s.restoredBlocks - t.restored),
                            allocationsFailed: max(0, s.allocationsFailed - t.allocationsFailed))

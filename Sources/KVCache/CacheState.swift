@@ -67,6 +67,9 @@ struct CacheState {
     var cachedFreeBlocks = 0
     var logicalBlocks = 0
     var counters = KVCacheStats()
+    /// Numbers the stats snapshots the manager hands to its metrics after each call, so a
+    /// snapshot that reaches them late (calls race after the lock) never overwrites a newer one.
+    var statsVersion: UInt64 = 0
     let arena: KVPageArena?
     let coldStore: (any ColdPrefixStore)?
     /// Cold-store keys per block, computed on demand and forgotten when the block leaves the tree.

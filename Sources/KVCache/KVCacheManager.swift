@@ -213,7 +213,9 @@ public final class KVCacheManager: Sendable {
     /// Hands the current stats to the cold store to publish now (for `kvctl stats`); mutations
     /// already do so every `statsPublishInterval`.
     public func publishStats() {
-        statsPublisher?.publishNow(stats)
+        guard let statsPublisher else { return }
+        let (stats, version) = state.withLock { ($0.stats, $0.statsVersion) }
+        statsPublisher.publishNow(stats, version: version)
     }
 
     deinit { publishStats() }
@@ -274,12 +276,13 @@ public final class KVCacheManager: Sendable {
     /// moves when the refusal happens.
     @discardableResult
     private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> R {
-        let (outcome, stats) = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats) in
-            do throws(KVCacheError) { return (.success(try body(&s)), s.stats) } catch { return (.failure(error), s.stats) }
+        let (outcome, stats, version) = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats, UInt64) in
+            s.statsVersion += 1
+            do throws(KVCacheError) { return (.success(try body(&s)), s.stats, s.statsVersion) } catch { return (.failure(error), s.stats, s.statsVersion) }
         }
-        metrics.update(stats)
+        metrics.update(stats, version: version)
         let r = try outcome.get()
-        statsPublisher?.mutated(stats)
+        statsPublisher?.mutated(stats, version: version)
         return r
     }
 }

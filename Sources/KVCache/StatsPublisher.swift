@@ -7,6 +7,11 @@ final class StatsPublisher: Sendable {
     private let store: any ColdPrefixStore
     private let interval: Duration
     private let nextDue: Locked<ContinuousClock.Instant>
+    /// The version of the newest snapshot handed to the store. Snapshots are taken under the
+    /// manager's lock but published after it, so two due calls may reach here out of order: an
+    /// older one must not overwrite a newer live record (it would stay until the next due call,
+    /// for good on an idle server). Only calls that publish take this lock.
+    private let published = Locked<UInt64>(0)
 
     init(store: any ColdPrefixStore, interval: Duration) {
         self.store = store
@@ -14,20 +19,31 @@ final class StatsPublisher: Sendable {
         self.nextDue = Locked(ContinuousClock.now)
     }
 
-    /// Called after every mutation with the stats it left; publishes when the interval has passed.
-    func mutated(_ stats: KVCacheStats) {
+    /// Called after every mutation with the stats it left (and their version); publishes when
+    /// the interval has passed.
+    func mutated(_ stats: KVCacheStats, version: UInt64) {
         let now = ContinuousClock.now
         let due = nextDue.withLock { (next: inout ContinuousClock.Instant) -> Bool in
             guard now >= next else { return false }
             next = now + interval
             return true
         }
-        if due { store.publish(stats: stats) }
+        if due { publish(stats, version: version) }
     }
 
     /// Publishes now, whatever the interval (explicit `publishStats()`, deinit).
-    func publishNow(_ stats: KVCacheStats) {
+    func publishNow(_ stats: KVCacheStats, version: UInt64) {
         nextDue.withLock { $0 = ContinuousClock.now + interval }
-        store.publish(stats: stats)
+        publish(stats, version: version)
+    }
+
+    /// Hands `stats` to the store unless a newer snapshot got there first (equal versions are
+    /// the same state: no mutation ran between them).
+    private func publish(_ stats: KVCacheStats, version: UInt64) {
+        published.withLock { newest in
+            guard version >= newest else { return }
+            newest = version
+            store.publish(stats: stats)
+        }
     }
 }
