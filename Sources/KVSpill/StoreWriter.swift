@@ -174,8 +174,10 @@ final class StoreWriter: Sendable {
                     continue  // one last try on an empty store
                 }
                 logger.error("spill store: the map (\(state.mapSize) bytes) has no room for \(batch.records.count) record(s) even with the store empty; dropping them")
-            } catch let error as LMDBError where error == .noSpace || (error == .ioError && diskIsFull(needing: batch.recordBytes)) {
+            } catch let error as LMDBError where error == .noSpace || error == .diskQuotaExceeded
+                                                  || (error == .ioError && diskIsFull(needing: batch.recordBytes)) {
                 // LMDB 0.9 reports a short write (what a full disk gives) as EIO, hence the free-space check.
+                // A full quota (EDQUOT) is a full disk for this user (statvfs does not show quotas).
                 delta.diskFullEvents += 1
                 diskRounds += 1
                 // The disk holds what is committed and no more: keep the store that size until

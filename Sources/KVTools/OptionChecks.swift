@@ -86,6 +86,10 @@ public struct ReplayCommandOptions: Sendable {
         if capacities != nil && !sweep { throw OptionError("--capacities", "needs --sweep; use --capacity-blocks for one run") }
         if capacityBlocks != nil && sweep { throw OptionError("--capacity-blocks", "is not used by --sweep; use --capacities") }
         if storeLimitBytes != nil && store == nil { throw OptionError("--store-limit-bytes", "needs --store") }
+        // Per block: its token ids (and with a store, its pages) must fit in memory. Checked
+        // before anything adds to a block's bytes: a layout whose block fits in `Int` may not
+        // with its token ids (`--layout 1x1x144115188075855871 --store S` trapped here).
+        let perBlock = try bytesPerBlock(kvLayout, withPages: store != nil)
         if let storeLimitBytes {
             // A replay with a store spills whole blocks: a limit below one record keeps nothing,
             // and only the JSON's recordsTooLarge would say so.
@@ -94,8 +98,6 @@ public struct ReplayCommandOptions: Sendable {
                 throw OptionError("--store-limit-bytes", "must hold at least one block's record (\(oneRecord) bytes for this layout), got \(storeLimitBytes)")
             }
         }
-        // Per block: its token ids (and with a store, its pages) must fit in memory.
-        let perBlock = kvLayout.blockSize * MemoryLayout<TokenID>.stride + (store != nil ? kvLayout.blockBytes : 0)
         if let capacityBlocks {
             try OptionChecks.atLeast(capacityBlocks, 1, "--capacity-blocks")
             try OptionChecks.fitsInMemory(blocks: capacityBlocks, bytesPerBlock: perBlock, "--capacity-blocks")
@@ -130,16 +132,29 @@ public struct ReplayCommandOptions: Sendable {
 }
 
 /// A lower bound on one spilled block's record: its KV, its token ids and the fixed header (96
-/// bytes; the namespace and padding add a little more).
+/// bytes; the namespace and padding add a little more). `Int.max` when that overflows.
 func smallestRecordBytes(_ layout: KVLayout) -> Int {
-    layout.blockBytes + layout.blockSize * MemoryLayout<TokenID>.stride + 96
+    let (withTokens, o1) = layout.blockBytes.addingReportingOverflow(layout.blockSize * MemoryLayout<TokenID>.stride)
+    let (record, o2) = withTokens.addingReportingOverflow(96)
+    return o1 || o2 ? .max : record
+}
+
+/// Bytes one block takes in memory: its token ids, and its pages when `withPages`; an error
+/// naming --layout when that overflows `Int`.
+func bytesPerBlock(_ layout: KVLayout, withPages: Bool) throws(OptionError) -> Int {
+    let (tokens, o1) = layout.blockSize.multipliedReportingOverflow(by: MemoryLayout<TokenID>.stride)
+    let (total, o2) = tokens.addingReportingOverflow(withPages ? layout.blockBytes : 0)
+    guard !o1, !o2 else {
+        throw OptionError("--layout", "\(layout) is too large: a block's bytes and its token ids overflow Int")
+    }
+    return total
 }
 
 /// Fails unless the trace's unbounded capacity (every distinct block) fits in memory: token ids
 /// per block, and pages too when a store is used (the manager then allocates them).
 /// `blocks`: the trace's ``unboundedCapacity(of:blockSize:)``, when the caller has it already.
 public func checkUnboundedCapacity(_ trace: Trace, layout: KVLayout, withPages: Bool, blocks: Int? = nil) throws(OptionError) {
-    let perBlock = layout.blockSize * MemoryLayout<TokenID>.stride + (withPages ? layout.blockBytes : 0)
+    let perBlock = try bytesPerBlock(layout, withPages: withPages)
     try OptionChecks.fitsInMemory(blocks: blocks ?? unboundedCapacity(of: trace, blockSize: layout.blockSize), bytesPerBlock: perBlock,
                                   "the trace's unbounded capacity (give --capacity-blocks)")
 }

@@ -240,7 +240,9 @@ public final class Environment: @unchecked Sendable {
     /// error and returned, the transaction is aborted and that first failure is thrown: LMDB
     /// poisons a transaction after most failures, and the first error is the informative one.
     public func withWriteTransaction<R>(_ body: (borrowing Transaction) throws -> R) throws -> R {
-        if isReadOnly { fatalError("LMDB.Environment: write transaction on a read-only environment (\(path))") }  // fatalError: kept at -O
+        // LMDB answers EACCES too (as `openDatabase(_:create: true)` gets it); checked here so
+        // no write lock is taken.
+        if isReadOnly { throw LMDBError.permissionDenied }
         let txn = try begin(readOnly: false)
         let result: R
         do {
@@ -249,6 +251,12 @@ public final class Environment: @unchecked Sendable {
             txn.abort()
             throw error
         }
+        // A reserved put whose `fill` threw left bytes nobody wrote: never commit them, even
+        // when the body caught the error and returned.
+        if let failed = txn.state.failedFill {
+            txn.abort()
+            throw failed
+        }
         try txn.commit()
         return result
     }
@@ -256,16 +264,22 @@ public final class Environment: @unchecked Sendable {
     func begin(readOnly: Bool) throws(LMDBError) -> Transaction {
         var resizedOnce = false
         while true {
-            gate.enter()
+            // A write transaction inside another on the same thread would wait for LMDB's
+            // (non-recursive) writer lock forever: a typed error instead.
+            if readOnly { gate.enter() } else { try gate.enterWriting() }
             // Checked inside the gate: `close()` marks the environment closed before it waits for
             // the gate, so a thread that got in after that must not touch the freed handle.
-            guard isOpen else { gate.leave(); throw .environmentClosed }
+            guard isOpen else { gate.leave(writing: !readOnly); throw .environmentClosed }
             var txn: OpaquePointer?
             let rc = faults.call(.txnBegin) { mdb_txn_begin(handle, nil, readOnly ? UInt32(MDB_RDONLY) : 0, &txn) }
             if rc == 0 { return Transaction(handle: txn!, environment: self, readOnly: readOnly) }
-            gate.leave()
+            gate.leave(writing: !readOnly)
             // Another process grew the map past ours: adopt its size (0 = "as in the file"), once.
             guard rc == MDB_MAP_RESIZED, !resizedOnce else { throw LMDBError(rawValue: rc) }
+            // Not from inside another transaction of this thread: the resize would wait for it
+            // forever (the gate traps on that). The caller gets the typed error; a transaction
+            // begun after the outer one ends adopts the new size.
+            if gate.callerIsInside() { throw .mapResized }
             resizedOnce = true
             try setMapSize(0)
         }

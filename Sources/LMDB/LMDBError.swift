@@ -21,6 +21,9 @@ public struct LMDBError: Error, RawRepresentable, Hashable, Sendable, CustomStri
             return "The environment is already open in this process (LMDB forbids opening it twice)"
         }
         if self == .environmentClosed { return "The environment is closed" }
+        if self == .nestedWriteTransaction {
+            return "A write transaction was begun inside another write transaction of the same environment on the same thread"
+        }
         if self == .truncatedDataFile {
             return "The data file is shorter than the pages its meta page records (truncated copy, or the disk filled while copying)"
         }
@@ -86,6 +89,9 @@ public struct LMDBError: Error, RawRepresentable, Hashable, Sendable, CustomStri
     public static var noSpace: LMDBError { LMDBError(ENOSPC) }
     /// Input/output error. The corresponding C error is `EIO`.
     public static var ioError: LMDBError { LMDBError(EIO) }
+    /// Disk quota exceeded: a full disk for this user (LMDB passes a write's `errno` through).
+    /// The corresponding C error is `EDQUOT`.
+    public static var diskQuotaExceeded: LMDBError { LMDBError(EDQUOT) }
     /// Out of memory. The corresponding C error is `ENOMEM`.
     public static var noMemory: LMDBError { LMDBError(ENOMEM) }
     /// Invalid argument. The corresponding C error is `EINVAL`.
@@ -110,4 +116,8 @@ public struct LMDBError: Error, RawRepresentable, Hashable, Sendable, CustomStri
     /// The data file ends before the last page its meta page names (LMDB 0.9 does not check, and
     /// reading a page past the end of a mapped file is SIGBUS). Checked at open.
     public static var truncatedDataFile: LMDBError { LMDBError(-30902) }
+    /// A write transaction was begun on a thread that already has one on this environment (a
+    /// nested ``Environment/withWriteTransaction(_:)``, or `openDatabase(_:create: true)` inside
+    /// one). LMDB's writer lock is not recursive: the inner `mdb_txn_begin` would wait forever.
+    public static var nestedWriteTransaction: LMDBError { LMDBError(-30903) }
 }

@@ -14,6 +14,9 @@ public struct PutFlags: OptionSet, Sendable, Hashable {
 final class TransactionState {
     /// The first failure that poisons the transaction (not-found and key-exists do not).
     var firstError: LMDBError?
+    /// The first error a reserved put's `fill` threw: the reserved bytes were not all written,
+    /// so the transaction must not commit (``Environment/withWriteTransaction(_:)`` aborts it).
+    var failedFill: (any Error)?
 }
 
 /// A transaction, lent to the closure of ``Environment/withReadTransaction(_:)`` or
@@ -47,7 +50,7 @@ public struct Transaction: ~Copyable {
     }
 
     consuming func commit() throws(LMDBError) {
-        defer { environment.gate.leave() }
+        defer { environment.gate.leave(writing: !isReadOnly) }
         if let first = state.firstError {
             mdb_txn_abort(handle)
             throw first
@@ -57,7 +60,17 @@ public struct Transaction: ~Copyable {
 
     consuming func abort() {
         mdb_txn_abort(handle)
-        environment.gate.leave()
+        environment.gate.leave(writing: !isReadOnly)
+    }
+
+    /// Runs a reserved put's `fill`; a throw poisons the transaction (its bytes stay unwritten).
+    private func fillReserved(_ data: MDB_val, count: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        do {
+            try fill(UnsafeMutableRawBufferPointer(start: data.mv_data, count: count))
+        } catch {
+            if state.failedFill == nil { state.failedFill = error }
+            throw error
+        }
     }
 
     // MARK: - Reading
@@ -131,7 +144,7 @@ public struct Transaction: ~Copyable {
             return call(.put) { mdb_put(handle, db.dbi, &kv, &data, flags.rawValue | UInt32(MDB_RESERVE)) }
         }
         try check(rc)
-        try fill(UnsafeMutableRawBufferPointer(start: data.mv_data, count: count))
+        try fillReserved(data, count: count, fill)
     }
 
     /// Like ``put(count:for:in:flags:fill:)`` with ``PutFlags/noOverwrite``, but an existing key is
@@ -146,7 +159,7 @@ public struct Transaction: ~Copyable {
         }
         if rc == MDB_KEYEXIST { return false }
         try check(rc)
-        try fill(UnsafeMutableRawBufferPointer(start: data.mv_data, count: count))
+        try fillReserved(data, count: count, fill)
         return true
     }
 

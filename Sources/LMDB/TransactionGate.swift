@@ -15,6 +15,9 @@ final class TransactionGate: @unchecked Sendable {
     private var resizing = false
     /// Open transactions per thread (`pthread_self`), to catch a resize from inside one.
     private var perThread: [UInt: Int] = [:]
+    /// Threads with a write transaction begun (or beginning): LMDB's writer lock is not
+    /// recursive, so a second one on the same thread would wait for itself forever.
+    private var writers: Set<UInt> = []
 
     init() {
         pthread_mutex_init(mutex, nil)
@@ -30,19 +33,42 @@ final class TransactionGate: @unchecked Sendable {
 
     func enter() {
         pthread_mutex_lock(mutex)
+        enterLocked()
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Enters for a write transaction; throws ``LMDBError/nestedWriteTransaction`` (without
+    /// entering) when this thread already has one.
+    func enterWriting() throws(LMDBError) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        let (inserted, _) = writers.insert(pthread_self())
+        guard inserted else { throw .nestedWriteTransaction }
+        enterLocked()
+    }
+
+    /// Whether the calling thread is inside a transaction of this environment.
+    func callerIsInside() -> Bool {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return perThread[pthread_self()] != nil
+    }
+
+    private func enterLocked() {
         let me = pthread_self()
         // A thread already inside goes on: the resize waits for it anyway, so holding it back
         // would deadlock (e.g. `Environment.info()` called inside a transaction).
         while resizing && perThread[me] == nil { pthread_cond_wait(changed, mutex) }
         active += 1
         perThread[me, default: 0] += 1
-        pthread_mutex_unlock(mutex)
     }
 
-    func leave() {
+    /// Leaves after ``enter()`` (`writing` false) or ``enterWriting()`` (true).
+    func leave(writing: Bool = false) {
         pthread_mutex_lock(mutex)
         active -= 1
         let me = pthread_self()
+        if writing { writers.remove(me) }
         let n = perThread[me]! - 1
         perThread[me] = n == 0 ? nil : n
         if active == 0 { pthread_cond_broadcast(changed) }

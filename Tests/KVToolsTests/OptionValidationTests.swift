@@ -90,6 +90,11 @@ import KVCore
         // below one block's record nothing is ever stored (a review found the table silent about it)
         Case(command: "replay --store S --store-limit-bytes 1", option: "--store-limit-bytes",
              check: replay { $0.store = "/tmp/s"; $0.storeLimitBytes = 1 }),
+        // a block that fits in Int but not with its token ids (or its record header): trapped on overflow
+        Case(command: "replay --layout 1x1x144115188075855871 --store S", option: "--layout",
+             check: replay { $0.layout = "1x1x144115188075855871"; $0.store = "/tmp/s" }),
+        Case(command: "replay --layout 1x1x144115188075855871 --store S --store-limit-bytes 100000000", option: "--layout",
+             check: replay { $0.layout = "1x1x144115188075855871"; $0.store = "/tmp/s"; $0.storeLimitBytes = 100_000_000 }),
         Case(command: "replay --sweep --capacity-blocks 10", option: "--capacity-blocks", check: replay { $0.sweep = true; $0.capacityBlocks = 10 }),
         Case(command: "replay --chart c.svg (no --sweep)", option: "--chart", check: replay { $0.chart = "/tmp/c.svg" }),
         Case(command: "replay --capacities 5 (no --sweep)", option: "--capacities", check: replay { $0.capacities = [5] }),

@@ -31,6 +31,45 @@ final class CrossProcessTests: XCTestCase {
         }
     }
 
+    /// Child mode: once `go` exists, opens the environment, grows its map past the parent's and
+    /// fills it, then announces `grown`. Exits by itself after 30 s (the parent may have crashed).
+    func testChildGrower() throws {
+        guard let dir = ChildProcess.childDirectory, dir.hasSuffix("/grower") else { throw XCTSkip("child mode only") }
+        while !FileManager.default.fileExists(atPath: dir + "/go") { usleep(5_000) }
+        let env = try Environment(path: dir, configuration: .init(mapSize: 1 << 20))
+        let db = try env.openDatabase("d", create: true)
+        try env.setMapSize(16 << 20)
+        try env.withWriteTransaction { txn in
+            for i in 0..<64 { try txn.put([UInt8](repeating: 1, count: 64 << 10), for: "big\(i)", in: db) }
+        }
+        _ = FileManager.default.createFile(atPath: dir + "/grown", contents: nil)
+        sleep(30)
+    }
+
+    /// With `MDB_NOTLS` a thread may hold several read transactions. A second one begun after
+    /// another process grew the map gets `MDB_MAP_RESIZED`; adopting the new size needs every
+    /// transaction of the process ended, so the retry trapped (`fatalError` in the gate) on the
+    /// thread's own outer transaction. It is now the typed `.mapResized`, and a transaction begun
+    /// after the outer one ends adopts the new size.
+    func testANestedReadAfterAnotherProcessGrewTheMapIsATypedError() throws {
+        let dir = try makeTemporaryDirectory(self) + "/grower"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let env = try Environment(path: dir, configuration: .init(mapSize: 1 << 20))
+        let db = try env.openDatabase("d", create: true)
+        try env.withWriteTransaction { try $0.put([1], for: "k", in: db) }
+        let child = try ChildProcess(test: "LMDBTests.CrossProcessTests/testChildGrower", directory: dir, logPath: dir + "/../child.log")
+        defer { child.kill() }
+        try env.withReadTransaction { outer in
+            _ = FileManager.default.createFile(atPath: dir + "/go", contents: nil)
+            XCTAssertTrue(child.waitForFile(dir + "/grown"), "the child never grew the map")
+            XCTAssertThrowsError(try env.withReadTransaction { try $0.copyValue(for: "big0", in: db) }) {
+                XCTAssertEqual($0 as? LMDBError, .mapResized)
+            }
+            XCTAssertEqual(try outer.copyValue(for: "k", in: db), [1], "the outer snapshot is unharmed")
+        }
+        XCTAssertEqual(try env.withReadTransaction { try $0.withValue(for: "big63", in: db) { $0.count } }, 64 << 10)
+    }
+
     func testReadOnlyOpenWhileAnotherProcessWrites() throws {
         let dir = try makeTemporaryDirectory(self) + "/writer"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

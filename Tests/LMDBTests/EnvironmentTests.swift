@@ -310,6 +310,80 @@ final class EnvironmentTests: XCTestCase {
         XCTAssertEqual(try env.info().mapSize, (1 << 20) + 20 * 65536)
     }
 
+    /// LMDB.md promises `.permissionDenied` for a write in a read-only environment (as
+    /// `openDatabase(_:create: true)` gets it); `withWriteTransaction` trapped with `fatalError`.
+    func testAWriteTransactionOnAReadOnlyEnvironmentIsATypedError() throws {
+        let dir = try makeTemporaryDirectory(self)
+        do {
+            let env = try open(dir)
+            let db = try env.openDatabase("d", create: true)
+            try env.withWriteTransaction { try $0.put([1], for: "k", in: db) }
+            env.close()
+        }
+        let env = try open(dir, flags: [.noTLS, .readOnly])
+        let db = try env.openDatabase("d")
+        XCTAssertThrowsError(try env.withWriteTransaction { try $0.put([2], for: "k", in: db) }) {
+            XCTAssertEqual($0 as? LMDBError, .permissionDenied)
+        }
+        XCTAssertEqual(try env.withReadTransaction { try $0.copyValue(for: "k", in: db) }, [1])
+    }
+
+    /// A write transaction begun inside another on the same thread (directly, or through
+    /// `openDatabase(_:create: true)`) waited forever on LMDB's non-recursive writer lock,
+    /// holding the environment's gate, so `close()` and every resize hung behind it too.
+    func testANestedWriteTransactionIsATypedErrorNotADeadlock() throws {
+        let env = try open(try makeTemporaryDirectory(self))
+        let db = try env.openDatabase("d", create: true)
+        let outcome = Locked<[String]>([])
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            do {
+                try env.withWriteTransaction { txn in
+                    try txn.put([1], for: "a", in: db)
+                    do { try env.withWriteTransaction { try $0.put([2], for: "b", in: db) } } catch {
+                        outcome.withLock { $0.append("inner: \(error as? LMDBError == .nestedWriteTransaction)") }
+                    }
+                    do { _ = try env.openDatabase("e", create: true) } catch {
+                        outcome.withLock { $0.append("openDatabase: \(error as? LMDBError == .nestedWriteTransaction)") }
+                    }
+                }
+                outcome.withLock { $0.append("outer committed") }
+            } catch { outcome.withLock { $0.append("outer: \(error)") } }
+            done.signal()
+        }.start()
+        guard done.wait(timeout: .now() + 10) == .success else {
+            _ = Unmanaged.passRetained(env)  // the hung thread is still inside it: closing would hang too
+            return XCTFail("a nested write transaction deadlocked")
+        }
+        XCTAssertEqual(outcome.withLock { $0 }, ["inner: true", "openDatabase: true", "outer committed"])
+        XCTAssertEqual(try env.withReadTransaction { try $0.copyValue(for: "a", in: db) }, [1])
+        try env.withWriteTransaction { try $0.put([3], for: "c", in: db) }  // the thread's writer slot was released
+        XCTAssertEqual(try env.withReadTransaction { try $0.copyValue(for: "c", in: db) }, [3])
+    }
+
+    /// A reserved put whose `fill` threw left its bytes unwritten; when the body caught the error
+    /// and returned, the transaction committed them (whatever the page held) as the value.
+    func testAReservedPutWhoseFillThrowsIsNeverCommitted() throws {
+        struct Boom: Error {}
+        let env = try open(try makeTemporaryDirectory(self))
+        let db = try env.openDatabase("d", create: true)
+        try env.withWriteTransaction { try $0.put([7], for: "old", in: db) }
+        for absent in [false, true] {
+            XCTAssertThrowsError(try env.withWriteTransaction { txn in
+                try txn.put([8], for: "other", in: db)
+                do {
+                    if absent { _ = try txn.putIfAbsent(count: 16, for: "k", in: db) { _ in throw Boom() } }
+                    else { try txn.put(count: 16, for: "old", in: db) { _ in throw Boom() } }
+                } catch {}  // swallowed
+            }) { XCTAssertTrue($0 is Boom, "\($0)") }
+            try env.withReadTransaction { txn in
+                XCTAssertNil(try txn.copyValue(for: "k", in: db))
+                XCTAssertNil(try txn.copyValue(for: "other", in: db), "nothing of the transaction was committed")
+                XCTAssertEqual(try txn.copyValue(for: "old", in: db), [7])
+            }
+        }
+    }
+
     func testErrorNamesAndDescriptions() {
         XCTAssertEqual(LMDBError.mapFull.rawValue, -30792)
         XCTAssertTrue("\(LMDBError.mapFull)".contains("MDB_MAP_FULL"))
