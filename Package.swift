@@ -70,5 +70,6 @@ let package = Package(
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "KVTestSupport"]),
         .testTarget(name: "KVSpillTests", dependencies: ["KVSpill", "KVCache", "LMDB", "KVTestSupport"]),
         .testTarget(name: "KVToolsTests", dependencies: ["KVTools", "KVTestSupport"]),
+        .testTarget(name: "DocSnippetTests", dependencies: ["kvctl", "KVCore", "KVCache", "KVAttention", "KVSpill"]),
     ]
 )

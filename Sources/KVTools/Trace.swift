@@ -129,7 +129,9 @@ public struct Trace: Sendable {
         guard r.inputLength <= maxPromptTokens else {
             throw .inconsistent(line: r.line, reason: "input_length \(r.inputLength) is over the \(maxPromptTokens) tokens a replayed prompt may have")
         }
-        let limit = Int64(Int32.max) / Int64(hashBlockTokens)
+        // Id h is tokens h·H … h·H + H − 1, all ≤ Int32.max exactly when h < 2^31 / H
+        // (`Int32.max / H` refused the largest fitting id whenever H divides 2^31).
+        let limit = (Int64(Int32.max) + 1) / Int64(hashBlockTokens)
         for h in r.hashIDs.prefix(needed) where h < 0 || h >= limit { throw .tokenOverflow(line: r.line, hashID: h) }
     }
 }

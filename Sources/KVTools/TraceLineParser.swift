@@ -90,6 +90,7 @@ struct TraceLineParser {
             at += 1
             if c == UInt8(ascii: "\"") { return escaped }
             if c < 0x20 { throw fail("a control character inside a string") }
+            if c >= 0x80 { try skipUTF8Tail(lead: c); continue }
             guard c == UInt8(ascii: "\\") else { continue }
             escaped = true
             guard let e = peek else { break }
@@ -107,6 +108,31 @@ struct TraceLineParser {
             }
         }
         throw fail("unterminated string")
+    }
+
+    /// Skips the continuation bytes of a UTF-8 sequence whose lead byte `lead` was consumed,
+    /// refusing ill-formed UTF-8 (RFC 8259 §8.1: JSON text is UTF-8), as Unicode's table of
+    /// well-formed sequences has it: no overlong forms, surrogates or values past U+10FFFF.
+    private mutating func skipUTF8Tail(lead: UInt8) throws(TraceError) {
+        let count: Int, low: UInt8, high: UInt8  // the second byte's range; later ones are 80...BF
+        switch lead {
+        case 0xC2...0xDF: (count, low, high) = (1, 0x80, 0xBF)
+        case 0xE0: (count, low, high) = (2, 0xA0, 0xBF)
+        case 0xE1...0xEC, 0xEE...0xEF: (count, low, high) = (2, 0x80, 0xBF)
+        case 0xED: (count, low, high) = (2, 0x80, 0x9F)
+        case 0xF0: (count, low, high) = (3, 0x90, 0xBF)
+        case 0xF1...0xF3: (count, low, high) = (3, 0x80, 0xBF)
+        case 0xF4: (count, low, high) = (3, 0x80, 0x8F)
+        default:
+            at -= 1
+            throw fail("invalid UTF-8 inside a string")
+        }
+        for i in 0..<count {
+            guard let b = peek, i == 0 ? (low...high).contains(b) : (0x80...0xBF).contains(b) else {
+                throw fail("invalid UTF-8 inside a string")
+            }
+            at += 1
+        }
     }
 
     /// The string a key's escaped bytes spell (already checked by `skipStringBody`), built as

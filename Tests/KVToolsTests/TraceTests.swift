@@ -97,6 +97,32 @@ import KVTools
         #expect(throws: TraceError.self) { try parse(#"{"timestamp": 0, "input_length": 0, "hash_ids": []}"#) }
     }
 
+    /// Hash id h stands for tokens h·H … h·H + H − 1, so the largest id whose tokens all fit a
+    /// non-negative Int32 is 2^31 / H − 1: 4,194,303 at H = 512 (its last token is Int32.max).
+    /// The check used `Int32.max / H` as the first bad id, which refuses that id ("gives token
+    /// ids beyond Int32", though none is) whenever H divides 2^31: every power of two.
+    @Test func theLargestHashIDWhoseTokensFitIsAccepted() throws {
+        let top = #"{"timestamp": 0, "input_length": 512, "hash_ids": [4194303]}"#
+        let trace = try parse(top + "\n" + top)
+        #expect(trace.requests.map(\.hashIDs) == [[4194303], [4194303]])
+        // Its tokens reach Int32.max and the cache takes them: the second request hits all 512.
+        let result = try replay(trace)
+        #expect(result.hitTokens == 512 && result.rejectedRequests == 0)
+        #expect(throws: TraceError.tokenOverflow(line: 1, hashID: 4_194_304)) {
+            try parse(#"{"timestamp": 0, "input_length": 512, "hash_ids": [4194304]}"#)
+        }
+        // H = 2^30: id 1 is tokens 2^30 … 2^31 − 1, id 2 overflows.
+        #expect(throws: Never.self) { try parse(#"{"timestamp": 0, "input_length": 1, "hash_ids": [1]}"#, hashBlockTokens: 1 << 30) }
+        #expect(throws: TraceError.tokenOverflow(line: 1, hashID: 2)) {
+            try parse(#"{"timestamp": 0, "input_length": 1, "hash_ids": [2]}"#, hashBlockTokens: 1 << 30)
+        }
+        // H = 3 does not divide 2^31: 715,827,882 · 3 + 2 = 2^31 overflows, one less fits.
+        #expect(throws: Never.self) { try parse(#"{"timestamp": 0, "input_length": 3, "hash_ids": [715827881]}"#, hashBlockTokens: 3) }
+        #expect(throws: TraceError.tokenOverflow(line: 1, hashID: 715_827_882)) {
+            try parse(#"{"timestamp": 0, "input_length": 3, "hash_ids": [715827882]}"#, hashBlockTokens: 3)
+        }
+    }
+
     /// A trace fuzzing review (2026-12-01): a 67-byte line asked for a 25 GB prompt and the replay
     /// aborted on the allocation; fields given twice were read last-one-wins; negative timestamps
     /// and output lengths, leading zeros and malformed values in ignored fields were accepted.
@@ -151,6 +177,30 @@ import KVTools
         }
         // Well-formed values of every kind still pass.
         #expect((try? parse(#"{"n": -0.5e-3, "m": 0, "a": [true, false, null, {"k": "\u00e9\n"}], "timestamp": 1, "input_length": 3, "hash_ids": [1]}"#)) != nil)
+    }
+
+    /// README: "A line that is not strict JSON ... is an error naming its line". JSON text is
+    /// UTF-8 (RFC 8259 §8.1), but bytes inside strings were never checked: a Latin-1 field, a
+    /// lone continuation byte, an overlong or surrogate sequence, or a string cut mid-character
+    /// parsed as if valid. Well-formed UTF-8 of every length still passes.
+    @Test func invalidUTF8InsideAStringIsAnErrorNamingItsLine() throws {
+        let good = #"{"timestamp": 0, "input_length": 3, "hash_ids": [1]}"#
+        func line(_ note: [UInt8]) -> [UInt8] {
+            Array(#"{"timestamp": 0, "input_length": 3, "hash_ids": [1], "note": ""#.utf8) + note + Array(#""}"#.utf8)
+        }
+        for bad: [UInt8] in [[0x63, 0x61, 0x66, 0xE9], [0x80], [0xC0, 0xAF], [0xC3], [0xE0, 0x80, 0xAF], [0xED, 0xA0, 0x80],
+                             [0xF4, 0x90, 0x80, 0x80], [0xF5, 0x80, 0x80, 0x80], [0xFF], [0xE2, 0x98]] {
+            do {
+                _ = try Trace(jsonl: Array(good.utf8) + [0x0A] + line(bad))
+                Issue.record("accepted invalid UTF-8 \(bad)")
+            } catch {
+                #expect(error.line == 2, "\(bad)")
+            }
+        }
+        // A bad byte in a key is refused as well.
+        #expect(throws: TraceError.self) { try Trace(jsonl: Array(#"{"timestamp": 0, "input_length": 3, "hash_ids": [1], ""#.utf8) + [0xFF] + Array(#"": 1}"#.utf8)) }
+        let fine = try Trace(jsonl: line(Array("é☃😀\u{10FFFF}\u{FFFD}".utf8)))
+        #expect(fine.requests.count == 1)
     }
 
     @Test func aByteOrderMarkIsSkipped() throws {
