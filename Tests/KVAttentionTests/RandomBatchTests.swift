@@ -1,0 +1,223 @@
+import KVAttention
+import KVCore
+import KVTestSupport
+import Testing
+
+/// A decode step over explicit block tables (any ids, any sharing): random KV in every block of
+/// an arena sized for the largest id, random queries.
+struct TableCase: CustomStringConvertible {
+    let layout: KVLayout
+    let queryHeads: Int
+    let arena: KVPageArena
+    let batch: BlockTableBatch
+    let query: [Float]
+    let scale: Float
+
+    init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int,
+         tables: [[Int32]], tokenCounts: [Int], seed: UInt64) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
+        self.queryHeads = queryHeads
+        batch = try BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: tokenCounts)
+        let capacity = Int(batch.indices.max() ?? 0) + 1
+        arena = KVPageArena(layout: layout, capacityBlocks: capacity)
+        var rng = SeededRandom(seed: seed)
+        let elements = layout.blockBytesPerLayerPerKind / dtype.byteWidth
+        for block in Set(batch.indices).sorted() {
+            for kind in KVKind.allCases {
+                arena.withUnsafeMutableBlockBytes(BlockID(block), layer: 0, kind: kind) { raw in
+                    for i in 0..<elements { dtype.store(Float.random(in: -1.7...1.7, using: &rng), raw.baseAddress!, i) }
+                }
+            }
+        }
+        query = (0..<(tables.count * queryHeads * headDim)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
+        scale = DecodeAttention.defaultScale(headDim: headDim)
+    }
+
+    var description: String {
+        "\(layout) Hq=\(queryHeads) tables=\((0..<batch.sequenceCount).map { Array(batch.table($0)) }) tokens=\(batch.tokenCounts)"
+    }
+
+    func reference() throws -> [Float] {
+        try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try ReferenceAttention.compute(query: query, pages: pages, batch: batch, queryHeads: queryHeads, scale: scale)
+        }
+    }
+
+    func paged(_ kernel: DecodeAttention) throws -> [Float] {
+        try arena.withUnsafeLayerPages(layer: 0) { pages in try kernel.paged(query: query, pages: pages, batch: batch, scale: scale) }
+    }
+
+    func bifurcated(_ kernel: DecodeAttention, plan: DecodePlan) throws -> [Float] {
+        try arena.withUnsafeLayerPages(layer: 0) { pages in try kernel.bifurcated(query: query, pages: pages, plan: plan, scale: scale) }
+    }
+
+    /// The bifurcated kernel writing its output over the query (one buffer for both).
+    func bifurcatedInPlace(_ kernel: DecodeAttention, plan: DecodePlan) throws -> [Float] {
+        var buffer = query
+        try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try buffer.withUnsafeMutableBufferPointer { (io) throws(AttentionError) in
+                try kernel.bifurcated(query: UnsafeBufferPointer(io), pages: pages, plan: plan, scale: scale, output: io)
+            }
+        }
+        return buffer
+    }
+}
+
+/// Random batches as a serving stack's would look: a tree of shared runs (a system prompt all
+/// share, documents a subset shares, ...), each sequence ending in own blocks or exactly at a
+/// shared run's end, forked samples that still share a partial last block, duplicated
+/// sequences, sequences in shuffled batch order, block ids scattered.
+func randomSharedTables(blockSize: Int, maxSequences: Int, maxBlocksPerRun: Int, using rng: inout SeededRandom) -> ([[Int32]], [Int]) {
+    var nextId: Int32 = 1
+    func fresh(_ n: Int) -> [Int32] { defer { nextId += Int32(n) }; return (0..<Int32(n)).map { nextId + $0 } }
+    var tables: [[Int32]] = [], counts: [Int] = []
+    func grow(prefix: [Int32], depth: Int) {
+        let children = Int.random(in: 1...3, using: &rng)
+        for _ in 0..<children where tables.count < maxSequences {
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0..<3 where depth < 4:  // a run shared by a subset, which branches again
+                grow(prefix: prefix + fresh(Int.random(in: 1...maxBlocksPerRun, using: &rng)), depth: depth + 1)
+            case 3 where !prefix.isEmpty:  // ends exactly where the shared run ends (full last block)
+                tables.append(prefix)
+                counts.append(prefix.count * blockSize)
+            default:  // own blocks, the last one partial; forked samples share it (before copy-on-write)
+                let own = fresh(Int.random(in: (prefix.isEmpty ? 1 : 0)...maxBlocksPerRun, using: &rng))
+                let last = own.isEmpty ? blockSize : Int.random(in: 1...blockSize, using: &rng)
+                let samples = Int.random(in: 0..<4, using: &rng) == 0 ? Int.random(in: 2...3, using: &rng) : 1
+                for _ in 0..<samples {
+                    tables.append(prefix + own)
+                    counts.append((prefix.count + own.count - 1) * blockSize + last)
+                }
+            }
+        }
+    }
+    while tables.isEmpty { grow(prefix: fresh(Int.random(in: 0...maxBlocksPerRun, using: &rng)), depth: 0) }
+    // Duplicate a sequence now and then (the same handle twice in a batch), then shuffle.
+    if Int.random(in: 0..<3, using: &rng) == 0 {
+        let i = Int.random(in: 0..<tables.count, using: &rng)
+        tables.append(tables[i])
+        counts.append(counts[i])
+    }
+    // Scatter the ids (within twice their number, so the arena stays small) and the batch order.
+    var ids = Array(Int32(1)..<(2 * nextId))
+    ids.shuffle(using: &rng)
+    var order = Array(tables.indices)
+    order.shuffle(using: &rng)
+    return (order.map { tables[$0].map { ids[Int($0) - 1] } }, order.map { counts[$0] })
+}
+
+@Suite struct RandomBatchTests {
+    /// Heads (query, KV) and head dims of the differential runs.
+    static let heads: [(Int, Int)] = [(4, 4), (8, 2), (8, 1), (12, 4), (16, 16)]
+    static let headDims = [64, 80, 128, 256]
+    static let blockSizes = [1, 3, 16]
+
+    /// Every random batch: the plan rebuilds the tables, and paged, bifurcated (1 and 2
+    /// threads) and bifurcated in place (output over the query) all match the float64
+    /// reference within the tolerance of their math.
+    @Test(arguments: 0..<36)
+    func bifurcatedMatchesReferenceOnRandomBatches(seed: Int) throws {
+        var rng = SeededRandom(seed: UInt64(9000 + seed))
+        let dtype = KVDType.allCases[seed % 3]
+        let (hq, hkv) = Self.heads[Int.random(in: 0..<Self.heads.count, using: &rng)]
+        let d = Self.headDims[(seed / 3) % Self.headDims.count]
+        let bs = Self.blockSizes[Int.random(in: 0..<Self.blockSizes.count, using: &rng)]
+        let maxBlocks = bs == 1 ? 40 : bs == 3 ? 12 : 4
+        let (tables, counts) = randomSharedTables(blockSize: bs, maxSequences: 14, maxBlocksPerRun: maxBlocks, using: &rng)
+        let c = try TableCase(dtype: dtype, queryHeads: hq, kvHeads: hkv, headDim: d, blockSize: bs,
+                              tables: tables, tokenCounts: counts, seed: UInt64(seed))
+        let plan = try DecodePlan(batch: c.batch)
+        plan.checkInvariants()
+        let reference = try c.reference()
+        for threads in [1, 2] {
+            for math in dtype == .bfloat16 ? [AttentionMath.automatic, .fp32] : [.automatic] {
+                let kernel = try DecodeAttention(layout: c.layout, queryHeads: hq, threads: threads, math: math)
+                let tolerance = Tolerance.of(kernel)
+                let paged = relativeError(try c.paged(kernel), reference)
+                let bifurcated = relativeError(try c.bifurcated(kernel, plan: plan), reference)
+                let inPlace = relativeError(try c.bifurcatedInPlace(kernel, plan: plan), reference)
+                #expect(paged <= tolerance, "paged threads=\(threads) \(math): \(paged) — \(c)")
+                #expect(bifurcated <= tolerance, "bifurcated threads=\(threads) \(math): \(bifurcated) — \(c)")
+                #expect(inPlace <= tolerance, "in place threads=\(threads) \(math): \(inPlace) — \(c)")
+            }
+        }
+    }
+
+    /// One kernel reused across steps whose batches change in every way the planner's cache
+    /// must notice: the same table ids with more tokens (a decode step appends into the partial
+    /// last block), a table that gains a block, sharing broken by copy-on-write, a sequence
+    /// dropped, one added. Each call must match its own reference.
+    @Test(arguments: [KVDType.float16, .bfloat16])
+    func reusedKernelFollowsChangingBatches(dtype: KVDType) throws {
+        let bs = 16
+        let steps: [([[Int32]], [Int])] = [
+            ([[1, 2, 3], [1, 2, 3], [1, 2, 4]], [40, 40, 35]),
+            ([[1, 2, 3], [1, 2, 3], [1, 2, 4]], [41, 41, 36]),         // same ids, more tokens
+            ([[1, 2, 3], [1, 2, 5], [1, 2, 4]], [42, 42, 37]),         // copy-on-write: 3 → 5
+            ([[1, 2, 3, 6], [1, 2, 5], [1, 2, 4]], [49, 43, 38]),      // a block appended
+            ([[1, 2, 3, 6], [1, 2, 4]], [50, 39]),                     // a sequence released
+            ([[1, 2, 3, 6], [1, 2, 4], [1, 2, 4]], [50, 39, 39]),      // a fork of the last one
+            ([[1, 2, 3], [1, 2, 3], [1, 2, 4]], [40, 40, 35]),         // back to the first step
+        ]
+        let kernel = try DecodeAttention(layout: KVLayout(layerCount: 1, kvHeadCount: 2, headDim: 64, blockSize: bs, dtype: dtype),
+                                         queryHeads: 8, threads: 2)
+        for (n, (tables, counts)) in steps.enumerated() {
+            let c = try TableCase(dtype: dtype, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: bs,
+                                  tables: tables, tokenCounts: counts, seed: 77)
+            let reference = try c.reference()
+            let plan = try DecodePlan(batch: c.batch)
+            #expect(relativeError(try c.bifurcated(kernel, plan: plan), reference) <= Tolerance.of(kernel), "step \(n)")
+            #expect(relativeError(try c.paged(kernel), reference) <= Tolerance.of(kernel), "step \(n)")
+        }
+    }
+
+    /// Many more random batches (up to 40 sequences, head dims 16…256, block sizes 1…32, GQA
+    /// groups 1…32) without the slow reference: paged on one thread is the baseline, and paged
+    /// on two threads, bifurcated on one and two, and bifurcated in place must agree with it
+    /// (fp32 math tightly; bf16 math within twice its bound, both kernels erring).
+    @Test(arguments: 0..<400)
+    func pagedAndBifurcatedAgreeOnRandomBatches(seed: Int) throws {
+        var rng = SeededRandom(seed: UInt64(50000 + seed))
+        let dtype = KVDType.allCases[seed % 3]
+        let allHeads = Self.heads + [(6, 1), (24, 8), (64, 4), (3, 1), (2, 2), (40, 40), (32, 1)]
+        let (hq, hkv) = allHeads[Int.random(in: 0..<allHeads.count, using: &rng)]
+        let d = [64, 80, 128, 256, 32, 96, 16][Int.random(in: 0..<7, using: &rng)]
+        let bs = [1, 2, 3, 5, 16, 32][Int.random(in: 0..<6, using: &rng)]
+        let maxBlocks = max(1, 48 / bs)
+        let (tables, counts) = randomSharedTables(blockSize: bs, maxSequences: Int.random(in: 2...40, using: &rng), maxBlocksPerRun: maxBlocks, using: &rng)
+        let c = try TableCase(dtype: dtype, queryHeads: hq, kvHeads: hkv, headDim: d, blockSize: bs,
+                              tables: tables, tokenCounts: counts, seed: UInt64(seed))
+        let plan = try DecodePlan(batch: c.batch)
+        plan.checkInvariants()
+        for math in [AttentionMath.fp32, .automatic] {
+            let k1 = try DecodeAttention(layout: c.layout, queryHeads: hq, threads: 1, math: math)
+            let k2 = try DecodeAttention(layout: c.layout, queryHeads: hq, threads: 2, math: math)
+            let base = try c.paged(k1)
+            let tol = math == .fp32 ? Tolerance.fp32Math : 2e-2
+            #expect(relativeError(try c.paged(k2), base) <= tol, "paged2 \(math) \(c)")
+            #expect(relativeError(try c.bifurcated(k1, plan: plan), base) <= tol, "bif1 \(math) \(c)")
+            #expect(relativeError(try c.bifurcated(k2, plan: plan), base) <= tol, "bif2 \(math) \(c)")
+            #expect(relativeError(try c.bifurcatedInPlace(k2, plan: plan), base) <= tol, "inplace \(math) \(c)")
+        }
+    }
+
+    /// A shared node with more rows than one item takes (256): split into row pieces, each
+    /// merged with the sequences' own blocks; MQA (group 32) and GQA (group 8).
+    @Test(arguments: [(32, 1), (16, 2)])
+    func sharedNodeSplitIntoRowPieces(queryHeads: Int, kvHeads: Int) throws {
+        var tables: [[Int32]] = [], counts: [Int] = []
+        for s in 0..<20 {
+            tables.append([1, 2, 3] + (s % 3 == 0 ? [] : [Int32(10 + s)]))
+            counts.append(s % 3 == 0 ? 48 : 48 + 1 + s % 16)
+        }
+        let c = try TableCase(dtype: .bfloat16, queryHeads: queryHeads, kvHeads: kvHeads, headDim: 64, blockSize: 16,
+                              tables: tables, tokenCounts: counts, seed: 5)
+        let plan = try DecodePlan(batch: c.batch)
+        let reference = try c.reference()
+        for threads in [1, 2] {
+            let kernel = try DecodeAttention(layout: c.layout, queryHeads: queryHeads, threads: threads)
+            #expect(relativeError(try c.bifurcated(kernel, plan: plan), reference) <= Tolerance.of(kernel))
+            #expect(relativeError(try c.bifurcatedInPlace(kernel, plan: plan), reference) <= Tolerance.of(kernel))
+        }
+    }
+}
