@@ -14,7 +14,8 @@ public struct KVCacheStats: Sendable, Equatable, Codable {
     public var physicalBlocks: Int = 0
     /// Prompt tokens admitted.
     public var queryTokens: Int = 0
-    /// Prompt tokens found in memory, in whole blocks.
+    /// Prompt tokens found in memory, in whole blocks (memory only: a dashboard's total hit is
+    /// `hitTokens + storeHitTokens`, as ``hitRate`` counts it and `Admission.cachedTokenCount` does).
     public var hitTokens: Int = 0
     /// Prompt tokens restored from the cold store, in whole blocks.
     public var storeHitTokens: Int = 0

@@ -7,7 +7,9 @@ public struct SpillStoreCounters: Sendable, Equatable, Codable {
     public var spillsDroppedQueueFull = 0
     /// Spills that waited for room in the queue (``SpillStoreConfiguration/QueueFullPolicy/waitWhenFull``).
     public var spillWaits = 0
-    /// Records committed to LMDB.
+    /// Records committed to LMDB. In background mode, accepted spills still queued are not
+    /// counted until the writer commits them (`flush()` or `close()` waits for that), so
+    /// `spills - recordsWritten` may be in flight, not lost.
     public var recordsWritten = 0
     /// Records lost because their batch could not be committed (I/O error, disk full after retries).
     public var recordsFailed = 0

@@ -38,13 +38,14 @@ public enum SpillStoreError: Error, Equatable, Sendable, CustomStringConvertible
         case .notAStore(let p, let why): "\(p) is not a PrefixKV spill store: \(why)"
         case .unsupportedFormat(let p, let v):
             "\(p): unsupported spill store format version \(v) (this build reads \(SpillRecord.formatVersion); the store is a cache: delete it to start afresh)"
-        case .layoutMismatch(let p, let s, let e): "\(p) holds blocks of layout \(s), expected \(e)"
+        case .layoutMismatch(let p, let s, let e):
+            "\(p) holds blocks of layout \(s), expected \(e) (one store per layout: give this one its own directory, or clear the old store with LMDBSpillStore.remove(path:); it is a cache)"
         case .modelMismatch(let p, let s, let e):
-            "\(p) holds KV of model \(String(reflecting: s)), expected \(String(reflecting: e)) (one store per model: the same tokens under another model have other K/V)"
+            "\(p) holds KV of model \(String(reflecting: s)), expected \(String(reflecting: e)) (one store per model: the same tokens under another model have other K/V; give this model its own directory, or clear the old store with LMDBSpillStore.remove(path:))"
         case .invalidConfiguration(let p, let why): "\(p): invalid spill store configuration: \(why)"
         case .permissionDenied(let p, let e): "\(p): \(e)"
         case .notFound(let p): "\(p): no such store"
-        case .alreadyOpen(let p): "\(p) is already open in this process"
+        case .alreadyOpen(let p): "\(p) is already open in this process (LMDB allows one handle per process: share the open LMDBSpillStore, or close() it first)"
         case .inUse(let p): "\(p) is open for writing in another process (one writer process per store; kvctl stats reads beside it)"
         case .damaged(let p, let why): "\(p): a damaged spill store (\(why)); it is a cache: remove it to start afresh"
         case .lmdb(let p, let e): "\(p): \(e)"

@@ -8,9 +8,9 @@ import KVCache
 import KVCore
 import KVSpill
 
-func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [TokenID], sampledToken: TokenID, queries: [Float]) throws {
+func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [TokenID], sampledToken: TokenID, newKeys: [Float],
+                queries: [Float]) throws {
     func reschedulePrefill(_ s: SequenceHandle, from: Int) {}  // copy only
-
     let layout = try KVLayout(layerCount: 32, kvHeadCount: 8, headDim: 128, blockSize: 16, dtype: .bfloat16)
     // 8192 blocks × 2 MiB (32 layers × K+V × 8 heads × 16 tokens × 128 × 2 bytes) = 16 GiB, allocated
     // and touched up front (`prefaultsPages: false` skips the touch: a fast start, page faults later)
@@ -19,7 +19,8 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
     // Admit a request: the cached part of its prompt is shared, the rest gets fresh blocks.
     let request = try cache.admit(systemPrompt + userPrompt, namespace: "tenant-a")
     // prefill: write K/V of tokens request.cachedTokenCount... into request.blockTable's pages
-    // (cache.arena!.withUnsafeMutableBlockBytes(BlockID(request.blockTable[i]), layer:kind:) { … }).
+    // (cache.arena!.withUnsafeMutableBlockBytes(BlockID(request.blockTable[i]), layer: l, kind: .keys
+    // or .values) { … }: the one-token write below shows the layout).
     // Its new blocks are matchable from admission on, so prefill them in the next step; an engine
     // that prefills in chunks or later creates the manager with `publishesBlocks: .whenComputed` and
     // reports progress with `cache.markComputed(request.sequence, computedTokens:)` (PREFIX_CACHING.md).
@@ -31,10 +32,20 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
     for s in samples { try cache.append([sampledToken], to: s) }   // then write that token's K/V
     // (the arena copied the shared partial block already; an engine keeping KV itself, with
     // `allocatesPages: false`, copies what `append(...).copy` names: docs/PREFIX_CACHING.md)
+    // Writing one token's K/V: its position p is in block `table[p / blockSize]`, slot
+    // `p % blockSize`; a block's keys (and, apart, its values) of one layer are [kvHead][token][headDim]
+    // elements of the layout's dtype (`KVDType.store` converts a Float). KV head 0's keys, layer 0:
+    let table = try cache.blockTable(of: samples[0]), p = try cache.tokenCount(of: samples[0]) - 1
+    cache.arena!.withUnsafeMutableBlockBytes(BlockID(table[p / layout.blockSize]), layer: 0, kind: .keys) { bytes in
+        let first = (0 * layout.blockSize + p % layout.blockSize) * layout.headDim
+        for i in 0..<layout.headDim { layout.dtype.store(newKeys[i], bytes.baseAddress!, first + i) }
+    }
 
     // One decode step: the shared prompt is read once for all 32 samples. Pass the same plan to
     // every layer: the kernel plans its work on the first layer and reuses it for the rest.
     let plan = try cache.decodePlan(for: samples)
+    let batch = try cache.blockTables(for: samples)   // what attention.paged(…) reads (as plan.batch)
+    _ = batch  // copy only
     let attention = try DecodeAttention(layout: layout, queryHeads: 32)
     let out = try cache.withUnsafeLayerPages(layer: 0) { pages in
         try attention.bifurcated(query: queries, pages: pages, plan: plan, scale: DecodeAttention.defaultScale(headDim: 128))
@@ -53,7 +64,6 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
 }
 
 func quickStartSpill(layout: KVLayout, prompt: [TokenID]) throws {
-
     // One store per model: the label makes a store written under other weights refuse to open.
     let store = try LMDBSpillStore(SpillStoreConfiguration(path: "/var/lib/prefixkv/store", layout: layout,
                                                            limitBytes: 64 << 30, model: "llama-3.1-8b-instruct@0e9e39f"))
