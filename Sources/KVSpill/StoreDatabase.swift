@@ -147,18 +147,31 @@ final class StoreDatabase: @unchecked Sendable {
                                   : SpillStoreError(opening: path + "/data.mdb", LMDBError(rawValue: errno))
         }
         guard info.st_size > 0 else { throw .notAStore(path: path, reason: "an empty data.mdb") }
+        // LMDB creates lock.mdb on open: when the directory turns out not to be a store, the
+        // inspection takes back the lock file it made (one that was there belongs to someone).
+        let lockPath = path + "/lock.mdb"
+        let madeLockFile = stat(lockPath, &info) != 0 && errno == ENOENT
+        func notAStoreAfterAll(_ error: SpillStoreError) -> SpillStoreError {
+            switch error {
+            case .notAStore, .unsupportedFormat: if madeLockFile { unlink(lockPath) }
+            default: break
+            }
+            return error
+        }
         let env: Environment
         do {
             env = try Environment(path: path, configuration: .init(mapSize: 0, maxDatabases: 8, flags: [.noTLS, .readOnly]))
         } catch .permissionDenied where isReadable(path + "/data.mdb") {
             // Readers register in lock.mdb, so they must be able to create or write it.
             throw .permissionDenied(path: path + "/lock.mdb (a reader must be able to create or write it)", .permissionDenied)
-        } catch { throw SpillStoreError(opening: path, error) }
+        } catch { throw notAStoreAfterAll(SpillStoreError(opening: path, error)) }
         do {
             return try openExisting(env: env, path: path)
         } catch let error as SpillStoreError {
-            throw error
+            env.close()
+            throw notAStoreAfterAll(error)
         } catch {
+            env.close()
             throw SpillStoreError.lmdb(path: path, error as? LMDBError ?? .invalid)
         }
     }

@@ -30,6 +30,24 @@ final class StoreOpeningTests: XCTestCase {
         }
     }
 
+    /// `kvctl stats` on a directory whose data.mdb is not a store must leave the directory as it
+    /// found it: LMDB creates `lock.mdb` when it opens an environment, and that file stayed.
+    func testInspectingSomethingThatIsNotAStoreLeavesNoLockFile() throws {
+        let garbage = try makeTemporaryDirectory(self) + "/garbage"
+        try FileManager.default.createDirectory(atPath: garbage, withIntermediateDirectories: true)
+        try Data((0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 7919) }).write(to: URL(fileURLWithPath: garbage + "/data.mdb"))
+        XCTAssertThrowsError(try SpillStoreReport.inspect(path: garbage)) {
+            guard case SpillStoreError.notAStore = $0 else { return XCTFail("\($0)") }
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: garbage), ["data.mdb"])
+
+        // A real store keeps its lock file: it was there before the inspection.
+        let store = try makeTemporaryDirectory(self) + "/store"
+        try makeStoreWithOneBlock(store)
+        _ = try SpillStoreReport.inspect(path: store)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: store + "/lock.mdb"))
+    }
+
     func testGarbageTruncatedAndForeignFilesAreNotStores() throws {
         let dir = try makeTemporaryDirectory(self)
         // Garbage where the data file goes.
