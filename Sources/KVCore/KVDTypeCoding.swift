@@ -1,5 +1,3 @@
-import KVCore
-
 /// Conversions between fp32 and the stored KV element types, for filling pages and for the
 /// reference kernel. Rounding is to nearest even, as the hardware converters do.
 extension KVDType {
