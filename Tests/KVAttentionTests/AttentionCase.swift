@@ -5,10 +5,11 @@ import Testing
 
 /// A decode step to test: an arena filled with random KV, block tables, random queries.
 ///
-/// Sequences are built from a sharing tree: every sequence reads the level-0 prefix, sequences
-/// are split into `fanout` groups per level that share that level's run, then each has its own
-/// suffix. Blocks are numbered from 1 in creation order (0 is the null block).
-struct AttentionCase {
+/// Either over explicit block tables (any ids, any sharing), or built from a sharing tree: every
+/// sequence reads the level-0 prefix, sequences are split into `fanout` groups per level that
+/// share that level's run, then each has its own suffix; blocks are then numbered from 1 in
+/// creation order (0 is the null block).
+struct AttentionCase: CustomStringConvertible {
     let layout: KVLayout
     let queryHeads: Int
     let arena: KVPageArena
@@ -31,8 +32,6 @@ struct AttentionCase {
             let rounded = Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF_0000)
             return abs(rounded) < 1.0 / 1024 ? 0 : rounded
         }
-        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
-        self.queryHeads = queryHeads
         var tables = [[Int32]](repeating: [], count: b)
         var tokens = [Int](repeating: 0, count: b)
         var next: Int32 = 1
@@ -58,19 +57,35 @@ struct AttentionCase {
             tables[s] += blocks(for: n)
             tokens[s] += n
         }
-        batch = try BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: tokens)
-        arena = KVPageArena(layout: layout, capacityBlocks: Int(next))
+        try self.init(dtype: dtype, queryHeads: queryHeads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize,
+                      tables: tables, tokenCounts: tokens, seed: seed, value: value,
+                      scale: bf16Exact ? Float(0.125 / 1.4426950408889634) : nil)
+    }
+
+    /// Over explicit tables: random KV (each value through `value`) in every block they name, in
+    /// increasing id order, in an arena sized for the largest id; then random queries. `scale`
+    /// nil: the default for the head dim.
+    init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int,
+         tables: [[Int32]], tokenCounts: [Int], seed: UInt64, value: (Float) -> Float = { $0 }, scale: Float? = nil) throws {
+        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
+        self.queryHeads = queryHeads
+        batch = try BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: tokenCounts)
+        arena = KVPageArena(layout: layout, capacityBlocks: Int(batch.indices.max() ?? 0) + 1)
         var rng = SeededRandom(seed: seed)
         let elements = layout.blockBytesPerLayerPerKind / dtype.byteWidth
-        for block in 1..<Int(next) {
+        for block in Set(batch.indices).sorted() {
             for kind in KVKind.allCases {
-                arena.withUnsafeMutableBlockBytes(BlockID(Int32(block)), layer: 0, kind: kind) { raw in
+                arena.withUnsafeMutableBlockBytes(BlockID(block), layer: 0, kind: kind) { raw in
                     for i in 0..<elements { dtype.store(value(Float.random(in: -1.7...1.7, using: &rng)), raw.baseAddress!, i) }
                 }
             }
         }
-        query = (0..<(b * queryHeads * headDim)).map { _ in value(Float.random(in: -1.7...1.7, using: &rng)) }
-        scale = bf16Exact ? Float(0.125 / 1.4426950408889634) : DecodeAttention.defaultScale(headDim: headDim)
+        query = (0..<(tables.count * queryHeads * headDim)).map { _ in value(Float.random(in: -1.7...1.7, using: &rng)) }
+        self.scale = scale ?? DecodeAttention.defaultScale(headDim: headDim)
+    }
+
+    var description: String {
+        "\(layout) Hq=\(queryHeads) tables=\((0..<batch.sequenceCount).map { Array(batch.table($0)) }) tokens=\(batch.tokenCounts)"
     }
 
     func reference() throws -> [Float] {
@@ -88,9 +103,22 @@ struct AttentionCase {
     func bifurcated(_ kernel: DecodeAttention) throws -> [Float] {
         let plan = try DecodePlan(batch: batch)
         plan.checkInvariants()
-        return try arena.withUnsafeLayerPages(layer: 0) { pages in
-            try kernel.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
+        return try bifurcated(kernel, plan: plan)
+    }
+
+    func bifurcated(_ kernel: DecodeAttention, plan: DecodePlan) throws -> [Float] {
+        try arena.withUnsafeLayerPages(layer: 0) { pages in try kernel.bifurcated(query: query, pages: pages, plan: plan, scale: scale) }
+    }
+
+    /// The bifurcated kernel writing its output over the query (one buffer for both).
+    func bifurcatedInPlace(_ kernel: DecodeAttention, plan: DecodePlan) throws -> [Float] {
+        var buffer = query
+        try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try buffer.withUnsafeMutableBufferPointer { (io) throws(AttentionError) in
+                try kernel.bifurcated(query: UnsafeBufferPointer(io), pages: pages, plan: plan, scale: scale, output: io)
+            }
         }
+        return buffer
     }
 
     /// Multiplies the key of token `t` of the level-0 shared run (its blocks are numbered from 1),

@@ -3,66 +3,6 @@ import KVCore
 import KVTestSupport
 import Testing
 
-/// A decode step over explicit block tables (any ids, any sharing): random KV in every block of
-/// an arena sized for the largest id, random queries.
-struct TableCase: CustomStringConvertible {
-    let layout: KVLayout
-    let queryHeads: Int
-    let arena: KVPageArena
-    let batch: BlockTableBatch
-    let query: [Float]
-    let scale: Float
-
-    init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int,
-         tables: [[Int32]], tokenCounts: [Int], seed: UInt64) throws {
-        layout = try KVLayout(layerCount: 1, kvHeadCount: kvHeads, headDim: headDim, blockSize: blockSize, dtype: dtype)
-        self.queryHeads = queryHeads
-        batch = try BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: tokenCounts)
-        let capacity = Int(batch.indices.max() ?? 0) + 1
-        arena = KVPageArena(layout: layout, capacityBlocks: capacity)
-        var rng = SeededRandom(seed: seed)
-        let elements = layout.blockBytesPerLayerPerKind / dtype.byteWidth
-        for block in Set(batch.indices).sorted() {
-            for kind in KVKind.allCases {
-                arena.withUnsafeMutableBlockBytes(BlockID(block), layer: 0, kind: kind) { raw in
-                    for i in 0..<elements { dtype.store(Float.random(in: -1.7...1.7, using: &rng), raw.baseAddress!, i) }
-                }
-            }
-        }
-        query = (0..<(tables.count * queryHeads * headDim)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
-        scale = DecodeAttention.defaultScale(headDim: headDim)
-    }
-
-    var description: String {
-        "\(layout) Hq=\(queryHeads) tables=\((0..<batch.sequenceCount).map { Array(batch.table($0)) }) tokens=\(batch.tokenCounts)"
-    }
-
-    func reference() throws -> [Float] {
-        try arena.withUnsafeLayerPages(layer: 0) { pages in
-            try ReferenceAttention.compute(query: query, pages: pages, batch: batch, queryHeads: queryHeads, scale: scale)
-        }
-    }
-
-    func paged(_ kernel: DecodeAttention) throws -> [Float] {
-        try arena.withUnsafeLayerPages(layer: 0) { pages in try kernel.paged(query: query, pages: pages, batch: batch, scale: scale) }
-    }
-
-    func bifurcated(_ kernel: DecodeAttention, plan: DecodePlan) throws -> [Float] {
-        try arena.withUnsafeLayerPages(layer: 0) { pages in try kernel.bifurcated(query: query, pages: pages, plan: plan, scale: scale) }
-    }
-
-    /// The bifurcated kernel writing its output over the query (one buffer for both).
-    func bifurcatedInPlace(_ kernel: DecodeAttention, plan: DecodePlan) throws -> [Float] {
-        var buffer = query
-        try arena.withUnsafeLayerPages(layer: 0) { pages in
-            try buffer.withUnsafeMutableBufferPointer { (io) throws(AttentionError) in
-                try kernel.bifurcated(query: UnsafeBufferPointer(io), pages: pages, plan: plan, scale: scale, output: io)
-            }
-        }
-        return buffer
-    }
-}
-
 /// Random batches as a serving stack's would look: a tree of shared runs (a system prompt all
 /// share, documents a subset shares, ...), each sequence ending in own blocks or exactly at a
 /// shared run's end, forked samples that still share a partial last block, duplicated
@@ -124,7 +64,7 @@ func randomSharedTables(blockSize: Int, maxSequences: Int, maxBlocksPerRun: Int,
         let bs = Self.blockSizes[Int.random(in: 0..<Self.blockSizes.count, using: &rng)]
         let maxBlocks = bs == 1 ? 40 : bs == 3 ? 12 : 4
         let (tables, counts) = randomSharedTables(blockSize: bs, maxSequences: 14, maxBlocksPerRun: maxBlocks, using: &rng)
-        let c = try TableCase(dtype: dtype, queryHeads: hq, kvHeads: hkv, headDim: d, blockSize: bs,
+        let c = try AttentionCase(dtype: dtype, queryHeads: hq, kvHeads: hkv, headDim: d, blockSize: bs,
                               tables: tables, tokenCounts: counts, seed: UInt64(seed))
         let plan = try DecodePlan(batch: c.batch)
         plan.checkInvariants()
@@ -162,7 +102,7 @@ func randomSharedTables(blockSize: Int, maxSequences: Int, maxBlocksPerRun: Int,
         let kernel = try DecodeAttention(layout: KVLayout(layerCount: 1, kvHeadCount: 2, headDim: 64, blockSize: bs, dtype: dtype),
                                          queryHeads: 8, threads: 2)
         for (n, (tables, counts)) in steps.enumerated() {
-            let c = try TableCase(dtype: dtype, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: bs,
+            let c = try AttentionCase(dtype: dtype, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: bs,
                                   tables: tables, tokenCounts: counts, seed: 77)
             let reference = try c.reference()
             let plan = try DecodePlan(batch: c.batch)
@@ -185,7 +125,7 @@ func randomSharedTables(blockSize: Int, maxSequences: Int, maxBlocksPerRun: Int,
         let bs = [1, 2, 3, 5, 16, 32][Int.random(in: 0..<6, using: &rng)]
         let maxBlocks = max(1, 48 / bs)
         let (tables, counts) = randomSharedTables(blockSize: bs, maxSequences: Int.random(in: 2...40, using: &rng), maxBlocksPerRun: maxBlocks, using: &rng)
-        let c = try TableCase(dtype: dtype, queryHeads: hq, kvHeads: hkv, headDim: d, blockSize: bs,
+        let c = try AttentionCase(dtype: dtype, queryHeads: hq, kvHeads: hkv, headDim: d, blockSize: bs,
                               tables: tables, tokenCounts: counts, seed: UInt64(seed))
         let plan = try DecodePlan(batch: c.batch)
         plan.checkInvariants()
@@ -210,7 +150,7 @@ func randomSharedTables(blockSize: Int, maxSequences: Int, maxBlocksPerRun: Int,
             tables.append([1, 2, 3] + (s % 3 == 0 ? [] : [Int32(10 + s)]))
             counts.append(s % 3 == 0 ? 48 : 48 + 1 + s % 16)
         }
-        let c = try TableCase(dtype: .bfloat16, queryHeads: queryHeads, kvHeads: kvHeads, headDim: 64, blockSize: 16,
+        let c = try AttentionCase(dtype: .bfloat16, queryHeads: queryHeads, kvHeads: kvHeads, headDim: 64, blockSize: 16,
                               tables: tables, tokenCounts: counts, seed: 5)
         let plan = try DecodePlan(batch: c.batch)
         let reference = try c.reference()
