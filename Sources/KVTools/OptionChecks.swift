@@ -93,7 +93,7 @@ public struct ReplayCommandOptions: Sendable {
         if let storeLimitBytes {
             // A replay with a store spills whole blocks: a limit below one record keeps nothing,
             // and only the JSON's recordsTooLarge would say so.
-            let oneRecord = smallestRecordBytes(kvLayout)
+            let oneRecord = try smallestRecordBytes(kvLayout)
             guard storeLimitBytes >= oneRecord else {
                 throw OptionError("--store-limit-bytes", "must hold at least one block's record (\(oneRecord) bytes for this layout), got \(storeLimitBytes)")
             }
@@ -132,11 +132,11 @@ public struct ReplayCommandOptions: Sendable {
 }
 
 /// A lower bound on one spilled block's record: its KV, its token ids and the fixed header (96
-/// bytes; the namespace and padding add a little more). `Int.max` when that overflows.
-func smallestRecordBytes(_ layout: KVLayout) -> Int {
-    let (withTokens, o1) = layout.blockBytes.addingReportingOverflow(layout.blockSize * MemoryLayout<TokenID>.stride)
-    let (record, o2) = withTokens.addingReportingOverflow(96)
-    return o1 || o2 ? .max : record
+/// bytes; the namespace and padding add a little more): ``bytesPerBlock(_:withPages:)`` with
+/// pages, plus the header. `Int.max` when the header overflows it.
+func smallestRecordBytes(_ layout: KVLayout) throws(OptionError) -> Int {
+    let (record, overflow) = try bytesPerBlock(layout, withPages: true).addingReportingOverflow(96)
+    return overflow ? .max : record
 }
 
 /// Bytes one block takes in memory: its token ids, and its pages when `withPages`; an error
