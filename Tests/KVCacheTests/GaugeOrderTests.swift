@@ -1,29 +1,25 @@
 import Dispatch
 import Foundation
 import KVCore
+import KVTestSupport
 import Metrics
 import MetricsTestKit
 import Testing
 @testable import KVCache
 
 /// A metrics factory that records into `TestMetrics` but holds the first `used_blocks` gauge
-/// record made while `holdNext` is set until `release` is signalled (or 2 s pass): a thread
-/// preempted between the manager's lock and its metrics update, made deterministic.
+/// record made after `held.arm()` (``HeldCall``): a thread preempted between the manager's lock
+/// and its metrics update, made deterministic.
 final class HoldingMetrics: MetricsFactory, @unchecked Sendable {
     let inner = TestMetrics()
-    let holdNext = Locked(false)
-    let arrived = DispatchSemaphore(value: 0)
-    let release = DispatchSemaphore(value: 0)
+    let held = HeldCall()
 
     final class Holding: RecorderHandler, @unchecked Sendable {
         let inner: RecorderHandler
         let owner: HoldingMetrics
         init(_ inner: RecorderHandler, _ owner: HoldingMetrics) { self.inner = inner; self.owner = owner }
         func record(_ value: Int64) {
-            if owner.holdNext.withLock({ h in defer { h = false }; return h }) {
-                owner.arrived.signal()
-                _ = owner.release.wait(timeout: .now() + 2)
-            }
+            owner.held.holdIfArmed()
             inner.record(value)
         }
         func record(_ value: Double) { inner.record(value) }
@@ -53,15 +49,15 @@ final class HoldingMetrics: MetricsFactory, @unchecked Sendable {
     @Test func aLateSnapshotDoesNotRollTheGaugesBack() throws {
         let metrics = HoldingMetrics()
         let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 16, metricsFactory: metrics)
-        metrics.holdNext.withLock { $0 = true }
+        metrics.held.arm()
         let first = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
             _ = try? cache.admit([1, 2, 3, 4])  // 1 block used; its gauge update is held
             first.signal()
         }
-        metrics.arrived.wait()
+        metrics.held.waitUntilHeld()
         _ = try cache.admit([9, 9, 9, 9, 9])  // 3 blocks used now; its update runs at once
-        metrics.release.signal()
+        metrics.held.release()
         first.wait()
         let used = cache.stats.usedBlocks
         #expect(used == 3)

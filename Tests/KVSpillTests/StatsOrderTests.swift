@@ -2,17 +2,16 @@ import Dispatch
 import Foundation
 import KVCache
 import KVCore
+import KVTestSupport
 import XCTest
 @testable import KVSpill
 
-/// The real LMDB store, forwarded call for call, except that the first `publish` made while
-/// `holdNext` is set waits (until `release`, or 2 s): a thread preempted between the manager's
-/// lock and its stats hand-over, made deterministic.
+/// The real LMDB store, forwarded call for call, except that the first `publish` made after
+/// `held.arm()` waits (``HeldCall``): a thread preempted between the manager's lock and its
+/// stats hand-over, made deterministic.
 final class HeldPublishStore: ColdPrefixStore, @unchecked Sendable {
     let store: LMDBSpillStore
-    let holdNext = Locked(false)
-    let arrived = DispatchSemaphore(value: 0)
-    let release = DispatchSemaphore(value: 0)
+    let held = HeldCall()
     init(_ store: LMDBSpillStore) { self.store = store }
 
     func rootKey(namespace: Namespace) -> PrefixKey { store.rootKey(namespace: namespace) }
@@ -25,10 +24,7 @@ final class HeldPublishStore: ColdPrefixStore, @unchecked Sendable {
     }
     func contains(key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool { store.contains(key: key, tokens: tokens) }
     func publish(stats: KVCacheStats) {
-        if holdNext.withLock({ h in defer { h = false }; return h }) {
-            arrived.signal()
-            _ = release.wait(timeout: .now() + 2)
-        }
+        held.holdIfArmed()
         store.publish(stats: stats)
     }
     var storeLayout: KVLayout? { store.storeLayout }
@@ -40,18 +36,18 @@ final class StatsOrderTests: XCTestCase {
     func testALateStatsSnapshotDoesNotOverwriteTheLiveRecord() throws {
         let store = try LMDBSpillStore(SpillStoreConfiguration(path: try makeTemporaryDirectory(self) + "/s", layout: testLayout,
                                                                limitBytes: 8 << 20, writeMode: .background(queueLimitBytes: 1 << 20), durable: false))
-        let held = HeldPublishStore(store)
-        let cache = try KVCacheManager(layout: testLayout, capacityBlocks: 8, allocatesPages: true, coldStore: held,
+        let heldStore = HeldPublishStore(store)
+        let cache = try KVCacheManager(layout: testLayout, capacityBlocks: 8, allocatesPages: true, coldStore: heldStore,
                                        statsPublishInterval: .zero)
-        held.holdNext.withLock { $0 = true }
+        heldStore.held.arm()
         let first = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
             _ = try? cache.admit(blockTokens(chain: 1, index: 0))  // its stats hand-over is held
             first.signal()
         }
-        held.arrived.wait()
+        heldStore.held.waitUntilHeld()
         _ = try cache.admit(blockTokens(chain: 2, index: 0) + blockTokens(chain: 2, index: 1))
-        held.release.signal()
+        heldStore.held.release()
         first.wait()
         store.flush()
         XCTAssertEqual(cache.stats.usedBlocks, 3)
