@@ -1,0 +1,148 @@
+// Writing new tokens' K and V into their slots: what an engine does for every new token of every
+// sequence on every layer (vLLM's reshape_and_cache).
+
+/// Why ``KVPageArena``'s `store` refused a write. Everything is checked before anything is
+/// written: a refused store leaves the arena as it was.
+public enum KVWriteError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A layer outside `0..<layerCount`.
+    case invalidLayer(Int, layerCount: Int)
+    /// Token `index`'s slot is negative or past the arena (`slotCount` = capacity × block size).
+    case slotOutOfRange(index: Int, slot: Int32, slotCount: Int)
+    /// Token `index`'s slot is in the reserved null block (block 0, slots `0..<blockSize`).
+    case nullBlockSlot(index: Int, slot: Int32)
+    /// The keys' or values' source holds `count` elements (bytes, for the `keyBytes:` form);
+    /// the slots need `expected` (tokens × kvHeadCount × headDim, times the element width).
+    case sourceSize(KVKind, count: Int, expected: Int)
+    /// A slot mapping built for another block size.
+    case blockSizeMismatch(mapping: Int, layout: Int)
+
+    public var description: String {
+        switch self {
+        case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"
+        case .slotOutOfRange(let i, let s, let n): "token \(i): slot \(s) outside the arena's 0..<\(n)"
+        case .nullBlockSlot(let i, let s): "token \(i): slot \(s) is in the reserved null block 0"
+        case .sourceSize(let kind, let c, let e): "\(kind == .keys ? "keys" : "values"): \(c) given, the slots need \(e)"
+        case .blockSizeMismatch(let m, let l): "the slot mapping is for blocks of \(m) tokens, the arena's are \(l)"
+        }
+    }
+}
+
+extension KVPageArena {
+    /// Writes the K and V of `slots.count` tokens of one layer into their slots, converting fp32
+    /// to the layout's dtype (rounding to nearest even, bit for bit what ``KVDType/store(_:_:_:)``
+    /// writes).
+    ///
+    /// `keys` and `values` are `[token][kvHead][headDim]` (the order a projection produces), token
+    /// `i` going to flat slot `slots[i]` (`block * blockSize + offset`; see ``SlotMapping``).
+    /// Throws ``KVWriteError`` — a layer out of range, a slot outside the arena or in the null
+    /// block, a source of the wrong size — before writing anything. Two tokens with one slot:
+    /// the later one's K/V stays.
+    ///
+    /// The arena does no locking: write only slots of blocks the calling sequence owns (the slot
+    /// mapping taken after this step's `append`s; see docs/PREFIX_CACHING.md).
+    public func store(keys: UnsafeBufferPointer<Float>, values: UnsafeBufferPointer<Float>, layer: Int,
+                      slots: UnsafeBufferPointer<Int32>) throws(KVWriteError) {
+        let rows = try checkWrite(keyCount: keys.count, valueCount: values.count, elementWidth: 1, layer: layer, slots: slots)
+        guard rows > 0 else { return }
+        for kind in KVKind.allCases {
+            let source = (kind == .keys ? keys : values).baseAddress!
+            let arena = base + offset(layer: layer, kind: kind, block: 0)
+            switch layout.dtype {
+            case .float32:
+                writeRows(source, arena, slots) { src, dst, n in
+                    dst.copyMemory(from: src, byteCount: n * 4)
+                }
+            case .float16:
+                writeRows(source, arena, slots) { src, dst, n in
+                    // = Float16(x).bitPattern, without a library call per element
+                    for i in 0..<n { dst.storeBytes(of: KVDType.float16Bits(src[i]), toByteOffset: 2 * i, as: UInt16.self) }
+                }
+            case .bfloat16:
+                writeRows(source, arena, slots) { src, dst, n in
+                    for i in 0..<n { dst.storeBytes(of: KVDType.bfloat16Bits(src[i]), toByteOffset: 2 * i, as: UInt16.self) }
+                }
+            }
+        }
+    }
+
+    /// Writes K and V already in the layout's dtype (`keyBytes` and `valueBytes`: elements of
+    /// `layout.dtype`, `[token][kvHead][headDim]`; fp16 and bf16 as their 16-bit patterns):
+    /// copies, no conversion. Otherwise as the fp32 `store(keys:values:layer:slots:)`; the sizes
+    /// are checked in bytes.
+    public func store(keyBytes: UnsafeRawBufferPointer, valueBytes: UnsafeRawBufferPointer, layer: Int,
+                      slots: UnsafeBufferPointer<Int32>) throws(KVWriteError) {
+        let width = layout.dtype.byteWidth
+        let rows = try checkWrite(keyCount: keyBytes.count, valueCount: valueBytes.count, elementWidth: width, layer: layer, slots: slots)
+        guard rows > 0 else { return }
+        for kind in KVKind.allCases {
+            let source = (kind == .keys ? keyBytes : valueBytes).baseAddress!
+            let arena = base + offset(layer: layer, kind: kind, block: 0)
+            // One row (a token's head) is headDim contiguous elements in the source and in the block.
+            writeRows(source.assumingMemoryBound(to: UInt8.self), arena, slots, sourceElementWidth: width) { src, dst, n in
+                dst.copyMemory(from: src, byteCount: n * width)
+            }
+        }
+    }
+
+    /// The fp32 `store(keys:values:layer:slots:)` from arrays.
+    public func store(keys: [Float], values: [Float], layer: Int, slots: [Int32]) throws(KVWriteError) {
+        try keys.withUnsafeBufferPointer { (k) throws(KVWriteError) in
+            try values.withUnsafeBufferPointer { (v) throws(KVWriteError) in
+                try slots.withUnsafeBufferPointer { (s) throws(KVWriteError) in try store(keys: k, values: v, layer: layer, slots: s) }
+            }
+        }
+    }
+
+    /// The fp32 `store(keys:values:layer:slots:)` into a slot mapping's slots (its block size must
+    /// be the layout's, else `.blockSizeMismatch`).
+    public func store(keys: [Float], values: [Float], layer: Int, slots mapping: SlotMapping) throws(KVWriteError) {
+        guard mapping.blockSize == layout.blockSize else { throw .blockSizeMismatch(mapping: mapping.blockSize, layout: layout.blockSize) }
+        try store(keys: keys, values: values, layer: layer, slots: mapping.slots)
+    }
+
+    /// Checks a write of `slots.count` tokens whose sources hold `keyCount` and `valueCount`
+    /// elements (`elementWidth` 1) or bytes (`elementWidth` the dtype's); returns the rows to
+    /// write (tokens × kvHeadCount).
+    private func checkWrite(keyCount: Int, valueCount: Int, elementWidth: Int, layer: Int,
+                            slots: UnsafeBufferPointer<Int32>) throws(KVWriteError) -> Int {
+        guard layer >= 0 && layer < layout.layerCount else { throw .invalidLayer(layer, layerCount: layout.layerCount) }
+        let rowElements = layout.kvHeadCount * layout.headDim
+        let (units, o1) = slots.count.multipliedReportingOverflow(by: rowElements)
+        let (expected, o2) = units.multipliedReportingOverflow(by: elementWidth)
+        let need = o1 || o2 ? Int.max : expected
+        guard keyCount == need else { throw .sourceSize(.keys, count: keyCount, expected: need) }
+        guard valueCount == need else { throw .sourceSize(.values, count: valueCount, expected: need) }
+        let blockSize = layout.blockSize
+        let slotCount = capacityBlocks * blockSize   // fits: capacity × blockStride does, and blockStride ≥ blockSize
+        for (i, slot) in slots.enumerated() {
+            guard slot >= 0, Int(slot) < slotCount else { throw .slotOutOfRange(index: i, slot: slot, slotCount: slotCount) }
+            guard Int(slot) >= blockSize else { throw .nullBlockSlot(index: i, slot: slot) }
+        }
+        return slots.count * layout.kvHeadCount
+    }
+
+    /// For every token `t` and KV head `h`, calls `row` with the source row `(t, h)` (headDim
+    /// elements from `source + (t * kvHeadCount + h) * headDim`) and its destination in the layer's
+    /// arena `arena`. Inlined into each dtype's loop, so `row` is a direct, specialised body.
+    @inline(__always)
+    private func writeRows<Source>(_ source: UnsafePointer<Source>, _ arena: UnsafeMutableRawPointer, _ slots: UnsafeBufferPointer<Int32>,
+                                   sourceElementWidth: Int = 1,
+                                   _ row: (UnsafePointer<Source>, UnsafeMutableRawPointer, Int) -> Void) {
+        let blockSize = layout.blockSize, headDim = layout.headDim, heads = layout.kvHeadCount
+        let width = layout.dtype.byteWidth
+        let rowBytes = headDim * width
+        let sourceRow = headDim * sourceElementWidth
+        let headStride = blockSize * rowBytes
+        var src = source
+        for slot in slots {
+            let flat = Int(slot)
+            let block = flat / blockSize, offset = flat - block * blockSize
+            var dst = arena + block * blockStride + offset * rowBytes
+            for _ in 0..<heads {
+                row(src, dst, headDim)
+                src += sourceRow
+                dst += headStride
+            }
+        }
+    }
+}
