@@ -190,6 +190,61 @@ public final class KVCacheManager: Sendable {
         do { return try DecodePlan(batch: tables) } catch { throw .invalidBatch("\(error)") }
     }
 
+    // MARK: - Slot mapping
+
+    /// The slots to write this step's new K/V into: for each span, in order, the flat slot
+    /// (`block * blockSize + offset`) of each of its positions, as kernels take them
+    /// (`SlotMapping.slots`, `[Int32]`), with each token's position and the spans' offsets.
+    /// Hand it to `arena.store(keys:values:layer:slots:)` for every layer.
+    ///
+    /// Take it **after** the step's `append`s: an append into a partial last block still shared
+    /// after a fork gives the sequence a private copy and changes its table, so a mapping taken
+    /// before would name the shared block and the write would land in its siblings' KV. It stays
+    /// valid until the sequences' next `append`, `fork` or release (a released sequence's blocks
+    /// go to other requests). Positions below `Admission.cachedTokenCount` are hits: other requests'
+    /// KV, not to be written. All spans are resolved under one lock, so a batch sees one state.
+    /// Throws `.positionsOutOfRange` (positions outside `0..<tokenCount`), `.releasedSequence` or
+    /// `.unknownSequence`, `.slotsExceedInt32` for a pool too large for `Int32` slots, and
+    /// `.invalidBatch` for more than `Int32.max` tokens at once. An empty list, or empty spans,
+    /// map no tokens.
+    public func slotMapping(for spans: [SlotSpan]) throws(KVCacheError) -> SlotMapping {
+        try requireInt32Slots()
+        let (tables, ranges) = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> ([[Int32]], [Range<Int>]) in
+            var tables: [[Int32]] = [], ranges: [Range<Int>] = []
+            tables.reserveCapacity(spans.count)
+            ranges.reserveCapacity(spans.count)
+            for span in spans {
+                let seq = try s.live(span.sequence)
+                guard let r = span.positions.resolved(tokenCount: seq.tokenCount) else {
+                    throw .positionsOutOfRange(span.sequence, positions: span.positions, tokenCount: seq.tokenCount)
+                }
+                tables.append(seq.blocks)   // a reference to the state's array, not a copy
+                ranges.append(r)
+            }
+            return (tables, ranges)
+        }
+        do { return try SlotMapping(blockSize: layout.blockSize, tables: tables, positions: ranges) }
+        catch { throw .invalidBatch("\(error)") }   // more than Int32.max tokens at once
+    }
+
+    /// The decode step's slot mapping: the last token of each sequence (the one `append` just
+    /// added), in batch order. See `slotMapping(for: [SlotSpan])`.
+    public func slotMapping(for batch: [SequenceHandle]) throws(KVCacheError) -> SlotMapping {
+        try slotMapping(for: batch.map { SlotSpan.last(1, of: $0) })
+    }
+
+    private func requireInt32Slots() throws(KVCacheError) {
+        guard Self.flatSlotsFitInt32(capacityBlocks: capacityBlocks, blockSize: layout.blockSize) else {
+            throw .slotsExceedInt32(capacityBlocks: capacityBlocks, blockSize: layout.blockSize)
+        }
+    }
+
+    /// Whether every flat slot of a pool of blocks `0...capacityBlocks` fits an `Int32`.
+    static func flatSlotsFitInt32(capacityBlocks: Int, blockSize: Int) -> Bool {
+        let (slots, overflow) = (capacityBlocks + 1).multipliedReportingOverflow(by: blockSize)
+        return !overflow && slots - 1 <= Int(Int32.max)
+    }
+
     // MARK: - Pages
 
     /// Read access to one layer's K and V pages for a kernel. Pointers must not escape `body`.
