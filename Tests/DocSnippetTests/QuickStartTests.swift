@@ -8,8 +8,8 @@ import KVCache
 import KVCore
 import KVSpill
 
-func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [TokenID], sampledToken: TokenID, newKeys: [Float],
-                queries: [Float]) throws {
+func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [TokenID], sampledToken: TokenID,
+                promptKeys: [[Float]], promptValues: [[Float]], newKeys: [[Float]], newValues: [[Float]], queries: [Float]) throws {
     func reschedulePrefill(_ s: SequenceHandle, from: Int) {}  // copy only
     let layout = try KVLayout(layerCount: 32, kvHeadCount: 8, headDim: 128, blockSize: 16, dtype: .bfloat16)
     // 8192 blocks × 2 MiB (32 layers × K+V × 8 heads × 16 tokens × 128 × 2 bytes) = 16 GiB, allocated
@@ -18,28 +18,31 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
 
     // Admit a request: the cached part of its prompt is shared, the rest gets fresh blocks.
     let request = try cache.admit(systemPrompt + userPrompt, namespace: "tenant-a")
-    // prefill: write K/V of tokens request.cachedTokenCount... into request.blockTable's pages
-    // (cache.arena!.withUnsafeMutableBlockBytes(BlockID(request.blockTable[i]), layer: l, kind: .keys
-    // or .values) { … }: the one-token write below shows the layout).
+    // Prefill: the slots of its uncached tokens (request.cachedTokenCount...; a cached position is
+    // other requests' KV), then at each layer of the forward pass that layer's K and V of those tokens,
+    // fp32 `[token][kvHead][headDim]`, stored converted to the layout's dtype (round to nearest even).
+    let prefill = try cache.slotMapping(for: [.from(request.cachedTokenCount, of: request.sequence)])
+    for layer in 0..<layout.layerCount {
+        try cache.arena!.store(keys: promptKeys[layer], values: promptValues[layer], layer: layer, slots: prefill)
+    }
     // Its new blocks are matchable from admission on, so prefill them in the next step; an engine
     // that prefills in chunks or later creates the manager with `publishesBlocks: .whenComputed` and
     // reports progress with `cache.markComputed(request.sequence, computedTokens:)` (PREFIX_CACHING.md).
-    // A whole-prompt hit (cachedTokenCount == prompt count) leaves nothing to write: run the last
+    // A whole-prompt hit (cachedTokenCount == prompt count; an empty mapping) leaves nothing to write: run the last
     // token's forward pass for its logits over the cached KV, without writing its (identical) K/V.
 
     // 32 parallel samples share every block; the partial last block is copied on first write.
     let samples = try cache.fork(request.sequence, count: 32)
-    for s in samples { try cache.append([sampledToken], to: s) }   // then write that token's K/V
+    for s in samples { try cache.append([sampledToken], to: s) }
+    // Map after appending: each sample's table now names its private copy of the shared partial block
+    // (a mapping taken before the append would name the shared block). One slot per sample, its last
+    // token, in batch order; `step.slots` is the flat `[Int32]` (block * blockSize + offset) a kernel takes.
+    let step = try cache.slotMapping(for: samples)
+    for layer in 0..<layout.layerCount {
+        try cache.arena!.store(keys: newKeys[layer], values: newValues[layer], layer: layer, slots: step)
+    }
     // (the arena copied the shared partial block already; an engine keeping KV itself, with
     // `allocatesPages: false`, copies what `append(...).copy` names: docs/PREFIX_CACHING.md)
-    // Writing one token's K/V: its position p is in block `table[p / blockSize]`, slot
-    // `p % blockSize`; a block's keys (and, apart, its values) of one layer are [kvHead][token][headDim]
-    // elements of the layout's dtype (`KVDType.store` converts a Float). KV head 0's keys, layer 0:
-    let table = try cache.blockTable(of: samples[0]), p = try cache.tokenCount(of: samples[0]) - 1
-    cache.arena!.withUnsafeMutableBlockBytes(BlockID(table[p / layout.blockSize]), layer: 0, kind: .keys) { bytes in
-        let first = (0 * layout.blockSize + p % layout.blockSize) * layout.headDim
-        for i in 0..<layout.headDim { layout.dtype.store(newKeys[i], bytes.baseAddress!, first + i) }
-    }
 
     // One decode step: the shared prompt is read once for all 32 samples. Pass the same plan to
     // every layer: the kernel plans its work on the first layer and reuses it for the rest.
