@@ -112,3 +112,24 @@ let gridShapes: [GridShape] = [
         #expect(relativeError(try c.bifurcated(kernel), reference) <= Tolerance.fp32Math)
     }
 }
+
+/// The portable variant (what arm64 and x86-64 CPUs without AVX2 run: 4-lane vectors of the
+/// compiler's choosing) on the whole grid, head dims that are not a multiple of 4 (padded), and
+/// row counts on both sides of its staging threshold (4 rows per call).
+@Suite struct PortableVariantTests {
+    static let shapes = gridShapes + [
+        GridShape(queryHeads: 12, kvHeads: 2, headDim: 18, blockSize: 4, batch: 5, levels: [20, 8], suffixes: [3, 0, 5]),
+        GridShape(queryHeads: 4, kvHeads: 4, headDim: 36, blockSize: 16, batch: 11, levels: [32], suffixes: [2, 9]),
+        GridShape(queryHeads: 3, kvHeads: 1, headDim: 7, blockSize: 5, batch: 3, levels: [10], suffixes: [1, 17]),
+        GridShape(queryHeads: 2, kvHeads: 2, headDim: 40, blockSize: 32, batch: 2, levels: [64], suffixes: [33, 0]),
+    ]
+
+    @Test(arguments: KVDType.allCases, shapes)
+    func matchesReference(dtype: KVDType, shape: GridShape) throws {
+        let c = try shape.makeCase(dtype, seed: 37)
+        let reference = try c.reference()
+        let kernel = try c.kernel(isa: .portable)
+        #expect(relativeError(try c.paged(kernel), reference) <= Tolerance.fp32Math)
+        #expect(relativeError(try c.bifurcated(kernel), reference) <= Tolerance.fp32Math)
+    }
+}
