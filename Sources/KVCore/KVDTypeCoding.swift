@@ -16,7 +16,7 @@ extension KVDType {
     public func store(_ value: Float, _ base: UnsafeMutableRawPointer, _ i: Int) {
         switch self {
         case .float32: base.storeBytes(of: value, toByteOffset: i * 4, as: Float.self)
-        case .float16: base.storeBytes(of: Float16(value).bitPattern, toByteOffset: i * 2, as: UInt16.self)
+        case .float16: base.storeBytes(of: KVDType.float16Bits(value), toByteOffset: i * 2, as: UInt16.self)
         case .bfloat16: base.storeBytes(of: KVDType.bfloat16Bits(value), toByteOffset: i * 2, as: UInt16.self)
         }
     }
@@ -26,7 +26,7 @@ extension KVDType {
     public func rounded(_ value: Float) -> Float {
         switch self {
         case .float32: value
-        case .float16: Float(Float16(value))
+        case .float16: Float(Float16(bitPattern: KVDType.float16Bits(value)))
         case .bfloat16: Float(bitPattern: UInt32(KVDType.bfloat16Bits(value)) << 16)
         }
     }
