@@ -430,6 +430,51 @@ struct CacheState {
         return made
     }
 
+    /// Keeps the sequence's first `count` tokens (1...tokenCount) and drops the rest: speculative
+    /// decoding's rejected draft tokens. Blocks past the new end lose this sequence's reference
+    /// (deepest first; tree blocks stay cached, the rest are free). A new partial last block that
+    /// is in the tree or shared is replaced by a private copy of its first `count % blockSize`
+    /// tokens, returned, since the sequence's next append writes into it and neither the tree's
+    /// record of that block nor its other holders may change. Plans first: with no block for
+    /// that copy it throws and nothing changes.
+    @discardableResult
+    mutating func truncate(_ s: SequenceHandle, toTokenCount count: Int) throws(KVCacheError) -> BlockCopy? {
+        var seq = try live(s)
+        guard count >= 1 && count <= seq.tokenCount else { throw .invalidTruncation(count, tokenCount: seq.tokenCount) }
+        guard count < seq.tokenCount else { return nil }
+        let keep = (count + blockSize - 1) / blockSize, fill = count % blockSize
+        let last = seq.blocks[keep - 1]
+        let needsCopy = fill != 0 && (pool.refcount[Int(last)] > 1 || index.inTree[Int(last)])
+        if needsCopy {
+            // The dropped blocks only this sequence holds join the free queue before the copy is taken.
+            let freed = seq.blocks[keep...].reduce(0) { $0 + (pool.refcount[Int($1)] == 1 ? 1 : 0) }
+            guard pool.freeCount + freed >= 1 else {
+                counters.allocationsFailed += 1
+                throw .insufficientBlocks(needed: 1, available: pool.freeCount)
+            }
+        }
+        sequences[s.serial] = nil  // hold the only copy while mutating
+        for b in seq.blocks[keep...].reversed() { unpin(b) }
+        logicalBlocks -= seq.blocks.count - keep
+        seq.blocks.removeSubrange(keep...)
+        var made: BlockCopy?
+        if needsCopy {
+            let copy = allocateBlock()  // never `last`: this sequence still holds it
+            blockTokens.withUnsafeMutableBufferPointer { all in
+                (all.baseAddress! + Int(copy) * blockSize).update(from: all.baseAddress! + Int(last) * blockSize, count: fill)
+            }
+            arena?.copyBlock(from: BlockID(last), to: BlockID(copy))
+            unpin(last)
+            seq.blocks[keep - 1] = copy
+            made = BlockCopy(source: BlockID(last), destination: BlockID(copy), tokenCount: fill)
+        }
+        seq.tokenCount = count
+        seq.treeBlocks = min(seq.treeBlocks, count / blockSize)
+        seq.firstNewBlock = min(seq.firstNewBlock, keep)
+        sequences[s.serial] = seq
+        return made
+    }
+
     /// The engine has written the KV of the sequence's first `computedTokens` tokens: under
     /// `.whenComputed`, the full blocks among them join the tree (under `.atAdmission` they are
     /// there already). Telling less than before changes nothing.

@@ -116,6 +116,20 @@ public final class KVCacheManager: Sendable {
         try mutate { (s: inout CacheState) throws(KVCacheError) in AppendResult(copy: try s.append(tokens, to: sequence)) }
     }
 
+    /// Keeps the sequence's first `count` tokens and drops the rest: the draft tokens a speculative
+    /// decoding step rejected (append the drafts, map and write their K/V, verify, then truncate to
+    /// the accepted count). `count` is 1...tokenCount(of:), else `.invalidTruncation` and nothing
+    /// changes. The dropped blocks lose this sequence's reference: those in the prefix tree stay
+    /// cached (their K/V was written for their tokens), the rest are free. When the new last block
+    /// is partial and cached or shared, the sequence gets a private copy of its kept tokens —
+    /// returned like an append's copy-on-write, for an engine that keeps the KV itself; with no
+    /// block free for it, `.insufficientBlocks` and nothing changes. Under `.whenComputed`, mark
+    /// only the accepted tokens computed and rejected drafts never join the tree.
+    @discardableResult
+    public func truncate(_ sequence: SequenceHandle, toTokenCount count: Int) throws(KVCacheError) -> AppendResult {
+        try mutate { (s: inout CacheState) throws(KVCacheError) in AppendResult(copy: try s.truncate(sequence, toTokenCount: count)) }
+    }
+
     /// Reports that the KV of the sequence's first `computedTokens` tokens (hits included) is
     /// written — after a prefill chunk, or a decode step. Under `.whenComputed` their full blocks
     /// join the prefix tree now, where later requests can match them; under `.atAdmission` they

@@ -137,6 +137,8 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidLayer(Int, layerCount: Int)
     /// `release(_:computedTokens:)` was told more tokens than the sequence holds, or fewer than 0.
     case invalidComputedTokens(Int, tokenCount: Int)
+    /// `truncate(_:toTokenCount:)` was asked to keep fewer than 1 token or more than the sequence holds.
+    case invalidTruncation(Int, tokenCount: Int)
     /// `slotMapping(for:)` asked for positions outside the sequence's `0..<tokenCount`.
     case positionsOutOfRange(SequenceHandle, positions: SlotSpan.Positions, tokenCount: Int)
     /// `slotMapping(for:)` on a pool whose flat slots (`block × blockSize + offset`) do not all fit
@@ -159,6 +161,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidBatch(let why): "invalid decode batch: \(why)"
         case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"
         case .invalidComputedTokens(let c, let n): "computed tokens must be in 0...\(n) (the sequence's tokens), got \(c)"
+        case .invalidTruncation(let c, let n): "a truncated sequence keeps 1...\(n) tokens (it holds \(n)), got \(c)"
         case .positionsOutOfRange(let s, let p, let n): "positions \(p) of sequence \(s) outside its 0..<\(n) tokens"
         case .slotsExceedInt32(let c, let b): "the flat slots of \(c + 1) blocks of \(b) tokens do not fit in Int32"
         }

@@ -11,7 +11,9 @@ struct ReferenceModel {
     var cached: [String: Set<[TokenID]>] = [:]
     /// Every whole-block prefix any sequence ever filled (what a hit may name, whatever was evicted).
     var everFilled: [String: Set<[TokenID]>] = [:]
-    var sequences: [SequenceHandle: (namespace: String, tokens: [TokenID], chainIntact: Bool)] = [:]
+    /// Per live sequence: its tokens, and how many of its leading full blocks joined the tree
+    /// through its own chain (a block joins only right after them).
+    var sequences: [SequenceHandle: (namespace: String, tokens: [TokenID], treeBlocks: Int)] = [:]
 
     func hitBlocks(_ tokens: [TokenID], _ ns: String, in sets: [String: Set<[TokenID]>]? = nil) -> Int {
         let set = (sets ?? cached)[ns, default: []]
@@ -24,7 +26,7 @@ struct ReferenceModel {
     /// prefix (another block) breaks the chain.
     /// Admission: the first `hit` blocks are the cached nodes themselves; later full blocks join.
     mutating func admitted(_ h: SequenceHandle, _ ns: String, _ prompt: [TokenID], hit: Int) {
-        sequences[h] = (ns, Array(prompt.prefix(hit * blockSize)), true)
+        sequences[h] = (ns, Array(prompt.prefix(hit * blockSize)), hit)
         for t in prompt.dropFirst(hit * blockSize) { appended(h, t) }
     }
 
@@ -33,12 +35,19 @@ struct ReferenceModel {
         if sequences[h]!.tokens.count % blockSize == 0 { blockFilled(h) }
     }
 
+    /// Speculative decoding's rejection: the sequence keeps `count` tokens; what joined the tree stays.
+    mutating func truncated(_ h: SequenceHandle, to count: Int) {
+        sequences[h]!.tokens.removeSubrange(count...)
+        sequences[h]!.treeBlocks = min(sequences[h]!.treeBlocks, count / blockSize)
+    }
+
     mutating func blockFilled(_ h: SequenceHandle) {
         var s = sequences[h]!
         let prefix = Array(s.tokens)
         everFilled[s.namespace, default: []].insert(prefix)
-        if s.chainIntact {
-            if cached[s.namespace, default: []].contains(prefix) { s.chainIntact = false } else { cached[s.namespace, default: []].insert(prefix) }
+        if s.treeBlocks == s.tokens.count / blockSize - 1 && !cached[s.namespace, default: []].contains(prefix) {
+            cached[s.namespace, default: []].insert(prefix)
+            s.treeBlocks += 1
         }
         sequences[h] = s
     }
@@ -77,6 +86,13 @@ struct ReferenceModel {
             case 6:
                 let h = live.randomElement(using: &rng)!
                 for child in try cache.fork(h, count: Int.random(in: 1...3, using: &rng)) { model.sequences[child] = model.sequences[h] }
+            case 7 where Int.random(in: 0..<2, using: &rng) == 0:
+                // Speculative decoding: drafts appended, then all but the accepted ones dropped.
+                let h = live.randomElement(using: &rng)!
+                let count = model.sequences[h]!.tokens.count
+                let keep = Int.random(in: max(1, count - 7)...count, using: &rng)
+                try cache.truncate(h, toTokenCount: keep)
+                model.truncated(h, to: keep)
             default:
                 let h = live.randomElement(using: &rng)!
                 try cache.release(h)
@@ -153,6 +169,20 @@ struct ReferenceModel {
             case 6:
                 let h = live.randomElement(using: &rng)!
                 for child in try cache.fork(h, count: Int.random(in: 1...2, using: &rng)) { model.sequences[child] = model.sequences[h] }
+            case 7 where Int.random(in: 0..<2, using: &rng) == 0:
+                // Rejected drafts dropped; the copy of a cached or shared partial block may not fit.
+                let h = live.randomElement(using: &rng)!
+                let count = model.sequences[h]!.tokens.count
+                let keep = Int.random(in: max(1, count - 7)...count, using: &rng)
+                do {
+                    try cache.truncate(h, toTokenCount: keep)
+                    model.truncated(h, to: keep)
+                } catch {
+                    guard case .insufficientBlocks = error else { throw error }
+                    failures += 1
+                    #expect(cache.freeQueueOrder == queueBefore && cache.stats.usedBlocks == usedBefore)
+                    #expect(try cache.tokens(of: h) == model.sequences[h]!.tokens)
+                }
             default:
                 let h = live.randomElement(using: &rng)!
                 // Some requests end before all their KV was written (cancelled, preempted): their
