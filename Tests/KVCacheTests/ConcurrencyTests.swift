@@ -8,7 +8,8 @@ import KVCache
 @Suite struct ConcurrencyTests {
     /// Both publication modes: under `.whenComputed` threads also report progress
     /// (`markComputed`), which publishes blocks and extends fork relatives' chains; per-thread
-    /// namespaces come and go, so namespaces are retired and their slots reused concurrently.
+    /// namespaces come and go, so namespaces are retired and their slots reused concurrently;
+    /// speculative steps append drafts and truncate the rejected ones.
     @Test(arguments: [BlockPublication.atAdmission, .whenComputed])
     func concurrentRequestsStayConsistent(publication: BlockPublication) throws {
         let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 256, publishesBlocks: publication)
@@ -29,8 +30,14 @@ import KVCache
                     case 9:
                         let h = mine.randomElement(using: &rng)!
                         try cache.markComputed(h, computedTokens: Int.random(in: 0...(try cache.tokenCount(of: h)), using: &rng))
-                    case 3...4:
+                    case 3:
                         try cache.append([TokenID.random(in: 0..<2, using: &rng)], to: mine.randomElement(using: &rng)!)
+                    case 4:
+                        // A speculative step: drafts appended, some rejected.
+                        let h = mine.randomElement(using: &rng)!
+                        let drafts = (0..<Int.random(in: 1...5, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
+                        try cache.append(drafts, to: h)
+                        try cache.truncate(h, toTokenCount: try cache.tokenCount(of: h) - Int.random(in: 0..<drafts.count, using: &rng))
                     case 5:
                         mine += try cache.fork(mine.randomElement(using: &rng)!, count: 2)
                     case 6:
