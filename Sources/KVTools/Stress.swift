@@ -65,6 +65,8 @@ public struct StressCounts: Sendable, Equatable, Codable {
     /// Admits or appends refused for lack of blocks (expected under contention, not a failure).
     public var refused = 0
     public var appends = 0
+    /// Appends treated as speculative drafts, the rejected tail then truncated.
+    public var truncations = 0
     public var forks = 0
     public var releases = 0
     public var lookups = 0
@@ -76,7 +78,7 @@ public struct StressCounts: Sendable, Equatable, Codable {
 
     static func + (a: StressCounts, b: StressCounts) -> StressCounts {
         var s = a
-        s.admits += b.admits; s.refused += b.refused; s.appends += b.appends; s.forks += b.forks
+        s.admits += b.admits; s.refused += b.refused; s.appends += b.appends; s.truncations += b.truncations; s.forks += b.forks
         s.releases += b.releases; s.lookups += b.lookups; s.verifiedBlocks += b.verifiedBlocks
         s.invariantChecks += b.invariantChecks
         return s
@@ -92,7 +94,7 @@ public struct StressReport: Sendable {
     public var passed: Bool { violations.isEmpty }
 }
 
-/// Runs `threads` workers against one paged manager for `seconds`: random admits, appends, forks,
+/// Runs `threads` workers against one paged manager for `seconds`: random admits, appends (some truncated back, as speculative drafts), forks,
 /// releases and lookups, each worker writing the KV of the tokens it computes and reading back
 /// published shared pages; worker 0 also checks the manager's invariants (which trap on a broken
 /// state). At the end every sequence is released and no block may remain in use.

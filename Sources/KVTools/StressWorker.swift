@@ -99,6 +99,19 @@ struct StressWorker: Sendable {
         let table = try shared.cache.blockTable(of: live[i].handle)
         shared.pattern.write(live[i].tokens, start..<live[i].tokens.count, table: table, arena: shared.cache.arena!)
         publish(live[i].tokens, table: table, from: start / shared.pattern.layout.blockSize)
+        // Now and then the tokens were speculative drafts: their KV is written (blocks they filled
+        // are cached and stay so), and a random tail of them is rejected.
+        guard rng.below(4) == 0 else { return }
+        let keep = live[i].tokens.count - rng.below(extra.count)
+        do {
+            try shared.cache.truncate(live[i].handle, toTokenCount: keep)
+        } catch {
+            guard case .insufficientBlocks = error else { throw error }
+            counts.refused += 1
+            return
+        }
+        counts.truncations += 1
+        live[i].tokens.removeSubrange(keep...)
     }
 
     private func fork(_ live: inout [Live], _ counts: inout StressCounts, _ rng: inout SeededRandom) throws {

@@ -36,7 +36,7 @@ struct Stress: ParsableCommand {
         FileHandle.standardError.write(Data("kvctl stress: seed \(seed), \(threads) threads, \(seconds) s; reproduce with: \(options.reproducingCommand(storePath: store))\n".utf8))
         let report = try KVTools.stress(options)
         let c = report.counts
-        print("admits \(c.admits)  refused \(c.refused)  appends \(c.appends)  forks \(c.forks)  releases \(c.releases)  lookups \(c.lookups)")
+        print("admits \(c.admits)  refused \(c.refused)  appends \(c.appends)  truncations \(c.truncations)  forks \(c.forks)  releases \(c.releases)  lookups \(c.lookups)")
         print("verified blocks \(c.verifiedBlocks)  invariant checks \(c.invariantChecks)  evicted blocks \(report.stats.evictedBlocks)"
               + "  spilled \(report.stats.spilledBlocks)  restored \(report.stats.restoredBlocks)")
         guard report.passed else {

@@ -8,7 +8,7 @@ import KVCore
         let report = try stress(StressOptions(threads: 3, seconds: 2, seed: 20_250_101, capacityBlocks: 96))
         #expect(report.passed, "seed \(report.seed): \(report.violations.prefix(5))")
         #expect(report.stats.usedBlocks == 0 && report.stats.liveSequences == 0)
-        #expect(report.counts.admits > 0 && report.counts.appends > 0 && report.counts.forks > 0 && report.counts.lookups > 0)
+        #expect(report.counts.admits > 0 && report.counts.appends > 0 && report.counts.truncations > 0 && report.counts.forks > 0 && report.counts.lookups > 0)
         #expect(report.counts.verifiedBlocks > 0)
         #expect(report.counts.invariantChecks > 0)
         #expect(report.stats.evictedBlocks > 0)
