@@ -35,6 +35,7 @@ public struct KVCacheStats: Sendable, Equatable, Codable {
 
     /// Logical over physical blocks: how many times sharing multiplies memory (1 = no sharing).
     public var dedupRatio: Double { physicalBlocks == 0 ? 1 : Double(logicalBlocks) / Double(physicalBlocks) }
-    /// Memory and store hits over query tokens.
-    public var hitRate: Double { queryTokens == 0 ? 0 : Double(hitTokens + storeHitTokens) / Double(queryTokens) }
+    /// Memory and store hits over query tokens. (Summed as Doubles: a stats record read back
+    /// from a store file may hold any counters, and `kvctl stats` must not trap on them.)
+    public var hitRate: Double { queryTokens == 0 ? 0 : (Double(hitTokens) + Double(storeHitTokens)) / Double(queryTokens) }
 }

@@ -43,6 +43,8 @@ public func fixed(_ x: Double, _ decimals: Int = 2) -> String {
     guard x.isFinite else { return "\(x)" }
     var scale = 1.0
     for _ in 0..<decimals { scale *= 10 }
+    // Past Int's range (`kvctl stats` renders counters read from a store file): Swift's own form.
+    guard (abs(x) * scale).rounded() < 0x1p63 else { return "\(x)" }
     let r = (abs(x) * scale).rounded() / scale
     var s = String(Int(r))
     if decimals > 0 {
