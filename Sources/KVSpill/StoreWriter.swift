@@ -283,7 +283,7 @@ final class StoreWriter: Sendable {
         for key in batch.touches {
             try key.withBytes { k in
                 guard let oldSequence = try txn.copyValue(for: k, in: store.access) else { return }  // evicted meanwhile
-                try txn.delete(oldSequence, in: store.lru)
+                try deleteLRUSlot(sequence: oldSequence, txn)
                 try link(k, txn, &s)
             }
         }
@@ -370,6 +370,18 @@ final class StoreWriter: Sendable {
         try txn.put(be(seq), for: key, in: store.access)
     }
 
+    /// Deletes the `lru` slot an `access` value names. A value that is no sequence (not 8 bytes:
+    /// damage on disk) names none; handed to LMDB as a key, an empty or over-long one failed the
+    /// whole batch (MDB_BAD_VALSIZE). The slot it lost, if any, is dropped when eviction reaches it.
+    private func deleteLRUSlot(sequence: [UInt8], _ txn: borrowing Transaction) throws {
+        guard sequence.count == 8 else {
+            logger.warning("spill store: an access record that is no LRU sequence (\(sequence.count) bytes)",
+                           metadata: ["path": "\(store.path)"])
+            return
+        }
+        try txn.delete(sequence, in: store.lru)
+    }
+
     /// Deletes `key`'s entry, its LRU link and its bytes, if it is there.
     private func remove(_ key: PrefixKey, _ txn: borrowing Transaction, _ s: inout State) throws {
         try key.withBytes { k in
@@ -377,7 +389,7 @@ final class StoreWriter: Sendable {
             else { return }
             try txn.delete(k, in: store.entries)
             if let seq = try txn.copyValue(for: k, in: store.access) {
-                try txn.delete(seq, in: store.lru)
+                try deleteLRUSlot(sequence: seq, txn)
                 try txn.delete(k, in: store.access)
             }
             s.bytes -= size

@@ -226,4 +226,39 @@ final class DamagedStoreTests: XCTestCase {
         XCTAssertTrue(store.restore(last, lastTokens, into: BlockID(2), arena: arena))
         store.close()
     }
+
+    /// An `access` value that is no sequence (empty, or longer than LMDB takes as a key) is
+    /// damage too: touching or replacing that key looked its `lru` slot up by it, LMDB refused the
+    /// key (MDB_BAD_VALSIZE) and the writer dropped the whole batch, so every restore of that
+    /// prefix cost the spills committed with its touch. Found by tools/fuzz (harness `store`).
+    func testADamagedAccessValueCostsNoOtherSpill() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let store = try LMDBSpillStore(config(dir))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let blocks = spillChain(store, arena, count: 2)
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            try txn.put([UInt8](), for: blocks[0].0.byteArray, in: db.access)
+            try txn.put([UInt8](repeating: 7, count: 600), for: blocks[1].0.byteArray, in: db.access)
+        }
+        // Both entries are intact: they restore (and queue LRU touches).
+        for (key, tokens) in blocks {
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena))
+                XCTAssertTrue(contents(arena, block: BlockID(2)) == expectedPayload(tokens: tokens, layout: testLayout))
+        }
+        // The next commits carry those touches, and a replacement of block 1's record (a
+        // token-only spill of a key stored with KV): nothing is dropped.
+        let fresh = blockTokens(chain: 2, index: 0)
+        let freshKey = store.key(chain: [fresh])
+        fill(arena, block: BlockID(1), tokens: fresh)
+        store.spill(freshKey, fresh, block: BlockID(1), arena: arena)
+        store.spill(blocks[1].0, blocks[1].1, block: BlockID(1), arena: nil)
+        store.flush()
+        XCTAssertEqual(store.counters.recordsFailed, 0)
+        XCTAssertTrue(store.restore(freshKey, fresh, into: BlockID(3), arena: arena))
+        XCTAssertTrue(contents(arena, block: BlockID(3)) == expectedPayload(tokens: fresh, layout: testLayout))
+        XCTAssertTrue(store.restore(blocks[1].0, blocks[1].1, into: BlockID(3), arena: nil))
+        XCTAssertEqual(store.storedBytes, try entryBytes(store))
+        store.close()
+    }
 }
