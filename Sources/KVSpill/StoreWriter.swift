@@ -419,6 +419,15 @@ final class StoreWriter: Sendable {
         try txn.withCursor(store.lru) { lru in
             try txn.withCursor(store.entries) { entries in
                 var removed = 0
+                // An entry gone without its slot (damage on disk) most likely left its bytes
+                // counted: counting on with them evicted good entries, the newest included, to
+                // make room that was there. The first such slot recounts (one walk per call).
+                var recounted = false
+                func recountOnce(_ what: String) throws {
+                    guard !recounted else { return }
+                    recounted = true
+                    try recount(txn, &s, after: what)
+                }
                 while s.bytes > max(0, target) && removed < maxEntries {
                     // A slot whose value is not a key, or names no entry, is damage on disk
                     // (transactions keep the indexes in step): dropped, and the walk goes on.
@@ -430,6 +439,7 @@ final class StoreWriter: Sendable {
                     try lru.deleteCurrent()
                     guard let oldest = slot else {
                         logger.warning("spill store: dropped an LRU slot that names no key", metadata: ["path": "\(store.path)"])
+                        try recountOnce("dropping an LRU slot that names no key")
                         continue
                     }
                     let found = try oldest.withBytes { k -> (Int, Bool)? in
@@ -442,6 +452,7 @@ final class StoreWriter: Sendable {
                         _ = try oldest.withBytes { k in try txn.delete(k, in: store.access) }  // any link left with it
                         logger.warning("spill store: dropped an LRU slot naming \(oldest), which has no entry",
                                        metadata: ["path": "\(store.path)"])
+                        try recountOnce("dropping an LRU slot with no entry")
                         continue
                     }
                     s.bytes -= size

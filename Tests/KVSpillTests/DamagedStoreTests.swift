@@ -261,4 +261,35 @@ final class DamagedStoreTests: XCTestCase {
         XCTAssertEqual(store.storedBytes, try entryBytes(store))
         store.close()
     }
+
+    /// Entries gone from `entries` with their `lru` slots and byte count left behind (damage on
+    /// disk): the writer counted on with their bytes and evicted good entries to make room that
+    /// was there, down to the newest but one. Eviction now recounts at the first slot that names
+    /// no entry. Found by tools/fuzz (harness `store`).
+    func testEntriesLostWithoutTheirSlotsDoNotEvictGoodOnes() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let record = SpillRecord.payloadOffset(namespaceBytes: Namespace.default.rawValue.utf8.count, tokenCount: 16)
+            + testLayout.blockBytes
+        let store = try LMDBSpillStore(config(dir, limit: 4 * record))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let old = spillChain(store, arena, count: 4)
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            for (key, _) in old.prefix(2) { try txn.delete(key.byteArray, in: db.entries) }
+        }
+        let fresh = (0..<3).map { blockTokens(chain: 3, index: $0) }
+        for tokens in fresh {
+            fill(arena, block: BlockID(1), tokens: tokens)
+            store.spill(store.key(chain: [tokens]), tokens, block: BlockID(1), arena: arena)
+        }
+        store.flush()
+        for tokens in fresh {
+            XCTAssertTrue(store.restore(store.key(chain: [tokens]), tokens, into: BlockID(2), arena: arena))
+            XCTAssertTrue(contents(arena, block: BlockID(2)) == expectedPayload(tokens: tokens, layout: testLayout))
+        }
+        XCTAssertEqual(store.storedBytes, try entryBytes(store))
+        XCTAssertEqual(store.storedBytes, 4 * record)
+        XCTAssertEqual(store.checkInvariants(), 4)
+        store.close()
+    }
 }
