@@ -1,0 +1,1 @@
+../../../../Sources/KVTools/BenchSupport.swift

@@ -1,0 +1,1 @@
+../../../../Sources/KVTools/PromptTokens.swift
