@@ -403,18 +403,7 @@ struct CacheState {
         }
         sequences[s.serial] = nil  // hold the only copy while mutating (no copy-on-write of arrays)
         var made: BlockCopy?
-        if needsCopy {
-            // Copy-on-write of the shared partial last block: this sequence takes a private copy.
-            let old = seq.blocks.last!
-            let copy = allocateBlock()
-            blockTokens.withUnsafeMutableBufferPointer { all in
-                (all.baseAddress! + Int(copy) * blockSize).update(from: all.baseAddress! + Int(old) * blockSize, count: fill)
-            }
-            arena?.copyBlock(from: BlockID(old), to: BlockID(copy))
-            unpin(old)
-            seq.blocks[seq.blocks.count - 1] = copy
-            made = BlockCopy(source: BlockID(old), destination: BlockID(copy), tokenCount: fill)
-        }
+        if needsCopy { made = copyLastBlock(&seq, tokens: fill) }  // the shared partial last block
         var position = start
         for t in tokens {
             if position % blockSize == 0 {
@@ -428,6 +417,22 @@ struct CacheState {
         seq.tokenCount = position
         sequences[s.serial] = seq
         return made
+    }
+
+    /// Copy-on-write: the sequence's last block is replaced by a private copy of its first
+    /// `tokens` tokens (token ids, and with a page arena every layer's K/V). The caller has
+    /// checked that a block is free; the allocation cannot take the old block, which the
+    /// sequence still holds until the copy is made.
+    private mutating func copyLastBlock(_ seq: inout SequenceState, tokens fill: Int) -> BlockCopy {
+        let old = seq.blocks.last!
+        let copy = allocateBlock()
+        blockTokens.withUnsafeMutableBufferPointer { all in
+            (all.baseAddress! + Int(copy) * blockSize).update(from: all.baseAddress! + Int(old) * blockSize, count: fill)
+        }
+        arena?.copyBlock(from: BlockID(old), to: BlockID(copy))
+        unpin(old)
+        seq.blocks[seq.blocks.count - 1] = copy
+        return BlockCopy(source: BlockID(old), destination: BlockID(copy), tokenCount: fill)
     }
 
     /// Keeps the sequence's first `count` tokens (1...tokenCount) and drops the rest: speculative
@@ -458,16 +463,7 @@ struct CacheState {
         logicalBlocks -= seq.blocks.count - keep
         seq.blocks.removeSubrange(keep...)
         var made: BlockCopy?
-        if needsCopy {
-            let copy = allocateBlock()  // never `last`: this sequence still holds it
-            blockTokens.withUnsafeMutableBufferPointer { all in
-                (all.baseAddress! + Int(copy) * blockSize).update(from: all.baseAddress! + Int(last) * blockSize, count: fill)
-            }
-            arena?.copyBlock(from: BlockID(last), to: BlockID(copy))
-            unpin(last)
-            seq.blocks[keep - 1] = copy
-            made = BlockCopy(source: BlockID(last), destination: BlockID(copy), tokenCount: fill)
-        }
+        if needsCopy { made = copyLastBlock(&seq, tokens: fill) }
         seq.tokenCount = count
         seq.treeBlocks = min(seq.treeBlocks, count / blockSize)
         seq.firstNewBlock = min(seq.firstNewBlock, keep)
