@@ -122,8 +122,7 @@ final class DamagedStoreTests: XCTestCase {
     /// A damaged-size entry that LRU eviction reaches (no restore ever saw it): recounted.
     func testADamagedEntryReachedByEvictionIsRecounted() throws {
         let dir = try makeTemporaryDirectory(self)
-        let record = SpillRecord.payloadOffset(namespaceBytes: Namespace.default.rawValue.utf8.count, tokenCount: 16)
-            + testLayout.blockBytes
+        let record = testRecordBytes
         let store = try LMDBSpillStore(config(dir, limit: 3 * record))
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
         let (key, _) = spillChain(store, arena, count: 1)[0]
@@ -206,8 +205,7 @@ final class DamagedStoreTests: XCTestCase {
     /// them; the real entries behind them are evicted as usual.
     func testEvictionWalksPastDamagedLRUSlots() throws {
         let dir = try makeTemporaryDirectory(self)
-        let record = SpillRecord.payloadOffset(namespaceBytes: Namespace.default.rawValue.utf8.count, tokenCount: 16)
-            + testLayout.blockBytes
+        let record = testRecordBytes
         do {  // two damaged slots, older than any the store will write after reopening
             let empty = try LMDBSpillStore(config(dir, limit: 3 * record))
             let db = empty.database
@@ -268,8 +266,7 @@ final class DamagedStoreTests: XCTestCase {
     /// no entry. Found by tools/fuzz (harness `store`).
     func testEntriesLostWithoutTheirSlotsDoNotEvictGoodOnes() throws {
         let dir = try makeTemporaryDirectory(self)
-        let record = SpillRecord.payloadOffset(namespaceBytes: Namespace.default.rawValue.utf8.count, tokenCount: 16)
-            + testLayout.blockBytes
+        let record = testRecordBytes
         let store = try LMDBSpillStore(config(dir, limit: 4 * record))
         let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
         let old = spillChain(store, arena, count: 4)

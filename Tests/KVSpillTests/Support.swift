@@ -16,6 +16,11 @@ func makeTemporaryDirectory(_ test: XCTestCase, function: String = #function) th
 /// 2 layers × 2 KV heads × head dim 16 × fp16, 16-token blocks: 4 KiB of KV per block.
 let testLayout = try! KVLayout(layerCount: 2, kvHeadCount: 2, headDim: 16, blockSize: 16, dtype: .float16)
 
+/// Bytes of one stored record of a `testLayout` block with 16 tokens in the default namespace:
+/// what store limits in whole records are made of.
+let testRecordBytes = SpillRecord.payloadOffset(namespaceBytes: Namespace.default.rawValue.utf8.count, tokenCount: 16)
+    + testLayout.blockBytes
+
 /// The tokens of block `index` of chain `chain`: distinct across chains and positions.
 func blockTokens(chain: Int, index: Int, blockSize: Int = 16) -> [TokenID] {
     (0..<blockSize).map { TokenID(chain * 100_000 + index * blockSize + $0) }
