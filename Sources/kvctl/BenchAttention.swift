@@ -34,9 +34,7 @@ struct BenchAttention: ParsableCommand {
     private static let isaNames: [String: KernelISA] = ["portable": .portable, "avx2": .avx2, "avx512": .avx512, "avx512bf16": .avx512bf16]
 
     func validate() throws {
-        guard let kv = KVDType(rawValue: dtype) else {
-            throw ValidationError("unknown --dtype \(dtype): one of \(KVDType.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        let kv = try dtypeOption(dtype)
         guard AttentionMath(rawValue: math) != nil else { throw ValidationError("unknown --math \(math): one of auto, fp32, bf16") }
         if let isa, Self.isaNames[isa] == nil {
             throw ValidationError("unknown --isa \(isa): one of \(Self.isaNames.keys.sorted().joined(separator: ", "))")
@@ -48,7 +46,7 @@ struct BenchAttention: ParsableCommand {
     }
 
     func run() throws {
-        guard let kv = KVDType(rawValue: dtype) else { throw ValidationError("unknown --dtype \(dtype)") }
+        let kv = try dtypeOption(dtype)
         guard let mathChoice = AttentionMath(rawValue: math) else { throw ValidationError("unknown --math \(math)") }
         guard let isaChoice = isa.map({ Self.isaNames[$0] }) ?? .best else { throw ValidationError("unknown --isa \(isa ?? "")") }
         let memory = MemoryBench(megabytes: 1024)

@@ -22,12 +22,7 @@ struct BenchWrite: ParsableCommand {
 
     private func makeBench() throws -> WriteBench {
         var bench = WriteBench()
-        bench.dtypes = try dtype.split(separator: ",").map { name in
-            guard let d = KVDType(rawValue: String(name)) else {
-                throw ValidationError("unknown --dtype \(name): one of \(KVDType.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            return d
-        }
+        bench.dtypes = try dtype.split(separator: ",").map(dtypeOption)
         bench.kvHeads = kvHeads
         bench.headDim = headDim
         bench.blockSize = blockSize

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import KVCore
 import KVTools
 
 /// `kvctl`: inspect a PrefixKV store, replay traces, benchmark, stress, and demo the cache.
@@ -50,4 +51,12 @@ struct NotImplemented: Error, CustomStringConvertible {
 /// option and what it allows) becomes a usage error, exit 64 with the usage, before anything runs.
 func usageErrors(_ check: () throws -> Void) throws {
     do { try check() } catch let error as OptionError { throw ValidationError(error.description) }
+}
+
+/// A `--dtype` value: one of fp32, fp16, bf16, else a usage error that lists them.
+func dtypeOption(_ name: some StringProtocol) throws -> KVDType {
+    guard let dtype = KVDType(rawValue: String(name)) else {
+        throw ValidationError("unknown --dtype \(name): one of \(KVDType.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    return dtype
 }
