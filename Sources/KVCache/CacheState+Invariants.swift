@@ -43,6 +43,8 @@ extension CacheState {
             invariant(seq.treeBlocks <= seq.tokenCount / blockSize, "CacheState: sequence \(id) has a partial block in the tree")
             invariant(seq.firstNewBlock >= 0 && seq.firstNewBlock <= seq.blocks.count,
                          "CacheState: sequence \(id) has firstNewBlock \(seq.firstNewBlock) outside 0...\(seq.blocks.count)")
+            invariant(seq.firstOwnPosition >= 0 && seq.firstOwnPosition <= seq.tokenCount,
+                         "CacheState: sequence \(id) has firstOwnPosition \(seq.firstOwnPosition) outside 0...\(seq.tokenCount)")
         }
         for b in 1...capacity {
             invariant(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots name it")

@@ -23,6 +23,12 @@ struct SequenceState {
     /// sequence as new, so their KV exists only once its engine has written it:
     /// `release(_:computedTokens:)` may drop them from the tree, never a hit.
     var firstNewBlock: Int
+    /// The first position whose KV this sequence may write: below it the KV came with the
+    /// sequence (its memory and store hits; a fork child inherits its parent's) and belongs to
+    /// other requests, so `slotMapping(for:)` refuses to map it. `firstNewBlock × blockSize` but
+    /// for `truncate`, which lowers it to the kept token count (the positions after it are
+    /// rewritten in a block the sequence holds alone). Never above `tokenCount`.
+    var firstOwnPosition: Int
 }
 
 /// When a sequence's new full blocks join the prefix tree, where other requests can match them.
@@ -294,7 +300,7 @@ struct CacheState {
         // Apply: pin the hit, then allocate the rest (evicting and spilling cold blocks).
         for b in matched { retain(b) }
         var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count,
-                                firstNewBlock: matched.count)
+                                firstNewBlock: matched.count, firstOwnPosition: 0)
         seq.blocks.reserveCapacity(totalBlocks)
         for _ in 0..<needed { seq.blocks.append(allocateBlock()) }
         prompt.withUnsafeBufferPointer { src in
@@ -312,6 +318,7 @@ struct CacheState {
             for i in (matched.count + restored)..<fullBlocks { insertIfChained(&seq, blockAt: i) }
         }
         seq.firstNewBlock = matched.count + restored
+        seq.firstOwnPosition = seq.firstNewBlock * blockSize
 
         let handle = SequenceHandle(manager: managerID, serial: nextSequence)
         nextSequence += 1
@@ -467,6 +474,9 @@ struct CacheState {
         seq.tokenCount = count
         seq.treeBlocks = min(seq.treeBlocks, count / blockSize)
         seq.firstNewBlock = min(seq.firstNewBlock, keep)
+        // Positions from `count` on are new again: in a fresh block, or a last block the sequence
+        // holds alone (copied above when it was shared or cached).
+        seq.firstOwnPosition = min(seq.firstOwnPosition, count)
         sequences[s.serial] = seq
         return made
     }
@@ -587,6 +597,7 @@ struct CacheState {
         for (serial, seq) in sequences where seq.firstNewBlock > 0 {
             guard let p = seq.blocks[..<seq.firstNewBlock].firstIndex(where: unwritten.contains) else { continue }
             sequences[serial]!.firstNewBlock = p
+            sequences[serial]!.firstOwnPosition = min(seq.firstOwnPosition, p * blockSize)
             invalidated.append(InvalidatedHit(sequence: SequenceHandle(manager: managerID, serial: serial), validTokens: p * blockSize))
         }
         return invalidated.sorted { $0.sequence.serial < $1.sequence.serial }

@@ -182,6 +182,14 @@ public final class KVCacheManager: Sendable {
         try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.live(sequence).tokenCount }
     }
 
+    /// The first position whose KV this sequence may write (`slotMapping(for:)` maps no position
+    /// below it): the admission's `cachedTokenCount` (a fork child inherits its parent's), lowered
+    /// by `truncate` to the kept count and by a cancelled writer's `InvalidatedHit` to its
+    /// `validTokens`. Below it is KV the sequence found cached: other requests'.
+    public func firstOwnPosition(of sequence: SequenceHandle) throws(KVCacheError) -> Int {
+        try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.live(sequence).firstOwnPosition }
+    }
+
     /// The batch's block tables in CSR form, for a paged kernel.
     public func blockTables(for batch: [SequenceHandle]) throws(KVCacheError) -> BlockTableBatch {
         guard !batch.isEmpty else { throw .invalidBatch("the batch is empty") }
@@ -215,8 +223,9 @@ public final class KVCacheManager: Sendable {
     /// after a fork gives the sequence a private copy and changes its table, so a mapping taken
     /// before would name the shared block and the write would land in its siblings' KV. It stays
     /// valid until the sequences' next `append`, `fork` or release (a released sequence's blocks
-    /// go to other requests). Positions below `Admission.cachedTokenCount` are hits: other requests'
-    /// KV, not to be written. All spans are resolved under one lock, so a batch sees one state.
+    /// go to other requests). Positions below `firstOwnPosition(of:)` (`Admission.cachedTokenCount`)
+    /// are hits, other requests' KV: mapping them is `.positionsNotOwned`, so a misplaced span
+    /// cannot overwrite cached KV. All spans are resolved under one lock, so a batch sees one state.
     /// Throws `.positionsOutOfRange` (positions outside `0..<tokenCount`), `.releasedSequence` or
     /// `.unknownSequence`, `.slotsExceedInt32` for a pool too large for `Int32` slots, and
     /// `.invalidBatch` for more than `Int32.max` tokens at once. An empty list, or empty spans,
@@ -231,6 +240,9 @@ public final class KVCacheManager: Sendable {
                 let seq = try s.live(span.sequence)
                 guard let r = span.positions.resolved(tokenCount: seq.tokenCount) else {
                     throw .positionsOutOfRange(span.sequence, positions: span.positions, tokenCount: seq.tokenCount)
+                }
+                guard r.isEmpty || r.lowerBound >= seq.firstOwnPosition else {
+                    throw .positionsNotOwned(span.sequence, positions: span.positions, firstOwnPosition: seq.firstOwnPosition)
                 }
                 tables.append(seq.blocks)   // a reference to the state's array, not a copy
                 ranges.append(r)

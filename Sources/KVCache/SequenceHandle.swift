@@ -141,6 +141,9 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidTruncation(Int, tokenCount: Int)
     /// `slotMapping(for:)` asked for positions outside the sequence's `0..<tokenCount`.
     case positionsOutOfRange(SequenceHandle, positions: SlotSpan.Positions, tokenCount: Int)
+    /// `slotMapping(for:)` asked for positions below the sequence's `firstOwnPosition(of:)`: their
+    /// KV is a prefix hit, cached for other requests, and a write there would change theirs.
+    case positionsNotOwned(SequenceHandle, positions: SlotSpan.Positions, firstOwnPosition: Int)
     /// `slotMapping(for:)` on a pool whose flat slots (`block × blockSize + offset`) do not all fit
     /// in an `Int32`: `(capacityBlocks + 1) × blockSize` is above 2^31.
     case slotsExceedInt32(capacityBlocks: Int, blockSize: Int)
@@ -163,6 +166,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidComputedTokens(let c, let n): "computed tokens must be in 0...\(n) (the sequence's tokens), got \(c)"
         case .invalidTruncation(let c, let n): "a truncated sequence keeps 1...\(n) tokens (it holds \(n)), got \(c)"
         case .positionsOutOfRange(let s, let p, let n): "positions \(p) of sequence \(s) outside its 0..<\(n) tokens"
+        case .positionsNotOwned(let s, let p, let f): "positions \(p) of sequence \(s) are a prefix hit (other requests' KV): it writes from position \(f) on"
         case .slotsExceedInt32(let c, let b): "the flat slots of \(c + 1) blocks of \(b) tokens do not fit in Int32"
         }
     }

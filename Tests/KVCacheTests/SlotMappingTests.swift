@@ -108,6 +108,71 @@ import Testing
         #expect(cache.stats.usedBlocks == 0)
     }
 
+    /// Positions below `firstOwnPosition(of:)` are prefix hits, other requests' KV: mapping them
+    /// for writing is refused (a prefill restarted from 0, a decode `.last` on a whole-prompt hit
+    /// before the append). The boundary follows the sequence: inherited by fork children, lowered
+    /// by `truncate` (the kept positions after it live in a private copy) and by a cancelled
+    /// writer's hand-over.
+    @Test func hitPositionsAreNotMappedForWriting() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 32, allocatesPages: true)
+        func refused(_ spans: [SlotSpan]) -> Bool {
+            do { _ = try cache.slotMapping(for: spans); return false } catch {
+                guard case .positionsNotOwned = error else { Issue.record("unexpected \(error)"); return false }
+                return true
+            }
+        }
+        let a = try cache.admit(run(0, 8) + run(50, 2))       // blocks 1 2 (full), 3
+        #expect(try cache.firstOwnPosition(of: a.sequence) == 0)
+        let b = try cache.admit(run(0, 8) + run(100, 3))      // hits 1 2, then its own block
+        #expect(try cache.firstOwnPosition(of: b.sequence) == b.cachedTokenCount && b.cachedTokenCount == 8)
+        #expect(throws: KVCacheError.positionsNotOwned(b.sequence, positions: .from(0), firstOwnPosition: 8)) {
+            try cache.slotMapping(for: [.from(0, of: a.sequence), .from(0, of: b.sequence)])
+        }
+        #expect(refused([.range(7..<9, of: b.sequence)]))
+        #expect(!refused([.range(8..<9, of: b.sequence), .from(8, of: b.sequence), .last(3, of: b.sequence), .range(3..<3, of: b.sequence)]))
+        cache.checkInvariants()
+
+        // A whole-prompt hit: nothing to write until the first append opens a block of its own.
+        let c = try cache.admit(run(0, 8))
+        #expect(try cache.firstOwnPosition(of: c.sequence) == 8)
+        #expect(refused([.last(of: c.sequence)]))
+        #expect(throws: KVCacheError.positionsNotOwned(c.sequence, positions: .last(1), firstOwnPosition: 8)) {
+            try cache.slotMapping(for: [c.sequence])
+        }
+        try cache.append([7], to: c.sequence)
+        #expect(try cache.slotMapping(for: [c.sequence]).slots == (try expectedSlots(cache, c.sequence, 8..<9)))
+
+        // A fork child inherits the boundary: it may write what its parent may (a prefill not yet
+        // run is theirs together), not the hits.
+        let kid = try cache.fork(b.sequence, count: 1)[0]
+        #expect(try cache.firstOwnPosition(of: kid) == 8)
+        #expect(refused([.from(4, of: kid)]) && !refused([.from(8, of: kid)]))
+        cache.checkInvariants()
+
+        // Truncated into its hits: the kept partial block is a private copy, written from the new end.
+        let aBlock2 = try cache.blockTable(of: a.sequence)[1]
+        try cache.truncate(b.sequence, toTokenCount: 6)
+        #expect(try cache.firstOwnPosition(of: b.sequence) == 6)
+        try cache.append([1, 2], to: b.sequence)
+        let rewrite = try cache.slotMapping(for: [.from(6, of: b.sequence)])
+        #expect(rewrite.slots == (try expectedSlots(cache, b.sequence, 6..<8)))
+        #expect(rewrite[0].block.rawValue != aBlock2 && cache.refcount(of: rewrite[0].block.rawValue) == 1)
+        #expect(refused([.from(5, of: b.sequence)]))
+        cache.checkInvariants()
+
+        // A cancelled writer hands its unwritten blocks to the request that hit them.
+        let w = try cache.admit(run(200, 8))
+        let h = try cache.admit(run(200, 8) + [1])
+        #expect(try cache.firstOwnPosition(of: h.sequence) == 8)
+        #expect(try cache.release(w.sequence, computedTokens: 0) == [InvalidatedHit(sequence: h.sequence, validTokens: 0)])
+        #expect(try cache.firstOwnPosition(of: h.sequence) == 0)
+        #expect(try cache.slotMapping(for: [.from(0, of: h.sequence)]).count == 9)
+        cache.checkInvariants()
+        for s in [a.sequence, b.sequence, c.sequence, kid, h.sequence] { try cache.release(s) }
+        #expect(throws: KVCacheError.releasedSequence(h.sequence)) { try cache.firstOwnPosition(of: h.sequence) }
+        cache.checkInvariants()
+    }
+
     /// Pools whose flat slots would not fit an Int32 are refused up front (deterministically,
     /// not only when a high block is handed out).
     @Test func int32SlotBound() throws {
