@@ -24,6 +24,7 @@ extension StoreWriter {
                         bytes += value.count
                         let seq = try txn.copyValue(for: key, in: db.access)
                         invariant(seq != nil, "spill store: entry \(PrefixKey(bytes: key)) has no access sequence")
+                        invariant(seq!.count == 8, "spill store: the access value of entry \(PrefixKey(bytes: key)) is no sequence (\(seq!.count) bytes)")
                         let back = try txn.withValue(for: seq!, in: db.lru) { $0.elementsEqual(key) }
                         invariant(back == true, "spill store: the lru slot of entry \(PrefixKey(bytes: key)) does not name it")
                         return true

@@ -282,8 +282,10 @@ final class StoreWriter: Sendable {
         for key in batch.deletes { try remove(key, txn, &s) }
         for key in batch.touches {
             try key.withBytes { k in
-                guard let oldSequence = try txn.copyValue(for: k, in: store.access) else { return }  // evicted meanwhile
-                try deleteLRUSlot(sequence: oldSequence, txn)
+                let sequence = try txn.copyValue(for: k, in: store.access)
+                // No access record: evicted meanwhile, unless the entry is there (damage: relinked).
+                guard try sequence != nil || txn.contains(k, in: store.entries) else { return }
+                try unlink(k, sequence: sequence, txn)
                 try link(k, txn, &s)
             }
         }
@@ -370,16 +372,44 @@ final class StoreWriter: Sendable {
         try txn.put(be(seq), for: key, in: store.access)
     }
 
-    /// Deletes the `lru` slot an `access` value names. A value that is no sequence (not 8 bytes:
-    /// damage on disk) names none; handed to LMDB as a key, an empty or over-long one failed the
-    /// whole batch (MDB_BAD_VALSIZE). The slot it lost, if any, is dropped when eviction reaches it.
-    private func deleteLRUSlot(sequence: [UInt8], _ txn: borrowing Transaction) throws {
-        guard sequence.count == 8 else {
-            logger.warning("spill store: an access record that is no LRU sequence (\(sequence.count) bytes)",
-                           metadata: ["path": "\(store.path)"])
-            return
+    /// Deletes `key`'s `lru` slot and `access` record (`sequence`, its `access` value, read by the
+    /// caller). The slot deleted is the one the value names, and only if it names `key` back.
+    /// Anything else is damage on disk: a value that is no 8-byte sequence (handed to LMDB as a
+    /// key, it failed the whole batch: MDB_BAD_VALSIZE), or one naming no slot or another key's
+    /// (deleting that slot left the other entry out of the LRU order). Then `key`'s slots are
+    /// found by walking `lru`, so the indexes agree again after this transaction (the checker
+    /// holds) instead of the key sitting in the LRU order twice until eviction met its old slot.
+    private func unlink(_ key: UnsafeRawBufferPointer, sequence: [UInt8]?, _ txn: borrowing Transaction) throws {
+        let unlinked = try txn.withCursor(store.lru) { lru -> Bool in
+            guard let sequence, sequence.count == 8, try lru.seek(exactly: sequence, { _, v in v.elementsEqual(key) }) == true
+            else { return false }
+            try lru.deleteCurrent()
+            return true
         }
-        try txn.delete(sequence, in: store.lru)
+        if sequence != nil { try txn.delete(key, in: store.access) }
+        guard !unlinked else { return }
+        let dropped = try dropSlots(naming: key, txn)
+        let what = sequence.map { "\($0.count) bytes" } ?? "missing"
+        logger.warning("spill store: the access record of \(PrefixKey(bytes: key)) names no slot of it (\(what)); dropped its \(dropped) slot(s)",
+                       metadata: ["path": "\(store.path)"])
+    }
+
+    /// Deletes every `lru` slot naming `key` (one cursor walk over `lru`: only after damage).
+    private func dropSlots(naming key: UnsafeRawBufferPointer, _ txn: borrowing Transaction) throws -> Int {
+        try txn.withCursor(store.lru) { lru in
+            var dropped = 0
+            var names = try lru.first { _, v in v.elementsEqual(key) }
+            while let match = names {
+                if match {
+                    try lru.deleteCurrent()  // the cursor now sits on the next slot
+                    dropped += 1
+                    names = try lru.current { _, v in v.elementsEqual(key) }
+                } else {
+                    names = try lru.next { _, v in v.elementsEqual(key) }
+                }
+            }
+            return dropped
+        }
     }
 
     /// Deletes `key`'s entry, its LRU link and its bytes, if it is there.
@@ -388,10 +418,7 @@ final class StoreWriter: Sendable {
             guard let (size, intact) = try txn.withValue(for: k, in: store.entries, { ($0.count, RecordView.sizeIsIntact($0)) })
             else { return }
             try txn.delete(k, in: store.entries)
-            if let seq = try txn.copyValue(for: k, in: store.access) {
-                try deleteLRUSlot(sequence: seq, txn)
-                try txn.delete(k, in: store.access)
-            }
+            try unlink(k, sequence: try txn.copyValue(for: k, in: store.access), txn)
             s.bytes -= size
             if !intact || s.bytes < 0 { try recount(txn, &s, after: "removing \(key)") }
         }

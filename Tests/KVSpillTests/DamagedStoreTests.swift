@@ -45,6 +45,23 @@ final class DamagedStoreTests: XCTestCase {
         try store.database.env.withReadTransaction { txn in try store.database.countBytes(txn) }
     }
 
+    /// Each key's `lru` slots (sequences, oldest first) and its `access` value, read straight from LMDB.
+    private func links(_ store: LMDBSpillStore) throws -> (slots: [[UInt8]: [[UInt8]]], access: [[UInt8]: [UInt8]]) {
+        let db = store.database
+        return try db.env.withReadTransaction { txn in
+            var slots: [[UInt8]: [[UInt8]]] = [:], access: [[UInt8]: [UInt8]] = [:]
+            try txn.forEach(in: db.lru) { seq, key in
+                slots[Array(key), default: []].append(Array(seq))
+                return true
+            }
+            try txn.forEach(in: db.access) { key, seq in
+                access[Array(key)] = Array(seq)
+                return true
+            }
+            return (slots, access)
+        }
+    }
+
     /// One bit of a record's size in its leaf node of `data.mdb` (the record now reads 64 KiB
     /// longer): refused on restore, and dropping it repairs the byte count instead of trapping.
     func testAnEntrySizeDamagedInDataMdbIsRecounted() throws {
@@ -287,6 +304,44 @@ final class DamagedStoreTests: XCTestCase {
         XCTAssertEqual(store.storedBytes, try entryBytes(store))
         XCTAssertEqual(store.storedBytes, 4 * record)
         XCTAssertEqual(store.checkInvariants(), 4)
+        store.close()
+    }
+
+    /// The `access` repair leaves the indexes agreeing: a key whose `access` value is no sequence
+    /// (empty, over-long) or names another key's slot is relinked when touched or replaced, and
+    /// its old slot goes with it. It stayed until eviction met it (the key in the LRU order
+    /// twice, the checker trapping meanwhile), and a value naming another key's slot deleted
+    /// that key's slot instead, leaving that entry out of the LRU order.
+    func testADamagedAccessValueIsRelinkedWithItsOldSlotDropped() throws {
+        let dir = try makeTemporaryDirectory(self)
+        let store = try LMDBSpillStore(config(dir))
+        let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+        let blocks = spillChain(store, arena, count: 4)
+        let db = store.database
+        try db.env.withWriteTransaction { txn in
+            try txn.put([UInt8](), for: blocks[0].0.byteArray, in: db.access)
+            try txn.put([UInt8](repeating: 7, count: 600), for: blocks[1].0.byteArray, in: db.access)
+            let slotOf3 = try XCTUnwrap(try txn.copyValue(for: blocks[3].0.byteArray, in: db.access))
+            try txn.put(slotOf3, for: blocks[2].0.byteArray, in: db.access)
+        }
+        // Touches of blocks 0 and 2 (restores), a replacement of block 1 (a token-only spill).
+        for (key, tokens) in [blocks[0], blocks[2]] {
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena))
+        }
+        store.spill(blocks[1].0, blocks[1].1, block: BlockID(1), arena: nil)
+        store.flush()
+        XCTAssertEqual(store.counters.recordsFailed, 0)
+        let (slots, access) = try links(store)
+        for (i, (key, _)) in blocks.enumerated() {
+            XCTAssertEqual(slots[key.byteArray]?.count, 1, "block \(i): one LRU slot")
+            XCTAssertEqual(slots[key.byteArray]?.first, access[key.byteArray], "block \(i): its access value names its slot")
+        }
+        XCTAssertEqual(slots.values.reduce(0) { $0 + $1.count }, 4)
+        XCTAssertEqual(store.checkInvariants(), 4)
+        for (key, tokens) in [blocks[0], blocks[2], blocks[3]] {
+            XCTAssertTrue(store.restore(key, tokens, into: BlockID(2), arena: arena))
+            XCTAssertTrue(contents(arena, block: BlockID(2)) == expectedPayload(tokens: tokens, layout: testLayout))
+        }
         store.close()
     }
 }
