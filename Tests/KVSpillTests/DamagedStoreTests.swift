@@ -187,7 +187,7 @@ final class DamagedStoreTests: XCTestCase {
             }
             let reopened = try LMDBSpillStore(config(dir))
             XCTAssertEqual(reopened.storedBytes, written, "\(damaged)")
-            _ = spillChain(reopened, arena, count: 3)  // a commit writes the repaired count back
+            _ = spillChain(reopened, arena, count: 3)  // spills go on from the recount
             XCTAssertEqual(reopened.checkInvariants(), 3)
             reopened.close()
         }
@@ -343,5 +343,38 @@ final class DamagedStoreTests: XCTestCase {
             XCTAssertTrue(contents(arena, block: BlockID(2)) == expectedPayload(tokens: tokens, layout: testLayout))
         }
         store.close()
+    }
+
+    /// A wrong but readable meta `bytes` is verified at open (a recount over `entries`) and
+    /// written back. Trusted, a count too high evicted good entries for room that was there, and
+    /// one too low let the store outgrow its limit, until something recounted.
+    func testAWrongByteCountIsRecountedAtOpen() throws {
+        let record = testRecordBytes
+        // (stated count, limit in records): two records are stored.
+        for (stated, limit) in [(4 * record, 4), (0, 3)] {
+            let dir = try makeTemporaryDirectory(self, function: "\(#function)-\(stated)")
+            let arena = KVPageArena(layout: testLayout, capacityBlocks: 4)
+            do {
+                let store = try LMDBSpillStore(config(dir, limit: limit * record))
+                _ = spillChain(store, arena, count: 2)
+                try store.database.env.withWriteTransaction { txn in
+                    try txn.put(le(UInt64(stated)), for: StoreDatabase.MetaKey.bytes, in: store.database.meta)
+                }
+                store.close()
+            }
+            let reopened = try LMDBSpillStore(config(dir, limit: limit * record))
+            XCTAssertEqual(reopened.storedBytes, 2 * record, "stated \(stated)")
+            XCTAssertEqual(try reopened.database.env.withReadTransaction { txn in try reopened.database.readBytes(txn) }, 2 * record,
+                           "stated \(stated): the recount is written back at open")
+            let blocks = spillChain(reopened, arena, count: 4)  // blocks 0 and 1 again (touched), two new
+            XCTAssertEqual(reopened.storedBytes, try entryBytes(reopened), "stated \(stated)")
+            XCTAssertEqual(reopened.storedBytes, min(4, limit) * record, "stated \(stated)")
+            // Only what the limit needs is evicted: the oldest, block 0, when the limit is 3.
+            for (i, (key, tokens)) in blocks.enumerated() {
+                XCTAssertEqual(reopened.restore(key, tokens, into: BlockID(2), arena: arena), i >= 4 - limit, "stated \(stated), block \(i)")
+            }
+            XCTAssertEqual(reopened.checkInvariants(), min(4, limit))
+            reopened.close()
+        }
     }
 }
