@@ -9,11 +9,11 @@ import KVCore
 ///  0  magic "PKVS"            4   format version (u16) = 2, flags (u16, 0)
 ///  8  checksum: XXH64 of bytes 16..<end
 /// 16  layers, kv heads, head dim, block size, dtype code      (u32 each: the layout fingerprint)
-/// 36  namespace bytes (u32)  40  token count (u32)  44  reserved (u32, 0)
+/// 36  namespace bytes (u32)  40  token count (u32)  44  reserved (u32, 0; read: must be 0)
 /// 48  payload bytes (u64: 0 for a token-only record, else the layout's block bytes)
 /// 56  written at (u64, Unix milliseconds)
 /// 64  prefix key (32 bytes, digest order): the LMDB key the record belongs under
-/// 96  tokens (Int32 LE, 4-aligned), namespace (UTF-8), zero padding to 16, payload
+/// 96  tokens (Int32 LE, 4-aligned), namespace (UTF-8), zero padding to 16 (read: must be 0), payload
 /// ```
 ///
 /// All integers are little-endian. The checksum covers everything after itself, so a torn
@@ -82,6 +82,11 @@ enum RecordDefect: Error, Equatable {
     /// Flag bits this format does not define (none are: writers store 0). The checksum starts
     /// after them, so this check is what refuses a record damaged there.
     case unknownFlags(UInt16)
+    /// The reserved word or the padding before the payload is not zero. Writers store zeros
+    /// there and the checksum covers them, so a record that verifies with anything else is one
+    /// this version does not understand (a later revision's, or a bug's): refused, not read as
+    /// if they were zero (that could restore KV meant to be read another way).
+    case reservedNotZero
     case otherLayout
     case lengthMismatch
     case checksumMismatch
@@ -101,8 +106,8 @@ struct RecordView {
     }
 
     /// Whether a stored value's size is the one its header states (magic, version and flags
-    /// readable, lengths adding up): when it is not, the size on disk changed after the writer
-    /// counted it, and the writer recounts its bytes.
+    /// readable, lengths adding up, reserved bytes zero): when it is not, the size on disk may have
+    /// changed after the writer counted it, and the writer recounts its bytes.
     static func sizeIsIntact(_ b: UnsafeRawBufferPointer) -> Bool { (try? RecordView(b)) != nil }
 
     /// Parses the header and checks the lengths add up (no checksum: see ``verifyChecksum()``).
@@ -126,6 +131,8 @@ struct RecordView {
         guard payload <= UInt64(b.count), namespaceBytes <= b.count, tokenCount <= b.count / 4,
               SpillRecord.payloadOffset(namespaceBytes: namespaceBytes, tokenCount: tokenCount) + Int(payload) == b.count
         else { throw .lengthMismatch }
+        let padding = (SpillRecord.fixedHeaderBytes + 4 * tokenCount + namespaceBytes)..<(b.count - Int(payload))
+        guard Self.get(b, 44, UInt32.self) == 0, b[padding].allSatisfy({ $0 == 0 }) else { throw .reservedNotZero }
         payloadBytes = Int(payload)
     }
 
