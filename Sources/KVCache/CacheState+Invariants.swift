@@ -45,6 +45,8 @@ extension CacheState {
                          "CacheState: sequence \(id) has firstNewBlock \(seq.firstNewBlock) outside 0...\(seq.blocks.count)")
             invariant(seq.firstOwnPosition >= 0 && seq.firstOwnPosition <= seq.tokenCount,
                          "CacheState: sequence \(id) has firstOwnPosition \(seq.firstOwnPosition) outside 0...\(seq.tokenCount)")
+            invariant(seq.reportedComputed >= 0 && seq.reportedComputed <= seq.tokenCount,
+                         "CacheState: sequence \(id) has reportedComputed \(seq.reportedComputed) outside 0...\(seq.tokenCount)")
         }
         for b in 1...capacity {
             invariant(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots name it")

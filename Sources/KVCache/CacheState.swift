@@ -29,6 +29,11 @@ struct SequenceState {
     /// for `truncate`, which lowers it to the kept token count (the positions after it are
     /// rewritten in a block the sequence holds alone). Never above `tokenCount`.
     var firstOwnPosition: Int
+    /// The most tokens (from the first) `markComputed` has reported written; a fork child inherits
+    /// its parent's. `release(_:computedTokens:)` never drops a block below it: telling less than
+    /// before changes nothing, as with `markComputed` itself (a cancelled fork sample reporting 0
+    /// would otherwise drop its parent's finished prompt from the cache).
+    var reportedComputed = 0
 }
 
 /// When a sequence's new full blocks join the prefix tree, where other requests can match them.
@@ -477,6 +482,7 @@ struct CacheState {
         // Positions from `count` on are new again: in a fresh block, or a last block the sequence
         // holds alone (copied above when it was shared or cached).
         seq.firstOwnPosition = min(seq.firstOwnPosition, count)
+        seq.reportedComputed = min(seq.reportedComputed, count)
         sequences[s.serial] = seq
         return made
     }
@@ -487,8 +493,9 @@ struct CacheState {
     mutating func markComputed(_ s: SequenceHandle, computedTokens c: Int) throws(KVCacheError) {
         var seq = try live(s)
         guard c >= 0 && c <= seq.tokenCount else { throw .invalidComputedTokens(c, tokenCount: seq.tokenCount) }
-        guard publication == .whenComputed, seq.treeBlocks < c / blockSize else { return }
-        publish(&seq, serial: s.serial, upTo: c)
+        guard c > seq.reportedComputed else { return }
+        seq.reportedComputed = c
+        if publication == .whenComputed && seq.treeBlocks < c / blockSize { publish(&seq, serial: s.serial, upTo: c) }
         sequences[s.serial] = seq
     }
 
@@ -559,7 +566,7 @@ struct CacheState {
         for b in seq.blocks.reversed() { unpin(b) }
         logicalBlocks -= seq.blocks.count
         guard let c = computedTokens else { return [] }
-        let firstUnwritten = max(seq.firstNewBlock, c / blockSize)
+        let firstUnwritten = max(seq.firstNewBlock, max(c, seq.reportedComputed) / blockSize)
         var i = seq.treeBlocks - 1
         while i >= firstUnwritten {
             let b = seq.blocks[i]
@@ -598,6 +605,7 @@ struct CacheState {
             guard let p = seq.blocks[..<seq.firstNewBlock].firstIndex(where: unwritten.contains) else { continue }
             sequences[serial]!.firstNewBlock = p
             sequences[serial]!.firstOwnPosition = min(seq.firstOwnPosition, p * blockSize)
+            sequences[serial]!.reportedComputed = min(seq.reportedComputed, p * blockSize)
             invalidated.append(InvalidatedHit(sequence: SequenceHandle(manager: managerID, serial: serial), validTokens: p * blockSize))
         }
         return invalidated.sorted { $0.sequence.serial < $1.sequence.serial }

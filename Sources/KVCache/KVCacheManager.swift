@@ -133,7 +133,8 @@ public final class KVCacheManager: Sendable {
     /// Reports that the KV of the sequence's first `computedTokens` tokens (hits included) is
     /// written — after a prefill chunk, or a decode step. Under `.whenComputed` their full blocks
     /// join the prefix tree now, where later requests can match them; under `.atAdmission` they
-    /// did at admission and this only checks its input. An engine whose forward pass writes every
+    /// did at admission and this records the report (`release(_:computedTokens:)` never drops what
+    /// was reported; telling less than before changes nothing). An engine whose forward pass writes every
     /// layer's KV before that layer's attention reads it may report tokens when it schedules them
     /// into a step: requests scheduled after them read them in the same pass or later.
     /// Throws `.invalidComputedTokens` (nothing changed) unless `0 <= computedTokens <= tokenCount(of:)`.
@@ -163,7 +164,8 @@ public final class KVCacheManager: Sendable {
     /// them, which no match reaches past them). A block another live sequence still holds stays:
     /// a request that matched it relies on the same prefill. Such blocks become that sequence's
     /// own (returned as ``InvalidatedHit``s, each with the tokens of that sequence still valid),
-    /// and its engine must compute them or cancel it too.
+    /// and its engine must compute them or cancel it too. Tokens `markComputed` reported earlier
+    /// (for a fork child, its parent's report) count as computed whatever this says.
     /// Throws `.invalidComputedTokens` (nothing changed) unless `0 <= computedTokens <= tokenCount(of:)`.
     @discardableResult
     public func release(_ sequence: SequenceHandle, computedTokens: Int) throws(KVCacheError) -> [InvalidatedHit] {

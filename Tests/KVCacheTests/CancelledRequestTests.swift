@@ -53,6 +53,37 @@ import Testing
         #expect(try cache.lookup(run(0, 8)).memoryTokens == 4)
     }
 
+    /// What `markComputed` reported stays reported: a release telling less (a cancelled fork
+    /// sample saying "0", meaning none of its own tokens) drops nothing below it — in both
+    /// publication modes; `truncate` takes back what it cut off.
+    @Test(arguments: [BlockPublication.atAdmission, .whenComputed])
+    func aReleaseTellingLessThanMarkComputedDropsNothingBelowIt(_ publication: BlockPublication) throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 16, allocatesPages: true,
+                                       publishesBlocks: publication)
+        let a = try cache.admit(run(0, 10))           // blocks 1, 2 full, 3 partial
+        try cache.markComputed(a.sequence, computedTokens: 10)
+        let kids = try cache.fork(a.sequence, count: 2)
+        try cache.release(a.sequence)
+        try cache.release(kids[1])
+        cache.checkInvariants()
+        try cache.release(kids[0], computedTokens: 0)  // the sample computed nothing of its own
+        cache.checkInvariants()
+        #expect(cache.isCached(1) && cache.isCached(2))
+        #expect(try cache.lookup(run(0, 10)).memoryTokens == 8)
+
+        // Less than reported, on one sequence; and a truncation below the report lowers it.
+        let b = try cache.admit(run(100, 16))         // 4 new full blocks
+        try cache.markComputed(b.sequence, computedTokens: 12)
+        try cache.truncate(b.sequence, toTokenCount: 10)
+        try cache.append([1, 2, 3, 4, 5, 6], to: b.sequence)   // tokens 10..<16 again, not yet written
+        cache.checkInvariants()
+        try cache.release(b.sequence, computedTokens: 4)
+        cache.checkInvariants()
+        // Blocks 0 and 1 of b (tokens 0..<8) were reported; the rest was cut off and rewritten.
+        let kept = try cache.lookup(run(100, 10) + [1, 2, 3, 4, 5, 6])
+        #expect(kept.memoryTokens == 8, "\(publication)")
+    }
+
     /// Blocks a sequence hit were written by someone else: its cancellation never drops them.
     @Test func hitsAreNeverDropped() throws {
         let cache = try cache()
