@@ -11,6 +11,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "PrefixKV", targets: ["KVCore", "KVCache", "KVAttention", "LMDB", "KVSpill"]),
+        // The cache and the kernels without the spill tier: builds without liblmdb or swift-crypto.
+        .library(name: "PrefixKVCache", targets: ["KVCore", "KVCache", "KVAttention"]),
         .executable(name: "kvctl", targets: ["kvctl"]),
     ],
     dependencies: [

@@ -224,7 +224,7 @@ public final class KVCacheManager: Sendable {
     /// Take it **after** the step's `append`s: an append into a partial last block still shared
     /// after a fork gives the sequence a private copy and changes its table, so a mapping taken
     /// before would name the shared block and the write would land in its siblings' KV. It stays
-    /// valid until the sequences' next `append`, `fork` or release (a released sequence's blocks
+    /// valid until the sequences' next `append`, `fork`, `truncate` or release (a released sequence's blocks
     /// go to other requests). Positions below `firstOwnPosition(of:)` (`Admission.cachedTokenCount`)
     /// are hits, other requests' KV: mapping them is `.positionsNotOwned`, so a misplaced span
     /// cannot overwrite cached KV. All spans are resolved under one lock, so a batch sees one state.

@@ -25,7 +25,8 @@ public struct KVCacheStats: Sendable, Equatable, Codable {
     public var spilledBlocks: Int = 0
     /// Blocks whose KV came back from the cold store.
     public var restoredBlocks: Int = 0
-    /// Admissions, appends and forks refused for want of blocks.
+    /// Admissions, appends and truncations (the copy of a kept partial block) refused for want of
+    /// blocks. (A fork takes no block: its children share the parent's until they append.)
     public var allocationsFailed: Int = 0
     /// Sequences admitted or forked and not yet released.
     public var liveSequences: Int = 0

@@ -49,7 +49,10 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
     let plan = try cache.decodePlan(for: samples)
     let batch = try cache.blockTables(for: samples)   // what attention.paged(…) reads (as plan.batch)
     _ = batch  // copy only
-    let attention = try DecodeAttention(layout: layout, queryHeads: 32)
+    let attention = try DecodeAttention(layout: layout, queryHeads: 32)   // threads: both cores; math: below
+// bf16 KV on a CPU with AVX512-BF16 multiplies in bf16 by default (`math: .automatic`, twice the
+// fp32 rate): ~2e-3 relative error at unit-scale logits, more with sharper attention (ATTENTION.md,
+// Tolerances); `math: .fp32` keeps fp32 products (~1e-6).
     let out = try cache.withUnsafeLayerPages(layer: 0) { pages in
         try attention.bifurcated(query: queries, pages: pages, plan: plan, scale: DecodeAttention.defaultScale(headDim: 128))
     }
