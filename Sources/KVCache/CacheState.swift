@@ -284,7 +284,21 @@ struct CacheState {
         for (i, t) in tokens.enumerated() where t < 0 { throw .negativeToken(index: i, value: t) }
     }
 
+    /// Admits a prompt in one go: `beginAdmission`, the cold-store restores, `finishAdmission`.
+    /// (The manager runs the restores outside its lock instead.)
     mutating func admit(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> Admission {
+        switch try beginAdmission(prompt, namespace: ns) {
+        case .done(let admission): return admission
+        case .restore(let pending): return finishAdmission(pending, restoredKeys: pending.run())
+        }
+    }
+
+    /// Admission's first part: match memory, pin the hit, allocate the rest (evicting and spilling
+    /// cold blocks). With a cold store and full blocks left to match, the sequence is registered
+    /// with its memory hits only and the restores come back as a `PendingRestore` — reading the
+    /// store takes milliseconds per block (tens for an 8k-token prefix), which must not hold every
+    /// other caller — and `finishAdmission` completes it. All-or-nothing: a refusal changes nothing.
+    mutating func beginAdmission(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> AdmissionStep {
         guard !prompt.isEmpty else { throw .emptyPrompt }
         try Self.validate(prompt)
         // A namespace this manager has not seen matches nothing in memory; it is registered only
@@ -305,7 +319,7 @@ struct CacheState {
         // Apply: pin the hit, then allocate the rest (evicting and spilling cold blocks).
         for b in matched { retain(b) }
         var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count,
-                                firstNewBlock: matched.count, firstOwnPosition: 0)
+                                firstNewBlock: matched.count, firstOwnPosition: matched.count * blockSize)
         seq.blocks.reserveCapacity(totalBlocks)
         for _ in 0..<needed { seq.blocks.append(allocateBlock()) }
         prompt.withUnsafeBufferPointer { src in
@@ -316,49 +330,52 @@ struct CacheState {
                 }
             }
         }
-        let fullBlocks = prompt.count / blockSize
-        var restored = 0
-        if coldStore != nil { restored = restoreFromStore(&seq, from: matched.count, to: fullBlocks, prompt: prompt) }
-        if publication == .atAdmission {
-            for i in (matched.count + restored)..<fullBlocks { insertIfChained(&seq, blockAt: i) }
-        }
-        seq.firstNewBlock = matched.count + restored
-        seq.firstOwnPosition = seq.firstNewBlock * blockSize
-
         let handle = SequenceHandle(manager: managerID, serial: nextSequence)
         nextSequence += 1
         logicalBlocks += seq.blocks.count
-        let table = seq.blocks
+        // Registered now, so its blocks are accounted for (invariants, a hand-over) while it waits.
         sequences[handle.serial] = seq
-        counters.queryTokens += prompt.count
-        counters.hitTokens += matched.count * blockSize
-        counters.storeHitTokens += restored * blockSize
-        counters.restoredBlocks += restored
-        return Admission(sequence: handle, blockTable: table, cachedTokenCount: (matched.count + restored) * blockSize,
-                         memoryHitTokens: matched.count * blockSize, storeHitTokens: restored * blockSize)
+        let fullBlocks = prompt.count / blockSize
+        var pending = PendingRestore(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt,
+                                     namespace: ns, parentKey: nil, blocks: [], store: coldStore, arena: arena, blockSize: blockSize)
+        guard coldStore != nil, matched.count < fullBlocks else { return .done(finishAdmission(pending, restoredKeys: [])) }
+        pending.parentKey = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
+        pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
+        return .restore(pending)
     }
 
-    /// Continues the match in the cold store block by block, restoring into the sequence's freshly
-    /// allocated blocks; returns how many were restored (they join the tree).
-    mutating func restoreFromStore(_ seq: inout SequenceState, from start: Int, to end: Int, prompt: [TokenID]) -> Int {
-        guard let store = coldStore, start < end else { return 0 }
-        var key = start == 0 ? rootKey(seq.namespace) : prefixKey(of: seq.blocks[start - 1])
+    /// Admission's last part, after the restores: the restored blocks join the tree (up to the first
+    /// that no longer chains: an identical prefix another admission cached meanwhile keeps its
+    /// place, and the rest count as new), then, under `.atAdmission`, the other full blocks.
+    mutating func finishAdmission(_ pending: PendingRestore, restoredKeys: [PrefixKey]) -> Admission {
+        let serial = pending.sequence.serial
+        // Nobody holds the handle yet, so nothing released or changed the sequence meanwhile but a
+        // hand-over of its memory hits (`handOverUnwritten`), which lowers `firstNewBlock`.
+        guard var seq = sequences[serial] else { fatalError("CacheState: pending admission \(pending.sequence) lost its sequence") }
+        sequences[serial] = nil  // hold the only copy while mutating
+        let matched = pending.memoryHits
         var restored = 0
-        for i in start..<end {
-            let b = seq.blocks[i]
-            key = childKey(parent: key, block: b)
-            let hit = prompt.withUnsafeBufferPointer { p in
-                store.restore(key: key, namespace: namespaceNames[Int(seq.namespace)],
-                              tokens: UnsafeBufferPointer(rebasing: p[(i * blockSize)..<((i + 1) * blockSize)]),
-                              into: BlockID(b), arena: arena)
-            }
-            guard hit else { break }
+        for key in restoredKeys {
+            let i = matched + restored
             insertIfChained(&seq, blockAt: i)
             guard seq.treeBlocks == i + 1 else { break }
-            prefixKeys[Int(b)] = key
+            prefixKeys[Int(seq.blocks[i])] = key
             restored += 1
         }
-        return restored
+        if publication == .atAdmission {
+            for i in (matched + restored)..<pending.fullBlocks { insertIfChained(&seq, blockAt: i) }
+        }
+        if seq.firstNewBlock == matched {
+            seq.firstNewBlock = matched + restored
+            seq.firstOwnPosition = seq.firstNewBlock * blockSize
+        }  // else a cancelled writer handed one of its memory hits over while the store was read
+        sequences[serial] = seq
+        counters.queryTokens += pending.prompt.count
+        counters.hitTokens += matched * blockSize
+        counters.storeHitTokens += restored * blockSize
+        counters.restoredBlocks += restored
+        return Admission(sequence: pending.sequence, blockTable: seq.blocks, cachedTokenCount: seq.firstNewBlock * blockSize,
+                         memoryHitTokens: matched * blockSize, storeHitTokens: restored * blockSize)
     }
 
     // MARK: - Lookup

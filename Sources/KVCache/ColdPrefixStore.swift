@@ -20,10 +20,13 @@ public struct PrefixKey: Hashable, Sendable, CustomStringConvertible {
 /// A tier below the in-memory pool that keeps the KV of evicted prefix blocks and gives it back
 /// on a later hit (the LMDB spill tier implements it).
 ///
-/// The manager calls these methods while it holds its lock, so implementations must be quick
-/// (copy bytes out, hand slow I/O to a background writer) and must never call back into the
-/// manager. They never throw: a failing tier counts the failure and behaves as a miss, so the
-/// cache keeps serving from memory.
+/// The manager calls `spill`, `contains`, `rootKey` and `childKey` while it holds its lock, so
+/// they must be quick (copy bytes out, hand slow I/O to a background writer). `restore` (and the
+/// `childKey`s of the blocks it restores) runs outside the lock, so an admission reading a long
+/// prefix holds up no other caller: it may run on several threads at once, beside any of the
+/// other methods, and implementations must be thread-safe. None may call back into the manager.
+/// They never throw: a failing tier counts the failure and behaves as a miss, so the cache keeps
+/// serving from memory.
 public protocol ColdPrefixStore: AnyObject, Sendable {
     /// The key of a namespace's empty prefix: the root every chain starts from.
     func rootKey(namespace: Namespace) -> PrefixKey

@@ -98,8 +98,22 @@ public final class KVCacheManager: Sendable {
     /// Admits a prompt: pins its cached prefix (memory, then the cold store), allocates blocks for
     /// the rest, and returns the new sequence. All-or-nothing: throws `.insufficientBlocks` and
     /// changes nothing when too few blocks are free or evictable.
+    ///
+    /// Blocks found in the cold store are read outside the manager's lock (a long prefix takes tens
+    /// of milliseconds), so other threads' calls go on meanwhile; the sequence exists from the start
+    /// (it holds its blocks) but its handle is returned only once the restores are done.
     public func admit(_ prompt: [TokenID], namespace: Namespace = .default) throws(KVCacheError) -> Admission {
-        let admission = try mutate { (s: inout CacheState) throws(KVCacheError) in try s.admit(prompt, namespace: namespace) }
+        let admission: Admission
+        let first = try mutate(completes: { if case .done = $0 { true } else { false } }) { (s: inout CacheState) throws(KVCacheError) in
+            try s.beginAdmission(prompt, namespace: namespace)
+        }
+        switch first {
+        case .done(let done):
+            admission = done
+        case .restore(let pending):
+            let keys = pending.run()
+            admission = try mutate { (s: inout CacheState) throws(KVCacheError) in s.finishAdmission(pending, restoredKeys: keys) }
+        }
         metrics.recordAdmission(admission, promptTokens: prompt.count)
         return admission
     }
@@ -358,11 +372,16 @@ public final class KVCacheManager: Sendable {
     /// refused allocation): its stats still reach the metrics, so `allocations_failed_total`
     /// moves when the refusal happens.
     @discardableResult
-    private func mutate<R>(_ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> R {
+    /// Runs `body` under the lock, then reports the stats to the metrics and the stats publisher —
+    /// unless `completes` says the call's result is only a first part (an admission whose
+    /// restores are still to run), whose half-counted stats nobody should see.
+    private func mutate<R>(completes: (R) -> Bool = { _ in true },
+                           _ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> R {
         let (outcome, stats, version) = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats, UInt64) in
             s.statsVersion += 1
             do throws(KVCacheError) { return (.success(try body(&s)), s.stats, s.statsVersion) } catch { return (.failure(error), s.stats, s.statsVersion) }
         }
+        if case .success(let r) = outcome, !completes(r) { return r }
         metrics.update(stats, version: version)
         let r = try outcome.get()
         statsPublisher?.mutated(stats, version: version)

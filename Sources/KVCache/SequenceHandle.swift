@@ -56,7 +56,9 @@ public struct Admission: Sendable, Equatable {
     public var sequence: SequenceHandle
     /// Block ids in token order; the engine writes the KV of tokens `cachedTokenCount...` into them.
     public var blockTable: [Int32]
-    /// Prompt tokens whose KV is present: `memoryHitTokens + storeHitTokens`. Under
+    /// Prompt tokens whose KV is present: `memoryHitTokens + storeHitTokens` — less only when a
+    /// cancelled writer handed a memory hit over while this admission read the cold store (its
+    /// `InvalidatedHit` names this sequence; it counts only up to the handed-over block). Under
     /// `BlockPublication.atAdmission` a memory hit may name blocks another request brought in at
     /// its admission and is still to prefill; under `.whenComputed` every hit is written KV.
     public var cachedTokenCount: Int

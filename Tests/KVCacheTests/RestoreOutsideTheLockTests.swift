@@ -1,0 +1,163 @@
+import Dispatch
+import Foundation
+import KVCore
+import Testing
+@testable import KVCache
+
+/// A `MemoryColdStore` whose restores wait at a gate: the test holds an admission inside its
+/// restore while it does other things with the manager.
+final class GatedColdStore: ColdPrefixStore, @unchecked Sendable {
+    let inner = MemoryColdStore()
+    /// Signalled each time a restore is entered.
+    let entered = DispatchSemaphore(value: 0)
+    /// Each restore waits for one signal of this.
+    let proceed = DispatchSemaphore(value: 0)
+    let gated = Locked(false)
+
+    func rootKey(namespace: Namespace) -> PrefixKey { inner.rootKey(namespace: namespace) }
+    func childKey(parent: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> PrefixKey { inner.childKey(parent: parent, tokens: tokens) }
+    func spill(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, block: BlockID, arena: KVPageArena?) {
+        inner.spill(key: key, namespace: namespace, tokens: tokens, block: block, arena: arena)
+    }
+    func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool {
+        if gated.withLock({ $0 }) {
+            entered.signal()
+            proceed.wait()
+        }
+        return inner.restore(key: key, namespace: namespace, tokens: tokens, into: block, arena: arena)
+    }
+    func contains(key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool { inner.contains(key: key, tokens: tokens) }
+    func publish(stats: KVCacheStats) {}
+}
+
+/// `admit` reads the cold store outside the manager's lock: a long restore (tens of ms for an
+/// 8k-token prefix) holds up no other caller, and whatever happens meanwhile leaves a consistent
+/// admission.
+@Suite struct RestoreOutsideTheLockTests {
+    func run(_ start: Int32, _ count: Int) -> [TokenID] { (0..<Int32(count)).map { start + $0 } }
+
+    /// The store holds `prompt`'s full blocks in namespace "t" (spilled by an earlier manager).
+    func spilled(_ prompts: [[TokenID]], into store: GatedColdStore) throws {
+        let first = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 4, allocatesPages: true, coldStore: store)
+        for p in prompts {
+            try first.release(try first.admit(p, namespace: "t").sequence)
+        }
+        try first.release(try first.admit(run(9000, 16), namespace: "t").sequence)  // evicts (spills) the rest
+        for p in prompts { #expect(store.inner.holds(p, namespace: "t", blockSize: 4)) }
+    }
+
+    /// Starts `admit(prompt)` on another thread and returns once it is inside its first restore.
+    func admitInBackground(_ cache: KVCacheManager, _ prompt: [TokenID], _ store: GatedColdStore,
+                           done: DispatchGroup, result: Locked<Admission?>) {
+        DispatchQueue.global().async(group: done) {
+            let a = try? cache.admit(prompt, namespace: "t")
+            result.withLock { $0 = a }
+        }
+        #expect(store.entered.wait(timeout: .now() + 30) == .success, "the admission never reached its restore")
+        #expect(result.withLock { $0 } == nil)
+    }
+
+    /// While one admission sits inside its restore, other threads admit, append, map, plan and
+    /// release — each call returns (with the restore still blocked), and the invariants hold.
+    @Test func otherCallsGoOnDuringARestore() throws {
+        let store = GatedColdStore()
+        try spilled([run(0, 16)], into: store)
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 16, allocatesPages: true, coldStore: store)
+        store.gated.withLock { $0 = true }
+        let done = DispatchGroup(), result = Locked<Admission?>(nil)
+        admitInBackground(cache, run(0, 16) + [7], store, done: done, result: result)
+
+        // Another thread works with the manager; it must finish while the restore still waits.
+        let others = DispatchSemaphore(value: 0)
+        let outcome = Locked<String?>(nil)
+        DispatchQueue.global().async {
+            do {
+                let b = try cache.admit(run(500, 3), namespace: "t")   // no full block: nothing to restore
+                try cache.append([1, 2], to: b.sequence)
+                _ = try cache.slotMapping(for: [b.sequence])
+                _ = try cache.decodePlan(for: [b.sequence])
+                cache.checkInvariants()
+                // The pending admission holds its blocks already.
+                if cache.stats.liveSequences != 2 { outcome.withLock { $0 = "live sequences \(cache.stats.liveSequences)" } }
+                try cache.release(b.sequence)
+                cache.checkInvariants()
+            } catch { outcome.withLock { $0 = "\(error)" } }
+            others.signal()
+        }
+        let finished = others.wait(timeout: .now() + 30) == .success
+        #expect(finished, "calls on another thread waited for the restore (the lock was held)")
+        #expect(outcome.withLock { $0 } == nil)
+        store.gated.withLock { $0 = false }
+        store.proceed.signal()   // lets the first restore go; the others run ungated
+        done.wait()
+        let a = try #require(result.withLock { $0 })
+        #expect(a.cachedTokenCount == 16 && a.storeHitTokens == 16 && a.memoryHitTokens == 0)
+        #expect(cache.stats.restoredBlocks == 4 && cache.stats.queryTokens == 17 + 3)
+        cache.checkInvariants()
+        #expect(try cache.lookup(run(0, 16), namespace: "t").memoryTokens == 16)
+        try cache.release(a.sequence)
+        cache.checkInvariants()
+    }
+
+    /// A cancelled writer's release hands over a memory hit of an admission still restoring: the
+    /// release names the pending sequence, and its admission, when it returns, counts only what
+    /// precedes the handed-over block (the restored blocks behind it are recomputed).
+    @Test func aHandOverWhileRestoringLowersTheAdmission() throws {
+        let store = GatedColdStore()
+        let tail = run(100, 8)
+        try spilled([run(0, 8) + tail], into: store)
+        // The store lost the first two blocks' records and kept the deeper ones (a store with gaps),
+        // so the writer below restores nothing and its blocks are new.
+        var key = store.rootKey(namespace: "t")
+        for chunk in [run(0, 4), run(4, 4)] {
+            key = chunk.withUnsafeBufferPointer { store.childKey(parent: key, tokens: $0) }
+            store.inner.records.withLock { $0[key] = nil }
+        }
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 16, allocatesPages: true, coldStore: store)
+        // A writer admits the first 8 tokens (joined the tree at admission, not yet written).
+        let writer = try cache.admit(run(0, 8), namespace: "t")
+        store.gated.withLock { $0 = true }
+        let done = DispatchGroup(), result = Locked<Admission?>(nil)
+        admitInBackground(cache, run(0, 8) + tail, store, done: done, result: result)
+        // The writer is cancelled before its prefill ran: its blocks go to the pending admission.
+        let handed = try cache.release(writer.sequence, computedTokens: 0)
+        cache.checkInvariants()
+        #expect(handed.count == 1 && handed.first?.validTokens == 0)
+        store.gated.withLock { $0 = false }
+        store.proceed.signal()
+        done.wait()
+        let a = try #require(result.withLock { $0 })
+        #expect(handed.first?.sequence == a.sequence)
+        #expect(a.memoryHitTokens == 8 && a.storeHitTokens == 8)
+        #expect(a.cachedTokenCount == 0, "the engine must compute from the handed-over block on")
+        #expect(try cache.firstOwnPosition(of: a.sequence) == 0)
+        cache.checkInvariants()
+        try cache.release(a.sequence, computedTokens: 0)
+        cache.checkInvariants()
+        #expect(try cache.lookup(run(0, 16), namespace: "t").memoryTokens == 0)
+    }
+
+    /// Two admissions restore the same prefix at once: the first to finish caches it; the
+    /// other's restored copies no longer chain, so they stay private and count as new.
+    @Test func twoAdmissionsRestoringTheSamePrefix() throws {
+        let store = GatedColdStore()
+        try spilled([run(0, 8)], into: store)
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 16, allocatesPages: true, coldStore: store)
+        store.gated.withLock { $0 = true }
+        let done = DispatchGroup(), first = Locked<Admission?>(nil), second = Locked<Admission?>(nil)
+        admitInBackground(cache, run(0, 8) + [1], store, done: done, result: first)
+        admitInBackground(cache, run(0, 8) + [2], store, done: done, result: second)
+        store.gated.withLock { $0 = false }
+        store.proceed.signal()
+        store.proceed.signal()
+        done.wait()
+        let a = try #require(first.withLock { $0 }), b = try #require(second.withLock { $0 })
+        cache.checkInvariants()
+        #expect(Set([a.storeHitTokens, b.storeHitTokens]) == [0, 8], "\(a) \(b)")
+        #expect(Set(a.blockTable).isDisjoint(with: b.blockTable))
+        #expect(a.cachedTokenCount == a.storeHitTokens && b.cachedTokenCount == b.storeHitTokens)
+        #expect(try cache.lookup(run(0, 8), namespace: "t").memoryTokens == 8)
+        for s in [a.sequence, b.sequence] { try cache.release(s) }
+        cache.checkInvariants()
+    }
+}
