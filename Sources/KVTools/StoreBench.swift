@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import KVCache
 import KVCore
@@ -61,6 +62,13 @@ public struct StoreBench: Sendable {
         /// plain read (goal ≥ 0.7).
         public var spillRatio: Double
         public var restoreRatio: Double
+        /// Through a `KVCacheManager`: `admit` of the whole prefix from the store (median of the
+        /// repeats), and, meanwhile, another thread's decode calls on its own sequence (`append`
+        /// + `slotMapping`, back to back): their count and their slowest call — the time the
+        /// admission kept others waiting — median over the repeats.
+        public var admitRestoreMillisMedian: Double
+        public var callsDuringAdmit: Int
+        public var slowestCallDuringAdmitMillis: Double
     }
 
     /// Fails on a setting the bench cannot run with, naming the kvctl option: at least one block
@@ -158,6 +166,7 @@ public struct StoreBench: Sendable {
         }
         store.close()
         for i in [0, blocks / 2, blocks - 1] { try checkSame(arena, BlockID(Int32(i + 1)), BlockID(Int32(blocks + 1 + i))) }
+        let (admitSeconds, calls, slowest) = try admitBesideDecode(storePath: work + "/background", prefix: prefix, bytes: bytes)
 
         let gb = Double(bytes) / 1e9
         let restore = TimingSummary(restoreSeconds), plainRead = TimingSummary(readSeconds)
@@ -172,7 +181,63 @@ public struct StoreBench: Sendable {
             restoreGBps: gb / restore.median,
             restoreLatencyMillisMedian: restore.median * 1000, restoreLatencyMillisMax: restoreSeconds.max()! * 1000,
             plainReadLatencyMillisMedian: plainRead.median * 1000,
-            spillRatio: write / background, restoreRatio: plainRead.median / restore.median)
+            spillRatio: write / background, restoreRatio: plainRead.median / restore.median,
+            admitRestoreMillisMedian: TimingSummary(admitSeconds).median * 1000,
+            callsDuringAdmit: Int(TimingSummary(calls.map(Double.init)).median),
+            slowestCallDuringAdmitMillis: TimingSummary(slowest).median * 1000)
+    }
+
+    /// A manager over the store that holds the prefix: each repeat admits it (restoring every
+    /// block) while another thread runs decode calls on a sequence of its own, timing each call.
+    /// Between repeats a filler prompt evicts the prefix from memory again.
+    private func admitBesideDecode(storePath: String, prefix: [[TokenID]], bytes: Int) throws -> ([Double], [Int], [Double]) {
+        let blocks = prefix.count
+        // Room for the prefix and the filler's spills: at the bench's limit the filler's would
+        // evict the prefix's least recently touched (deepest) blocks.
+        let store = try openStore(storePath, mode: .background(queueLimitBytes: 2 * bytes), bytes: 2 * bytes)
+        defer { store.close() }
+        let cache = try KVCacheManager(layout: layout, capacityBlocks: blocks + 1, allocatesPages: true, coldStore: store)  // the prefix or the filler, and the decoder's block
+        let tokens = prefix.flatMap { $0 }
+        let filler = tokens.map { $0 + TokenID(tokens.count) }
+        let decoder = try cache.admit([TokenID(Int32.max - 1)], namespace: "bench-decode")
+        var admitSeconds: [Double] = [], counts: [Int] = [], slowest: [Double] = []
+        for _ in 0..<restoreRepeats {
+            try cache.release(try cache.admit(filler).sequence)   // evicts (re-spills) the prefix
+            store.flush()
+            let running = Locked(true)
+            let calls = Locked<[Double]>([])
+            let group = DispatchGroup()
+            let started = DispatchSemaphore(value: 0)
+            DispatchQueue.global().async(group: group) {
+                var mine: [Double] = []
+                started.signal()
+                while running.withLock({ $0 }) {
+                    let c0 = monotonicNanos()
+                    do {
+                        try cache.append([1], to: decoder.sequence)
+                        _ = try cache.slotMapping(for: [decoder.sequence])
+                        try cache.truncate(decoder.sequence, toTokenCount: 1)   // stays one block long
+                    } catch { break }
+                    mine.append(Double(monotonicNanos() - c0) / 1e9)
+                }
+                calls.withLock { $0 = mine }
+            }
+            started.wait()
+            let t0 = monotonicNanos()
+            let a = try cache.admit(tokens)
+            admitSeconds.append(seconds(since: t0))
+            running.withLock { $0 = false }
+            group.wait()
+            guard a.storeHitTokens == tokens.count else {
+                throw Failure(description: "StoreBench: the admission restored \(a.storeHitTokens) of \(tokens.count) tokens (\(a.memoryHitTokens) in memory)")
+            }
+            try cache.release(a.sequence)
+            let mine = calls.withLock { $0 }
+            counts.append(mine.count)
+            slowest.append(mine.max() ?? 0)
+        }
+        try cache.release(decoder.sequence)
+        return (admitSeconds, counts, slowest)
     }
 
     // MARK: - Pieces
@@ -273,6 +338,9 @@ public struct StoreBench: Sendable {
             ["plain file read", fixed(r.plainReadGBps, 3), "\(fixed(r.plainReadLatencyMillisMedian, 1)) ms", "1.00"],
             ["restore (verified)", fixed(r.restoreGBps, 3),
              "\(fixed(r.restoreLatencyMillisMedian, 1)) ms (max \(fixed(r.restoreLatencyMillisMax, 1)))", fixed(r.restoreRatio, 2)],
+            ["admit through the manager, restoring the prefix", fixed(Double(r.totalBytes) / 1e6 / r.admitRestoreMillisMedian, 3),
+             "\(fixed(r.admitRestoreMillisMedian, 1)) ms", ""],
+            ["another thread's decode calls meanwhile", "", "\(r.callsDuringAdmit) calls, slowest \(fixed(r.slowestCallDuringAdmitMillis, 2)) ms", ""],
         ]
         let head = "median of \(r.rounds) interleaved rounds; \(r.tokens)-token prefix, \(r.blocks) blocks of \(r.blockBytes / 1024) KiB (\(r.layout)), \(fixed(Double(r.totalBytes) / 1_048_576, 0)) MiB"
         let goals = "goals: spill ≥ 0.50 × plain write: \(r.spillRatio >= 0.5 ? "met" : "NOT met"); restore ≥ 0.70 × plain read: \(r.restoreRatio >= 0.7 ? "met" : "NOT met")"
