@@ -88,6 +88,11 @@ struct CacheState {
     var rootKeys: [PrefixKey?] = []
     let onEvict: (@Sendable (EvictedBlock) -> Void)?
     let publication: BlockPublication
+    /// While set (an admission's allocations), evictions are recorded here instead of spilled: each
+    /// evicted block goes to the admitting sequence, which spills them outside the lock before
+    /// anything writes those blocks (copying hundreds of MiB out under the lock held every other
+    /// caller). See `PendingRestore`.
+    var deferredSpills: [DeferredSpill]?
 
     init(layout: KVLayout, capacity: Int, arena: KVPageArena?, coldStore: (any ColdPrefixStore)?,
          onEvict: (@Sendable (EvictedBlock) -> Void)?, publication: BlockPublication = .atAdmission) {
@@ -217,9 +222,12 @@ struct CacheState {
         if let store = coldStore {
             let key = prefixKey(of: b)
             blockTokens.withUnsafeBufferPointer { all in
-                store.spill(key: key, namespace: namespaceNames[Int(k)],
-                            tokens: UnsafeBufferPointer(rebasing: all[(Int(b) * blockSize)..<(Int(b + 1) * blockSize)]),
-                            block: BlockID(b), arena: arena)
+                let tokens = UnsafeBufferPointer(rebasing: all[(Int(b) * blockSize)..<(Int(b + 1) * blockSize)])
+                if deferredSpills != nil {
+                    deferredSpills!.append(DeferredSpill(key: key, namespace: namespaceNames[Int(k)], tokens: Array(tokens), block: BlockID(b)))
+                } else {
+                    store.spill(key: key, namespace: namespaceNames[Int(k)], tokens: tokens, block: BlockID(b), arena: arena)
+                }
             }
             counters.spilledBlocks += 1
         }
@@ -293,11 +301,12 @@ struct CacheState {
         }
     }
 
-    /// Admission's first part: match memory, pin the hit, allocate the rest (evicting and spilling
-    /// cold blocks). With a cold store and full blocks left to match, the sequence is registered
-    /// with its memory hits only and the restores come back as a `PendingRestore` — reading the
-    /// store takes milliseconds per block (tens for an 8k-token prefix), which must not hold every
-    /// other caller — and `finishAdmission` completes it. All-or-nothing: a refusal changes nothing.
+    /// Admission's first part: match memory, pin the hit, allocate the rest (evicting cold blocks).
+    /// With a cold store, the spills of the evicted blocks and the restores of the full blocks left
+    /// to match come back as a `PendingRestore`, with the sequence registered holding its blocks
+    /// and its memory hits only: copying blocks out and reading the store take milliseconds per
+    /// block (tens for an 8k-token prefix), which must not hold every other caller.
+    /// `finishAdmission` completes it. All-or-nothing: a refusal changes nothing.
     mutating func beginAdmission(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> AdmissionStep {
         guard !prompt.isEmpty else { throw .emptyPrompt }
         try Self.validate(prompt)
@@ -321,7 +330,10 @@ struct CacheState {
         var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count,
                                 firstNewBlock: matched.count, firstOwnPosition: matched.count * blockSize)
         seq.blocks.reserveCapacity(totalBlocks)
+        if coldStore != nil { deferredSpills = [] }
         for _ in 0..<needed { seq.blocks.append(allocateBlock()) }
+        let spills = deferredSpills ?? []
+        deferredSpills = nil
         prompt.withUnsafeBufferPointer { src in
             blockTokens.withUnsafeMutableBufferPointer { dst in
                 for i in matched.count..<totalBlocks {
@@ -337,10 +349,15 @@ struct CacheState {
         sequences[handle.serial] = seq
         let fullBlocks = prompt.count / blockSize
         var pending = PendingRestore(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt,
-                                     namespace: ns, parentKey: nil, blocks: [], store: coldStore, arena: arena, blockSize: blockSize)
-        guard coldStore != nil, matched.count < fullBlocks else { return .done(finishAdmission(pending, restoredKeys: [])) }
-        pending.parentKey = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
-        pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
+                                     namespace: ns, spills: spills, parentKey: nil, blocks: [], store: coldStore, arena: arena,
+                                     blockSize: blockSize)
+        guard coldStore != nil, matched.count < fullBlocks || !spills.isEmpty else {
+            return .done(finishAdmission(pending, restoredKeys: []))
+        }
+        if matched.count < fullBlocks {
+            pending.parentKey = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
+            pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
+        }
         return .restore(pending)
     }
 

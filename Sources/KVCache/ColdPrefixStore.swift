@@ -20,20 +20,21 @@ public struct PrefixKey: Hashable, Sendable, CustomStringConvertible {
 /// A tier below the in-memory pool that keeps the KV of evicted prefix blocks and gives it back
 /// on a later hit (the LMDB spill tier implements it).
 ///
-/// The manager calls `spill`, `contains`, `rootKey` and `childKey` while it holds its lock, so
-/// they must be quick (copy bytes out, hand slow I/O to a background writer). `restore` (and the
-/// `childKey`s of the blocks it restores) runs outside the lock, so an admission reading a long
-/// prefix holds up no other caller: it may run on several threads at once, beside any of the
-/// other methods, and implementations must be thread-safe. None may call back into the manager.
-/// They never throw: a failing tier counts the failure and behaves as a miss, so the cache keeps
-/// serving from memory.
+/// `admit` calls `spill` (for the blocks its allocation evicted) and `restore` (with the
+/// `childKey`s of the blocks it restores) outside the manager's lock, so an admission copying or
+/// reading a long prefix holds up no other caller; other calls (`append`, `fork`, `truncate`
+/// evicting a block; `lookup`'s `contains`) make theirs under the lock. So every method may run on
+/// several threads at once and beside the others: implementations must be thread-safe, quick
+/// where they can be (copy bytes out, hand slow I/O to a background writer), and must never call
+/// back into the manager. They never throw: a failing tier counts the failure and behaves as a
+/// miss, so the cache keeps serving from memory.
 public protocol ColdPrefixStore: AnyObject, Sendable {
     /// The key of a namespace's empty prefix: the root every chain starts from.
     func rootKey(namespace: Namespace) -> PrefixKey
     /// The key of `parent`'s prefix extended by one block of `tokens`.
     func childKey(parent: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> PrefixKey
 
-    /// A cached block is being evicted from memory. Its KV is readable in `arena` at `block` until
+    /// A cached block was evicted from memory. Its KV is readable in `arena` at `block` until
     /// this returns (nil arena: metadata-only manager, nothing to keep but the tokens).
     func spill(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, block: BlockID, arena: KVPageArena?)
 

@@ -6,10 +6,22 @@ enum AdmissionStep: Sendable {
     case restore(PendingRestore)
 }
 
-/// An admission's cold-store restores, run outside the manager's lock: block by block after the
-/// memory hit, each into a block the new sequence holds alone (allocated, not in the tree, its
-/// handle not yet returned), so no other call can read or write those pages meanwhile. Stops at
-/// the first miss, since a prefix is only as long as its first gap.
+/// A block evicted by an admission, to be spilled by that admission outside the manager's lock.
+/// The block is one of the admitting sequence's own now, so its pages keep the evicted KV until
+/// the admission's restores or its engine write them.
+struct DeferredSpill: Sendable {
+    let key: PrefixKey
+    let namespace: Namespace
+    let tokens: [TokenID]
+    let block: BlockID
+}
+
+/// An admission's cold-store work, run outside the manager's lock: first the spills of the blocks
+/// its allocation evicted, then the restores, block by block after the memory hit. Every block
+/// involved is one the new sequence holds alone (allocated, not in the tree, its handle not yet
+/// returned), so no other call reads or writes those pages meanwhile. Restores stop at the first
+/// miss, since a prefix is only as long as its first gap. (Between the eviction and its spill a
+/// concurrent admission of the evicted prefix misses it in memory and in the store: it recomputes.)
 struct PendingRestore: Sendable {
     let sequence: SequenceHandle
     /// Blocks of the prompt found in memory (pinned by the sequence).
@@ -18,6 +30,8 @@ struct PendingRestore: Sendable {
     let fullBlocks: Int
     let prompt: [TokenID]
     let namespace: Namespace
+    /// Blocks the admission evicted, to spill before anything writes them.
+    let spills: [DeferredSpill]
     /// The key of the prefix before the first block to restore (its namespace's root when none).
     var parentKey: PrefixKey?
     /// The sequence's blocks for prompt blocks `memoryHits..<fullBlocks`, in order.
@@ -26,9 +40,14 @@ struct PendingRestore: Sendable {
     let arena: KVPageArena?
     let blockSize: Int
 
-    /// Restores from the first block on until the store misses; returns the restored blocks' keys.
+    /// Spills the evicted blocks, then restores from the first block on until the store misses;
+    /// returns the restored blocks' keys.
     func run() -> [PrefixKey] {
-        guard let store, var key = parentKey else { return [] }
+        guard let store else { return [] }
+        for s in spills {
+            s.tokens.withUnsafeBufferPointer { store.spill(key: s.key, namespace: s.namespace, tokens: $0, block: s.block, arena: arena) }
+        }
+        guard var key = parentKey else { return [] }
         var keys: [PrefixKey] = []
         prompt.withUnsafeBufferPointer { p in
             for (j, block) in blocks.enumerated() {

@@ -13,10 +13,15 @@ final class GatedColdStore: ColdPrefixStore, @unchecked Sendable {
     /// Each restore waits for one signal of this.
     let proceed = DispatchSemaphore(value: 0)
     let gated = Locked(false)
+    let gatedSpills = Locked(false)
 
     func rootKey(namespace: Namespace) -> PrefixKey { inner.rootKey(namespace: namespace) }
     func childKey(parent: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> PrefixKey { inner.childKey(parent: parent, tokens: tokens) }
     func spill(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, block: BlockID, arena: KVPageArena?) {
+        if gatedSpills.withLock({ $0 }) {
+            entered.signal()
+            proceed.wait()
+        }
         inner.spill(key: key, namespace: namespace, tokens: tokens, block: block, arena: arena)
     }
     func restore(key: PrefixKey, namespace: Namespace, tokens: UnsafeBufferPointer<TokenID>, into block: BlockID, arena: KVPageArena?) -> Bool {
@@ -30,7 +35,7 @@ final class GatedColdStore: ColdPrefixStore, @unchecked Sendable {
     func publish(stats: KVCacheStats) {}
 }
 
-/// `admit` reads the cold store outside the manager's lock: a long restore (tens of ms for an
+/// `admit` spills what it evicts and reads the cold store outside the manager's lock: a long restore (tens of ms for an
 /// 8k-token prefix) holds up no other caller, and whatever happens meanwhile leaves a consistent
 /// admission.
 @Suite struct RestoreOutsideTheLockTests {
@@ -96,6 +101,44 @@ final class GatedColdStore: ColdPrefixStore, @unchecked Sendable {
         cache.checkInvariants()
         #expect(try cache.lookup(run(0, 16), namespace: "t").memoryTokens == 16)
         try cache.release(a.sequence)
+        cache.checkInvariants()
+    }
+
+    /// An admission whose allocation evicts cached blocks spills them outside the lock too: while
+    /// it sits in a spill, another thread's calls go on; afterwards the store holds the blocks.
+    @Test func evictionSpillsGoOnOutsideTheLock() throws {
+        let store = GatedColdStore()
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 6, allocatesPages: true, coldStore: store)
+        let b = try cache.admit(run(500, 1), namespace: "t")   // another request, one block
+        try cache.release(try cache.admit(run(0, 16), namespace: "t").sequence)   // 4 cached blocks, 1 free
+        store.gatedSpills.withLock { $0 = true }
+        let done = DispatchGroup(), result = Locked<Admission?>(nil)
+        DispatchQueue.global().async(group: done) {
+            let a = try? cache.admit(self.run(100, 20), namespace: "t")   // 5 blocks: evicts all 4
+            result.withLock { $0 = a }
+        }
+        #expect(store.entered.wait(timeout: .now() + 30) == .success, "the admission never spilled")
+        let others = DispatchSemaphore(value: 0), outcome = Locked<String?>(nil)
+        DispatchQueue.global().async {
+            do {   // calls that need no block (one would evict, and spill through the gate)
+                try cache.append([1], to: b.sequence)
+                _ = try cache.slotMapping(for: [b.sequence])
+                _ = try cache.lookup(run(0, 16), namespace: "t")
+                cache.checkInvariants()
+            } catch { outcome.withLock { $0 = "\(error)" } }
+            others.signal()
+        }
+        #expect(others.wait(timeout: .now() + 30) == .success, "calls on another thread waited for the spill (the lock was held)")
+        #expect(outcome.withLock { $0 } == nil)
+        store.gatedSpills.withLock { $0 = false }
+        store.proceed.signal()
+        done.wait()
+        let a = try #require(result.withLock { $0 })
+        cache.checkInvariants()
+        #expect(cache.stats.spilledBlocks == 4 && store.inner.spills.withLock { $0 } == 4)
+        #expect(try cache.lookup(run(0, 16), namespace: "t", probeStore: true) == PrefixLookup(memoryTokens: 0, storeTokens: 16))
+        try cache.release(a.sequence)
+        try cache.release(b.sequence)
         cache.checkInvariants()
     }
 
