@@ -91,7 +91,7 @@ struct CacheState {
     /// While set (an admission's allocations), evictions are recorded here instead of spilled: each
     /// evicted block goes to the admitting sequence, which spills them outside the lock before
     /// anything writes those blocks (copying hundreds of MiB out under the lock held every other
-    /// caller). See `PendingRestore`.
+    /// caller). See `PendingAdmission`.
     var deferredSpills: [DeferredSpill]?
 
     init(layout: KVLayout, capacity: Int, arena: KVPageArena?, coldStore: (any ColdPrefixStore)?,
@@ -297,13 +297,13 @@ struct CacheState {
     mutating func admit(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> Admission {
         switch try beginAdmission(prompt, namespace: ns) {
         case .done(let admission): return admission
-        case .restore(let pending): return finishAdmission(pending, restoredKeys: pending.run())
+        case .pending(let pending): return finishAdmission(pending, restoredKeys: pending.run())
         }
     }
 
     /// Admission's first part: match memory, pin the hit, allocate the rest (evicting cold blocks).
     /// With a cold store, the spills of the evicted blocks and the restores of the full blocks left
-    /// to match come back as a `PendingRestore`, with the sequence registered holding its blocks
+    /// to match come back as a `PendingAdmission`, with the sequence registered holding its blocks
     /// and its memory hits only: copying blocks out and reading the store take milliseconds per
     /// block (tens for an 8k-token prefix), which must not hold every other caller.
     /// `finishAdmission` completes it. All-or-nothing: a refusal changes nothing.
@@ -348,7 +348,7 @@ struct CacheState {
         // Registered now, so its blocks are accounted for (invariants, a hand-over) while it waits.
         sequences[handle.serial] = seq
         let fullBlocks = prompt.count / blockSize
-        var pending = PendingRestore(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt,
+        var pending = PendingAdmission(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt,
                                      namespace: ns, spills: spills, parentKey: nil, blocks: [], store: coldStore, arena: arena,
                                      blockSize: blockSize)
         guard coldStore != nil, matched.count < fullBlocks || !spills.isEmpty else {
@@ -358,13 +358,13 @@ struct CacheState {
             pending.parentKey = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
             pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
         }
-        return .restore(pending)
+        return .pending(pending)
     }
 
     /// Admission's last part, after the restores: the restored blocks join the tree (up to the first
     /// that no longer chains: an identical prefix another admission cached meanwhile keeps its
     /// place, and the rest count as new), then, under `.atAdmission`, the other full blocks.
-    mutating func finishAdmission(_ pending: PendingRestore, restoredKeys: [PrefixKey]) -> Admission {
+    mutating func finishAdmission(_ pending: PendingAdmission, restoredKeys: [PrefixKey]) -> Admission {
         let serial = pending.sequence.serial
         // Nobody holds the handle yet, so nothing released or changed the sequence meanwhile but a
         // hand-over of its memory hits (`handOverUnwritten`), which lowers `firstNewBlock`.

@@ -99,9 +99,10 @@ public final class KVCacheManager: Sendable {
     /// the rest, and returns the new sequence. All-or-nothing: throws `.insufficientBlocks` and
     /// changes nothing when too few blocks are free or evictable.
     ///
-    /// Blocks found in the cold store are read outside the manager's lock (a long prefix takes tens
-    /// of milliseconds), so other threads' calls go on meanwhile; the sequence exists from the start
-    /// (it holds its blocks) but its handle is returned only once the restores are done.
+    /// With a cold store, the blocks its allocation evicted are spilled and the blocks found in the
+    /// store restored outside the manager's lock (a long prefix takes tens of milliseconds), so
+    /// other threads' calls go on meanwhile; the sequence exists from the start (it holds its
+    /// blocks) but its handle is returned only once that is done.
     public func admit(_ prompt: [TokenID], namespace: Namespace = .default) throws(KVCacheError) -> Admission {
         let admission: Admission
         let first = try mutate(completes: { if case .done = $0 { true } else { false } }) { (s: inout CacheState) throws(KVCacheError) in
@@ -110,7 +111,7 @@ public final class KVCacheManager: Sendable {
         switch first {
         case .done(let done):
             admission = done
-        case .restore(let pending):
+        case .pending(let pending):
             let keys = pending.run()
             admission = try mutate { (s: inout CacheState) throws(KVCacheError) in s.finishAdmission(pending, restoredKeys: keys) }
         }

@@ -1,9 +1,9 @@
 import KVCore
 
-/// What `CacheState.beginAdmission` leaves to do: nothing, or restores from the cold store.
+/// What `CacheState.beginAdmission` leaves to do: nothing, or cold-store work (spills, restores).
 enum AdmissionStep: Sendable {
     case done(Admission)
-    case restore(PendingRestore)
+    case pending(PendingAdmission)
 }
 
 /// A block evicted by an admission, to be spilled by that admission outside the manager's lock.
@@ -22,7 +22,7 @@ struct DeferredSpill: Sendable {
 /// returned), so no other call reads or writes those pages meanwhile. Restores stop at the first
 /// miss, since a prefix is only as long as its first gap. (Between the eviction and its spill a
 /// concurrent admission of the evicted prefix misses it in memory and in the store: it recomputes.)
-struct PendingRestore: Sendable {
+struct PendingAdmission: Sendable {
     let sequence: SequenceHandle
     /// Blocks of the prompt found in memory (pinned by the sequence).
     let memoryHits: Int
