@@ -371,11 +371,10 @@ public final class KVCacheManager: Sendable {
     /// Runs `body` under the lock, then hands the stats after it to the metrics and (when it
     /// succeeded) the stats publisher. A call that throws changes nothing but may count (a
     /// refused allocation): its stats still reach the metrics, so `allocations_failed_total`
-    /// moves when the refusal happens.
+    /// moves when the refusal happens. A result `completes` calls a first part only (an
+    /// admission whose spills and restores are still to run) reports nothing: its half-counted
+    /// stats are nobody's to see; the second part reports.
     @discardableResult
-    /// Runs `body` under the lock, then reports the stats to the metrics and the stats publisher —
-    /// unless `completes` says the call's result is only a first part (an admission whose
-    /// restores are still to run), whose half-counted stats nobody should see.
     private func mutate<R>(completes: (R) -> Bool = { _ in true },
                            _ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> R {
         let (outcome, stats, version) = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats, UInt64) in
