@@ -70,7 +70,9 @@ let package = Package(
             dependencies: ["KVCache", "KVTestSupport", .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "KVAttentionTests", dependencies: ["KVAttention", "KVCache", "KVTestSupport"]),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "KVTestSupport"]),
-        .testTarget(name: "KVSpillTests", dependencies: ["KVSpill", "KVCache", "LMDB", "KVTestSupport"]),
+        .testTarget(
+            name: "KVSpillTests",
+            dependencies: ["KVSpill", "KVCache", "LMDB", "KVTestSupport", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "KVToolsTests", dependencies: ["KVTools", "KVTestSupport"]),
         .testTarget(name: "DocSnippetTests", dependencies: ["kvctl", "KVCore", "KVCache", "KVAttention", "KVSpill"]),
     ]

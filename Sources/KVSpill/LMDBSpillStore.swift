@@ -56,6 +56,23 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
             buffers = RecordBufferPool(retainBytes: queueLimit)
             background = BackgroundWriter(queue: queue, writer: writer, batchLimitBytes: configuration.batchLimitBytes)
         }
+        warnAboutLimitsBelowOneRecord()
+    }
+
+    /// Limits below one record are legal (tests use them to force drops) but in a serving process
+    /// they silently turn the store off: every spill dropped (`spillsDroppedQueueFull`) or refused
+    /// (`recordsTooLarge`). Say so once, at open.
+    private func warnAboutLimitsBelowOneRecord() {
+        let record = SpillRecord.payloadOffset(namespaceBytes: 0, tokenCount: layout.blockSize) + layout.blockBytes
+        let path = configuration.path
+        if case .background(let queueLimit) = configuration.writeMode, queueLimit < record {
+            logger.warning("spill store: queueLimitBytes \(queueLimit) is below one record (\(record) bytes): every spill will be dropped",
+                           metadata: ["path": "\(path)"])
+        }
+        if configuration.limitBytes < record {
+            logger.warning("spill store: limitBytes \(configuration.limitBytes) is below one record (\(record) bytes): no block will be kept",
+                           metadata: ["path": "\(path)"])
+        }
     }
 
     /// Removes the store at `path` (its `data.mdb` and `lock.mdb`; the directory stays) so the
