@@ -93,6 +93,10 @@ struct CacheState {
     /// anything writes those blocks (copying hundreds of MiB out under the lock held every other
     /// caller). See `PendingAdmission`.
     var deferredSpills: [DeferredSpill]?
+    /// Restores in flight by the prefix key of their first block (see `RestoreInFlight`).
+    var restoring: [PrefixKey: RestoreInFlight] = [:]
+    /// Admissions that waited for another's restore of their prefix (for tests).
+    var restoreWaits = 0
 
     init(layout: KVLayout, capacity: Int, arena: KVPageArena?, coldStore: (any ColdPrefixStore)?,
          onEvict: (@Sendable (EvictedBlock) -> Void)?, publication: BlockPublication = .atAdmission) {
@@ -298,6 +302,7 @@ struct CacheState {
         switch try beginAdmission(prompt, namespace: ns) {
         case .done(let admission): return admission
         case .pending(let pending): return finishAdmission(pending, restoredKeys: pending.run())
+        case .wait: fatalError("CacheState.admit: a restore in flight, but admissions run one at a time here")
         }
     }
 
@@ -314,6 +319,20 @@ struct CacheState {
         // once the admission is sure to succeed, so a refused call leaves no trace.
         let known = namespaces[ns]
         let matched = matchMemory(prompt, namespace: known)
+        let fullBlocks = prompt.count / blockSize
+        // The store key of the first block after the memory hit: if another admission is restoring
+        // it right now, wait for that one (nothing changes here) and match its blocks in memory.
+        var firstStoreKey: PrefixKey?
+        if let store = coldStore, matched.count < fullBlocks {
+            let parent = matched.last.map { prefixKey(of: $0) } ?? known.map { rootKey($0) } ?? store.rootKey(namespace: ns)
+            firstStoreKey = prompt.withUnsafeBufferPointer { p in
+                store.childKey(parent: parent, tokens: UnsafeBufferPointer(rebasing: p[(matched.count * blockSize)..<((matched.count + 1) * blockSize)]))
+            }
+            if let inFlight = restoring[firstStoreKey!] {
+                restoreWaits += 1
+                return .wait(inFlight)
+            }
+        }
         let totalBlocks = (prompt.count + blockSize - 1) / blockSize
         let needed = totalBlocks - matched.count
         var pinnedFromQueue = 0
@@ -347,16 +366,18 @@ struct CacheState {
         logicalBlocks += seq.blocks.count
         // Registered now, so its blocks are accounted for (invariants, a hand-over) while it waits.
         sequences[handle.serial] = seq
-        let fullBlocks = prompt.count / blockSize
         var pending = PendingAdmission(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt,
                                      namespace: ns, spills: spills, parentKey: nil, blocks: [], store: coldStore, arena: arena,
                                      blockSize: blockSize)
         guard coldStore != nil, matched.count < fullBlocks || !spills.isEmpty else {
             return .done(finishAdmission(pending, restoredKeys: []))
         }
-        if matched.count < fullBlocks {
+        if matched.count < fullBlocks, let key = firstStoreKey {
             pending.parentKey = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
             pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
+            let inFlight = RestoreInFlight()
+            restoring[key] = inFlight
+            pending.inFlight = (key, inFlight)
         }
         return .pending(pending)
     }
@@ -391,6 +412,10 @@ struct CacheState {
         counters.hitTokens += matched * blockSize
         counters.storeHitTokens += restored * blockSize
         counters.restoredBlocks += restored
+        if let (key, inFlight) = pending.inFlight {
+            restoring[key] = nil
+            inFlight.finished.leave()   // admissions waiting on this prefix begin again
+        }
         return Admission(sequence: pending.sequence, blockTable: seq.blocks, cachedTokenCount: seq.firstNewBlock * blockSize,
                          memoryHitTokens: matched * blockSize, storeHitTokens: restored * blockSize)
     }

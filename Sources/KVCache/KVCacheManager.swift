@@ -104,17 +104,22 @@ public final class KVCacheManager: Sendable {
     /// other threads' calls go on meanwhile; the sequence exists from the start (it holds its
     /// blocks) but its handle is returned only once that is done.
     public func admit(_ prompt: [TokenID], namespace: Namespace = .default) throws(KVCacheError) -> Admission {
-        let admission: Admission
-        let first = try mutate(completes: { if case .done = $0 { true } else { false } }) { (s: inout CacheState) throws(KVCacheError) in
-            try s.beginAdmission(prompt, namespace: namespace)
+        var result: Admission?
+        while result == nil {
+            let first = try mutate(completes: { if case .done = $0 { true } else { false } }) { (s: inout CacheState) throws(KVCacheError) in
+                try s.beginAdmission(prompt, namespace: namespace)
+            }
+            switch first {
+            case .done(let done):
+                result = done
+            case .pending(let pending):
+                let keys = pending.run()
+                result = try mutate { (s: inout CacheState) throws(KVCacheError) in s.finishAdmission(pending, restoredKeys: keys) }
+            case .wait(let inFlight):
+                inFlight.finished.wait()   // another admission is restoring this prefix: match it after
+            }
         }
-        switch first {
-        case .done(let done):
-            admission = done
-        case .pending(let pending):
-            let keys = pending.run()
-            admission = try mutate { (s: inout CacheState) throws(KVCacheError) in s.finishAdmission(pending, restoredKeys: keys) }
-        }
+        let admission = result!
         metrics.recordAdmission(admission, promptTokens: prompt.count)
         return admission
     }
@@ -335,6 +340,9 @@ public final class KVCacheManager: Sendable {
 
     /// The free queue, next block to reuse first (for tests and debugging).
     public var freeQueueOrder: [Int32] { state.withLock { $0.freeQueueOrder } }
+
+    /// Admissions that waited for another admission's restore of their prefix (for tests).
+    var restoreWaits: Int { state.withLock { $0.restoreWaits } }
 
     /// The refcount of a block (for tests and debugging). Traps on a block outside
     /// `0...capacityBlocks` (a caller bug; never a read out of bounds).

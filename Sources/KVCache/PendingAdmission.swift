@@ -1,9 +1,22 @@
+import Dispatch
 import KVCore
 
-/// What `CacheState.beginAdmission` leaves to do: nothing, or cold-store work (spills, restores).
+/// What `CacheState.beginAdmission` leaves to do: nothing, cold-store work (spills, restores), or
+/// — when another admission is restoring the same prefix — wait for it and begin again.
 enum AdmissionStep: Sendable {
     case done(Admission)
     case pending(PendingAdmission)
+    case wait(RestoreInFlight)
+}
+
+/// A restore in flight, keyed by the prefix key of its first block: an admission of the same
+/// prefix waits for it and then matches the restored blocks in memory, so a burst of identical
+/// prompts after a restart shares one copy (each restoring its own would read the store and hold
+/// the blocks once per request). The group is entered when the restore is registered and left when
+/// its admission finishes, both under the manager's lock.
+final class RestoreInFlight: @unchecked Sendable {
+    let finished = DispatchGroup()
+    init() { finished.enter() }
 }
 
 /// A block evicted by an admission, to be spilled by that admission outside the manager's lock.
@@ -36,6 +49,8 @@ struct PendingAdmission: Sendable {
     var parentKey: PrefixKey?
     /// The sequence's blocks for prompt blocks `memoryHits..<fullBlocks`, in order.
     var blocks: [Int32]
+    /// The key of the first block to restore, and what admissions of the same prefix wait on.
+    var inFlight: (key: PrefixKey, restore: RestoreInFlight)?
     let store: (any ColdPrefixStore)?
     let arena: KVPageArena?
     let blockSize: Int
