@@ -276,7 +276,9 @@ public final class KVCacheManager: Sendable {
     }
 
     /// The decode step's slot mapping: the last token of each sequence (the one `append` just
-    /// added), in batch order. See `slotMapping(for: [SlotSpan])`.
+    /// added), in batch order. See `slotMapping(for: [SlotSpan])`. (Disfavoured so that an empty
+    /// literal, `slotMapping(for: [])`, picks the span form instead of being ambiguous.)
+    @_disfavoredOverload
     public func slotMapping(for batch: [SequenceHandle]) throws(KVCacheError) -> SlotMapping {
         try slotMapping(for: batch.map { SlotSpan.last(1, of: $0) })
     }

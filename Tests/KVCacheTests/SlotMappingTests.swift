@@ -45,6 +45,7 @@ import Testing
         let none = try cache.slotMapping(for: [.from(c.cachedTokenCount, of: c.sequence)])
         #expect(none.count == 0 && none.indptr == [0, 0])
         #expect(try cache.slotMapping(for: [SlotSpan]()).count == 0)
+        #expect(try cache.slotMapping(for: []).count == 0)   // an empty literal is not ambiguous
         cache.checkInvariants()
         for s in [a.sequence, b.sequence, c.sequence] { try cache.release(s) }
         cache.checkInvariants()
