@@ -312,7 +312,9 @@ struct CacheState {
     /// and its memory hits only: copying blocks out and reading the store take milliseconds per
     /// block (tens for an 8k-token prefix), which must not hold every other caller.
     /// `finishAdmission` completes it. All-or-nothing: a refusal changes nothing.
-    mutating func beginAdmission(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> AdmissionStep {
+    /// `isQuery: false` (a prefetch) keeps the prompt out of the query and hit counters, so the hit
+    /// rate stays the requests'.
+    mutating func beginAdmission(_ prompt: [TokenID], namespace ns: Namespace, isQuery: Bool = true) throws(KVCacheError) -> AdmissionStep {
         guard !prompt.isEmpty else { throw .emptyPrompt }
         try Self.validate(prompt)
         // A namespace this manager has not seen matches nothing in memory; it is registered only
@@ -366,7 +368,7 @@ struct CacheState {
         logicalBlocks += seq.blocks.count
         // Registered now, so its blocks are accounted for (invariants, a hand-over) while it waits.
         sequences[handle.serial] = seq
-        var pending = PendingAdmission(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt,
+        var pending = PendingAdmission(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt, isQuery: isQuery,
                                      namespace: ns, spills: spills, parentKey: nil, blocks: [], store: coldStore, arena: arena,
                                      blockSize: blockSize)
         guard coldStore != nil, matched.count < fullBlocks || !spills.isEmpty else {
@@ -408,9 +410,11 @@ struct CacheState {
             seq.firstOwnPosition = seq.firstNewBlock * blockSize
         }  // else a cancelled writer handed one of its memory hits over while the store was read
         sequences[serial] = seq
-        counters.queryTokens += pending.prompt.count
-        counters.hitTokens += matched * blockSize
-        counters.storeHitTokens += restored * blockSize
+        if pending.isQuery {
+            counters.queryTokens += pending.prompt.count
+            counters.hitTokens += matched * blockSize
+            counters.storeHitTokens += restored * blockSize
+        }
         counters.restoredBlocks += restored
         if let (key, inFlight) = pending.inFlight {
             restoring[key] = nil

@@ -104,10 +104,17 @@ public final class KVCacheManager: Sendable {
     /// other threads' calls go on meanwhile; the sequence exists from the start (it holds its
     /// blocks) but its handle is returned only once that is done.
     public func admit(_ prompt: [TokenID], namespace: Namespace = .default) throws(KVCacheError) -> Admission {
+        let admission = try admit(prompt, namespace: namespace, isQuery: true)
+        metrics.recordAdmission(admission, promptTokens: prompt.count)
+        return admission
+    }
+
+    /// `admit`, also for a prefetch (`isQuery: false`: not a request, so not in the hit counters).
+    private func admit(_ prompt: [TokenID], namespace: Namespace, isQuery: Bool) throws(KVCacheError) -> Admission {
         var result: Admission?
         while result == nil {
             let first = try mutate(completes: { if case .done = $0 { true } else { false } }) { (s: inout CacheState) throws(KVCacheError) in
-                try s.beginAdmission(prompt, namespace: namespace)
+                try s.beginAdmission(prompt, namespace: namespace, isQuery: isQuery)
             }
             switch first {
             case .done(let done):
@@ -119,9 +126,26 @@ public final class KVCacheManager: Sendable {
                 inFlight.finished.wait()   // another admission is restoring this prefix: match it after
             }
         }
-        let admission = result!
-        metrics.recordAdmission(admission, promptTokens: prompt.count)
-        return admission
+        return result!
+    }
+
+    /// Brings the prompt's prefix that the cold store holds into memory ahead of its admission — for
+    /// a scheduler warming a queued request (as SGLang's HiCache prefetches), so the later `admit`
+    /// is a memory hit. Restores only the blocks the store holds after the memory hit (a probing
+    /// `lookup`), each into a block of its own taken from the free queue like any admission's,
+    /// and leaves them cached and unreferenced (evictable). Outside the lock like `admit`'s
+    /// restores. Returns the prompt's tokens in memory afterwards (whole blocks). A record the
+    /// store lost between the probe and the restore leaves nothing unwritten behind (the
+    /// blocks from it on are released as never written). Not a request: the query and hit
+    /// counters leave it out (restored blocks count). Throws as `admit` does; with no cold
+    /// store, or nothing in it, it only looks up.
+    @discardableResult
+    public func prefetch(_ prompt: [TokenID], namespace: Namespace = .default) throws(KVCacheError) -> Int {
+        let probe = try lookup(prompt, namespace: namespace, probeStore: true)
+        guard probe.storeTokens > 0 else { return probe.memoryTokens }
+        let warm = try admit(Array(prompt[..<probe.totalTokens]), namespace: namespace, isQuery: false)
+        try release(warm.sequence, computedTokens: warm.cachedTokenCount)
+        return warm.cachedTokenCount
     }
 
     /// Appends decoded tokens (or prompt tokens not known at admission). Appended tokens match

@@ -42,6 +42,8 @@ struct PendingAdmission: Sendable {
     /// Full blocks of the prompt: the last one a restore may reach.
     let fullBlocks: Int
     let prompt: [TokenID]
+    /// False for a prefetch: not counted as a query (see `CacheState.beginAdmission`).
+    let isQuery: Bool
     let namespace: Namespace
     /// Blocks the admission evicted, to spill before anything writes them.
     let spills: [DeferredSpill]
