@@ -1,18 +1,20 @@
 // Writing new tokens' K and V into their slots: what an engine does for every new token of every
-// sequence on every layer (vLLM's reshape_and_cache).
+// sequence on every layer (vLLM's reshape_and_cache); and reading them back by slot (`load`: KV
+// handed to another node or tier, checks).
 
-/// Why ``KVPageArena``'s `store` refused a write. Everything is checked before anything is
-/// written: a refused store leaves the arena as it was.
-public enum KVWriteError: Error, Equatable, Sendable, CustomStringConvertible {
+/// Why ``KVPageArena``'s `store` or `load` refused. Everything is checked before anything is
+/// written or read: a refused store leaves the arena as it was.
+public enum KVSlotError: Error, Equatable, Sendable, CustomStringConvertible {
     /// A layer outside `0..<layerCount`.
     case invalidLayer(Int, layerCount: Int)
     /// Token `index`'s slot is negative or past the arena (`slotCount` = capacity × block size).
     case slotOutOfRange(index: Int, slot: Int32, slotCount: Int)
     /// Token `index`'s slot is in the reserved null block (block 0, slots `0..<blockSize`).
     case nullBlockSlot(index: Int, slot: Int32)
-    /// The keys' or values' source holds `count` elements (bytes, for the `keyBytes:` form);
-    /// the slots need `expected` (tokens × kvHeadCount × headDim, times the element width).
-    case sourceSize(KVKind, count: Int, expected: Int)
+    /// The keys' or values' buffer (the source of a store, the destination of a load) holds
+    /// `count` elements (bytes, for the `keyBytes:` form); the slots need `expected` (tokens ×
+    /// kvHeadCount × headDim, times the element width).
+    case bufferSize(KVKind, count: Int, expected: Int)
     /// A slot mapping built for another block size.
     case blockSizeMismatch(mapping: Int, layout: Int)
 
@@ -21,7 +23,7 @@ public enum KVWriteError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"
         case .slotOutOfRange(let i, let s, let n): "token \(i): slot \(s) outside the arena's 0..<\(n)"
         case .nullBlockSlot(let i, let s): "token \(i): slot \(s) is in the reserved null block 0"
-        case .sourceSize(let kind, let c, let e): "\(kind == .keys ? "keys" : "values"): \(c) given, the slots need \(e)"
+        case .bufferSize(let kind, let c, let e): "\(kind == .keys ? "keys" : "values"): a buffer of \(c), the slots need \(e)"
         case .blockSizeMismatch(let m, let l): "the slot mapping is for blocks of \(m) tokens, the arena's are \(l)"
         }
     }
@@ -34,14 +36,14 @@ extension KVPageArena {
     ///
     /// `keys` and `values` are `[token][kvHead][headDim]` (the order a projection produces), token
     /// `i` going to flat slot `slots[i]` (`block * blockSize + offset`; see ``SlotMapping``).
-    /// Throws ``KVWriteError`` — a layer out of range, a slot outside the arena or in the null
+    /// Throws ``KVSlotError`` — a layer out of range, a slot outside the arena or in the null
     /// block, a source of the wrong size — before writing anything. Two tokens with one slot:
     /// the later one's K/V stays.
     ///
     /// The arena does no locking: write only slots of blocks the calling sequence owns (the slot
     /// mapping taken after this step's `append`s; see docs/PREFIX_CACHING.md).
     public func store(keys: UnsafeBufferPointer<Float>, values: UnsafeBufferPointer<Float>, layer: Int,
-                      slots: UnsafeBufferPointer<Int32>) throws(KVWriteError) {
+                      slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) {
         let rows = try checkWrite(keyCount: keys.count, valueCount: values.count, elementWidth: 1, layer: layer, slots: slots)
         guard rows > 0 else { return }
         for kind in KVKind.allCases {
@@ -70,7 +72,7 @@ extension KVPageArena {
     /// copies, no conversion. Otherwise as the fp32 `store(keys:values:layer:slots:)`; the sizes
     /// are checked in bytes.
     public func store(keyBytes: UnsafeRawBufferPointer, valueBytes: UnsafeRawBufferPointer, layer: Int,
-                      slots: UnsafeBufferPointer<Int32>) throws(KVWriteError) {
+                      slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) {
         let width = layout.dtype.byteWidth
         let rows = try checkWrite(keyCount: keyBytes.count, valueCount: valueBytes.count, elementWidth: width, layer: layer, slots: slots)
         guard rows > 0 else { return }
@@ -85,33 +87,79 @@ extension KVPageArena {
     }
 
     /// The fp32 `store(keys:values:layer:slots:)` from arrays.
-    public func store(keys: [Float], values: [Float], layer: Int, slots: [Int32]) throws(KVWriteError) {
-        try keys.withUnsafeBufferPointer { (k) throws(KVWriteError) in
-            try values.withUnsafeBufferPointer { (v) throws(KVWriteError) in
-                try slots.withUnsafeBufferPointer { (s) throws(KVWriteError) in try store(keys: k, values: v, layer: layer, slots: s) }
+    public func store(keys: [Float], values: [Float], layer: Int, slots: [Int32]) throws(KVSlotError) {
+        try keys.withUnsafeBufferPointer { (k) throws(KVSlotError) in
+            try values.withUnsafeBufferPointer { (v) throws(KVSlotError) in
+                try slots.withUnsafeBufferPointer { (s) throws(KVSlotError) in try store(keys: k, values: v, layer: layer, slots: s) }
             }
         }
     }
 
     /// The fp32 `store(keys:values:layer:slots:)` into a slot mapping's slots (its block size must
     /// be the layout's, else `.blockSizeMismatch`).
-    public func store(keys: [Float], values: [Float], layer: Int, slots mapping: SlotMapping) throws(KVWriteError) {
+    public func store(keys: [Float], values: [Float], layer: Int, slots mapping: SlotMapping) throws(KVSlotError) {
         guard mapping.blockSize == layout.blockSize else { throw .blockSizeMismatch(mapping: mapping.blockSize, layout: layout.blockSize) }
         try store(keys: keys, values: values, layer: layer, slots: mapping.slots)
     }
 
-    /// Checks a write of `slots.count` tokens whose sources hold `keyCount` and `valueCount`
-    /// elements (`elementWidth` 1) or bytes (`elementWidth` the dtype's); returns the rows to
-    /// write (tokens × kvHeadCount).
+    /// Reads the K and V of `slots.count` tokens of one layer into `keys` and `values` as fp32
+    /// `[token][kvHead][headDim]`: the inverse of `store(keys:values:layer:slots:)` (each element
+    /// widened exactly from the layout's dtype). For KV leaving the arena — another node (a prefill
+    /// node handing a sequence to a decode node), another tier — and for checks. Throws
+    /// ``KVSlotError`` (a layer out of range, a slot outside the arena or in the null block, a
+    /// buffer of the wrong size) before reading anything.
+    public func load(keys: UnsafeMutableBufferPointer<Float>, values: UnsafeMutableBufferPointer<Float>, layer: Int,
+                     slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) {
+        let rows = try checkWrite(keyCount: keys.count, valueCount: values.count, elementWidth: 1, layer: layer, slots: slots)
+        guard rows > 0 else { return }
+        let blockSize = layout.blockSize, headDim = layout.headDim, heads = layout.kvHeadCount
+        let dtype = layout.dtype, rowBytes = headDim * dtype.byteWidth, headStride = blockSize * rowBytes
+        for kind in KVKind.allCases {
+            var dst = (kind == .keys ? keys : values).baseAddress!
+            let arena = UnsafeRawPointer(base + offset(layer: layer, kind: kind, block: 0))
+            for slot in slots {
+                let block = Int(slot) / blockSize, offset = Int(slot) - block * blockSize
+                var src = arena + block * blockStride + offset * rowBytes
+                for _ in 0..<heads {
+                    for i in 0..<headDim { dst[i] = dtype.load(src, i) }
+                    dst += headDim
+                    src += headStride
+                }
+            }
+        }
+    }
+
+    /// `load(keys:values:layer:slots:)` into new arrays.
+    public func load(layer: Int, slots: [Int32]) throws(KVSlotError) -> (keys: [Float], values: [Float]) {
+        let count = slots.count * layout.kvHeadCount * layout.headDim
+        var keys = [Float](repeating: 0, count: count), values = [Float](repeating: 0, count: count)
+        try keys.withUnsafeMutableBufferPointer { (k) throws(KVSlotError) in
+            try values.withUnsafeMutableBufferPointer { (v) throws(KVSlotError) in
+                try slots.withUnsafeBufferPointer { (s) throws(KVSlotError) in try load(keys: k, values: v, layer: layer, slots: s) }
+            }
+        }
+        return (keys, values)
+    }
+
+    /// `load(layer:slots:)` of a slot mapping's slots (its block size must be the layout's, else
+    /// `.blockSizeMismatch`).
+    public func load(layer: Int, slots mapping: SlotMapping) throws(KVSlotError) -> (keys: [Float], values: [Float]) {
+        guard mapping.blockSize == layout.blockSize else { throw .blockSizeMismatch(mapping: mapping.blockSize, layout: layout.blockSize) }
+        return try load(layer: layer, slots: mapping.slots)
+    }
+
+    /// Checks a write (or load) of `slots.count` tokens whose buffers hold `keyCount` and
+    /// `valueCount` elements (`elementWidth` 1) or bytes (`elementWidth` the dtype's); returns the
+    /// rows (tokens × kvHeadCount).
     private func checkWrite(keyCount: Int, valueCount: Int, elementWidth: Int, layer: Int,
-                            slots: UnsafeBufferPointer<Int32>) throws(KVWriteError) -> Int {
+                            slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) -> Int {
         guard layer >= 0 && layer < layout.layerCount else { throw .invalidLayer(layer, layerCount: layout.layerCount) }
         let rowElements = layout.kvHeadCount * layout.headDim
         let (units, o1) = slots.count.multipliedReportingOverflow(by: rowElements)
         let (expected, o2) = units.multipliedReportingOverflow(by: elementWidth)
         let need = o1 || o2 ? Int.max : expected
-        guard keyCount == need else { throw .sourceSize(.keys, count: keyCount, expected: need) }
-        guard valueCount == need else { throw .sourceSize(.values, count: valueCount, expected: need) }
+        guard keyCount == need else { throw .bufferSize(.keys, count: keyCount, expected: need) }
+        guard valueCount == need else { throw .bufferSize(.values, count: valueCount, expected: need) }
         let blockSize = layout.blockSize
         let slotCount = capacityBlocks * blockSize   // fits: capacity × blockStride does, and blockStride ≥ blockSize
         for (i, slot) in slots.enumerated() {

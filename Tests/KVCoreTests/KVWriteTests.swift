@@ -133,6 +133,38 @@ import Testing
         #expect(Self.sameBytes(got, expected))
     }
 
+    /// `load` reads back by slot what `store` wrote, as `KVDType.load` widens each stored element,
+    /// for every dtype, across blocks, heads and layers, in any slot order; and its typed errors.
+    @Test(arguments: [KVDType.float32, .float16, .bfloat16])
+    func loadReadsBackWhatStoreWrote(_ dtype: KVDType) throws {
+        let layout = try KVLayout(layerCount: 2, kvHeadCount: 3, headDim: 5, blockSize: 4, dtype: dtype)
+        let arena = Self.noisyArena(layout, capacity: 6, seed: 11)
+        var rng = SeededRandom(seed: 12)
+        let slots: [Int32] = [23, 4, 9, 10, 17, 5]   // blocks 1–5, out of order, two in one block
+        let n = slots.count * layout.kvHeadCount * layout.headDim
+        for layer in 0..<2 {
+            let keys = (0..<n).map { _ in Float.random(in: -4...4, using: &rng) }, values = (0..<n).map { _ in Float.random(in: -4...4, using: &rng) }
+            try arena.store(keys: keys, values: values, layer: layer, slots: slots)
+            let back = try arena.load(layer: layer, slots: slots)
+            #expect(back.keys == keys.map { dtype.rounded($0) } && back.values == values.map { dtype.rounded($0) }, "layer \(layer)")
+            #expect(try arena.load(layer: layer, slots: Array(slots.reversed())).keys.count == n)
+        }
+        #expect(try arena.load(layer: 0, slots: []).keys.isEmpty)
+        #expect(throws: KVSlotError.nullBlockSlot(index: 1, slot: 2)) { try arena.load(layer: 0, slots: [4, 2]) }
+        #expect(throws: KVSlotError.slotOutOfRange(index: 0, slot: 24, slotCount: 24)) { try arena.load(layer: 0, slots: [24]) }
+        #expect(throws: KVSlotError.invalidLayer(2, layerCount: 2)) { try arena.load(layer: 2, slots: [4]) }
+        var small = [Float](repeating: 0, count: 14), right = [Float](repeating: 0, count: 15)
+        #expect(throws: KVSlotError.bufferSize(.keys, count: 14, expected: 15)) {
+            try small.withUnsafeMutableBufferPointer { k in
+                try right.withUnsafeMutableBufferPointer { v in
+                    try [Int32(4)].withUnsafeBufferPointer { s in try arena.load(keys: k, values: v, layer: 0, slots: s) }
+                }
+            }
+        }
+        let mapping = try SlotMapping(blockSize: 2, tables: [[2]], positions: [0..<1])
+        #expect(throws: KVSlotError.blockSizeMismatch(mapping: 2, layout: 4)) { try arena.load(layer: 0, slots: mapping) }
+    }
+
     /// Bad input is a typed error, checked before anything is written: a call whose last slot
     /// (or source) is bad leaves every byte as it was.
     @Test func misuseIsATypedErrorAndWritesNothing() throws {
@@ -140,7 +172,7 @@ import Testing
         let arena = Self.noisyArena(layout, capacity: 3, seed: 5)   // slots 4..<12 usable
         let before = Self.snapshot(arena)
         let row = [Float](repeating: 1.5, count: 8)
-        func attempt(_ keys: [Float], _ values: [Float], layer: Int = 0, _ slots: [Int32]) -> KVWriteError? {
+        func attempt(_ keys: [Float], _ values: [Float], layer: Int = 0, _ slots: [Int32]) -> KVSlotError? {
             do { try arena.store(keys: keys, values: values, layer: layer, slots: slots); return nil } catch { return error }
         }
         #expect(attempt(row + row, row + row, [4, 12]) == .slotOutOfRange(index: 1, slot: 12, slotCount: 12))
@@ -149,14 +181,14 @@ import Testing
         #expect(attempt(row, row, [0]) == .nullBlockSlot(index: 0, slot: 0))
         #expect(attempt(row, row, layer: 2, [4]) == .invalidLayer(2, layerCount: 2))
         #expect(attempt(row, row, layer: -1, [4]) == .invalidLayer(-1, layerCount: 2))
-        #expect(attempt(row, row, [4, 5]) == .sourceSize(.keys, count: 8, expected: 16))
-        #expect(attempt(row + row, row, [4, 5]) == .sourceSize(.values, count: 8, expected: 16))
-        #expect(attempt(row + [1], row, [4]) == .sourceSize(.keys, count: 9, expected: 8))
+        #expect(attempt(row, row, [4, 5]) == .bufferSize(.keys, count: 8, expected: 16))
+        #expect(attempt(row + row, row, [4, 5]) == .bufferSize(.values, count: 8, expected: 16))
+        #expect(attempt(row + [1], row, [4]) == .bufferSize(.keys, count: 9, expected: 8))
         let mapping = try SlotMapping(blockSize: 2, tables: [[2]], positions: [0..<1])
-        #expect(throws: KVWriteError.blockSizeMismatch(mapping: 2, layout: 4)) { try arena.store(keys: row, values: row, layer: 0, slots: mapping) }
+        #expect(throws: KVSlotError.blockSizeMismatch(mapping: 2, layout: 4)) { try arena.store(keys: row, values: row, layer: 0, slots: mapping) }
         // The encoded form counts bytes.
         let bytes = [UInt8](repeating: 0, count: 16)
-        #expect(throws: KVWriteError.sourceSize(.values, count: 15, expected: 16)) {
+        #expect(throws: KVSlotError.bufferSize(.values, count: 15, expected: 16)) {
             try bytes.withUnsafeBytes { k in
                 try bytes.dropLast().withUnsafeBytes { v in
                     try [Int32(4)].withUnsafeBufferPointer { s in try arena.store(keyBytes: k, valueBytes: UnsafeRawBufferPointer(v), layer: 0, slots: s) }
