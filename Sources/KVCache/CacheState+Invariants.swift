@@ -9,6 +9,13 @@ extension CacheState {
         index.checkInvariants()
         let capacity = pool.capacity
 
+        // Admissions in flight: each restore belongs to a registered sequence; evictions are
+        // deferred only inside an admission's allocation.
+        for (key, inFlight) in restoring {
+            invariant(sequences[inFlight.sequence] != nil, "CacheState: the restore in flight for \(key) belongs to sequence \(inFlight.sequence), which is not live")
+        }
+        invariant(deferredSpills == nil, "CacheState: \(deferredSpills?.count ?? 0) deferred spills outside an admission")
+
         // Refcounts are exactly the number of table slots naming each block.
         var refs = [Int32](repeating: 0, count: capacity + 1)
         // The tokens each block holds as seen by the first sequence naming it (and which one):

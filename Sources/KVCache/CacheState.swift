@@ -377,7 +377,7 @@ struct CacheState {
         if matched.count < fullBlocks, let key = firstStoreKey {
             pending.parentKey = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
             pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
-            let inFlight = RestoreInFlight()
+            let inFlight = RestoreInFlight(sequence: handle.serial)
             restoring[key] = inFlight
             pending.inFlight = (key, inFlight)
         }

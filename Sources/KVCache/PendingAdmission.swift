@@ -16,7 +16,12 @@ enum AdmissionStep: Sendable {
 /// its admission finishes, both under the manager's lock.
 final class RestoreInFlight: @unchecked Sendable {
     let finished = DispatchGroup()
-    init() { finished.enter() }
+    /// The serial of the admitting sequence (registered, its handle not yet returned).
+    let sequence: UInt64
+    init(sequence: UInt64) {
+        self.sequence = sequence
+        finished.enter()
+    }
 }
 
 /// A block evicted by an admission, to be spilled by that admission outside the manager's lock.
