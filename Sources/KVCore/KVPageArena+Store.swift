@@ -44,23 +44,23 @@ extension KVPageArena {
     /// mapping taken after this step's `append`s; see docs/PREFIX_CACHING.md).
     public func store(keys: UnsafeBufferPointer<Float>, values: UnsafeBufferPointer<Float>, layer: Int,
                       slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) {
-        let rows = try checkWrite(keyCount: keys.count, valueCount: values.count, elementWidth: 1, layer: layer, slots: slots)
+        let rows = try checkSlotAccess(keyCount: keys.count, valueCount: values.count, elementWidth: 1, layer: layer, slots: slots)
         guard rows > 0 else { return }
         for kind in KVKind.allCases {
             let source = (kind == .keys ? keys : values).baseAddress!
             let arena = base + offset(layer: layer, kind: kind, block: 0)
             switch layout.dtype {
             case .float32:
-                writeRows(source, arena, slots) { src, dst, n in
+                forEachRow(source, arena, slots) { src, dst, n in
                     dst.copyMemory(from: src, byteCount: n * 4)
                 }
             case .float16:
-                writeRows(source, arena, slots) { src, dst, n in
+                forEachRow(source, arena, slots) { src, dst, n in
                     // = Float16(x).bitPattern, without a library call per element
                     for i in 0..<n { dst.storeBytes(of: KVDType.float16Bits(src[i]), toByteOffset: 2 * i, as: UInt16.self) }
                 }
             case .bfloat16:
-                writeRows(source, arena, slots) { src, dst, n in
+                forEachRow(source, arena, slots) { src, dst, n in
                     for i in 0..<n { dst.storeBytes(of: KVDType.bfloat16Bits(src[i]), toByteOffset: 2 * i, as: UInt16.self) }
                 }
             }
@@ -74,13 +74,13 @@ extension KVPageArena {
     public func store(keyBytes: UnsafeRawBufferPointer, valueBytes: UnsafeRawBufferPointer, layer: Int,
                       slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) {
         let width = layout.dtype.byteWidth
-        let rows = try checkWrite(keyCount: keyBytes.count, valueCount: valueBytes.count, elementWidth: width, layer: layer, slots: slots)
+        let rows = try checkSlotAccess(keyCount: keyBytes.count, valueCount: valueBytes.count, elementWidth: width, layer: layer, slots: slots)
         guard rows > 0 else { return }
         for kind in KVKind.allCases {
             let source = (kind == .keys ? keyBytes : valueBytes).baseAddress!
             let arena = base + offset(layer: layer, kind: kind, block: 0)
             // One row (a token's head) is headDim contiguous elements in the source and in the block.
-            writeRows(source.assumingMemoryBound(to: UInt8.self), arena, slots, sourceElementWidth: width) { src, dst, n in
+            forEachRow(source.assumingMemoryBound(to: UInt8.self), arena, slots, flatElementWidth: width) { src, dst, n in
                 dst.copyMemory(from: src, byteCount: n * width)
             }
         }
@@ -110,21 +110,14 @@ extension KVPageArena {
     /// buffer of the wrong size) before reading anything.
     public func load(keys: UnsafeMutableBufferPointer<Float>, values: UnsafeMutableBufferPointer<Float>, layer: Int,
                      slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) {
-        let rows = try checkWrite(keyCount: keys.count, valueCount: values.count, elementWidth: 1, layer: layer, slots: slots)
+        let rows = try checkSlotAccess(keyCount: keys.count, valueCount: values.count, elementWidth: 1, layer: layer, slots: slots)
         guard rows > 0 else { return }
-        let blockSize = layout.blockSize, headDim = layout.headDim, heads = layout.kvHeadCount
-        let dtype = layout.dtype, rowBytes = headDim * dtype.byteWidth, headStride = blockSize * rowBytes
+        let dtype = layout.dtype
         for kind in KVKind.allCases {
-            var dst = (kind == .keys ? keys : values).baseAddress!
-            let arena = UnsafeRawPointer(base + offset(layer: layer, kind: kind, block: 0))
-            for slot in slots {
-                let block = Int(slot) / blockSize, offset = Int(slot) - block * blockSize
-                var src = arena + block * blockStride + offset * rowBytes
-                for _ in 0..<heads {
-                    for i in 0..<headDim { dst[i] = dtype.load(src, i) }
-                    dst += headDim
-                    src += headStride
-                }
+            let destination = (kind == .keys ? keys : values).baseAddress!
+            let arena = base + offset(layer: layer, kind: kind, block: 0)
+            forEachRow(destination, arena, slots) { dst, src, n in
+                for i in 0..<n { dst[i] = dtype.load(src, i) }
             }
         }
     }
@@ -151,7 +144,7 @@ extension KVPageArena {
     /// Checks a write (or load) of `slots.count` tokens whose buffers hold `keyCount` and
     /// `valueCount` elements (`elementWidth` 1) or bytes (`elementWidth` the dtype's); returns the
     /// rows (tokens × kvHeadCount).
-    private func checkWrite(keyCount: Int, valueCount: Int, elementWidth: Int, layer: Int,
+    private func checkSlotAccess(keyCount: Int, valueCount: Int, elementWidth: Int, layer: Int,
                             slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) -> Int {
         guard layer >= 0 && layer < layout.layerCount else { throw .invalidLayer(layer, layerCount: layout.layerCount) }
         let rowElements = layout.kvHeadCount * layout.headDim
@@ -169,26 +162,28 @@ extension KVPageArena {
         return slots.count * layout.kvHeadCount
     }
 
-    /// For every token `t` and KV head `h`, calls `row` with the source row `(t, h)` (headDim
-    /// elements from `source + (t * kvHeadCount + h) * headDim`) and its destination in the layer's
-    /// arena `arena`. Inlined into each dtype's loop, so `row` is a direct, specialised body.
+    /// For every token `t` and KV head `h`, calls `row` with row `(t, h)` of the token-major
+    /// buffer `flat` (headDim elements from `flat + (t * kvHeadCount + h) * headDim`, times
+    /// `flatElementWidth` for a byte buffer) and the same row's place in the layer's arena `arena`:
+    /// the walk `store` writes along and `load` reads along. Inlined into each dtype's loop, so
+    /// `row` is a direct, specialised body.
     @inline(__always)
-    private func writeRows<Source>(_ source: UnsafePointer<Source>, _ arena: UnsafeMutableRawPointer, _ slots: UnsafeBufferPointer<Int32>,
-                                   sourceElementWidth: Int = 1,
-                                   _ row: (UnsafePointer<Source>, UnsafeMutableRawPointer, Int) -> Void) {
+    private func forEachRow<Flat: Strideable>(_ flat: Flat, _ arena: UnsafeMutableRawPointer, _ slots: UnsafeBufferPointer<Int32>,
+                                              flatElementWidth: Int = 1,
+                                              _ row: (Flat, UnsafeMutableRawPointer, Int) -> Void) where Flat.Stride == Int {
         let blockSize = layout.blockSize, headDim = layout.headDim, heads = layout.kvHeadCount
         let width = layout.dtype.byteWidth
         let rowBytes = headDim * width
-        let sourceRow = headDim * sourceElementWidth
+        let flatRow = headDim * flatElementWidth
         let headStride = blockSize * rowBytes
-        var src = source
+        var src = flat
         for slot in slots {
             let flat = Int(slot)
             let block = flat / blockSize, offset = flat - block * blockSize
             var dst = arena + block * blockStride + offset * rowBytes
             for _ in 0..<heads {
                 row(src, dst, headDim)
-                src += sourceRow
+                src = src.advanced(by: flatRow)
                 dst += headStride
             }
         }
