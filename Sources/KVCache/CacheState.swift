@@ -324,9 +324,10 @@ struct CacheState {
         let fullBlocks = prompt.count / blockSize
         // The store key of the first block after the memory hit: if another admission is restoring
         // it right now, wait for that one (nothing changes here) and match its blocks in memory.
-        var firstStoreKey: PrefixKey?
+        var storeParentKey: PrefixKey?, firstStoreKey: PrefixKey?
         if let store = coldStore, matched.count < fullBlocks {
             let parent = matched.last.map { prefixKey(of: $0) } ?? known.map { rootKey($0) } ?? store.rootKey(namespace: ns)
+            storeParentKey = parent
             firstStoreKey = prompt.withUnsafeBufferPointer { p in
                 store.childKey(parent: parent, tokens: UnsafeBufferPointer(rebasing: p[(matched.count * blockSize)..<((matched.count + 1) * blockSize)]))
             }
@@ -375,7 +376,7 @@ struct CacheState {
             return .done(finishAdmission(pending, restoredKeys: []))
         }
         if matched.count < fullBlocks, let key = firstStoreKey {
-            pending.parentKey = matched.isEmpty ? rootKey(k) : prefixKey(of: matched.last!)
+            pending.parentKey = storeParentKey
             pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
             let inFlight = RestoreInFlight(sequence: handle.serial)
             restoring[key] = inFlight
