@@ -46,6 +46,32 @@ struct WriteBatch {
     var isEmpty: Bool { records.isEmpty && touches.isEmpty && deletes.isEmpty && stats == nil }
     var recordBytes: Int { records.reduce(0) { $0 + $1.bytes.count } }
 
+    /// Deletions, touches and records, in that order (the order a transaction applies them in),
+    /// cut into batches of at most `maxOperations` each (at least one); the stats go with the
+    /// first. Applying them one after another has the effect of applying `self`.
+    func parts(maxOperations: Int) -> [WriteBatch] {
+        let limit = max(1, maxOperations)
+        guard deletes.count + touches.count + records.count > limit else { return [self] }
+        var parts: [WriteBatch] = []
+        var part = WriteBatch()
+        part.stats = stats
+        var size = 0
+        func add(_ place: (inout WriteBatch) -> Void) {
+            if size == limit {
+                parts.append(part)
+                part = WriteBatch()
+                size = 0
+            }
+            place(&part)
+            size += 1
+        }
+        for key in deletes { add { $0.deletes.append(key) } }
+        for key in touches { add { $0.touches.append(key) } }
+        for record in records { add { $0.records.append(record) } }
+        parts.append(part)
+        return parts
+    }
+
     /// Two batches with half the records each; touches, deletions and stats go with the first.
     func split() -> (WriteBatch, WriteBatch) {
         let half = records.count / 2

@@ -37,6 +37,15 @@ final class StoreWriter: Sendable {
     /// (At 0 every later record would be "too large" and the store empty for good.)
     let minimumLimitBytes: Int
     private let readerCheckIntervalMillis: UInt64
+    /// The most records, touches and deletions one transaction applies: each may copy a few
+    /// B-tree pages, and a transaction's copies must fit beside the trees at the ceiling.
+    /// A batch of thousands of small records in a tight map (a 4 MiB batch is 6,000 records of
+    /// 690 bytes) needed more copy room than the map had: its `MDB_MAP_FULL` handling then
+    /// evicted in rounds at every level of its splitting and nearly emptied the store
+    /// (MapSizingTests saw 189 entries kept where small batches kept 3,800). So the copies a
+    /// transaction may make (the estimate `evictForMapRoom` uses) stay within an eighth of
+    /// ``softMapLimit``: 30 operations in a 6 MiB map, 1,600 in the default map of a 64 MiB store.
+    let operationsPerTransaction: Int
     /// The map size the environment had when opened (LMDB keeps a larger one an earlier run set).
     let openedMapSize: Int
     private let logger: Logger
@@ -47,6 +56,7 @@ final class StoreWriter: Sendable {
         self.mapSizeLimit = mapSizeLimit
         pageSize = try store.env.stat().pageSize
         softMapLimit = mapSizeLimit - min(16 << 20, max(256 << 10, mapSizeLimit / 64), mapSizeLimit / 4) / pageSize * pageSize
+        operationsPerTransaction = max(1, (softMapLimit / 8 - Self.fixedCopyPages * pageSize) / (Self.copyPagesPerOperation * pageSize))
         self.logger = logger
         configuredLimitBytes = limitBytes
         minimumLimitBytes = min(limitBytes, SpillRecord.payloadOffset(namespaceBytes: 256, tokenCount: store.layout.blockSize)
@@ -90,7 +100,7 @@ final class StoreWriter: Sendable {
         guard !batch.isEmpty else { return delta }
         state.withLock { state in
             if nowMillis() >= state.lastReaderCheckMillis + readerCheckIntervalMillis { reapDeadReaders(&state, &delta) }
-            commit(batch, &state, &delta)
+            for part in batch.parts(maxOperations: operationsPerTransaction) { commit(part, &state, &delta) }
         }
         return delta
     }
@@ -364,7 +374,7 @@ final class StoreWriter: Sendable {
         var removed = 0
         while removed < cap && s.bytes > 0 {
             let tree = try treeBytes(txn)
-            let copied = min(tree, 4 * page * (incoming.count + operations) + 64 * page)
+            let copied = min(tree, Self.copyPagesPerOperation * page * (incoming.count + operations) + Self.fixedCopyPages * page)
             guard tree + incomingBytes + 2 * copied > softMapLimit else { return }
             let before = delta.lruEvictions
             try evict(txn, &s, until: 0, maxEntries: min(64, cap - removed), &delta)
@@ -373,6 +383,11 @@ final class StoreWriter: Sendable {
             delta.mapRoomEvictions += delta.lruEvictions - before
         }
     }
+
+    /// Pages one write may copy on write (a leaf and its branch path in `entries`, `lru` and
+    /// `access`), and the pages any transaction may copy besides (meta, freelist, roots).
+    static let copyPagesPerOperation = 4
+    static let fixedCopyPages = 64
 
     /// Gives `key` the next access sequence (newest in the LRU order).
     private func link(_ key: UnsafeRawBufferPointer, _ txn: borrowing Transaction, _ s: inout State) throws {

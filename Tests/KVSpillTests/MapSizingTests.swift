@@ -95,9 +95,82 @@ final class MapSizingTests: XCTestCase {
         let limit = 4 << 20
         let counters = try fillSeveralTimesOver(layout: layout, limit: limit, rounds: 5, mode: .background(queueLimitBytes: 64 << 20),
                                                 seed: 4, mapSizeLimit: limit + limit / 4 + (1 << 20),
-                                                // A 6 MiB map with copy-on-write room holds about a MiB of small records.
-                                                minimumEntriesKept: 500)
+                                                // A 6 MiB map with copy-on-write room holds 1.5-2.5 MB of small records
+                                                // (2,300-3,400 entries in 15 runs); 189 in a CI run when a batch went in
+                                                // as one transaction (see operationsPerTransaction).
+                                                minimumEntriesKept: 1500)
         XCTAssertGreaterThan(counters.mapRoomEvictions, 0, "eviction by measured pages ran (\(counters))")
+    }
+
+    /// A batch of hundreds of small records arriving at a tight map already at its ceiling (the
+    /// writer was busy while they queued) is committed in transactions small enough for the
+    /// map's copy-on-write room. One transaction for all of them hit `MDB_MAP_FULL`, and its
+    /// eviction rounds at every level of splitting took most of the store (2.4 MB of small
+    /// records down to 0.2 MB in a CI run). The store must keep what it held, less what
+    /// the new records displace.
+    func testABatchQueuedWhileTheWriterWasBusyDoesNotEmptyATightStore() throws {
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
+        let limit = 4 << 20
+        let dir = try makeTemporaryDirectory(self)
+        var config = SpillStoreConfiguration(path: dir + "/store", layout: layout, limitBytes: limit,
+                                             writeMode: .background(queueLimitBytes: 64 << 20), durable: false, statsIntervalSeconds: 0.05)
+        config.initialMapSizeBytes = 1 << 20
+        config.mapSizeLimitOverride = limit + limit / 4 + (1 << 20)
+        let store = try LMDBSpillStore(config)
+        defer { store.close() }
+        let arena = KVPageArena(layout: layout, capacityBlocks: 4)
+        var rng = SeededRandom(seed: 6)
+        // Fill the map to its ceiling in batches of a few records.
+        for _ in 0..<600 {
+            spillRandom(store, arena: arena, count: 8, rng: &rng)
+            store.flush()
+        }
+        let before = store.checkInvariants()
+        XCTAssertEqual(store.writer.withStateLocked { $0.mapSize }, store.writer.softMapLimit, "the map reached its ceiling (\(store.counters))")
+
+        // Hold the writer while 400 records queue, so they reach it as one batch.
+        let holding = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0), released = DispatchSemaphore(value: 0)
+        Thread {
+            store.writer.withStateLocked { _ in
+                holding.signal()
+                release.wait()
+            }
+            released.signal()
+        }.start()
+        holding.wait()
+        let added = 400
+        spillRandom(store, arena: arena, count: added, rng: &rng)
+        release.signal()
+        released.wait()
+        store.flush()
+
+        let after = store.checkInvariants()
+        let c = store.counters
+        XCTAssertEqual(c.recordsFailed, 0, "\(c)")
+        // A new record displaces at most two old ones (the writer's cap on eviction for map room):
+        // 2,900-3,200 entries became 2,170-2,250 here, and 920-930 when the batch was one transaction.
+        XCTAssertGreaterThanOrEqual(after, (before + added) / 2, "kept \(after) of \(before) entries after \(added) new ones (\(c))")
+        print("\(name): \(before) entries before, \(after) after; \(c)")
+    }
+
+    /// A batch cut for the writer's transactions keeps every operation once, in the order a
+    /// transaction applies them (deletions, touches, records), the stats with the first part.
+    func testABatchIsCutIntoPartsInApplyOrder() throws {
+        let pool = RecordBufferPool(retainBytes: 0)
+        let keys = (0..<10).map { i in PrefixKey(UInt64(i), 0, 0, 0) }
+        var batch = WriteBatch()
+        batch.deletes = Array(keys[0..<3])
+        batch.touches = Array(keys[3..<5])
+        batch.records = keys[5..<10].map { PendingRecord(key: $0, byteCount: 64, pool: pool) }
+        batch.stats = PublishedStats(savedAtMillis: 7, stats: KVCacheStats())
+        XCTAssertEqual(batch.parts(maxOperations: 10).count, 1)
+        for limit in [0, 1, 2, 3, 4, 9] {
+            let parts = batch.parts(maxOperations: limit)
+            XCTAssertEqual(parts.count, (10 + max(1, limit) - 1) / max(1, limit), "limit \(limit)")
+            XCTAssertTrue(parts.allSatisfy { $0.deletes.count + $0.touches.count + $0.records.count <= max(1, limit) })
+            XCTAssertEqual(parts.flatMap { $0.deletes + $0.touches + $0.records.map(\.key) }, keys, "limit \(limit)")
+            XCTAssertEqual(parts.map { $0.stats?.savedAtMillis }, [7] + Array(repeating: nil, count: parts.count - 1))
+        }
     }
 
     func testATightMapInSynchronousMode() throws {
