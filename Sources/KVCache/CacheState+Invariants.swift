@@ -9,12 +9,12 @@ extension CacheState {
         index.checkInvariants()
         let capacity = pool.capacity
 
-        // Admissions in flight: each restore belongs to a registered sequence; evictions are
-        // deferred only inside an admission's allocation.
+        // Admissions in flight: each restore belongs to a registered sequence; evicted blocks
+        // wait for their spill only inside the call that evicted them.
         for (key, inFlight) in restoring {
             invariant(sequences[inFlight.sequence] != nil, "CacheState: the restore in flight for \(key) belongs to sequence \(inFlight.sequence), which is not live")
         }
-        invariant(deferredSpills == nil, "CacheState: \(deferredSpills?.count ?? 0) deferred spills outside an admission")
+        invariant(evictedSpills.isEmpty, "CacheState: \(evictedSpills.count) evicted blocks left unspilled after their call")
 
         // Refcounts are exactly the number of table slots naming each block.
         var refs = [Int32](repeating: 0, count: capacity + 1)

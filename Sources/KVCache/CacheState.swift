@@ -88,11 +88,13 @@ struct CacheState {
     var rootKeys: [PrefixKey?] = []
     let onEvict: (@Sendable (EvictedBlock) -> Void)?
     let publication: BlockPublication
-    /// While set (an admission's allocations), evictions are recorded here instead of spilled: each
-    /// evicted block goes to the admitting sequence, which spills them outside the lock before
-    /// anything writes those blocks (copying hundreds of MiB out under the lock held every other
-    /// caller). See `PendingAdmission`.
-    var deferredSpills: [DeferredSpill]?
+    /// Blocks this call evicted, to spill once the manager's lock is released (copying hundreds of
+    /// MiB out under the lock held every other caller; a synchronous store commits per spill).
+    /// Each went to the calling sequence, which has not seen it yet. Empty between calls: the
+    /// manager takes them (`takeEvictedSpills`) in the critical section that evicted them.
+    var evictedSpills: [DeferredSpill] = []
+    /// The spills running outside the lock, which admissions wait for (see `SpillsInFlight`).
+    let spillsInFlight = SpillsInFlight()
     /// Restores in flight by the prefix key of their first block (see `RestoreInFlight`).
     var restoring: [PrefixKey: RestoreInFlight] = [:]
     /// Admissions that waited for another's restore of their prefix (for tests).
@@ -212,26 +214,32 @@ struct CacheState {
 
     // MARK: - Allocation
 
-    /// Takes the next block from the free queue, evicting it from the tree (and spilling it) when
-    /// it is cached. The caller has checked that the queue holds enough blocks.
-    mutating func allocateBlock() -> Int32 {
+    /// Takes the next block from the free queue, evicting it from the tree when it is cached. The
+    /// evicted block is spilled after the call's critical section (`evictedSpills`), or at once
+    /// when `writtenNow`: the caller overwrites its pages in this critical section (a copy-on-write).
+    /// The caller has checked that the queue holds enough blocks.
+    mutating func allocateBlock(writtenNow: Bool = false) -> Int32 {
         guard let b = pool.popFront() else { fatalError("CacheState: free queue empty after the availability check") }
-        if index.inTree[Int(b)] { evict(b) }
+        if index.inTree[Int(b)] {
+            evict(b)
+            if writtenNow, evictedSpills.last?.block == BlockID(b) {
+                let spill = evictedSpills.removeLast()
+                spill.tokens.withUnsafeBufferPointer {
+                    coldStore!.spill(key: spill.key, namespace: spill.namespace, tokens: $0, block: spill.block, arena: arena)
+                }
+            }
+        }
         pool.retain(b)
         return b
     }
 
     mutating func evict(_ b: Int32) {
         let k = index.namespaceIndex[Int(b)]
-        if let store = coldStore {
+        if coldStore != nil {
             let key = prefixKey(of: b)
             blockTokens.withUnsafeBufferPointer { all in
                 let tokens = UnsafeBufferPointer(rebasing: all[(Int(b) * blockSize)..<(Int(b + 1) * blockSize)])
-                if deferredSpills != nil {
-                    deferredSpills!.append(DeferredSpill(key: key, namespace: namespaceNames[Int(k)], tokens: Array(tokens), block: BlockID(b)))
-                } else {
-                    store.spill(key: key, namespace: namespaceNames[Int(k)], tokens: tokens, block: BlockID(b), arena: arena)
-                }
+                evictedSpills.append(DeferredSpill(key: key, namespace: namespaceNames[Int(k)], tokens: Array(tokens), block: BlockID(b)))
             }
             counters.spilledBlocks += 1
         }
@@ -299,7 +307,9 @@ struct CacheState {
     /// Admits a prompt in one go: `beginAdmission`, the cold-store restores, `finishAdmission`.
     /// (The manager runs the restores outside its lock instead.)
     mutating func admit(_ prompt: [TokenID], namespace ns: Namespace) throws(KVCacheError) -> Admission {
-        switch try beginAdmission(prompt, namespace: ns) {
+        let step = try beginAdmission(prompt, namespace: ns)
+        takeEvictedSpills()?.run()
+        switch step {
         case .done(let admission): return admission
         case .pending(let pending): return finishAdmission(pending, restoredKeys: pending.run())
         case .wait: fatalError("CacheState.admit: a restore in flight, but admissions run one at a time here")
@@ -352,10 +362,7 @@ struct CacheState {
         var seq = SequenceState(namespace: k, blocks: matched, tokenCount: prompt.count, treeBlocks: matched.count,
                                 firstNewBlock: matched.count, firstOwnPosition: matched.count * blockSize)
         seq.blocks.reserveCapacity(totalBlocks)
-        if coldStore != nil { deferredSpills = [] }
         for _ in 0..<needed { seq.blocks.append(allocateBlock()) }
-        let spills = deferredSpills ?? []
-        deferredSpills = nil
         prompt.withUnsafeBufferPointer { src in
             blockTokens.withUnsafeMutableBufferPointer { dst in
                 for i in matched.count..<totalBlocks {
@@ -370,9 +377,9 @@ struct CacheState {
         // Registered now, so its blocks are accounted for (invariants, a hand-over) while it waits.
         sequences[handle.serial] = seq
         var pending = PendingAdmission(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt, isQuery: isQuery,
-                                     namespace: ns, spills: spills, parentKey: nil, blocks: [], store: coldStore, arena: arena,
-                                     blockSize: blockSize)
-        guard coldStore != nil, matched.count < fullBlocks || !spills.isEmpty else {
+                                     namespace: ns, parentKey: nil, blocks: [], store: coldStore, spillsInFlight: spillsInFlight,
+                                     arena: arena, blockSize: blockSize)
+        guard coldStore != nil, matched.count < fullBlocks else {
             return .done(finishAdmission(pending, restoredKeys: []))
         }
         if matched.count < fullBlocks, let key = firstStoreKey {
@@ -423,6 +430,14 @@ struct CacheState {
         }
         return Admission(sequence: pending.sequence, blockTable: seq.blocks, cachedTokenCount: seq.firstNewBlock * blockSize,
                          memoryHitTokens: matched * blockSize, storeHitTokens: restored * blockSize)
+    }
+
+    /// The spills of the blocks this call evicted, registered as in flight (call at the end of
+    /// the critical section that evicted them; run them after it). Nil when there are none.
+    mutating func takeEvictedSpills() -> SpillBatch? {
+        guard !evictedSpills.isEmpty else { return nil }
+        defer { evictedSpills = [] }
+        return spillsInFlight.begin(evictedSpills, store: coldStore!, arena: arena)
     }
 
     // MARK: - Lookup
@@ -501,7 +516,7 @@ struct CacheState {
     /// sequence still holds until the copy is made.
     private mutating func copyLastBlock(_ seq: inout SequenceState, tokens fill: Int) -> BlockCopy {
         let old = seq.blocks.last!
-        let copy = allocateBlock()
+        let copy = allocateBlock(writtenNow: true)   // its evicted KV is spilled before the copy overwrites it
         blockTokens.withUnsafeMutableBufferPointer { all in
             (all.baseAddress! + Int(copy) * blockSize).update(from: all.baseAddress! + Int(old) * blockSize, count: fill)
         }

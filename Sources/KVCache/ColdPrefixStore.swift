@@ -20,11 +20,11 @@ public struct PrefixKey: Hashable, Sendable, CustomStringConvertible {
 /// A tier below the in-memory pool that keeps the KV of evicted prefix blocks and gives it back
 /// on a later hit (the LMDB spill tier implements it).
 ///
-/// `admit` calls `spill` (for the blocks its allocation evicted) and `restore` (with the
-/// `childKey`s of the blocks it restores) outside the manager's lock, so an admission copying or
-/// reading a long prefix holds up no other caller; other calls (`append`, `fork`, `truncate`
-/// evicting a block; `lookup`'s `contains`) make theirs under the lock. So every method may run on
-/// several threads at once and beside the others: implementations must be thread-safe, quick
+/// Every call that evicts (`admit`, `append`, `truncate`; `fork` allocates nothing) calls `spill` for the evicted
+/// blocks, and `admit` calls `restore` (with the `childKey`s of the blocks it restores), outside
+/// the manager's lock, so a call copying or reading a long prefix holds up no other caller;
+/// `lookup`'s `contains` runs under the lock. So every method may run on several threads at once
+/// and beside the others: implementations must be thread-safe, quick
 /// where they can be (copy bytes out, hand slow I/O to a background writer), and must never call
 /// back into the manager. They never throw: a failing tier counts the failure and behaves as a
 /// miss, so the cache keeps serving from memory.

@@ -90,7 +90,8 @@ public final class KVCacheManager: Sendable {
     // MARK: - Requests
 
     /// Reports how much of `tokens` is cached (whole blocks), without pinning or touching anything.
-    /// With `probeStore`, also how many further blocks the cold store holds.
+    /// With `probeStore`, also how many further blocks the cold store holds (a block another
+    /// call evicted and is still spilling counts as absent; `admit` would wait for it).
     public func lookup(_ tokens: [TokenID], namespace: Namespace = .default, probeStore: Bool = false) throws(KVCacheError) -> PrefixLookup {
         try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.lookup(tokens, namespace: namespace, probeStore: probeStore) }
     }
@@ -369,6 +370,8 @@ public final class KVCacheManager: Sendable {
 
     /// Admissions that waited for another admission's restore of their prefix (for tests).
     var restoreWaits: Int { state.withLock { $0.restoreWaits } }
+    /// Restores that waited for another call's spill of their block (for tests).
+    var spillWaits: Int { state.withLock { $0.spillsInFlight }.waits }
 
     /// The refcount of a block (for tests and debugging). Traps on a block outside
     /// `0...capacityBlocks` (a caller bug; never a read out of bounds).
@@ -411,10 +414,14 @@ public final class KVCacheManager: Sendable {
     @discardableResult
     private func mutate<R>(completes: (R) -> Bool = { _ in true },
                            _ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> R {
-        let (outcome, stats, version) = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats, UInt64) in
+        let (outcome, stats, version, spills) = state.withLock { (s: inout CacheState) -> (Result<R, KVCacheError>, KVCacheStats, UInt64, SpillBatch?) in
             s.statsVersion += 1
-            do throws(KVCacheError) { return (.success(try body(&s)), s.stats, s.statsVersion) } catch { return (.failure(error), s.stats, s.statsVersion) }
+            let outcome: Result<R, KVCacheError>
+            do throws(KVCacheError) { outcome = .success(try body(&s)) } catch { outcome = .failure(error) }
+            return (outcome, s.stats, s.statsVersion, s.takeEvictedSpills())
         }
+        // The blocks the call evicted went to the caller's sequence, which has not seen them yet.
+        spills?.run()
         if case .success(let r) = outcome, !completes(r) { return r }
         metrics.update(stats, version: version)
         let r = try outcome.get()

@@ -24,22 +24,12 @@ final class RestoreInFlight: @unchecked Sendable {
     }
 }
 
-/// A block evicted by an admission, to be spilled by that admission outside the manager's lock.
-/// The block is one of the admitting sequence's own now, so its pages keep the evicted KV until
-/// the admission's restores or its engine write them.
-struct DeferredSpill: Sendable {
-    let key: PrefixKey
-    let namespace: Namespace
-    let tokens: [TokenID]
-    let block: BlockID
-}
-
-/// An admission's cold-store work, run outside the manager's lock: first the spills of the blocks
-/// its allocation evicted, then the restores, block by block after the memory hit. Every block
-/// involved is one the new sequence holds alone (allocated, not in the tree, its handle not yet
-/// returned), so no other call reads or writes those pages meanwhile. Restores stop at the first
-/// miss, since a prefix is only as long as its first gap. (Between the eviction and its spill a
-/// concurrent admission of the evicted prefix misses it in memory and in the store: it recomputes.)
+/// An admission's cold-store work, run outside the manager's lock: the restores, block by block
+/// after the memory hit, into blocks the new sequence holds alone (allocated, not in the tree, its
+/// handle not yet returned), so no other call reads or writes those pages meanwhile. (The blocks
+/// its allocation evicted were spilled before, by `KVCacheManager.mutate`.) Restores stop at the
+/// first miss, since a prefix is only as long as its first gap. A block of the prompt that another
+/// call evicted and is still spilling is waited for (`SpillsInFlight`), then restored.
 struct PendingAdmission: Sendable {
     let sequence: SequenceHandle
     /// Blocks of the prompt found in memory (pinned by the sequence).
@@ -50,8 +40,6 @@ struct PendingAdmission: Sendable {
     /// False for a prefetch: not counted as a query (see `CacheState.beginAdmission`).
     let isQuery: Bool
     let namespace: Namespace
-    /// Blocks the admission evicted, to spill before anything writes them.
-    let spills: [DeferredSpill]
     /// The key of the prefix before the first block to restore (its namespace's root when none).
     var parentKey: PrefixKey?
     /// The sequence's blocks for prompt blocks `memoryHits..<fullBlocks`, in order.
@@ -59,23 +47,20 @@ struct PendingAdmission: Sendable {
     /// The key of the first block to restore, and what admissions of the same prefix wait on.
     var inFlight: (key: PrefixKey, restore: RestoreInFlight)?
     let store: (any ColdPrefixStore)?
+    let spillsInFlight: SpillsInFlight
     let arena: KVPageArena?
     let blockSize: Int
 
-    /// Spills the evicted blocks, then restores from the first block on until the store misses;
-    /// returns the restored blocks' keys.
+    /// Restores from the first block on until the store misses; returns the restored blocks' keys.
     func run() -> [PrefixKey] {
-        guard let store else { return [] }
-        for s in spills {
-            s.tokens.withUnsafeBufferPointer { store.spill(key: s.key, namespace: s.namespace, tokens: $0, block: s.block, arena: arena) }
-        }
-        guard var key = parentKey else { return [] }
+        guard let store, var key = parentKey else { return [] }
         var keys: [PrefixKey] = []
         prompt.withUnsafeBufferPointer { p in
             for (j, block) in blocks.enumerated() {
                 let i = memoryHits + j
                 let tokens = UnsafeBufferPointer(rebasing: p[(i * blockSize)..<((i + 1) * blockSize)])
                 key = store.childKey(parent: key, tokens: tokens)
+                spillsInFlight.waitUntilSpilled(key)
                 guard store.restore(key: key, namespace: namespace, tokens: tokens, into: BlockID(block), arena: arena) else { return }
                 keys.append(key)
             }

@@ -127,6 +127,7 @@ import Testing
                 try s.release(h)
                 live[h] = nil
             }
+            s.takeEvictedSpills()?.run()   // what the manager does after each call's critical section
             s.checkInvariants()
             for h in handles.prefix(3) where live[h] != nil {
                 for n in namespaces { Self.expectOracle(s, live[h]!, n, "\(context), sequence \(h.serial)") }

@@ -212,4 +212,87 @@ final class GatedColdStore: ColdPrefixStore, @unchecked Sendable {
         for s in [a.sequence, b.sequence] { try cache.release(s) }
         cache.checkInvariants()
     }
+
+    /// `append` (and `fork`, `truncate`) spill what they evict after the lock too: while an append
+    /// sits in the spill of the cached block its new block evicted, other threads' calls go on;
+    /// when it returns, the store holds the block.
+    @Test func anAppendSpillsWhatItEvictsOutsideTheLock() throws {
+        let store = GatedColdStore()
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 7, allocatesPages: true, coldStore: store)
+        try cache.release(try cache.admit(run(0, 8), namespace: "t").sequence)   // 2 cached blocks
+        let writer = try cache.admit(run(100, 16), namespace: "t")   // 4 blocks
+        let other = try cache.admit(run(500, 3), namespace: "t")      // 1 block: none free now
+        store.gatedSpills.withLock { $0 = true }
+        let done = DispatchGroup(), appended = Locked<AppendResult?>(nil)
+        DispatchQueue.global().async(group: done) {
+            let r = try? cache.append([7], to: writer.sequence)   // a fifth block: evicts the cached leaf
+            appended.withLock { $0 = r }
+        }
+        #expect(store.entered.wait(timeout: .now() + 30) == .success, "the append never spilled")
+        let others = DispatchSemaphore(value: 0), outcome = Locked<String?>(nil)
+        DispatchQueue.global().async {
+            do {
+                try cache.append([1], to: other.sequence)   // room in its partial block: no eviction
+                _ = try cache.slotMapping(for: [other.sequence])
+                _ = try cache.lookup(run(0, 8), namespace: "t")
+                cache.checkInvariants()
+            } catch { outcome.withLock { $0 = "\(error)" } }
+            others.signal()
+        }
+        #expect(others.wait(timeout: .now() + 30) == .success, "calls on another thread waited for the append's spill (the lock was held)")
+        #expect(outcome.withLock { $0 } == nil)
+        #expect(appended.withLock { $0 } == nil, "the append returned before its spill")
+        store.gatedSpills.withLock { $0 = false }
+        store.proceed.signal()
+        done.wait()
+        #expect(appended.withLock { $0 } != nil)
+        cache.checkInvariants()
+        #expect(cache.stats.spilledBlocks == 1 && store.inner.spills.withLock { $0 } == 1)
+        #expect(try cache.lookup(run(0, 8), namespace: "t", probeStore: true) == PrefixLookup(memoryTokens: 4, storeTokens: 4))
+        for s in [writer.sequence, other.sequence] { try cache.release(s) }
+        cache.checkInvariants()
+    }
+
+    /// An admission wanting a block another call evicted and is still spilling waits for that
+    /// spill, then restores the block: between the eviction and its spill the prefix was in
+    /// neither tier, and the admission recomputed it (the store missed) before spills were
+    /// registered as in flight.
+    @Test func anAdmissionWaitsForTheSpillOfABlockItWants() throws {
+        let store = GatedColdStore()
+        // Under `.whenComputed` a block joins the tree only once reported, so a request released
+        // with nothing computed frees its blocks without caching them.
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8, allocatesPages: true,
+                                       publishesBlocks: .whenComputed, coldStore: store)
+        let prefix = run(0, 16)
+        try cache.release(try cache.admit(prefix, namespace: "t").sequence, computedTokens: 16)   // 4 cached blocks
+        let idle = try cache.admit(run(500, 12), namespace: "t")   // 3 blocks, never computed: 1 free
+        store.gatedSpills.withLock { $0 = true }
+        let done = DispatchGroup(), evicting = Locked<Admission?>(nil), wanting = Locked<Admission?>(nil)
+        DispatchQueue.global().async(group: done) {
+            let a = try? cache.admit(self.run(100, 8), namespace: "t")   // the free block and the prefix's last
+            evicting.withLock { $0 = a }
+        }
+        #expect(store.entered.wait(timeout: .now() + 30) == .success, "the admission never spilled")
+        // The evicted block's prefix is out of memory and not yet in the store.
+        try cache.release(idle.sequence, computedTokens: 0)   // 3 free blocks, nothing cached
+        DispatchQueue.global().async(group: done) {
+            let b = try? cache.admit(prefix, namespace: "t")
+            wanting.withLock { $0 = b }
+        }
+        let deadline = Date().addingTimeInterval(30)
+        while cache.spillWaits == 0 && wanting.withLock({ $0 }) == nil && Date() < deadline { usleep(1000) }
+        #expect(cache.spillWaits == 1 && wanting.withLock { $0 } == nil, "the admission did not wait for the spill of its block")
+        cache.checkInvariants()
+        store.gatedSpills.withLock { $0 = false }
+        store.proceed.signal()
+        done.wait()
+        let a = try #require(evicting.withLock { $0 }), b = try #require(wanting.withLock { $0 })
+        cache.checkInvariants()
+        #expect(cache.spillWaits == 1)
+        #expect(b.memoryHitTokens == 12 && b.storeHitTokens == 4 && b.cachedTokenCount == 16)
+        #expect(cache.stats.spilledBlocks == 1 && cache.stats.restoredBlocks == 1)
+        try cache.release(a.sequence, computedTokens: 0)
+        try cache.release(b.sequence, computedTokens: 16)
+        cache.checkInvariants()
+    }
 }
