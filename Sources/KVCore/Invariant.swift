@@ -5,8 +5,8 @@
 /// no word of what broke. `fatalError` prints its message in every build, so internal
 /// corruption checks go through here and name the broken state (docs/INVARIANTS.md). Unlike
 /// `precondition` it also checks at `-Ounchecked`.
-@_transparent
-public func invariant(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
+@_transparent @usableFromInline
+package func invariant(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
                       file: StaticString = #fileID, line: UInt = #line) {
     if _slowPath(!condition()) { invariantFailure(message, file: file, line: line) }
 }

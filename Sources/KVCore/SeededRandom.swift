@@ -1,9 +1,9 @@
 /// A small, fast, seedable generator (SplitMix64), so every simulation, benchmark, stress run and
 /// randomized test can print its seed and be replayed.
-public struct SeededRandom: RandomNumberGenerator, Sendable {
-    public private(set) var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
+package struct SeededRandom: RandomNumberGenerator, Sendable {
+    package private(set) var state: UInt64
+    package init(seed: UInt64) { state = seed }
+    package mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -11,5 +11,5 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
     /// A value in `0..<n` (slightly biased for huge `n`; fine for workloads).
-    public mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    package mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
 }
