@@ -20,6 +20,11 @@ final class StoreWriter: Sendable {
         var mapSize: Int
         /// When `mdb_reader_check` last ran (see `reapDeadReaders`).
         var lastReaderCheckMillis: UInt64 = 0
+        /// A snapshot a reader held longer than ``StoreWriter/readerWaitMillis`` at the ceiling:
+        /// not waited for again (see `waitForOldReaders`).
+        var longReaderSnapshot: Int?
+        /// Times the writer waited at the ceiling for readers on old snapshots to end (for tests).
+        var readerWaits = 0
     }
 
     let store: StoreDatabase
@@ -50,6 +55,10 @@ final class StoreWriter: Sendable {
     let openedMapSize: Int
     private let logger: Logger
     private let state: Locked<State>
+    /// Set while the writer waits for an old reader (tests end their reader on seeing it; the
+    /// state lock is held during the wait).
+    private let waitingForReader = Locked(false)
+    var isWaitingForReader: Bool { waitingForReader.withLock { $0 } }
 
     init(store: StoreDatabase, limitBytes: Int, mapSizeLimit: Int, readerCheckIntervalSeconds: Double, logger: Logger) throws {
         self.store = store
@@ -147,7 +156,7 @@ final class StoreWriter: Sendable {
     ///   that is, when no eviction could make room.
     /// - Full disk: lower the limit in force to what the disk held, evict, retry.
     private func commit(_ batch: WriteBatch, _ state: inout State, _ delta: inout SpillStoreCounters) {
-        var evictionRounds = 0, diskRounds = 0, readersReaped = false
+        var evictionRounds = 0, diskRounds = 0, readersReaped = false, readerWaits = 0
         while true {
             var next = state
             var done = SpillStoreCounters()
@@ -176,6 +185,12 @@ final class StoreWriter: Sendable {
                     } catch {
                         logger.warning("spill store: growing the map to \(grown) bytes failed: \(error)")
                     }
+                }
+                // A live reader on an old snapshot keeps the pages freed since from reuse: no
+                // eviction makes room until it ends, so wait for it first.
+                if readerWaits < 3 && waitForOldReaders(&state) {
+                    readerWaits += 1
+                    continue
                 }
                 // At the ceiling: free pages in transactions of their own, then retry.
                 if evictionRounds < 3 && state.bytes > 0 {
@@ -214,6 +229,36 @@ final class StoreWriter: Sendable {
             delta.recordsFailed += batch.records.count
             return
         }
+    }
+
+    /// How long the writer waits at the map ceiling for a reader on an old snapshot to end.
+    static let readerWaitMillis: UInt64 = 200
+
+    /// At the map ceiling, waits (up to ``readerWaitMillis``) for the readers on snapshots older
+    /// than the last commit to end; true when they did (a retry may now reuse the pages they
+    /// pinned). Such a reader is usually short: `spill`'s check for a record already stored, or a
+    /// restore, descheduled mid-read on a loaded machine. Without the wait the writer evicted in
+    /// rounds, split the batch, emptied the store and dropped the record (a tight-map test under
+    /// CPU load dropped 12 records that way). A reader that stays longer (a `kvctl stats` paused
+    /// in a debugger) is given up on, once per snapshot, and eviction goes on as before.
+    private func waitForOldReaders(_ state: inout State) -> Bool {
+        guard let last = try? store.env.info().lastTransactionID,
+              let oldest = (try? store.env.readerSnapshots())?.min(), oldest < last, oldest != state.longReaderSnapshot
+        else { return false }
+        let deadline = nowMillis() + Self.readerWaitMillis
+        waitingForReader.withLock { $0 = true }
+        defer { waitingForReader.withLock { $0 = false } }
+        repeat {
+            usleep(200)
+            guard let snapshots = try? store.env.readerSnapshots() else { return false }
+            if !snapshots.contains(where: { $0 <= oldest }) {
+                state.readerWaits += 1
+                return true
+            }
+        } while nowMillis() < deadline
+        state.longReaderSnapshot = oldest
+        logger.notice("spill store: a reader has held snapshot \(oldest) for \(Self.readerWaitMillis) ms at the map ceiling; evicting without waiting for it")
+        return false
     }
 
     /// Whether the store's file system has less than `bytes` (plus a few pages) available.

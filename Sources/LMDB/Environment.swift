@@ -187,6 +187,29 @@ public final class Environment: @unchecked Sendable {
         }
     }
 
+    /// The snapshots (transaction ids) the active read transactions of every process hold, from
+    /// LMDB's reader table. A reader on a snapshot older than the last commit keeps the pages
+    /// freed since from reuse, so a writer at its map ceiling can run out of pages it would
+    /// otherwise have had.
+    public func readerSnapshots() throws(LMDBError) -> [Int] {
+        try withHandle { () throws(LMDBError) in
+            let found = ReaderLines()
+            // One line per used slot: "pid thread txnid", txnid "-" when the slot is idle.
+            let rc = mdb_reader_list(handle, { line, context in
+                guard let line, let context else { return 0 }
+                let fields = String(cString: line).split(whereSeparator: { $0 == " " || $0 == "\n" })
+                if fields.count == 3, let id = Int(fields[2]) {
+                    Unmanaged<ReaderLines>.fromOpaque(context).takeUnretainedValue().snapshots.append(id)
+                }
+                return 0
+            }, Unmanaged.passUnretained(found).toOpaque())
+            try check(rc)
+            return withExtendedLifetime(found) { found.snapshots }
+        }
+    }
+
+    private final class ReaderLines { var snapshots: [Int] = [] }
+
     // MARK: - Databases
 
     /// Opens the named database (nil: the main one), creating it when `create` (needs a writable

@@ -36,6 +36,32 @@ final class EnvironmentTests: XCTestCase {
         XCTAssertGreaterThan(try env.info().lastTransactionID, 0)
     }
 
+    /// The reader table names the snapshot a live read transaction holds, older than the last
+    /// commit once a write commits after it began; idle slots are not listed.
+    func testReaderSnapshotsNameTheSnapshotsLiveReadersHold() throws {
+        let env = try open(try makeTemporaryDirectory(self))
+        let db = try env.openDatabase("a", create: true)
+        try env.withWriteTransaction { txn in try txn.put([1], for: "k", in: db) }
+        XCTAssertEqual(try env.readerSnapshots(), [])
+        let reading = DispatchSemaphore(value: 0), done = DispatchSemaphore(value: 0), finished = DispatchSemaphore(value: 0)
+        let snapshot = try env.info().lastTransactionID
+        Thread {
+            try? env.withReadTransaction { _ in
+                reading.signal()
+                done.wait()
+            }
+            finished.signal()
+        }.start()
+        reading.wait()
+        try env.withWriteTransaction { txn in try txn.put([2], for: "k", in: db) }
+        XCTAssertEqual(try env.readerSnapshots(), [snapshot])
+        XCTAssertLessThan(snapshot, try env.info().lastTransactionID)
+        done.signal()
+        finished.wait()
+        XCTAssertEqual(try env.readerSnapshots(), [])
+        env.close()
+    }
+
     func testThrowingBodyRollsBack() throws {
         struct Boom: Error {}
         let env = try open(try makeTemporaryDirectory(self))
