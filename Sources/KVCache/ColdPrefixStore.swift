@@ -20,12 +20,12 @@ public struct PrefixKey: Hashable, Sendable, CustomStringConvertible {
 /// A tier below the in-memory pool that keeps the KV of evicted prefix blocks and gives it back
 /// on a later hit (the LMDB spill tier implements it).
 ///
-/// Every call that evicts (`admit`, `append`, `truncate`; `fork` allocates nothing) calls `spill` for the evicted
-/// blocks, and `admit` calls `restore` (with the `childKey`s of the blocks it restores), outside
-/// the manager's lock, so a call copying or reading a long prefix holds up no other caller;
-/// `lookup`'s `contains` runs under the lock. So every method may run on several threads at once
-/// and beside the others: implementations must be thread-safe, quick
-/// where they can be (copy bytes out, hand slow I/O to a background writer), and must never call
+/// Every call that evicts (`admit`, `append`, `truncate`) calls `spill` for the evicted blocks,
+/// and `admit` calls `restore` (with the `childKey`s of the blocks it restores), outside the
+/// manager's lock, so a call copying or reading a long prefix holds up no other caller;
+/// `lookup`'s `contains` and the spill of a block a copy-on-write takes run under the lock. So
+/// every method may run on several threads at once and beside the others: implementations must
+/// be thread-safe, quick where they can be (copy bytes out, hand slow I/O to a background writer), and must never call
 /// back into the manager. They never throw: a failing tier counts the failure and behaves as a
 /// miss, so the cache keeps serving from memory.
 public protocol ColdPrefixStore: AnyObject, Sendable {
