@@ -47,7 +47,7 @@ final class StoreWriter: Sendable {
     /// A batch of thousands of small records in a tight map (a 4 MiB batch is 6,000 records of
     /// 690 bytes) needed more copy room than the map had: its `MDB_MAP_FULL` handling then
     /// evicted in rounds at every level of its splitting and nearly emptied the store
-    /// (MapSizingTests saw 189 entries kept where small batches kept 3,800). So the copies a
+    /// (a CI run of MapSizingTests kept 189 entries; with this cut, 15 runs kept 2,300–3,400). So the copies a
     /// transaction may make (the estimate `evictForMapRoom` uses) stay within an eighth of
     /// ``softMapLimit``: 30 operations in a 6 MiB map, 1,600 in the default map of a 64 MiB store.
     let operationsPerTransaction: Int
