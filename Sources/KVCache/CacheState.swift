@@ -459,7 +459,8 @@ struct CacheState {
                 for i in matched.count..<(tokens.count / blockSize) {
                     let chunk = UnsafeBufferPointer(rebasing: p[(i * blockSize)..<((i + 1) * blockSize)])
                     key = store.childKey(parent: key, tokens: chunk)
-                    guard store.contains(key: key, tokens: chunk) else { break }
+                    // A block still being spilled counts: `admit` waits for its spill.
+                    guard store.contains(key: key, tokens: chunk) || spillsInFlight.isSpilling(key, tokens: chunk) else { break }
                     storeBlocks += 1
                 }
             }

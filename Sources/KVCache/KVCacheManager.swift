@@ -91,7 +91,7 @@ public final class KVCacheManager: Sendable {
 
     /// Reports how much of `tokens` is cached (whole blocks), without pinning or touching anything.
     /// With `probeStore`, also how many further blocks the cold store holds (a block another
-    /// call evicted and is still spilling counts as absent; `admit` would wait for it).
+    /// call evicted and is still spilling counts as held: `admit` waits for its spill).
     public func lookup(_ tokens: [TokenID], namespace: Namespace = .default, probeStore: Bool = false) throws(KVCacheError) -> PrefixLookup {
         try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.lookup(tokens, namespace: namespace, probeStore: probeStore) }
     }

@@ -61,6 +61,12 @@ final class SpillsInFlight: Sendable {
         }
     }
 
+    /// Whether a spill of `key` holding `tokens` is in flight (token-exact, as the store checks).
+    func isSpilling(_ key: PrefixKey, tokens: UnsafeBufferPointer<TokenID>) -> Bool {
+        guard let batch = batches.withLock({ $0[key] }) else { return false }
+        return batch.spills.contains { $0.key == key && $0.tokens.elementsEqual(tokens) }
+    }
+
     /// Waits until no spill of `key` is in flight. Returns whether it waited.
     @discardableResult
     func waitUntilSpilled(_ key: PrefixKey) -> Bool {

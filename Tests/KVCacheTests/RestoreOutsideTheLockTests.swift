@@ -275,6 +275,10 @@ final class GatedColdStore: ColdPrefixStore, @unchecked Sendable {
         #expect(store.entered.wait(timeout: .now() + 30) == .success, "the admission never spilled")
         // The evicted block's prefix is out of memory and not yet in the store.
         try cache.release(idle.sequence, computedTokens: 0)   // 3 free blocks, nothing cached
+        // A probe counts the block being spilled as held (the admission below waits for it).
+        #expect(try cache.lookup(prefix, namespace: "t", probeStore: true) == PrefixLookup(memoryTokens: 12, storeTokens: 4))
+        #expect(try cache.lookup(run(0, 12) + [9, 9, 9, 9], namespace: "t", probeStore: true)
+                == PrefixLookup(memoryTokens: 12, storeTokens: 0), "other tokens under the same parent are not the block being spilled")
         DispatchQueue.global().async(group: done) {
             let b = try? cache.admit(prefix, namespace: "t")
             wanting.withLock { $0 = b }
