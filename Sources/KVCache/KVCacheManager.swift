@@ -259,6 +259,19 @@ public final class KVCacheManager: Sendable {
         do { return try DecodePlan(batch: tables) } catch { throw .invalidBatch("\(error)") }
     }
 
+    /// The plan for attending a prefill chunk: the sequence's last `newTokens` tokens (appended,
+    /// their K/V written) as query rows, each over the cached prefix and the chunk up to itself
+    /// (causal). See `DecodePlan.causalChunk`; run it with `DecodeAttention.bifurcated`. Throws
+    /// `.invalidBatch` for a chunk outside `1...tokenCount`, and as `blockTable(of:)` does.
+    public func prefillPlan(for sequence: SequenceHandle, newTokens: Int) throws(KVCacheError) -> DecodePlan {
+        let (table, count) = try state.withLock { (s: inout CacheState) throws(KVCacheError) in
+            let seq = try s.live(sequence)
+            return (seq.blocks, seq.tokenCount)
+        }
+        do { return try .causalChunk(table: table, blockSize: layout.blockSize, tokenCount: count, newTokens: newTokens) }
+        catch { throw .invalidBatch("\(error)") }
+    }
+
     // MARK: - Slot mapping
 
     /// The slots to write this step's new K/V into: for each span, in order, the flat slot

@@ -65,6 +65,8 @@ public enum DecodePlanError: Error, Equatable, Sendable, CustomStringConvertible
     case negativeBlockID(sequence: Int, block: Int32)
     /// Two sequences share a block id but disagree on how many tokens it holds.
     case inconsistentSharedBlock(block: Int32)
+    /// A prefill chunk of `newTokens` tokens is not within the sequence's `tokenCount` (1...).
+    case invalidChunk(newTokens: Int, tokenCount: Int)
 
     public var description: String {
         switch self {
@@ -74,6 +76,7 @@ public enum DecodePlanError: Error, Equatable, Sendable, CustomStringConvertible
             "sequence \(s): \(n) tokens do not fit exactly in \(b) blocks of \(bs) tokens"
         case .negativeBlockID(let s, let b): "sequence \(s): negative block id \(b)"
         case .inconsistentSharedBlock(let b): "block \(b) is shared by sequences that disagree on its token count"
+        case .invalidChunk(let n, let total): "a prefill chunk of \(n) tokens must be 1...\(total) (the sequence's tokens)"
         }
     }
 }

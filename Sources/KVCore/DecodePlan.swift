@@ -75,6 +75,14 @@ public struct DecodePlan: Sendable, Equatable {
         try split(members: Array(0..<batch.sequenceCount), at: 0, level: 0, parent: -1)
     }
 
+    /// A plan built elsewhere in this module (``causalChunk(table:blockSize:tokenCount:newTokens:)``).
+    init(batch: BlockTableBatch, levels: [Level], depthFirstOrder: [Int32]) {
+        self.blockSize = batch.blockSize
+        self.batch = batch
+        self.levels = levels
+        self.depthFirstOrder = depthFirstOrder
+    }
+
     /// Builds the plan from per-sequence block tables and token counts (see ``BlockTableBatch``).
     public init(blockSize: Int, tables: [[Int32]], tokenCounts: [Int]) throws(DecodePlanError) {
         try self.init(batch: BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: tokenCounts))

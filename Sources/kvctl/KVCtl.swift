@@ -38,7 +38,7 @@ struct KVCtl: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: each prints a table, or JSON with --json.",
-        subcommands: [BenchCache.self, BenchAttention.self, BenchMemory.self, BenchStore.self, BenchWrite.self])
+        subcommands: [BenchCache.self, BenchAttention.self, BenchPrefill.self, BenchMemory.self, BenchStore.self, BenchWrite.self])
 }
 
 /// Thrown by commands whose implementation has not landed yet.

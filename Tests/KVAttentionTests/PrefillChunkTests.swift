@@ -1,0 +1,125 @@
+import Foundation
+import KVAttention
+import KVCore
+import Testing
+
+/// Attention for a prefill chunk (`DecodePlan.causalChunk`): the chunk's tokens as query rows over
+/// the cached prefix and the chunk up to each row (causal). Checked against a dense causal
+/// attention written here from the K/V read back by slot (the oracle shares no code with the
+/// kernels or the reference), and against the reference on the plan's batch.
+@Suite struct PrefillChunkTests {
+    /// One sequence of `tokenCount` tokens in blocks 1…; its last `newTokens` are the chunk.
+    struct Chunk {
+        let c: AttentionCase
+        let plan: DecodePlan
+        let table: [Int32]
+        let first: Int
+
+        init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int, tokenCount: Int, newTokens: Int,
+             seed: UInt64) throws {
+            let table = (0..<((tokenCount + blockSize - 1) / blockSize)).map { Int32(1 + $0) }
+            let plan = try DecodePlan.causalChunk(table: table, blockSize: blockSize, tokenCount: tokenCount, newTokens: newTokens)
+            plan.checkInvariants()
+            self.table = table
+            self.plan = plan
+            first = tokenCount - newTokens
+            c = try AttentionCase(dtype: dtype, queryHeads: queryHeads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize,
+                                  tables: (0..<newTokens).map { Array(plan.batch.table($0)) },
+                                  tokenCounts: plan.batch.tokenCounts.map { Int($0) }, seed: seed)
+        }
+
+        /// Dense causal attention in Double: row i (position first + i) over positions 0…first + i.
+        func oracle() throws -> [Float] {
+            let layout = c.layout, d = layout.headDim, hkv = layout.kvHeadCount, hq = c.queryHeads, group = hq / hkv
+            let bs = layout.blockSize, total = first + plan.sequenceCount
+            let slots = (0..<total).map { p in table[p / bs] * Int32(bs) + Int32(p % bs) }
+            let (keys, values) = try c.arena.load(layer: 0, slots: slots)
+            var out = [Float](repeating: 0, count: c.query.count)
+            for i in 0..<plan.sequenceCount {
+                let visible = first + i + 1
+                for h in 0..<hq {
+                    let kv = h / group, q = (i * hq + h) * d
+                    var scores = [Double](repeating: 0, count: visible)
+                    for t in 0..<visible {
+                        var dot = 0.0
+                        for j in 0..<d { dot += Double(c.query[q + j]) * Double(keys[(t * hkv + kv) * d + j]) }
+                        scores[t] = dot * Double(c.scale)
+                    }
+                    let top = scores.max()!
+                    let weights = scores.map { exp($0 - top) }
+                    let sum = weights.reduce(0, +)
+                    for j in 0..<d {
+                        var acc = 0.0
+                        for t in 0..<visible { acc += weights[t] * Double(values[(t * hkv + kv) * d + j]) }
+                        out[q + j] = Float(acc / sum)
+                    }
+                }
+            }
+            return out
+        }
+
+        func check(threads: Int = 2) throws {
+            let kernel = try c.kernel(threads: threads)
+            let tolerance = Tolerance.of(kernel)
+            let oracle = try oracle()
+            #expect(relativeError(try c.reference(), oracle) <= Tolerance.fp32Math, "the reference on the plan's batch is causal attention")
+            let bifurcated = relativeError(try c.bifurcated(kernel, plan: plan), oracle)
+            let paged = relativeError(try c.paged(kernel), oracle)
+            #expect(bifurcated <= tolerance, "bifurcated over the chunk plan: relative error \(bifurcated)")
+            #expect(paged <= tolerance, "paged over the chunk's rows: relative error \(paged)")
+        }
+    }
+
+    /// A cached prefix of whole blocks, then a chunk spanning several blocks: one shared node and a
+    /// leaf per row. Every dtype; GQA.
+    @Test(arguments: KVDType.allCases)
+    func chunkAfterAWholeBlockPrefix(dtype: KVDType) throws {
+        let chunk = try Chunk(dtype: dtype, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, tokenCount: 96 + 40,
+                              newTokens: 40, seed: 11)
+        #expect(chunk.plan.levels.count == 2 && chunk.plan.levels[0].nodeCount == 1 && chunk.plan.levels[1].nodeCount == 40)
+        #expect(Array(chunk.plan.levels[0].blocks(ofNode: 0)) == Array(1...6))
+        try chunk.check()
+    }
+
+    /// The chunk starts inside a block (the prefix's last block partial), shorter than a block,
+    /// with no cached prefix at all, or of one token; block sizes 1, 16 and 32; MHA and MQA;
+    /// head dim 128.
+    @Test(arguments: [
+        (tokenCount: 70, newTokens: 25, blockSize: 16), (tokenCount: 40, newTokens: 5, blockSize: 16),
+        (tokenCount: 33, newTokens: 33, blockSize: 16), (tokenCount: 50, newTokens: 1, blockSize: 32),
+        (tokenCount: 20, newTokens: 7, blockSize: 1), (tokenCount: 64, newTokens: 64, blockSize: 32),
+    ])
+    func chunkShapes(shape: (tokenCount: Int, newTokens: Int, blockSize: Int)) throws {
+        for (hq, hkv) in [(4, 4), (8, 1)] {
+            let chunk = try Chunk(dtype: .bfloat16, queryHeads: hq, kvHeads: hkv, headDim: 128, blockSize: shape.blockSize,
+                                  tokenCount: shape.tokenCount, newTokens: shape.newTokens, seed: UInt64(shape.tokenCount * 31 + hq))
+            let shared = (shape.tokenCount - shape.newTokens) / shape.blockSize
+            #expect(chunk.plan.levels.count == (shared > 0 ? 2 : 1))
+            try chunk.check()
+        }
+    }
+
+    /// A long chunk over a longer prefix, on one thread and on two (the shared node's GEMM items
+    /// split across threads, many leaves).
+    @Test(arguments: [1, 2])
+    func longChunk(threads: Int) throws {
+        try Chunk(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, tokenCount: 384 + 72,
+                  newTokens: 72, seed: 12).check(threads: threads)
+    }
+
+    @Test func invalidChunksAreTypedErrors() throws {
+        let table: [Int32] = [1, 2, 3]
+        #expect(throws: DecodePlanError.invalidChunk(newTokens: 0, tokenCount: 40)) {
+            try DecodePlan.causalChunk(table: table, blockSize: 16, tokenCount: 40, newTokens: 0)
+        }
+        #expect(throws: DecodePlanError.invalidChunk(newTokens: 41, tokenCount: 40)) {
+            try DecodePlan.causalChunk(table: table, blockSize: 16, tokenCount: 40, newTokens: 41)
+        }
+        #expect(throws: DecodePlanError.tokenCountDoesNotFitTable(sequence: 0, tokens: 60, blocks: 3, blockSize: 16)) {
+            try DecodePlan.causalChunk(table: table, blockSize: 16, tokenCount: 60, newTokens: 4)
+        }
+        #expect(throws: DecodePlanError.invalidBlockSize(0)) {
+            try DecodePlan.causalChunk(table: table, blockSize: 0, tokenCount: 40, newTokens: 4)
+        }
+    }
+}
