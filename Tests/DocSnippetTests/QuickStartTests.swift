@@ -25,6 +25,10 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
     for layer in 0..<layout.layerCount {
         try cache.arena!.store(keys: promptKeys[layer], values: promptValues[layer], layer: layer, slots: prefill)
     }
+    // Attention for those tokens, causal, over the cached prefix read once for all of them: a plan to
+    // run like the decode plan below, with their queries `[token][queryHead][headDim]` (ATTENTION.md).
+    let prefillPlan = prefill.slots.isEmpty ? nil : try cache.prefillPlan(for: request.sequence, newTokens: prefill.slots.count)
+    _ = prefillPlan  // copy only
     // Its new blocks are matchable from admission on, so prefill them in the next step; an engine
     // that prefills in chunks or later creates the manager with `publishesBlocks: .whenComputed` and
     // reports progress with `cache.markComputed(request.sequence, computedTokens:)` (PREFIX_CACHING.md).
