@@ -53,6 +53,21 @@ public final class PrefillBench {
         }
     }
 
+    /// Fails on settings `kvctl bench prefill` cannot run with, naming the option: a negative
+    /// context, an empty chunk, and the decode bench's layout, thread, repeat and memory checks
+    /// over the whole sequence.
+    public static func validate(context: Int, chunk: Int, heads: Int, kvHeads: Int, headDim: Int, dtype: KVDType,
+                                blockSize: Int, threads: Int, repeats: Int) throws(OptionError) {
+        try OptionChecks.atLeast(context, 0, "--context")
+        try OptionChecks.atLeast(chunk, 1, "--chunk")
+        try OptionChecks.atLeast(blockSize, 1, "--block-size")
+        let (total, overflow) = context.addingReportingOverflow(chunk)
+        guard !overflow, total <= Int.max - blockSize else { throw OptionError("--context", "is too large: \(context) + \(chunk) tokens overflow Int") }
+        try AttentionBench.validate(batches: [1], contexts: [ceilDivide(total, blockSize) * blockSize], decode: 0, heads: heads,
+                                    kvHeads: kvHeads, headDim: headDim, dtype: dtype, blockSize: blockSize, threads: threads,
+                                    repeats: repeats)
+    }
+
     public func measure(context: Int, chunk: Int, repeats: Int) throws -> PrefillBenchPoint {
         let bs = layout.blockSize, total = context + chunk, d = layout.headDim
         let table = (0..<((total + bs - 1) / bs)).map { Int32(1 + $0) }

@@ -26,14 +26,8 @@ struct BenchPrefill: ParsableCommand {
     func validate() throws {
         let kv = try dtypeOption(dtype)
         try usageErrors {
-            try OptionChecks.atLeast(context, 0, "--context")
-            try OptionChecks.atLeast(chunk, 1, "--chunk")
-            try OptionChecks.atLeast(`repeat`, 1, "--repeat")
-            // The same layout, thread and memory checks as the decode bench, over the whole sequence.
-            let total = context + chunk
-            try AttentionBench.validate(batches: [1], contexts: [(total + blockSize - 1) / max(1, blockSize) * max(1, blockSize)],
-                                        decode: 0, heads: heads, kvHeads: kvHeads, headDim: headDim, dtype: kv,
-                                        blockSize: blockSize, threads: threads, repeats: `repeat`)
+            try PrefillBench.validate(context: context, chunk: chunk, heads: heads, kvHeads: kvHeads, headDim: headDim, dtype: kv,
+                                      blockSize: blockSize, threads: threads, repeats: `repeat`)
         }
     }
 

@@ -27,6 +27,11 @@ import KVCore
                                         blockSize: blockSize, threads: threads, repeats: repeats)
         }
     }
+    static func prefill(context: Int = 8192, chunk: Int = 256, kvHeads: Int = 8, blockSize: Int = 16, threads: Int = 2,
+                        repeats: Int = 5) -> @Sendable () throws -> Void {
+        { try PrefillBench.validate(context: context, chunk: chunk, heads: 32, kvHeads: kvHeads, headDim: 128, dtype: .bfloat16,
+                                    blockSize: blockSize, threads: threads, repeats: repeats) }
+    }
     static func store(tokens: Int = 8192, repeats: Int = 5, rounds: Int = 3) -> @Sendable () throws -> Void {
         { try StoreBench(layout: try KVLayout(spec: "8x8x128:fp16", blockSize: 16), tokens: tokens, directory: NSTemporaryDirectory(),
                          restoreRepeats: repeats, rounds: rounds).validate() }
@@ -53,6 +58,12 @@ import KVCore
         Case(command: "bench memory --megabytes 2^50", option: "--megabytes", check: { try MemoryBench.validate(megabytes: 1 << 50, threads: 2, repeats: 5) }),
         Case(command: "bench memory --repeat 0", option: "--repeat", check: { try MemoryBench.validate(megabytes: 1024, threads: 2, repeats: 0) }),
         Case(command: "bench attention --threads 0", option: "--threads", check: attention(threads: 0)),
+        Case(command: "bench prefill --chunk 0", option: "--chunk", check: prefill(chunk: 0)),
+        Case(command: "bench prefill --context=-1", option: "--context", check: prefill(context: -1)),
+        Case(command: "bench prefill --kv-heads 5", option: "--kv-heads", check: prefill(kvHeads: 5)),
+        Case(command: "bench prefill --block-size 0", option: "--block-size", check: prefill(blockSize: 0)),
+        Case(command: "bench prefill --context \(Int.max)", option: "--context", check: prefill(context: .max)),
+        Case(command: "bench prefill --repeat 0", option: "--repeat", check: prefill(repeats: 0)),
         Case(command: "bench attention --context 100", option: "--context", check: attention(context: 100)),
         Case(command: "bench attention --context 0", option: "--context", check: attention(context: 0)),
         Case(command: "bench attention --batch 0", option: "--batch", check: attention(batch: 0)),
