@@ -90,24 +90,7 @@ public final class AttentionBench {
     }
 
     /// Random values in [-1.7, 1.7] (about unit variance), generated per block on all cores.
-    private func fill() {
-        let arena = self.arena, layout = self.layout, threads = self.threads
-        let elements = layout.blockBytesPerLayerPerKind / layout.dtype.byteWidth
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            var state = UInt64(0x9E37_79B9 &+ t)
-            for block in stride(from: 1 + t, to: arena.capacityBlocks, by: threads) {
-                for kind in KVKind.allCases {
-                    arena.withUnsafeMutableBlockBytes(BlockID(Int32(block)), layer: 0, kind: kind) { raw in
-                        for i in 0..<elements {
-                            state = state &* 6364136223846793005 &+ 1442695040888963407
-                            let x = Float(Int32(truncatingIfNeeded: state >> 32)) * (1.7 / 2147483648)
-                            layout.dtype.store(x, raw.baseAddress!, i)
-                        }
-                    }
-                }
-            }
-        }
-    }
+    private func fill() { KernelTiming.fillRandom(arena, threads: threads, seed: 0x9E37_79B9) }
 
     /// The block tables of a point: context blocks 1…, then each sequence's own blocks.
     func batch(_ b: Int, context: Int) throws -> BlockTableBatch {
@@ -131,25 +114,13 @@ public final class AttentionBench {
         let query = (0..<(b * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
         var paged = [Float](repeating: 0, count: query.count), bif = paged
         let scale = DecodeAttention.defaultScale(headDim: d)
-        var pagedTimes: [Double] = [], bifTimes: [Double] = []
-        try arena.withUnsafeLayerPages(layer: 0) { pages in
+        let (pagedTimes, bifTimes) = try arena.withUnsafeLayerPages(layer: 0) { pages in
             try query.withUnsafeBufferPointer { q in
                 try paged.withUnsafeMutableBufferPointer { po in
                     try bif.withUnsafeMutableBufferPointer { bo in
-                        for rep in 0...repeats {
-                            flusher.flushCaches()
-                            let t0 = DispatchTime.now().uptimeNanoseconds
-                            try kernel.paged(query: q, pages: pages, batch: batch, scale: scale, output: po)
-                            let t1 = DispatchTime.now().uptimeNanoseconds
-                            flusher.flushCaches()
-                            let t2 = DispatchTime.now().uptimeNanoseconds
-                            try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: bo)
-                            let t3 = DispatchTime.now().uptimeNanoseconds
-                            if rep > 0 {
-                                pagedTimes.append(Double(t1 - t0) * 1e-9)
-                                bifTimes.append(Double(t3 - t2) * 1e-9)
-                            }
-                        }
+                        try KernelTiming.alternate(repeats: repeats, flusher: flusher,
+                                                   { try kernel.paged(query: q, pages: pages, batch: batch, scale: scale, output: po) },
+                                                   { try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: bo) })
                     }
                 }
             }
@@ -157,13 +128,6 @@ public final class AttentionBench {
         let pagedS = median(pagedTimes), bifS = median(bifTimes)
         let rowBytes = Double(layout.kvHeadCount * d * layout.dtype.byteWidth * 2)
         let flops = 4 * Double(batch.totalTokens * heads * d)
-        var err: Float = 0, top: Float = 0
-        for i in paged.indices {
-            // `max` would pass a NaN over: a non-finite output is an infinite error.
-            guard bif[i].isFinite, paged[i].isFinite else { err = .infinity; continue }
-            err = max(err, abs(bif[i] - paged[i]))
-            top = max(top, abs(paged[i]))
-        }
         return AttentionBenchPoint(
             batch: b, context: context, decode: decode, heads: heads, kvHeads: layout.kvHeadCount, headDim: d,
             blockSize: layout.blockSize, threads: threads, dtype: layout.dtype.rawValue, math: kernel.effectiveMath.rawValue,
@@ -171,7 +135,7 @@ public final class AttentionBench {
             pagedMs: pagedS * 1e3, bifurcatedMs: bifS * 1e3, speedup: pagedS / bifS,
             pagedGBps: Double(batch.totalTokens) * rowBytes / pagedS / 1e9,
             bifurcatedGBps: Double(plan.planTokenReads) * rowBytes / bifS / 1e9,
-            bifurcatedGFlops: flops / bifS / 1e9, maxRelError: Double(err / top), loadAverage: loadAverage())
+            bifurcatedGFlops: flops / bifS / 1e9, maxRelError: KernelTiming.relativeDifference(bif, paged), loadAverage: loadAverage())
     }
 
     /// Adds the machine limits to a point: % of read bandwidth (paged, against the probe) and % of

@@ -37,20 +37,7 @@ public final class PrefillBench {
         kernel = try DecodeAttention(layout: layout, queryHeads: heads, threads: threads)
         arena = KVPageArena(layout: layout, capacityBlocks: 1 + (tokens + blockSize - 1) / blockSize, prefault: false)
         self.flusher = flusher
-        let elements = layout.blockBytesPerLayerPerKind / dtype.byteWidth, arena = self.arena
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            var state = UInt64(0x5EED &+ t)
-            for block in stride(from: 1 + t, to: arena.capacityBlocks, by: threads) {
-                for kind in KVKind.allCases {
-                    arena.withUnsafeMutableBlockBytes(BlockID(Int32(block)), layer: 0, kind: kind) { raw in
-                        for i in 0..<elements {
-                            state = state &* 6364136223846793005 &+ 1442695040888963407
-                            dtype.store(Float(Int32(truncatingIfNeeded: state >> 32)) * (1.7 / 2147483648), raw.baseAddress!, i)
-                        }
-                    }
-                }
-            }
-        }
+        KernelTiming.fillRandom(arena, threads: threads, seed: 0x5EED)
     }
 
     /// Fails on settings `kvctl bench prefill` cannot run with, naming the option: a negative
@@ -76,40 +63,22 @@ public final class PrefillBench {
         let query = (0..<(chunk * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
         var paged = [Float](repeating: 0, count: query.count), planned = paged
         let scale = DecodeAttention.defaultScale(headDim: d)
-        var pagedTimes: [Double] = [], planTimes: [Double] = []
-        try arena.withUnsafeLayerPages(layer: 0) { pages in
+        let (pagedTimes, planTimes) = try arena.withUnsafeLayerPages(layer: 0) { pages in
             try query.withUnsafeBufferPointer { q in
                 try paged.withUnsafeMutableBufferPointer { po in
                     try planned.withUnsafeMutableBufferPointer { bo in
-                        for rep in 0...repeats {
-                            flusher.flushCaches()
-                            let t0 = DispatchTime.now().uptimeNanoseconds
-                            try kernel.paged(query: q, pages: pages, batch: plan.batch, scale: scale, output: po)
-                            let t1 = DispatchTime.now().uptimeNanoseconds
-                            flusher.flushCaches()
-                            let t2 = DispatchTime.now().uptimeNanoseconds
-                            try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: bo)
-                            let t3 = DispatchTime.now().uptimeNanoseconds
-                            if rep > 0 {
-                                pagedTimes.append(Double(t1 - t0) * 1e-9)
-                                planTimes.append(Double(t3 - t2) * 1e-9)
-                            }
-                        }
+                        try KernelTiming.alternate(repeats: repeats, flusher: flusher,
+                                                   { try kernel.paged(query: q, pages: pages, batch: plan.batch, scale: scale, output: po) },
+                                                   { try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: bo) })
                     }
                 }
             }
         }
         let pagedS = median(pagedTimes), planS = median(planTimes)
-        var err: Float = 0, top: Float = 0
-        for i in paged.indices {
-            guard planned[i].isFinite, paged[i].isFinite else { err = .infinity; continue }
-            err = max(err, abs(planned[i] - paged[i]))
-            top = max(top, abs(paged[i]))
-        }
         let flops = 4 * Double(plan.batch.totalTokens * heads * d)
         return PrefillBenchPoint(context: context, chunk: chunk, heads: heads, kvHeads: layout.kvHeadCount, headDim: d, blockSize: bs,
                                  threads: threads, dtype: layout.dtype.rawValue, math: kernel.effectiveMath.rawValue,
                                  pagedMs: pagedS * 1e3, chunkPlanMs: planS * 1e3, speedup: pagedS / planS,
-                                 chunkPlanGFlops: flops / planS / 1e9, maxRelError: Double(err / top), loadAverage: loadAverage())
+                                 chunkPlanGFlops: flops / planS / 1e9, maxRelError: KernelTiming.relativeDifference(planned, paged), loadAverage: loadAverage())
     }
 }

@@ -102,6 +102,26 @@ final class MapSizingTests: XCTestCase {
         XCTAssertGreaterThan(counters.mapRoomEvictions, 0, "eviction by measured pages ran (\(counters))")
     }
 
+    /// A 4 MiB store of small records in a map forced down to 6 MiB, filled in `batches` small
+    /// batches (each flushed) until the map is at its ceiling; returns the store (the caller closes
+    /// it), a scratch arena and the random stream to go on with.
+    func tightStoreAtItsCeiling(seed: UInt64, batches: Int, perBatch: Int) throws -> (LMDBSpillStore, KVPageArena, SeededRandom) {
+        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
+        let limit = 4 << 20
+        var config = SpillStoreConfiguration(path: try makeTemporaryDirectory(self) + "/store", layout: layout, limitBytes: limit,
+                                             writeMode: .background(queueLimitBytes: 64 << 20), durable: false, statsIntervalSeconds: 0.05)
+        config.initialMapSizeBytes = 1 << 20
+        config.mapSizeLimitOverride = limit + limit / 4 + (1 << 20)
+        let store = try LMDBSpillStore(config)
+        let arena = KVPageArena(layout: layout, capacityBlocks: 4)
+        var rng = SeededRandom(seed: seed)
+        for _ in 0..<batches {
+            spillRandom(store, arena: arena, count: perBatch, rng: &rng)
+            store.flush()
+        }
+        return (store, arena, rng)
+    }
+
     /// A batch of hundreds of small records arriving at a tight map already at its ceiling (the
     /// writer was busy while they queued) is committed in transactions small enough for the
     /// map's copy-on-write room. One transaction for all of them hit `MDB_MAP_FULL`, and its
@@ -109,22 +129,9 @@ final class MapSizingTests: XCTestCase {
     /// records down to 0.2 MB in a CI run). The store must keep what it held, less what
     /// the new records displace.
     func testABatchQueuedWhileTheWriterWasBusyDoesNotEmptyATightStore() throws {
-        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
-        let limit = 4 << 20
-        let dir = try makeTemporaryDirectory(self)
-        var config = SpillStoreConfiguration(path: dir + "/store", layout: layout, limitBytes: limit,
-                                             writeMode: .background(queueLimitBytes: 64 << 20), durable: false, statsIntervalSeconds: 0.05)
-        config.initialMapSizeBytes = 1 << 20
-        config.mapSizeLimitOverride = limit + limit / 4 + (1 << 20)
-        let store = try LMDBSpillStore(config)
+        let (store, arena, stream) = try tightStoreAtItsCeiling(seed: 6, batches: 600, perBatch: 8)
+        var rng = stream
         defer { store.close() }
-        let arena = KVPageArena(layout: layout, capacityBlocks: 4)
-        var rng = SeededRandom(seed: 6)
-        // Fill the map to its ceiling in batches of a few records.
-        for _ in 0..<600 {
-            spillRandom(store, arena: arena, count: 8, rng: &rng)
-            store.flush()
-        }
         let before = store.checkInvariants()
         XCTAssertEqual(store.writer.withStateLocked { $0.mapSize }, store.writer.softMapLimit, "the map reached its ceiling (\(store.counters))")
 
@@ -157,25 +164,13 @@ final class MapSizingTests: XCTestCase {
     /// a restore descheduled mid-read on a loaded machine) keeps freed pages from reuse while the
     /// writer is at a tight map's ceiling. The writer waits for it instead of evicting in rounds
     /// until the store is empty and dropping records: CPU-loaded runs of the test above did that
-    /// (4 and 12 records dropped; 1 run in 10 with two busy loops beside it, 0 in 25 with the wait).
+    /// (4 and 12 records dropped; 2 runs in 30 with two busy loops beside it, 0 in 45 with the wait).
     /// The test checks that the writer waited and lost nothing; it could not be made to drop
     /// records without the wait on an idle machine (the map's copy room absorbed the writes).
     func testAReaderOnAnOldSnapshotIsWaitedForAtTheCeiling() throws {
-        let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 8, blockSize: 16, dtype: .float16)
-        let limit = 4 << 20
-        let dir = try makeTemporaryDirectory(self)
-        var config = SpillStoreConfiguration(path: dir + "/store", layout: layout, limitBytes: limit,
-                                             writeMode: .background(queueLimitBytes: 64 << 20), durable: false, statsIntervalSeconds: 0.05)
-        config.initialMapSizeBytes = 1 << 20
-        config.mapSizeLimitOverride = limit + limit / 4 + (1 << 20)
-        let store = try LMDBSpillStore(config)
+        let (store, arena, stream) = try tightStoreAtItsCeiling(seed: 7, batches: 400, perBatch: 10)
+        var rng = stream
         defer { store.close() }
-        let arena = KVPageArena(layout: layout, capacityBlocks: 4)
-        var rng = SeededRandom(seed: 7)
-        for _ in 0..<400 {   // to the ceiling, in small batches
-            spillRandom(store, arena: arena, count: 10, rng: &rng)
-            store.flush()
-        }
         XCTAssertEqual(store.writer.withStateLocked { $0.mapSize }, store.writer.softMapLimit)
         let before = store.checkInvariants()
 

@@ -1,0 +1,61 @@
+import Dispatch
+import KVCore
+
+/// What the attention benchmarks share: KV pages filled with random values, two kernels timed
+/// alternating on the same data, and the difference of their outputs.
+enum KernelTiming {
+    /// Random values in [-1.7, 1.7] (about unit variance) in every block of `arena` but the null
+    /// block, generated per block on `threads` cores (first touch of fresh memory is slow on this
+    /// kind of VM, so the fill is also the prefault).
+    static func fillRandom(_ arena: KVPageArena, threads: Int, seed: UInt64) {
+        let layout = arena.layout
+        let elements = layout.blockBytesPerLayerPerKind / layout.dtype.byteWidth
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            var state = seed &+ UInt64(t)
+            for block in stride(from: 1 + t, to: arena.capacityBlocks, by: threads) {
+                for kind in KVKind.allCases {
+                    arena.withUnsafeMutableBlockBytes(BlockID(Int32(block)), layer: 0, kind: kind) { raw in
+                        for i in 0..<elements {
+                            state = state &* 6364136223846793005 &+ 1442695040888963407
+                            let x = Float(Int32(truncatingIfNeeded: state >> 32)) * (1.7 / 2147483648)
+                            layout.dtype.store(x, raw.baseAddress!, i)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Seconds of `repeats` calls of each kernel, alternating (`first`, `second`), the last-level
+    /// cache flushed before every call, after one untimed warm-up of each.
+    static func alternate(repeats: Int, flusher: MemoryBench, _ first: () throws -> Void, _ second: () throws -> Void) rethrows
+        -> (first: [Double], second: [Double]) {
+        var a: [Double] = [], b: [Double] = []
+        for rep in 0...repeats {
+            flusher.flushCaches()
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try first()
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            flusher.flushCaches()
+            let t2 = DispatchTime.now().uptimeNanoseconds
+            try second()
+            let t3 = DispatchTime.now().uptimeNanoseconds
+            if rep > 0 {
+                a.append(Double(t1 - t0) * 1e-9)
+                b.append(Double(t3 - t2) * 1e-9)
+            }
+        }
+        return (a, b)
+    }
+
+    /// max |a − b| / max |b|; infinite when a value is not finite (`max` would pass a NaN over).
+    static func relativeDifference(_ a: [Float], _ b: [Float]) -> Double {
+        var err: Float = 0, top: Float = 0
+        for i in b.indices {
+            guard a[i].isFinite, b[i].isFinite else { return .infinity }
+            err = max(err, abs(a[i] - b[i]))
+            top = max(top, abs(b[i]))
+        }
+        return Double(err / max(top, .leastNormalMagnitude))
+    }
+}
