@@ -222,12 +222,7 @@ struct CacheState {
         guard let b = pool.popFront() else { fatalError("CacheState: free queue empty after the availability check") }
         if index.inTree[Int(b)] {
             evict(b)
-            if writtenNow, evictedSpills.last?.block == BlockID(b) {
-                let spill = evictedSpills.removeLast()
-                spill.tokens.withUnsafeBufferPointer {
-                    coldStore!.spill(key: spill.key, namespace: spill.namespace, tokens: $0, block: spill.block, arena: arena)
-                }
-            }
+            if writtenNow, evictedSpills.last?.block == BlockID(b) { evictedSpills.removeLast().write(to: coldStore!, arena: arena) }
         }
         pool.retain(b)
         return b
@@ -316,11 +311,11 @@ struct CacheState {
         }
     }
 
-    /// Admission's first part: match memory, pin the hit, allocate the rest (evicting cold blocks).
-    /// With a cold store, the spills of the evicted blocks and the restores of the full blocks left
-    /// to match come back as a `PendingAdmission`, with the sequence registered holding its blocks
-    /// and its memory hits only: copying blocks out and reading the store take milliseconds per
-    /// block (tens for an 8k-token prefix), which must not hold every other caller.
+    /// Admission's first part: match memory, pin the hit, allocate the rest (evicting cold blocks,
+    /// whose spills the caller runs after the lock: `takeEvictedSpills`). With a cold store, the
+    /// restores of the full blocks left to match come back as a `PendingAdmission`, with the
+    /// sequence registered holding its blocks and its memory hits only: reading the store takes
+    /// milliseconds per block (tens for an 8k-token prefix), which must not hold every other caller.
     /// `finishAdmission` completes it. All-or-nothing: a refusal changes nothing.
     /// `isQuery: false` (a prefetch) keeps the prompt out of the query and hit counters, so the hit
     /// rate stays the requests'.
@@ -334,14 +329,14 @@ struct CacheState {
         let fullBlocks = prompt.count / blockSize
         // The store key of the first block after the memory hit: if another admission is restoring
         // it right now, wait for that one (nothing changes here) and match its blocks in memory.
-        var storeParentKey: PrefixKey?, firstStoreKey: PrefixKey?
+        var firstStoreKey: PrefixKey?
         if let store = coldStore, matched.count < fullBlocks {
             let parent = matched.last.map { prefixKey(of: $0) } ?? known.map { rootKey($0) } ?? store.rootKey(namespace: ns)
-            storeParentKey = parent
-            firstStoreKey = prompt.withUnsafeBufferPointer { p in
+            let key = prompt.withUnsafeBufferPointer { p in
                 store.childKey(parent: parent, tokens: UnsafeBufferPointer(rebasing: p[(matched.count * blockSize)..<((matched.count + 1) * blockSize)]))
             }
-            if let inFlight = restoring[firstStoreKey!] {
+            firstStoreKey = key
+            if let inFlight = restoring[key] {
                 restoreWaits += 1
                 return .wait(inFlight)
             }
@@ -377,18 +372,14 @@ struct CacheState {
         // Registered now, so its blocks are accounted for (invariants, a hand-over) while it waits.
         sequences[handle.serial] = seq
         var pending = PendingAdmission(sequence: handle, memoryHits: matched.count, fullBlocks: fullBlocks, prompt: prompt, isQuery: isQuery,
-                                     namespace: ns, parentKey: nil, blocks: [], store: coldStore, spillsInFlight: spillsInFlight,
+                                     namespace: ns, blocks: [], store: coldStore, spillsInFlight: spillsInFlight,
                                      arena: arena, blockSize: blockSize)
-        guard coldStore != nil, matched.count < fullBlocks else {
-            return .done(finishAdmission(pending, restoredKeys: []))
-        }
-        if matched.count < fullBlocks, let key = firstStoreKey {
-            pending.parentKey = storeParentKey
-            pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
-            let inFlight = RestoreInFlight(sequence: handle.serial)
-            restoring[key] = inFlight
-            pending.inFlight = (key, inFlight)
-        }
+        // Set exactly when there is a cold store and a full block after the memory hit.
+        guard let key = firstStoreKey else { return .done(finishAdmission(pending, restoredKeys: [])) }
+        pending.blocks = Array(seq.blocks[matched.count..<fullBlocks])
+        let inFlight = RestoreInFlight(sequence: handle.serial)
+        restoring[key] = inFlight
+        pending.inFlight = (key, inFlight)
         return .pending(pending)
     }
 

@@ -422,8 +422,9 @@ public final class KVCacheManager: Sendable {
     /// succeeded) the stats publisher. A call that throws changes nothing but may count (a
     /// refused allocation): its stats still reach the metrics, so `allocations_failed_total`
     /// moves when the refusal happens. A result `completes` calls a first part only (an
-    /// admission whose spills and restores are still to run) reports nothing: its half-counted
-    /// stats are nobody's to see; the second part reports.
+    /// admission whose restores are still to run) reports nothing: its half-counted stats are
+    /// nobody's to see; the second part reports. The blocks the call evicted are spilled after
+    /// the lock, before this returns (`SpillBatch`).
     @discardableResult
     private func mutate<R>(completes: (R) -> Bool = { _ in true },
                            _ body: (inout CacheState) throws(KVCacheError) -> R) throws(KVCacheError) -> R {

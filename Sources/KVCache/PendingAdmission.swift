@@ -1,7 +1,7 @@
 import Dispatch
 import KVCore
 
-/// What `CacheState.beginAdmission` leaves to do: nothing, cold-store work (spills, restores), or
+/// What `CacheState.beginAdmission` leaves to do: nothing, restores from the cold store, or
 /// — when another admission is restoring the same prefix — wait for it and begin again.
 enum AdmissionStep: Sendable {
     case done(Admission)
@@ -40,11 +40,10 @@ struct PendingAdmission: Sendable {
     /// False for a prefetch: not counted as a query (see `CacheState.beginAdmission`).
     let isQuery: Bool
     let namespace: Namespace
-    /// The key of the prefix before the first block to restore (its namespace's root when none).
-    var parentKey: PrefixKey?
     /// The sequence's blocks for prompt blocks `memoryHits..<fullBlocks`, in order.
     var blocks: [Int32]
-    /// The key of the first block to restore, and what admissions of the same prefix wait on.
+    /// The store key of the first block to restore (each later key chains from it), and what
+    /// admissions of the same prefix wait on. Nil: nothing to restore.
     var inFlight: (key: PrefixKey, restore: RestoreInFlight)?
     let store: (any ColdPrefixStore)?
     let spillsInFlight: SpillsInFlight
@@ -53,13 +52,13 @@ struct PendingAdmission: Sendable {
 
     /// Restores from the first block on until the store misses; returns the restored blocks' keys.
     func run() -> [PrefixKey] {
-        guard let store, var key = parentKey else { return [] }
+        guard let store, var key = inFlight?.key else { return [] }
         var keys: [PrefixKey] = []
         prompt.withUnsafeBufferPointer { p in
             for (j, block) in blocks.enumerated() {
                 let i = memoryHits + j
                 let tokens = UnsafeBufferPointer(rebasing: p[(i * blockSize)..<((i + 1) * blockSize)])
-                key = store.childKey(parent: key, tokens: tokens)
+                if j > 0 { key = store.childKey(parent: key, tokens: tokens) }
                 spillsInFlight.waitUntilSpilled(key)
                 guard store.restore(key: key, namespace: namespace, tokens: tokens, into: BlockID(block), arena: arena) else { return }
                 keys.append(key)

@@ -9,6 +9,11 @@ struct DeferredSpill: Sendable {
     let namespace: Namespace
     let tokens: [TokenID]
     let block: BlockID
+
+    /// Hands the block's KV (still in its pages) to `store`.
+    func write(to store: any ColdPrefixStore, arena: KVPageArena?) {
+        tokens.withUnsafeBufferPointer { store.spill(key: key, namespace: namespace, tokens: $0, block: block, arena: arena) }
+    }
 }
 
 /// The spills one call runs after the lock: registered (under the manager's lock, with the
@@ -32,9 +37,7 @@ final class SpillBatch: @unchecked Sendable {
     /// Spills the blocks (call once, after the manager's lock is released), then lets admissions
     /// waiting on them go on.
     func run() {
-        for s in spills {
-            s.tokens.withUnsafeBufferPointer { store.spill(key: s.key, namespace: s.namespace, tokens: $0, block: s.block, arena: arena) }
-        }
+        for s in spills { s.write(to: store, arena: arena) }
         registry.finish(self)
         done.leave()
     }

@@ -145,7 +145,7 @@ extension KVPageArena {
     /// `valueCount` elements (`elementWidth` 1) or bytes (`elementWidth` the dtype's); returns the
     /// rows (tokens × kvHeadCount).
     private func checkSlotAccess(keyCount: Int, valueCount: Int, elementWidth: Int, layer: Int,
-                            slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) -> Int {
+                                 slots: UnsafeBufferPointer<Int32>) throws(KVSlotError) -> Int {
         guard layer >= 0 && layer < layout.layerCount else { throw .invalidLayer(layer, layerCount: layout.layerCount) }
         let rowElements = layout.kvHeadCount * layout.headDim
         let (units, o1) = slots.count.multipliedReportingOverflow(by: rowElements)
@@ -178,8 +178,8 @@ extension KVPageArena {
         let headStride = blockSize * rowBytes
         var src = flat
         for slot in slots {
-            let flat = Int(slot)
-            let block = flat / blockSize, offset = flat - block * blockSize
+            let slotIndex = Int(slot)
+            let block = slotIndex / blockSize, offset = slotIndex - block * blockSize
             var dst = arena + block * blockStride + offset * rowBytes
             for _ in 0..<heads {
                 row(src, dst, headDim)

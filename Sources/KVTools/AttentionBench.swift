@@ -112,19 +112,11 @@ public final class AttentionBench {
         let d = layout.headDim
         var rng = SystemRandomNumberGenerator()
         let query = (0..<(b * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
-        var paged = [Float](repeating: 0, count: query.count), bif = paged
         let scale = DecodeAttention.defaultScale(headDim: d)
-        let (pagedTimes, bifTimes) = try arena.withUnsafeLayerPages(layer: 0) { pages in
-            try query.withUnsafeBufferPointer { q in
-                try paged.withUnsafeMutableBufferPointer { po in
-                    try bif.withUnsafeMutableBufferPointer { bo in
-                        try KernelTiming.alternate(repeats: repeats, flusher: flusher,
-                                                   { try kernel.paged(query: q, pages: pages, batch: batch, scale: scale, output: po) },
-                                                   { try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: bo) })
-                    }
-                }
-            }
-        }
+        let ((pagedTimes, paged), (bifTimes, bif)) = try KernelTiming.alternate(
+            over: arena, query: query, repeats: repeats, flusher: flusher,
+            { pages, q, out in try kernel.paged(query: q, pages: pages, batch: batch, scale: scale, output: out) },
+            { pages, q, out in try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: out) })
         let pagedS = median(pagedTimes), bifS = median(bifTimes)
         let rowBytes = Double(layout.kvHeadCount * d * layout.dtype.byteWidth * 2)
         let flops = 4 * Double(batch.totalTokens * heads * d)

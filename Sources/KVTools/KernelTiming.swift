@@ -26,26 +26,40 @@ enum KernelTiming {
         }
     }
 
-    /// Seconds of `repeats` calls of each kernel, alternating (`first`, `second`), the last-level
-    /// cache flushed before every call, after one untimed warm-up of each.
-    static func alternate(repeats: Int, flusher: MemoryBench, _ first: () throws -> Void, _ second: () throws -> Void) rethrows
-        -> (first: [Double], second: [Double]) {
+    /// One attention kernel call: the arena's layer-0 pages, the query, and the call's output.
+    typealias Call = (KVLayerPages, UnsafeBufferPointer<Float>, UnsafeMutableBufferPointer<Float>) throws -> Void
+
+    /// `repeats` calls of each kernel on `query` over `arena`'s layer 0, alternating (`first`,
+    /// `second`), the last-level cache flushed before every call, after one untimed warm-up of
+    /// each; returns each kernel's seconds per call and its output.
+    static func alternate(over arena: KVPageArena, query: [Float], repeats: Int, flusher: MemoryBench,
+                          _ first: Call, _ second: Call) throws -> (first: (seconds: [Double], output: [Float]),
+                                                                   second: (seconds: [Double], output: [Float])) {
         var a: [Double] = [], b: [Double] = []
-        for rep in 0...repeats {
-            flusher.flushCaches()
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            try first()
-            let t1 = DispatchTime.now().uptimeNanoseconds
-            flusher.flushCaches()
-            let t2 = DispatchTime.now().uptimeNanoseconds
-            try second()
-            let t3 = DispatchTime.now().uptimeNanoseconds
-            if rep > 0 {
-                a.append(Double(t1 - t0) * 1e-9)
-                b.append(Double(t3 - t2) * 1e-9)
+        var outA = [Float](repeating: 0, count: query.count), outB = outA
+        try arena.withUnsafeLayerPages(layer: 0) { pages in
+            try query.withUnsafeBufferPointer { q in
+                try outA.withUnsafeMutableBufferPointer { oa in
+                    try outB.withUnsafeMutableBufferPointer { ob in
+                        for rep in 0...repeats {
+                            flusher.flushCaches()
+                            let t0 = DispatchTime.now().uptimeNanoseconds
+                            try first(pages, q, oa)
+                            let t1 = DispatchTime.now().uptimeNanoseconds
+                            flusher.flushCaches()
+                            let t2 = DispatchTime.now().uptimeNanoseconds
+                            try second(pages, q, ob)
+                            let t3 = DispatchTime.now().uptimeNanoseconds
+                            if rep > 0 {
+                                a.append(Double(t1 - t0) * 1e-9)
+                                b.append(Double(t3 - t2) * 1e-9)
+                            }
+                        }
+                    }
+                }
             }
         }
-        return (a, b)
+        return ((a, outA), (b, outB))
     }
 
     /// max |a − b| / max |b|; infinite when a value is not finite (`max` would pass a NaN over).

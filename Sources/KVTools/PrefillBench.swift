@@ -61,19 +61,11 @@ public final class PrefillBench {
         let plan = try DecodePlan.causalChunk(table: table, blockSize: bs, tokenCount: total, newTokens: chunk)
         var rng = SystemRandomNumberGenerator()
         let query = (0..<(chunk * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
-        var paged = [Float](repeating: 0, count: query.count), planned = paged
         let scale = DecodeAttention.defaultScale(headDim: d)
-        let (pagedTimes, planTimes) = try arena.withUnsafeLayerPages(layer: 0) { pages in
-            try query.withUnsafeBufferPointer { q in
-                try paged.withUnsafeMutableBufferPointer { po in
-                    try planned.withUnsafeMutableBufferPointer { bo in
-                        try KernelTiming.alternate(repeats: repeats, flusher: flusher,
-                                                   { try kernel.paged(query: q, pages: pages, batch: plan.batch, scale: scale, output: po) },
-                                                   { try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: bo) })
-                    }
-                }
-            }
-        }
+        let ((pagedTimes, paged), (planTimes, planned)) = try KernelTiming.alternate(
+            over: arena, query: query, repeats: repeats, flusher: flusher,
+            { pages, q, out in try kernel.paged(query: q, pages: pages, batch: plan.batch, scale: scale, output: out) },
+            { pages, q, out in try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: out) })
         let pagedS = median(pagedTimes), planS = median(planTimes)
         let flops = 4 * Double(plan.batch.totalTokens * heads * d)
         return PrefillBenchPoint(context: context, chunk: chunk, heads: heads, kvHeads: layout.kvHeadCount, headDim: d, blockSize: bs,
