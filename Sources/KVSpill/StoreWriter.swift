@@ -55,10 +55,6 @@ final class StoreWriter: Sendable {
     let openedMapSize: Int
     private let logger: Logger
     private let state: Locked<State>
-    /// Set while the writer waits for an old reader (tests end their reader on seeing it; the
-    /// state lock is held during the wait).
-    private let waitingForReader = Locked(false)
-    var isWaitingForReader: Bool { waitingForReader.withLock { $0 } }
 
     init(store: StoreDatabase, limitBytes: Int, mapSizeLimit: Int, readerCheckIntervalSeconds: Double, logger: Logger) throws {
         self.store = store
@@ -231,6 +227,9 @@ final class StoreWriter: Sendable {
         }
     }
 
+    /// `waitForOldReaders` as the writer runs it at the ceiling, for tests (under the state lock).
+    func waitForOldReadersForTests() -> Bool { state.withLock { waitForOldReaders(&$0) } }
+
     /// How long the writer waits at the map ceiling for a reader on an old snapshot to end.
     static let readerWaitMillis: UInt64 = 200
 
@@ -246,8 +245,6 @@ final class StoreWriter: Sendable {
               let oldest = (try? store.env.readerSnapshots())?.min(), oldest < last, oldest != state.longReaderSnapshot
         else { return false }
         let deadline = nowMillis() + Self.readerWaitMillis
-        waitingForReader.withLock { $0 = true }
-        defer { waitingForReader.withLock { $0 = false } }
         repeat {
             usleep(200)
             guard let snapshots = try? store.env.readerSnapshots() else { return false }
