@@ -58,6 +58,26 @@ import Testing
             return out
         }
 
+        /// Each row's last node is its own leaf, and it reads no more than one causal group's
+        /// blocks: the rest of the chunk before it is read through shared (GEMM-shaped) nodes.
+        func expectLeavesWithinAGroup() {
+            let bs = plan.blockSize, groupBlocks = max(1, DecodePlan.causalGroupTokens / bs)
+            var last = [(level: Int, node: Int)?](repeating: nil, count: plan.sequenceCount)
+            for (k, level) in plan.levels.enumerated() {
+                for j in 0..<level.nodeCount {
+                    for s in level.sequences(ofNode: j) { last[Int(s)] = (k, j) }
+                }
+            }
+            for s in 0..<plan.sequenceCount {
+                guard let (k, j) = last[s] else {
+                    Issue.record("row \(s) is in no node")
+                    continue
+                }
+                #expect(plan.levels[k].sequences(ofNode: j) == [Int32(s)], "row \(s) ends in a shared node")
+                #expect(plan.levels[k].blocks(ofNode: j).count <= groupBlocks, "row \(s)'s leaf reads more than a group")
+            }
+        }
+
         func check(threads: Int = 2) throws {
             let kernel = try c.kernel(threads: threads)
             let tolerance = Tolerance.of(kernel)
@@ -76,8 +96,13 @@ import Testing
     func chunkAfterAWholeBlockPrefix(dtype: KVDType) throws {
         let chunk = try Chunk(dtype: dtype, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, tokenCount: 96 + 40,
                               newTokens: 40, seed: 11)
-        #expect(chunk.plan.levels.count == 2 && chunk.plan.levels[0].nodeCount == 1 && chunk.plan.levels[1].nodeCount == 40)
-        #expect(Array(chunk.plan.levels[0].blocks(ofNode: 0)) == Array(1...6))
+        // Groups of 32 tokens (two blocks): rows 0..<32 (blocks 7-8 of the table) have leaves on
+        // level 1; rows 32..<40 share blocks 7-8 as one level-1 node and have leaves on level 2.
+        let levels = chunk.plan.levels
+        #expect(levels.count == 3 && levels[0].nodeCount == 1 && levels[1].nodeCount == 33 && levels[2].nodeCount == 8)
+        #expect(Array(levels[0].blocks(ofNode: 0)) == Array(1...6))
+        #expect(Array(levels[1].blocks(ofNode: 32)) == [7, 8] && Array(levels[1].sequences(ofNode: 32)) == Array(32..<40))
+        chunk.expectLeavesWithinAGroup()
         try chunk.check()
     }
 
@@ -88,13 +113,18 @@ import Testing
         (tokenCount: 70, newTokens: 25, blockSize: 16), (tokenCount: 40, newTokens: 5, blockSize: 16),
         (tokenCount: 33, newTokens: 33, blockSize: 16), (tokenCount: 50, newTokens: 1, blockSize: 32),
         (tokenCount: 20, newTokens: 7, blockSize: 1), (tokenCount: 64, newTokens: 64, blockSize: 32),
+        (tokenCount: 150, newTokens: 100, blockSize: 1), (tokenCount: 200, newTokens: 90, blockSize: 16),
+        (tokenCount: 100, newTokens: 100, blockSize: 16), (tokenCount: 130, newTokens: 97, blockSize: 64),
     ])
     func chunkShapes(shape: (tokenCount: Int, newTokens: Int, blockSize: Int)) throws {
         for (hq, hkv) in [(4, 4), (8, 1)] {
             let chunk = try Chunk(dtype: .bfloat16, queryHeads: hq, kvHeads: hkv, headDim: 128, blockSize: shape.blockSize,
                                   tokenCount: shape.tokenCount, newTokens: shape.newTokens, seed: UInt64(shape.tokenCount * 31 + hq))
-            let shared = (shape.tokenCount - shape.newTokens) / shape.blockSize
-            #expect(chunk.plan.levels.count == (shared > 0 ? 2 : 1))
+            let first = shape.tokenCount - shape.newTokens, shared = first / shape.blockSize
+            let groupTokens = max(1, DecodePlan.causalGroupTokens / shape.blockSize) * shape.blockSize
+            let groups = (shape.tokenCount - shared * shape.blockSize + groupTokens - 1) / groupTokens
+            #expect(chunk.plan.levels.count == (shared > 0 ? 1 : 0) + (groups > 1 ? 2 : 1))
+            chunk.expectLeavesWithinAGroup()
             try chunk.check()
         }
     }
