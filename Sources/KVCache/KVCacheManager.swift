@@ -263,6 +263,7 @@ public final class KVCacheManager: Sendable {
     /// their K/V written) as query rows, each over the cached prefix and the chunk up to itself
     /// (causal). See `DecodePlan.causalChunk`; run it with `DecodeAttention.bifurcated`. Throws
     /// `.invalidBatch` for a chunk outside `1...tokenCount`, and as `blockTable(of:)` does.
+    /// `stepPlan(for:)` is the general form: several sequences' chunks and decode tokens.
     public func prefillPlan(for sequence: SequenceHandle, newTokens: Int) throws(KVCacheError) -> DecodePlan {
         let (table, count) = try state.withLock { (s: inout CacheState) throws(KVCacheError) in
             let seq = try s.live(sequence)
@@ -270,6 +271,34 @@ public final class KVCacheManager: Sendable {
         }
         do { return try .causalChunk(table: table, blockSize: layout.blockSize, tokenCount: count, newTokens: newTokens) }
         catch { throw .invalidBatch("\(error)") }
+    }
+
+    /// The attention plan for one forward step over `spans`: each span's positions are query
+    /// rows (in span order, then position order: the rows `slotMapping(for:)` gives the same
+    /// spans), each attending causally to its sequence's tokens up to and including itself.
+    /// Prefill chunks and decode tokens mix freely (`.range(512..<1024, of: a)`, `.last(of: b)`);
+    /// a cached prefix that several spans' sequences share is read once for all their rows. See
+    /// `DecodePlan.causal(blockSize:sequences:)`; run it with `DecodeAttention.bifurcated`,
+    /// queries laid out `[rows][queryHeads][headDim]`. Take it after the step's `append`s and K/V
+    /// writes. Throws `.positionsOutOfRange`, `.releasedSequence` or `.unknownSequence` as
+    /// `slotMapping(for:)` does; empty spans add no rows.
+    public func stepPlan(for spans: [SlotSpan]) throws(KVCacheError) -> DecodePlan {
+        let blockSize = layout.blockSize
+        let rows = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> [DecodePlan.CausalRows] in
+            var rows: [DecodePlan.CausalRows] = []
+            rows.reserveCapacity(spans.count)
+            for span in spans {
+                let seq = try s.live(span.sequence)
+                guard let r = span.positions.resolved(tokenCount: seq.tokenCount) else {
+                    throw .positionsOutOfRange(span.sequence, positions: span.positions, tokenCount: seq.tokenCount)
+                }
+                guard !r.isEmpty else { continue }
+                let blocks = (r.upperBound + blockSize - 1) / blockSize
+                rows.append(DecodePlan.CausalRows(table: Array(seq.blocks[..<blocks]), tokenCount: r.upperBound, newTokens: r.count))
+            }
+            return rows
+        }
+        do { return try .causal(blockSize: blockSize, sequences: rows) } catch { throw .invalidBatch("\(error)") }
     }
 
     // MARK: - Slot mapping

@@ -6,70 +6,122 @@ extension DecodePlan {
     /// and 64 (docs/BENCHMARKS-attention.md).
     public static let causalGroupTokens = 32
 
-    /// A plan for a prefill chunk: the last `newTokens` tokens of one sequence as query rows (row
-    /// `i` is the token at position `tokenCount - newTokens + i`), each attending causally to
-    /// everything before it and to itself: the cached prefix and the chunk's earlier tokens.
-    ///
-    /// Up to three levels, so that nearly all of the reading is GEMM-shaped (many rows per node):
-    /// - level 0: the whole blocks before the chunk's first block, one node read by all rows (the
-    ///   cached prefix is read once for the chunk, not once per token);
-    /// - level 1: the chunk's blocks in groups of about ``causalGroupTokens`` tokens; the rows of
-    ///   group `g > 0` share the chunk's blocks before the group as one node;
-    /// - the last level: a leaf per row, from its group's first block to its own position (the
-    ///   causal part: at most a group's tokens). Group 0's leaves sit on level 1.
-    /// A plan without a cached prefix starts at level 1's nodes. Run it with
-    /// `DecodeAttention.bifurcated`, queries laid out `[newTokens][queryHeads][headDim]`; `batch`
-    /// is the same rows as a paged batch (each row's table and token count), the paged kernel's
-    /// and the reference's input.
+    /// One sequence's query rows in a ``causal(blockSize:sequences:)`` plan: its last
+    /// `newTokens` tokens, each attending to the sequence's tokens up to and including itself.
+    public struct CausalRows: Sendable, Equatable {
+        /// The sequence's block table for its first `tokenCount` tokens.
+        public var table: [Int32]
+        public var tokenCount: Int
+        /// Query rows: positions `tokenCount - newTokens ..< tokenCount` (1...tokenCount).
+        public var newTokens: Int
+
+        public init(table: [Int32], tokenCount: Int, newTokens: Int) {
+            self.table = table
+            self.tokenCount = tokenCount
+            self.newTokens = newTokens
+        }
+    }
+
+    /// A plan for a prefill chunk: the last `newTokens` tokens of one sequence as query rows.
+    /// The one-sequence case of ``causal(blockSize:sequences:)``.
     ///
     /// `table` is the sequence's block table after the chunk was appended (`tokenCount` tokens).
     public static func causalChunk(table: [Int32], blockSize: Int, tokenCount: Int, newTokens: Int) throws(DecodePlanError) -> DecodePlan {
+        try causal(blockSize: blockSize, sequences: [CausalRows(table: table, tokenCount: tokenCount, newTokens: newTokens)])
+    }
+
+    /// A plan for one forward step of several sequences, each with query rows for its last
+    /// tokens: prefill chunks and decode tokens (`newTokens` 1) alike. Row `o_s + i` is sequence
+    /// `s`'s token at position `tokenCount - newTokens + i`, `o_s` the rows of the sequences before
+    /// it; each row attends causally to its sequence's tokens up to and including itself.
+    ///
+    /// The levels, so that nearly all of the reading is GEMM-shaped (many rows per node):
+    /// - first, the sequences' cached prefixes (each one's whole blocks before its rows' first
+    ///   block), grouped on common block ids as ``init(batch:)`` groups a decode batch: a prefix
+    ///   two requests share is read once for both chunks' rows (and for decode rows beside them);
+    /// - under a sequence's deepest prefix node: its chunk's blocks in groups of about
+    ///   ``causalGroupTokens`` tokens; the rows of group `g > 0` share the chunk's blocks before
+    ///   the group as one node;
+    /// - last, a leaf per row, from its group's first block to its own position (the causal part:
+    ///   at most a group's tokens). Group 0's leaves sit one level up, under the prefix.
+    ///
+    /// Run it with `DecodeAttention.bifurcated`, queries laid out `[rows][queryHeads][headDim]`;
+    /// `batch` is the same rows as a paged batch (each row's table and token count), the paged
+    /// kernel's and the reference's input. Throws as ``BlockTableBatch`` does for a table that
+    /// does not fit its token count or names a negative block (`sequence` naming the entry of
+    /// `sequences`), and `.invalidChunk` for `newTokens` outside `1...tokenCount`. No sequences:
+    /// an empty plan.
+    public static func causal(blockSize: Int, sequences: [CausalRows]) throws(DecodePlanError) -> DecodePlan {
         guard blockSize >= 1 && blockSize <= Int(Int32.max) else { throw .invalidBlockSize(blockSize) }
-        guard tokenCount >= 1, table.count == (tokenCount + blockSize - 1) / blockSize else {
-            throw .tokenCountDoesNotFitTable(sequence: 0, tokens: tokenCount, blocks: table.count, blockSize: blockSize)
-        }
-        guard newTokens >= 1 && newTokens <= tokenCount else { throw .invalidChunk(newTokens: newTokens, tokenCount: tokenCount) }
-        let first = tokenCount - newTokens
-        let sharedBlocks = first / blockSize   // whole blocks before the chunk's first block
-        let groupBlocks = max(1, causalGroupTokens / blockSize)
-        var tables: [[Int32]] = [], counts: [Int] = []
-        tables.reserveCapacity(newTokens)
-        counts.reserveCapacity(newTokens)
-        for i in 0..<newTokens {
-            let position = first + i
-            tables.append(Array(table[...(position / blockSize)]))
-            counts.append(position + 1)
+        var tables: [[Int32]] = [], counts: [Int] = [], firstRows: [Int] = []
+        for (s, rows) in sequences.enumerated() {
+            guard rows.tokenCount >= 1, rows.table.count == (rows.tokenCount + blockSize - 1) / blockSize else {
+                throw .tokenCountDoesNotFitTable(sequence: s, tokens: rows.tokenCount, blocks: rows.table.count, blockSize: blockSize)
+            }
+            for b in rows.table where b < 0 { throw .negativeBlockID(sequence: s, block: b) }
+            guard rows.newTokens >= 1 && rows.newTokens <= rows.tokenCount else {
+                throw .invalidChunk(newTokens: rows.newTokens, tokenCount: rows.tokenCount)
+            }
+            firstRows.append(tables.count)
+            for position in (rows.tokenCount - rows.newTokens)..<rows.tokenCount {
+                tables.append(Array(rows.table[...(position / blockSize)]))
+                counts.append(position + 1)
+            }
         }
         let batch = try BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: counts)
+        func rowRange(_ s: Int) -> Range<Int> { firstRows[s]..<(firstRows[s] + sequences[s].newTokens) }
+        func sharedBlocks(_ s: Int) -> Int { (sequences[s].tokenCount - sequences[s].newTokens) / blockSize }
 
+        // The prefixes, as a decode plan over the sequences that have one; each member then
+        // stands for its rows.
+        let withPrefix = sequences.indices.filter { sharedBlocks($0) > 0 }
+        let prefixTables = withPrefix.map { Array(sequences[$0].table[..<sharedBlocks($0)]) }
+        let prefixes = try DecodePlan(blockSize: blockSize, tables: prefixTables, tokenCounts: prefixTables.map { $0.count * blockSize })
         var levels: [Level] = []
-        var prefixNode: Int32 = -1
-        if sharedBlocks > 0 {
-            levels.append(Level())
-            prefixNode = levels[0].appendNode(blocks: table[..<sharedBlocks], lastTokens: blockSize,
-                                              rows: 0..<newTokens, parent: -1)
-        }
-        // The chunk's groups: rows `rows` read blocks `sharedBlocks..<start` as one node, if any.
-        let groups = Level.causalGroups(first: first, newTokens: newTokens, blockSize: blockSize,
-                                        sharedBlocks: sharedBlocks, groupBlocks: groupBlocks)
-        var groupLevel = Level(), leafLevel = Level()
-        for group in groups {
-            var leafParent = prefixNode
-            var leaves = Level()
-            if group.start > sharedBlocks {
-                leafParent = groupLevel.appendNode(blocks: table[sharedBlocks..<group.start], lastTokens: blockSize,
-                                                   rows: group.rows, parent: prefixNode)
+        var under = [(level: Int, node: Int32)](repeating: (-1, -1), count: sequences.count)
+        for (k, level) in prefixes.levels.enumerated() {
+            var rows = level
+            rows.sequenceIndices = []
+            rows.sequenceIndptr = [0]
+            for j in 0..<level.nodeCount {
+                for member in level.sequences(ofNode: j) {
+                    let s = withPrefix[Int(member)]
+                    rows.sequenceIndices.append(contentsOf: rowRange(s).lazy.map { Int32($0) })
+                    under[s] = (k, Int32(j))
+                }
+                rows.sequenceIndptr.append(Int32(rows.sequenceIndices.count))
             }
-            for i in group.rows {
-                let position = first + i
-                leaves.appendNode(blocks: table[group.start...(position / blockSize)], lastTokens: position % blockSize + 1,
-                                  rows: i..<(i + 1), parent: leafParent)
-            }
-            if group.start > sharedBlocks { leafLevel.append(leaves) } else { groupLevel.append(leaves) }
+            levels.append(rows)
         }
-        levels.append(groupLevel)
-        if leafLevel.nodeCount > 0 { levels.append(leafLevel) }
-        return DecodePlan(batch: batch, levels: levels, depthFirstOrder: (0..<Int32(newTokens)).map { $0 })
+        func appendNode(level k: Int, blocks: ArraySlice<Int32>, lastTokens: Int, rows: Range<Int>, parent: Int32) -> Int32 {
+            while levels.count <= k { levels.append(Level()) }
+            return levels[k].appendNode(blocks: blocks, lastTokens: lastTokens, rows: rows, parent: parent)
+        }
+
+        // Each sequence's chunk: its causal groups' shared nodes, then a leaf per row.
+        for (s, rows) in sequences.enumerated() {
+            let first = rows.tokenCount - rows.newTokens, shared = sharedBlocks(s), base = firstRows[s]
+            let groups = Level.causalGroups(first: first, newTokens: rows.newTokens, blockSize: blockSize, sharedBlocks: shared,
+                                            groupBlocks: max(1, causalGroupTokens / blockSize))
+            for group in groups {
+                var leafLevel = under[s].level + 1, leafParent = under[s].node
+                if group.start > shared {
+                    leafParent = appendNode(level: leafLevel, blocks: rows.table[shared..<group.start], lastTokens: blockSize,
+                                            rows: (base + group.rows.lowerBound)..<(base + group.rows.upperBound), parent: leafParent)
+                    leafLevel += 1
+                }
+                for i in group.rows {
+                    let position = first + i
+                    _ = appendNode(level: leafLevel, blocks: rows.table[group.start...(position / blockSize)],
+                                   lastTokens: position % blockSize + 1, rows: (base + i)..<(base + i + 1), parent: leafParent)
+                }
+            }
+        }
+        // Rows of a sequence are adjacent; sequences sharing a prefix node adjacent as in the
+        // prefixes' own order.
+        var order = prefixes.depthFirstOrder.flatMap { rowRange(withPrefix[Int($0)]).map { Int32($0) } }
+        for s in sequences.indices where sharedBlocks(s) == 0 { order.append(contentsOf: rowRange(s).map { Int32($0) }) }
+        return DecodePlan(batch: batch, levels: levels, depthFirstOrder: order)
     }
 }
 
@@ -106,16 +158,5 @@ extension DecodePlan.Level {
         lastBlockTokenCounts.append(Int32(lastTokens))
         parentIndices.append(parent)
         return Int32(nodeCount - 1)
-    }
-
-    /// Appends `other`'s nodes after this level's (their parents unchanged).
-    mutating func append(_ other: Self) {
-        let blockBase = Int32(blockIndices.count), sequenceBase = Int32(sequenceIndices.count)
-        blockIndices.append(contentsOf: other.blockIndices)
-        blockIndptr.append(contentsOf: other.blockIndptr.dropFirst().map { $0 + blockBase })
-        sequenceIndices.append(contentsOf: other.sequenceIndices)
-        sequenceIndptr.append(contentsOf: other.sequenceIndptr.dropFirst().map { $0 + sequenceBase })
-        lastBlockTokenCounts.append(contentsOf: other.lastBlockTokenCounts)
-        parentIndices.append(contentsOf: other.parentIndices)
     }
 }

@@ -113,10 +113,12 @@ public final class AttentionBench {
         var rng = SystemRandomNumberGenerator()
         let query = (0..<(b * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
         let scale = DecodeAttention.defaultScale(headDim: d)
-        let ((pagedTimes, paged), (bifTimes, bif)) = try KernelTiming.alternate(
-            over: arena, query: query, repeats: repeats, flusher: flusher,
+        let kernel = self.kernel
+        let runs = try KernelTiming.alternate(over: arena, query: query, repeats: repeats, flusher: flusher, [
             { pages, q, out in try kernel.paged(query: q, pages: pages, batch: batch, scale: scale, output: out) },
-            { pages, q, out in try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: out) })
+            { pages, q, out in try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: out) },
+        ])
+        let (pagedTimes, paged) = runs[0], (bifTimes, bif) = runs[1]
         let pagedS = median(pagedTimes), bifS = median(bifTimes)
         let rowBytes = Double(layout.kvHeadCount * d * layout.dtype.byteWidth * 2)
         let flops = 4 * Double(batch.totalTokens * heads * d)

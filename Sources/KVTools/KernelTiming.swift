@@ -29,37 +29,27 @@ enum KernelTiming {
     /// One attention kernel call: the arena's layer-0 pages, the query, and the call's output.
     typealias Call = (KVLayerPages, UnsafeBufferPointer<Float>, UnsafeMutableBufferPointer<Float>) throws -> Void
 
-    /// `repeats` calls of each kernel on `query` over `arena`'s layer 0, alternating (`first`,
-    /// `second`), the last-level cache flushed before every call, after one untimed warm-up of
-    /// each; returns each kernel's seconds per call and its output.
+    /// `repeats` calls of each kernel on `query` over `arena`'s layer 0, called in turn in every
+    /// round, the last-level cache flushed before every call, after one untimed warm-up round;
+    /// returns each kernel's seconds per call and its output.
     static func alternate(over arena: KVPageArena, query: [Float], repeats: Int, flusher: MemoryBench,
-                          _ first: Call, _ second: Call) throws -> (first: (seconds: [Double], output: [Float]),
-                                                                   second: (seconds: [Double], output: [Float])) {
-        var a: [Double] = [], b: [Double] = []
-        var outA = [Float](repeating: 0, count: query.count), outB = outA
+                          _ calls: [Call]) throws -> [(seconds: [Double], output: [Float])] {
+        var seconds = [[Double]](repeating: [], count: calls.count)
+        var outputs = [[Float]](repeating: [Float](repeating: 0, count: query.count), count: calls.count)
         try arena.withUnsafeLayerPages(layer: 0) { pages in
             try query.withUnsafeBufferPointer { q in
-                try outA.withUnsafeMutableBufferPointer { oa in
-                    try outB.withUnsafeMutableBufferPointer { ob in
-                        for rep in 0...repeats {
-                            flusher.flushCaches()
-                            let t0 = DispatchTime.now().uptimeNanoseconds
-                            try first(pages, q, oa)
-                            let t1 = DispatchTime.now().uptimeNanoseconds
-                            flusher.flushCaches()
-                            let t2 = DispatchTime.now().uptimeNanoseconds
-                            try second(pages, q, ob)
-                            let t3 = DispatchTime.now().uptimeNanoseconds
-                            if rep > 0 {
-                                a.append(Double(t1 - t0) * 1e-9)
-                                b.append(Double(t3 - t2) * 1e-9)
-                            }
-                        }
+                for rep in 0...repeats {
+                    for (k, call) in calls.enumerated() {
+                        flusher.flushCaches()
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        try outputs[k].withUnsafeMutableBufferPointer { out in try call(pages, q, out) }
+                        let t1 = DispatchTime.now().uptimeNanoseconds
+                        if rep > 0 { seconds[k].append(Double(t1 - t0) * 1e-9) }
                     }
                 }
             }
         }
-        return ((a, outA), (b, outB))
+        return zip(seconds, outputs).map { ($0, $1) }
     }
 
     /// max |a − b| / max |b|; infinite when a value is not finite (`max` would pass a NaN over).

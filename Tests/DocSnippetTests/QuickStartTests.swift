@@ -29,6 +29,8 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
     // run like the decode plan below, with their queries `[token][queryHead][headDim]` (ATTENTION.md).
     let prefillPlan = prefill.slots.isEmpty ? nil : try cache.prefillPlan(for: request.sequence, newTokens: prefill.slots.count)
     _ = prefillPlan  // copy only
+// A step that batches several requests' chunks with other sequences' decode tokens takes one
+// plan for all of them, `cache.stepPlan(for: spans)`, over the same spans as its slot mapping.
     // Its new blocks are matchable from admission on, so prefill them in the next step; an engine
     // that prefills in chunks or later creates the manager with `publishesBlocks: .whenComputed` and
     // reports progress with `cache.markComputed(request.sequence, computedTokens:)` (PREFIX_CACHING.md).

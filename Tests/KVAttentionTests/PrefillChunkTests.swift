@@ -8,52 +8,64 @@ import Testing
 /// attention written here from the K/V read back by slot (the oracle shares no code with the
 /// kernels or the reference), and against the reference on the plan's batch.
 @Suite struct PrefillChunkTests {
-    /// One sequence of `tokenCount` tokens in blocks 1…; its last `newTokens` are the chunk.
+    /// Query rows of one step (`DecodePlan.causal`): each sequence's last `newTokens` tokens.
     struct Chunk {
         let c: AttentionCase
         let plan: DecodePlan
-        let table: [Int32]
-        let first: Int
+        let sequences: [DecodePlan.CausalRows]
 
+        /// One sequence of `tokenCount` tokens in blocks 1…; its last `newTokens` are the chunk.
         init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int, tokenCount: Int, newTokens: Int,
              seed: UInt64) throws {
             let table = (0..<((tokenCount + blockSize - 1) / blockSize)).map { Int32(1 + $0) }
-            let plan = try DecodePlan.causalChunk(table: table, blockSize: blockSize, tokenCount: tokenCount, newTokens: newTokens)
+            try self.init(dtype: dtype, queryHeads: queryHeads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize,
+                          sequences: [.init(table: table, tokenCount: tokenCount, newTokens: newTokens)], seed: seed)
+            #expect(plan == (try DecodePlan.causalChunk(table: table, blockSize: blockSize, tokenCount: tokenCount, newTokens: newTokens)))
+        }
+
+        init(dtype: KVDType, queryHeads: Int, kvHeads: Int, headDim: Int, blockSize: Int, sequences: [DecodePlan.CausalRows],
+             seed: UInt64) throws {
+            let plan = try DecodePlan.causal(blockSize: blockSize, sequences: sequences)
             plan.checkInvariants()
-            self.table = table
             self.plan = plan
-            first = tokenCount - newTokens
+            self.sequences = sequences
             c = try AttentionCase(dtype: dtype, queryHeads: queryHeads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize,
-                                  tables: (0..<newTokens).map { Array(plan.batch.table($0)) },
+                                  tables: (0..<plan.sequenceCount).map { Array(plan.batch.table($0)) },
                                   tokenCounts: plan.batch.tokenCounts.map { Int($0) }, seed: seed)
         }
 
-        /// Dense causal attention in Double: row i (position first + i) over positions 0…first + i.
+        /// Dense causal attention in Double: each sequence's row i (position first + i) over its
+        /// positions 0…first + i.
         func oracle() throws -> [Float] {
             let layout = c.layout, d = layout.headDim, hkv = layout.kvHeadCount, hq = c.queryHeads, group = hq / hkv
-            let bs = layout.blockSize, total = first + plan.sequenceCount
-            let slots = (0..<total).map { p in table[p / bs] * Int32(bs) + Int32(p % bs) }
-            let (keys, values) = try c.arena.load(layer: 0, slots: slots)
+            let bs = layout.blockSize
             var out = [Float](repeating: 0, count: c.query.count)
-            for i in 0..<plan.sequenceCount {
-                let visible = first + i + 1
-                for h in 0..<hq {
-                    let kv = h / group, q = (i * hq + h) * d
-                    var scores = [Double](repeating: 0, count: visible)
-                    for t in 0..<visible {
-                        var dot = 0.0
-                        for j in 0..<d { dot += Double(c.query[q + j]) * Double(keys[(t * hkv + kv) * d + j]) }
-                        scores[t] = dot * Double(c.scale)
-                    }
-                    let top = scores.max()!
-                    let weights = scores.map { exp($0 - top) }
-                    let sum = weights.reduce(0, +)
-                    for j in 0..<d {
-                        var acc = 0.0
-                        for t in 0..<visible { acc += weights[t] * Double(values[(t * hkv + kv) * d + j]) }
-                        out[q + j] = Float(acc / sum)
+            var row = 0
+            for sequence in sequences {
+                let first = sequence.tokenCount - sequence.newTokens
+                let slots = (0..<sequence.tokenCount).map { p in sequence.table[p / bs] * Int32(bs) + Int32(p % bs) }
+                let (keys, values) = try c.arena.load(layer: 0, slots: slots)
+                for i in 0..<sequence.newTokens {
+                    let visible = first + i + 1
+                    for h in 0..<hq {
+                        let kv = h / group, q = ((row + i) * hq + h) * d
+                        var scores = [Double](repeating: 0, count: visible)
+                        for t in 0..<visible {
+                            var dot = 0.0
+                            for j in 0..<d { dot += Double(c.query[q + j]) * Double(keys[(t * hkv + kv) * d + j]) }
+                            scores[t] = dot * Double(c.scale)
+                        }
+                        let top = scores.max()!
+                        let weights = scores.map { exp($0 - top) }
+                        let sum = weights.reduce(0, +)
+                        for j in 0..<d {
+                            var acc = 0.0
+                            for t in 0..<visible { acc += weights[t] * Double(values[(t * hkv + kv) * d + j]) }
+                            out[q + j] = Float(acc / sum)
+                        }
                     }
                 }
+                row += sequence.newTokens
             }
             return out
         }
@@ -135,6 +147,61 @@ import Testing
     func longChunk(threads: Int) throws {
         try Chunk(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, tokenCount: 384 + 72,
                   newTokens: 72, seed: 12).check(threads: threads)
+    }
+
+    /// One step of several sequences: two prefill chunks and three decode tokens over a cached
+    /// prefix (blocks 1-6) they all share, one of them nested deeper (blocks 7-8 shared with a
+    /// decode sequence), a chunk starting inside a block, and a decode sequence and a chunk with
+    /// nothing shared. The shared prefix is one node holding every row that reads it.
+    static let mixedStep: [DecodePlan.CausalRows] = {
+        let prefix = Array(Int32(1)...6), deeper = prefix + [7, 8]
+        return [
+            .init(table: prefix + [10, 11, 12], tokenCount: 96 + 40, newTokens: 40),          // chunk after the prefix
+            .init(table: deeper + [20, 21], tokenCount: 128 + 20, newTokens: 1),              // decode, nested prefix
+            .init(table: deeper + [22, 23, 24], tokenCount: 128 + 37, newTokens: 45),         // chunk from inside block 8
+            .init(table: prefix + [30], tokenCount: 96 + 5, newTokens: 1),                    // decode
+            .init(table: [40, 41, 42], tokenCount: 40, newTokens: 1),                         // decode, alone
+            .init(table: prefix + [50, 51], tokenCount: 96 + 17, newTokens: 1),               // decode
+            .init(table: [60, 61, 62, 63], tokenCount: 64, newTokens: 64),                    // chunk, no prefix
+        ]
+    }()
+
+    @Test(arguments: KVDType.allCases)
+    func severalSequencesInOneStep(dtype: KVDType) throws {
+        let step = try Chunk(dtype: dtype, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, sequences: Self.mixedStep, seed: 21)
+        let plan = step.plan
+        #expect(plan.sequenceCount == 40 + 1 + 45 + 1 + 1 + 1 + 64)
+        // Level 0: the shared prefix (every row but the lone decode's and the unshared chunk's),
+        // then the unshared sequences' own first nodes.
+        let sharedRows = Array(0..<41) + Array(41..<86) + [86, 88]
+        #expect(Array(plan.levels[0].blocks(ofNode: 0)) == Array(1...6))
+        #expect(plan.levels[0].sequences(ofNode: 0) == ArraySlice(sharedRows.map { Int32($0) }))
+        // Under it, block 7 for the nested decode (row 40) and the chunk starting inside block 8
+        // (rows 41..<86, whose cached prefix is blocks 1-7: block 8 is partly its chunk).
+        #expect(Array(plan.levels[1].blocks(ofNode: 0)) == [7])
+        #expect(plan.levels[1].sequences(ofNode: 0) == ArraySlice((40..<86).map { Int32($0) }))
+        step.expectLeavesWithinAGroup()
+        try step.check()
+        try step.check(threads: 1)
+    }
+
+    @Test func anEmptyStepIsAnEmptyPlan() throws {
+        let plan = try DecodePlan.causal(blockSize: 16, sequences: [])
+        plan.checkInvariants()
+        #expect(plan.sequenceCount == 0 && plan.levels.isEmpty)
+    }
+
+    @Test func badSequencesAreTypedErrorsNamingTheirEntry() throws {
+        let good = DecodePlan.CausalRows(table: [1, 2], tokenCount: 20, newTokens: 4)
+        #expect(throws: DecodePlanError.tokenCountDoesNotFitTable(sequence: 1, tokens: 40, blocks: 2, blockSize: 16)) {
+            try DecodePlan.causal(blockSize: 16, sequences: [good, .init(table: [3, 4], tokenCount: 40, newTokens: 1)])
+        }
+        #expect(throws: DecodePlanError.negativeBlockID(sequence: 2, block: -3)) {
+            try DecodePlan.causal(blockSize: 16, sequences: [good, good, .init(table: [1, -3], tokenCount: 20, newTokens: 1)])
+        }
+        #expect(throws: DecodePlanError.invalidChunk(newTokens: 0, tokenCount: 20)) {
+            try DecodePlan.causal(blockSize: 16, sequences: [.init(table: [1, 2], tokenCount: 20, newTokens: 0)])
+        }
     }
 
     @Test func invalidChunksAreTypedErrors() throws {

@@ -23,6 +23,45 @@ import Testing
         try cache.release(a.sequence)
     }
 
+    /// A step mixing two requests' prefill chunks over a prefix they share and a decode token:
+    /// the plan is `DecodePlan.causal` over the spans' positions, in span order (the rows
+    /// `slotMapping` gives the same spans), and the shared prefix is one node for every row.
+    @Test func aStepPlanMixesChunksAndDecodesOverASharedPrefix() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 64)
+        try cache.release(try cache.admit(run(0, 16)).sequence)
+        let a = try cache.admit(run(0, 16) + run(100, 10)), b = try cache.admit(run(0, 16) + run(200, 7))
+        let c = try cache.admit(run(0, 16) + run(300, 5))
+        try cache.append([900], to: c.sequence)
+        #expect(a.cachedTokenCount == 16 && b.cachedTokenCount == 16 && c.cachedTokenCount == 16)
+        let spans: [SlotSpan] = [.from(16, of: a.sequence), .range(16..<20, of: b.sequence), .last(of: c.sequence),
+                                 .last(0, of: a.sequence)]
+        let plan = try cache.stepPlan(for: spans)
+        plan.checkInvariants()
+        let tableA = try cache.blockTable(of: a.sequence), tableB = try cache.blockTable(of: b.sequence)
+        let tableC = try cache.blockTable(of: c.sequence)
+        #expect(plan == (try DecodePlan.causal(blockSize: 4, sequences: [
+            .init(table: tableA, tokenCount: 26, newTokens: 10),
+            .init(table: Array(tableB.prefix(5)), tokenCount: 20, newTokens: 4),   // a chunk before b's last tokens
+            .init(table: tableC, tokenCount: 22, newTokens: 1),
+        ])))
+        #expect(plan.batch.tokenCounts == (17...26).map { Int32($0) } + [17, 18, 19, 20, 22])
+        #expect(Array(plan.levels[0].blocks(ofNode: 0)) == Array(tableA.prefix(4)))
+        #expect(plan.levels[0].sequences(ofNode: 0).count == 15)
+        #expect(try cache.slotMapping(for: spans).slots.count == plan.sequenceCount)
+        for h in [a, b, c] { try cache.release(h.sequence) }
+    }
+
+    @Test func aStepPlanRefusesWhatSlotMappingRefuses() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
+        let a = try cache.admit(run(0, 6))
+        #expect(throws: KVCacheError.positionsOutOfRange(a.sequence, positions: .range(4..<7), tokenCount: 6)) {
+            try cache.stepPlan(for: [.range(4..<7, of: a.sequence)])
+        }
+        #expect(try cache.stepPlan(for: []).sequenceCount == 0)
+        try cache.release(a.sequence)
+        #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.stepPlan(for: [.last(of: a.sequence)]) }
+    }
+
     @Test func misuseIsATypedError() throws {
         let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
         let a = try cache.admit(run(0, 6))

@@ -27,9 +27,9 @@ import KVCore
                                         blockSize: blockSize, threads: threads, repeats: repeats)
         }
     }
-    static func prefill(context: Int = 8192, chunk: Int = 256, kvHeads: Int = 8, blockSize: Int = 16, threads: Int = 2,
-                        repeats: Int = 5) -> @Sendable () throws -> Void {
-        { try PrefillBench.validate(context: context, chunk: chunk, heads: 32, kvHeads: kvHeads, headDim: 128, dtype: .bfloat16,
+    static func prefill(context: Int = 8192, chunk: Int = 256, sequences: Int = 1, kvHeads: Int = 8, blockSize: Int = 16,
+                        threads: Int = 2, repeats: Int = 5) -> @Sendable () throws -> Void {
+        { try PrefillBench.validate(context: context, chunk: chunk, sequences: sequences, heads: 32, kvHeads: kvHeads, headDim: 128, dtype: .bfloat16,
                                     blockSize: blockSize, threads: threads, repeats: repeats) }
     }
     static func store(tokens: Int = 8192, repeats: Int = 5, rounds: Int = 3) -> @Sendable () throws -> Void {
@@ -64,6 +64,8 @@ import KVCore
         Case(command: "bench prefill --block-size 0", option: "--block-size", check: prefill(blockSize: 0)),
         Case(command: "bench prefill --context \(Int.max)", option: "--context", check: prefill(context: .max)),
         Case(command: "bench prefill --repeat 0", option: "--repeat", check: prefill(repeats: 0)),
+        Case(command: "bench prefill --sequences 0", option: "--sequences", check: prefill(sequences: 0)),
+        Case(command: "bench prefill --sequences \(Int.max / 4)", option: "--sequences", check: prefill(sequences: .max / 4)),
         Case(command: "bench attention --context 100", option: "--context", check: attention(context: 100)),
         Case(command: "bench attention --context 0", option: "--context", check: attention(context: 0)),
         Case(command: "bench attention --batch 0", option: "--batch", check: attention(batch: 0)),
