@@ -2,8 +2,8 @@ extension DecodePlan {
     /// Chunk rows (tokens) per causal group: the rows whose positions fall in the same run of
     /// about this many tokens of chunk blocks share the chunk's earlier blocks as one node.
     /// Larger groups put more rows in each GEMM-shaped node but leave longer per-row leaves
-    /// (each row's leaf reads up to a group's tokens); `kvctl bench prefill` measured 16, 32
-    /// and 64 (docs/BENCHMARKS-attention.md).
+    /// (each row's leaf reads up to a group's tokens); `kvctl bench prefill` measured 32, 64
+    /// and 128, and 32 was as fast as either or faster (docs/BENCHMARKS-attention.md).
     public static let causalGroupTokens = 32
 
     /// One sequence's query rows in a ``causal(blockSize:sequences:)`` plan: its last
@@ -37,8 +37,10 @@ extension DecodePlan {
     ///
     /// The levels, so that nearly all of the reading is GEMM-shaped (many rows per node):
     /// - first, the sequences' cached prefixes (each one's whole blocks before its rows' first
-    ///   block), grouped on common block ids as ``init(batch:)`` groups a decode batch: a prefix
-    ///   two requests share is read once for both chunks' rows (and for decode rows beside them);
+    ///   block; a decode token's whole table), grouped on common block ids as ``init(batch:)``
+    ///   groups a decode batch: a prefix two requests share is read once for both chunks' rows
+    ///   and for decode rows beside them, and a step of decode tokens only is planned exactly as
+    ///   ``init(batch:)`` plans it;
     /// - under a sequence's deepest prefix node: its chunk's blocks in groups of about
     ///   ``causalGroupTokens`` tokens; the rows of group `g > 0` share the chunk's blocks before
     ///   the group as one node;
@@ -73,10 +75,25 @@ extension DecodePlan {
         func sharedBlocks(_ s: Int) -> Int { (sequences[s].tokenCount - sequences[s].newTokens) / blockSize }
 
         // The prefixes, as a decode plan over the sequences that have one; each member then
-        // stands for its rows.
-        let withPrefix = sequences.indices.filter { sharedBlocks($0) > 0 }
-        let prefixTables = withPrefix.map { Array(sequences[$0].table[..<sharedBlocks($0)]) }
-        let prefixes = try DecodePlan(blockSize: blockSize, tables: prefixTables, tokenCounts: prefixTables.map { $0.count * blockSize })
+        // stands for its rows. A decode token (one row) goes in whole, as `init(batch:)` plans a
+        // decode batch: its last block joins its prefix node instead of being a second one, and
+        // a partial block forked samples still share is read once. Tables that disagree on a
+        // shared block's tokens (a `.range` row ending inside a block that another row reads
+        // further) fall back to whole-block prefixes for every sequence.
+        var whole = sequences.map { $0.newTokens == 1 }
+        var withPrefix: [Int] = [], prefixes = try DecodePlan(batch: BlockTableBatch(blockSize: blockSize, tables: [], tokenCounts: []))
+        for attempt in 0..<2 {
+            if attempt == 1 { whole = whole.map { _ in false } }
+            withPrefix = sequences.indices.filter { whole[$0] || sharedBlocks($0) > 0 }
+            let prefixTables = withPrefix.map { whole[$0] ? sequences[$0].table : Array(sequences[$0].table[..<sharedBlocks($0)]) }
+            let prefixCounts = withPrefix.map { whole[$0] ? sequences[$0].tokenCount : sharedBlocks($0) * blockSize }
+            do {
+                prefixes = try DecodePlan(blockSize: blockSize, tables: prefixTables, tokenCounts: prefixCounts)
+                break
+            } catch .inconsistentSharedBlock where attempt == 0 {
+                continue
+            }
+        }
         var levels: [Level] = []
         var under = [(level: Int, node: Int32)](repeating: (-1, -1), count: sequences.count)
         for (k, level) in prefixes.levels.enumerated() {
@@ -99,7 +116,7 @@ extension DecodePlan {
         }
 
         // Each sequence's chunk: its causal groups' shared nodes, then a leaf per row.
-        for (s, rows) in sequences.enumerated() {
+        for (s, rows) in sequences.enumerated() where !whole[s] {
             let first = rows.tokenCount - rows.newTokens, shared = sharedBlocks(s), base = firstRows[s]
             let groups = Level.causalGroups(first: first, newTokens: rows.newTokens, blockSize: blockSize, sharedBlocks: shared,
                                             groupBlocks: max(1, causalGroupTokens / blockSize))
@@ -120,7 +137,7 @@ extension DecodePlan {
         // Rows of a sequence are adjacent; sequences sharing a prefix node adjacent as in the
         // prefixes' own order.
         var order = prefixes.depthFirstOrder.flatMap { rowRange(withPrefix[Int($0)]).map { Int32($0) } }
-        for s in sequences.indices where sharedBlocks(s) == 0 { order.append(contentsOf: rowRange(s).map { Int32($0) }) }
+        for s in sequences.indices where !whole[s] && sharedBlocks(s) == 0 { order.append(contentsOf: rowRange(s).map { Int32($0) }) }
         return DecodePlan(batch: batch, levels: levels, depthFirstOrder: order)
     }
 }

@@ -70,17 +70,21 @@ import Testing
             return out
         }
 
-        /// Each row's last node is its own leaf, and it reads no more than one causal group's
-        /// blocks: the rest of the chunk before it is read through shared (GEMM-shaped) nodes.
+        /// Each chunk row's last node is its own leaf, and it reads no more than one causal
+        /// group's blocks: the rest of the chunk before it is read through shared (GEMM-shaped)
+        /// nodes. (A decode token's row is planned as a decode batch's: not checked here.)
         func expectLeavesWithinAGroup() {
             let bs = plan.blockSize, groupBlocks = max(1, DecodePlan.causalGroupTokens / bs)
+            let decodeRows = Set(sequences.indices.filter { sequences[$0].newTokens == 1 }.map { s in
+                sequences[..<s].reduce(0) { $0 + $1.newTokens }
+            })
             var last = [(level: Int, node: Int)?](repeating: nil, count: plan.sequenceCount)
             for (k, level) in plan.levels.enumerated() {
                 for j in 0..<level.nodeCount {
                     for s in level.sequences(ofNode: j) { last[Int(s)] = (k, j) }
                 }
             }
-            for s in 0..<plan.sequenceCount {
+            for s in 0..<plan.sequenceCount where !decodeRows.contains(s) {
                 guard let (k, j) = last[s] else {
                     Issue.record("row \(s) is in no node")
                     continue
@@ -135,7 +139,8 @@ import Testing
             let first = shape.tokenCount - shape.newTokens, shared = first / shape.blockSize
             let groupTokens = max(1, DecodePlan.causalGroupTokens / shape.blockSize) * shape.blockSize
             let groups = (shape.tokenCount - shared * shape.blockSize + groupTokens - 1) / groupTokens
-            #expect(chunk.plan.levels.count == (shared > 0 ? 1 : 0) + (groups > 1 ? 2 : 1))
+            // A one-token chunk is a decode token: its whole table is one node.
+            #expect(chunk.plan.levels.count == (shape.newTokens == 1 ? 1 : (shared > 0 ? 1 : 0) + (groups > 1 ? 2 : 1)))
             chunk.expectLeavesWithinAGroup()
             try chunk.check()
         }
@@ -183,6 +188,17 @@ import Testing
         step.expectLeavesWithinAGroup()
         try step.check()
         try step.check(threads: 1)
+    }
+
+    /// A decode row ending inside block 6, which the other rows read whole (as a `.range` row
+    /// before a sequence's end can): the decode rows cannot go into the prefix plan whole, so
+    /// every sequence's prefix is its whole blocks and the decode rows get leaves.
+    @Test func aRowEndingInsideABlockOthersReadWholeFallsBackToWholeBlockPrefixes() throws {
+        let sequences = Self.mixedStep + [.init(table: Array(1...6), tokenCount: 90, newTokens: 1)]
+        let step = try Chunk(dtype: .bfloat16, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, sequences: sequences, seed: 22)
+        #expect(Array(step.plan.levels[0].blocks(ofNode: 0)) == Array(1...5))   // the last row's prefix: 5 whole blocks
+        step.expectLeavesWithinAGroup()
+        try step.check()
     }
 
     @Test func anEmptyStepIsAnEmptyPlan() throws {

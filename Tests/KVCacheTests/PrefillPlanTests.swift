@@ -51,6 +51,25 @@ import Testing
         for h in [a, b, c] { try cache.release(h.sequence) }
     }
 
+    /// Decode tokens only: the step plan is the decode plan, forked samples' shared partial
+    /// block one node read once.
+    @Test func aStepOfDecodeTokensIsPlannedAsTheDecodePlan() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 64)
+        let a = try cache.admit(run(0, 10))
+        let samples = try cache.fork(a.sequence, count: 3)
+        let other = try cache.admit(run(0, 8) + run(500, 3))
+        #expect(other.cachedTokenCount == 8)
+        let batch = samples + [a.sequence, other.sequence]
+        let plan = try cache.stepPlan(for: batch.map { .last(of: $0) })
+        plan.checkInvariants()
+        #expect(plan == (try cache.decodePlan(for: batch)))
+        // Level 1: the partial block the parent and its samples share, once for four rows; the
+        // other request's own block.
+        #expect(plan.levels.count == 2 && plan.levels[1].nodeCount == 2 && plan.levels[1].sequences(ofNode: 0).count == 4)
+        #expect(plan.levels[1].lastBlockTokenCounts[0] == 2)
+        for h in batch { try cache.release(h) }
+    }
+
     @Test func aStepPlanRefusesWhatSlotMappingRefuses() throws {
         let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
         let a = try cache.admit(run(0, 6))
