@@ -83,6 +83,41 @@ func randomSharedTables(blockSize: Int, maxSequences: Int, maxBlocksPerRun: Int,
         }
     }
 
+    /// Random steps (`DecodePlan.causal`): the random batches' sequences, each with query rows
+    /// for its last 1 (a decode token, half the time) to 12 tokens, some ending before the sequence
+    /// does, so rows end inside shared runs and decode rows sit beside chunks (the whole-table
+    /// planning of decode rows and its fallback both occur: 3 of these 16 seeds fall back).
+    /// The plan's nodes must rebuild every row's table, and bifurcated over it (1 and 2 threads)
+    /// must match the float64 reference over the rows' tables, i.e. causal attention.
+    @Test(arguments: 0..<16)
+    func stepPlansMatchTheReferenceOnRandomSteps(seed: Int) throws {
+        var rng = SeededRandom(seed: UInt64(7000 + seed))
+        let dtype = KVDType.allCases[seed % 3]
+        let (hq, hkv) = Self.heads[Int.random(in: 0..<4, using: &rng)]
+        let d = [64, 80, 128][(seed / 3) % 3]
+        let bs = Self.blockSizes[Int.random(in: 0..<Self.blockSizes.count, using: &rng)]
+        let maxBlocks = bs == 1 ? 40 : bs == 3 ? 12 : 4
+        let (tables, counts) = randomSharedTables(blockSize: bs, maxSequences: 12, maxBlocksPerRun: maxBlocks, using: &rng)
+        let sequences = zip(tables, counts).map { table, count in
+            // Now and then rows that end before the sequence does (a `.range` span): inside a
+            // run other rows read whole.
+            let end = Int.random(in: 0..<3, using: &rng) == 0 ? Int.random(in: 1...count, using: &rng) : count
+            let rows = Bool.random(using: &rng) ? 1 : Int.random(in: 1...min(end, 12), using: &rng)
+            return DecodePlan.CausalRows(table: Array(table[..<((end + bs - 1) / bs)]), tokenCount: end, newTokens: rows)
+        }
+        let plan = try DecodePlan.causal(blockSize: bs, sequences: sequences)
+        plan.checkInvariants()
+        let c = try AttentionCase(dtype: dtype, queryHeads: hq, kvHeads: hkv, headDim: d, blockSize: bs,
+                                  tables: (0..<plan.sequenceCount).map { Array(plan.batch.table($0)) },
+                                  tokenCounts: plan.batch.tokenCounts.map { Int($0) }, seed: UInt64(seed))
+        let reference = try c.reference()
+        for threads in [1, 2] {
+            let kernel = try DecodeAttention(layout: c.layout, queryHeads: hq, threads: threads)
+            let error = relativeError(try c.bifurcated(kernel, plan: plan), reference)
+            #expect(error <= Tolerance.of(kernel), "bifurcated threads=\(threads): \(error) — \(c)")
+        }
+    }
+
     /// One kernel reused across steps whose batches change in every way the planner's cache
     /// must notice: the same table ids with more tokens (a decode step appends into the partial
     /// last block), a table that gains a block, sharing broken by copy-on-write, a sequence
