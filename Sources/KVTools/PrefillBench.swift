@@ -18,6 +18,9 @@ public struct PrefillBenchPoint: Codable, Sendable {
     public var perSequencePlansMs, speedupOverPerSequence: Double?
     /// Attention FLOPs of the chunk (4 × visible tokens × head dim per row and query head) / time.
     public var chunkPlanGFlops: Double
+    /// Building the step plan (`DecodePlan.causal`), once per step for every layer: its rows'
+    /// tables (each row's table is materialized: rows × blocks) and the levels.
+    public var planBuildMs: Double
     /// max |plan − paged| / max |paged|.
     public var maxRelError: Double
     public var loadAverage: Double
@@ -79,7 +82,14 @@ public final class PrefillBench {
         let rows = Self.tables(context: context, chunk: chunk, sequences: n, blockSize: bs).map {
             DecodePlan.CausalRows(table: $0, tokenCount: total, newTokens: chunk)
         }
-        let plan = try DecodePlan.causal(blockSize: bs, sequences: rows)
+        // Building the plan is per step, not per layer; timed apart (medians of `repeats`).
+        var planBuilds: [Double] = []
+        var plan = try DecodePlan.causal(blockSize: bs, sequences: rows)
+        for _ in 0..<repeats {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            plan = try DecodePlan.causal(blockSize: bs, sequences: rows)
+            planBuilds.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
+        }
         let perSequence = try rows.map { try DecodePlan.causal(blockSize: bs, sequences: [$0]) }
         var rng = SystemRandomNumberGenerator()
         let query = (0..<(n * chunk * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
@@ -106,7 +116,7 @@ public final class PrefillBench {
                                  threads: threads, sequences: n, dtype: layout.dtype.rawValue, math: kernel.effectiveMath.rawValue,
                                  pagedMs: pagedS * 1e3, chunkPlanMs: planS * 1e3, speedup: pagedS / planS,
                                  perSequencePlansMs: separateS.map { $0 * 1e3 }, speedupOverPerSequence: separateS.map { $0 / planS },
-                                 chunkPlanGFlops: flops / planS / 1e9,
+                                 chunkPlanGFlops: flops / planS / 1e9, planBuildMs: median(planBuilds) * 1e3,
                                  maxRelError: max(KernelTiming.relativeDifference(runs[1].output, runs[0].output),
                                                   n > 1 ? KernelTiming.relativeDifference(runs[2].output, runs[0].output) : 0),
                                  loadAverage: loadAverage())
