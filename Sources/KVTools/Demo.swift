@@ -5,8 +5,9 @@ import KVCore
 
 /// `kvctl demo`: the whole path end to end on a small model layout.
 ///
-/// Requests share a system prompt; each forks 32 samples that decode with bifurcated attention
-/// (timed against the paged kernel on the same pages, and checked against it); the pool is small
+/// Requests share a system prompt; each prefills its uncached tokens with causal attention over
+/// the cached prefix (`cache.stepPlan`), then forks 32 samples that decode with bifurcated
+/// attention (both timed against the paged kernel on the same pages, and checked against it); the pool is small
 /// enough that older requests' blocks are evicted and spilled to the store; finally the first
 /// request returns and its prompt comes back from memory and the store, verified element by element.
 public struct Demo {
@@ -66,6 +67,12 @@ public struct Demo {
         public var decodeSteps = 0
         public var pagedSeconds = 0.0
         public var bifurcatedSeconds = 0.0
+        /// Prefill attention: the uncached prompt tokens as query rows (all requests, all layers),
+        /// the step plan against the same rows paged.
+        public var prefillRows = 0
+        public var prefillPagedSeconds = 0.0
+        public var prefillPlanSeconds = 0.0
+        /// Both kernels' outputs against each other, prefill and decode.
         public var maxRelativeError: Float = 0
         /// The most blocks sharing saved at once (logical − physical blocks during a decode step).
         public var peakBlocksSaved = 0
@@ -99,6 +106,17 @@ public struct Demo {
             prompts.append(prompt)
             let a = try cache.admit(prompt, namespace: "demo")
             model.write(tokens: prompt[a.cachedTokenCount...], from: a.cachedTokenCount, blockTable: a.blockTable, arena: arena)
+            if a.cachedTokenCount < prompt.count {
+                let plan = try cache.stepPlan(for: [.from(a.cachedTokenCount, of: a.sequence)])
+                let query = (0..<(plan.sequenceCount * o.queryHeads * layout.headDim)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+                for layer in 0..<layout.layerCount {
+                    let run = try compare(cache, layer: layer, pagedFirst: r % 2 == 0, attention, query: query, plan: plan, scale: scale)
+                    report.prefillPagedSeconds += run.pagedSeconds
+                    report.prefillPlanSeconds += run.planSeconds
+                    report.maxRelativeError = max(report.maxRelativeError, run.error)
+                }
+                report.prefillRows += plan.sequenceCount
+            }
             let samples = try cache.fork(a.sequence, count: o.samples)
             try cache.release(a.sequence)
             for step in 0..<o.decodeSteps {
@@ -113,25 +131,10 @@ public struct Demo {
                 report.peakBlocksSaved = max(report.peakBlocksSaved, stats.logicalBlocks - stats.physicalBlocks)
                 let query = (0..<(o.samples * o.queryHeads * layout.headDim)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
                 for layer in 0..<layout.layerCount {
-                    let (paged, bifurcated, tp, tb) = try cache.withUnsafeLayerPages(layer: layer) { pages in
-                        // Alternate the order each step so neither kernel always runs on a warm cache.
-                        if step % 2 == 0 {
-                            let t0 = monotonicNanos()
-                            let p = try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale)
-                            let t1 = monotonicNanos()
-                            let b = try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
-                            return (p, b, t1 - t0, monotonicNanos() - t1)
-                        } else {
-                            let t0 = monotonicNanos()
-                            let b = try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
-                            let t1 = monotonicNanos()
-                            let p = try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale)
-                            return (p, b, monotonicNanos() - t1, t1 - t0)
-                        }
-                    }
-                    report.pagedSeconds += Double(tp) / 1e9
-                    report.bifurcatedSeconds += Double(tb) / 1e9
-                    report.maxRelativeError = max(report.maxRelativeError, maxRelativeError(bifurcated, paged))
+                    let run = try compare(cache, layer: layer, pagedFirst: step % 2 == 0, attention, query: query, plan: plan, scale: scale)
+                    report.pagedSeconds += run.pagedSeconds
+                    report.bifurcatedSeconds += run.planSeconds
+                    report.maxRelativeError = max(report.maxRelativeError, run.error)
                 }
                 report.decodeSteps += 1
             }
@@ -158,6 +161,33 @@ public struct Demo {
         return report
     }
 
+    /// Paged and bifurcated attention over `plan` on one layer's pages, timed, in an order that
+    /// callers alternate (so neither kernel always runs on a cache the other warmed).
+    private func compare(_ cache: KVCacheManager, layer: Int, pagedFirst: Bool, _ attention: DecodeAttention, query: [Float],
+                         plan: DecodePlan, scale: Float) throws -> (pagedSeconds: Double, planSeconds: Double, error: Float) {
+        try cache.withUnsafeLayerPages(layer: layer) { pages in
+            func paged() throws -> ([Float], UInt64) {
+                let t0 = monotonicNanos()
+                let out = try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale)
+                return (out, monotonicNanos() - t0)
+            }
+            func planned() throws -> ([Float], UInt64) {
+                let t0 = monotonicNanos()
+                let out = try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
+                return (out, monotonicNanos() - t0)
+            }
+            let (p, tp): ([Float], UInt64), (b, tb): ([Float], UInt64)
+            if pagedFirst {
+                (p, tp) = try paged()
+                (b, tb) = try planned()
+            } else {
+                (b, tb) = try planned()
+                (p, tp) = try paged()
+            }
+            return (Double(tp) / 1e9, Double(tb) / 1e9, maxRelativeError(b, p))
+        }
+    }
+
     public static func summary(_ r: Report) -> String {
         let s = r.stats
         return renderTable(header: ["summary", "value"], rows: [
@@ -166,6 +196,9 @@ public struct Demo {
             ["hit rate (memory + store)", fixed(100 * s.hitRate, 1) + "%"],
             ["evicted / spilled / restored blocks", "\(s.evictedBlocks) / \(s.spilledBlocks) / \(s.restoredBlocks)"],
             ["blocks saved by sharing (peak)", "\(r.peakBlocksSaved)"],
+            ["prefill query rows (uncached prompt tokens)", "\(r.prefillRows)"],
+            ["prefill attention, step plan / paged", fixed(r.prefillPlanSeconds * 1000, 2) + " / " + fixed(r.prefillPagedSeconds * 1000, 2)
+                + " ms (" + fixed(r.prefillPagedSeconds / max(r.prefillPlanSeconds, 1e-12), 2) + "×)"],
             ["decode steps (× layers)", "\(r.decodeSteps)"],
             ["paged attention total", fixed(r.pagedSeconds * 1000, 2) + " ms"],
             ["bifurcated attention total", fixed(r.bifurcatedSeconds * 1000, 2) + " ms"],

@@ -28,6 +28,11 @@ import Testing
         #expect(report.returningCachedTokens == 128)
         #expect(report.restoredMismatches == 0)
         #expect(report.maxRelativeError < 1e-2, "within the bf16-math bound of docs/ATTENTION.md")
+        // Prefill attention ran over every request's uncached tokens: at least the user prompts
+        // (the first request's system prompt too), per layer.
+        #expect(report.prefillRows >= options.requests * options.userPromptTokens && report.prefillRows <= options.requests * 128)
+        #expect(report.prefillPlanSeconds > 0 && report.prefillPagedSeconds > 0)
+        #expect(Demo.summary(report).contains("prefill attention, step plan / paged"))
         #expect(report.stats.usedBlocks == 0)
         #expect(lines.count == options.requests + 2)
         let inspected = try SpillStoreReport.inspect(path: dir)
