@@ -94,7 +94,6 @@ public struct Demo {
         let arena = cache.arena!
         let model = FakeModel(layout: layout)
         let attention = try DecodeAttention(layout: layout, queryHeads: o.queryHeads)
-        let scale = DecodeAttention.defaultScale(headDim: layout.headDim)
         var rng = SeededRandom(seed: o.seed)
         var report = Report(stats: cache.stats)
 
@@ -108,13 +107,10 @@ public struct Demo {
             model.write(tokens: prompt[a.cachedTokenCount...], from: a.cachedTokenCount, blockTable: a.blockTable, arena: arena)
             if a.cachedTokenCount < prompt.count {
                 let plan = try cache.stepPlan(for: [.from(a.cachedTokenCount, of: a.sequence)])
-                let query = (0..<(plan.sequenceCount * o.queryHeads * layout.headDim)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
-                for layer in 0..<layout.layerCount {
-                    let run = try compare(cache, layer: layer, pagedFirst: r % 2 == 0, attention, query: query, plan: plan, scale: scale)
-                    report.prefillPagedSeconds += run.pagedSeconds
-                    report.prefillPlanSeconds += run.planSeconds
-                    report.maxRelativeError = max(report.maxRelativeError, run.error)
-                }
+                let run = try attendEveryLayer(cache, attention, plan: plan, pagedFirst: r % 2 == 0, rng: &rng)
+                report.prefillPagedSeconds += run.pagedSeconds
+                report.prefillPlanSeconds += run.planSeconds
+                report.maxRelativeError = max(report.maxRelativeError, run.error)
                 report.prefillRows += plan.sequenceCount
             }
             let samples = try cache.fork(a.sequence, count: o.samples)
@@ -129,13 +125,10 @@ public struct Demo {
                 let plan = try cache.decodePlan(for: samples)
                 let stats = cache.stats
                 report.peakBlocksSaved = max(report.peakBlocksSaved, stats.logicalBlocks - stats.physicalBlocks)
-                let query = (0..<(o.samples * o.queryHeads * layout.headDim)).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
-                for layer in 0..<layout.layerCount {
-                    let run = try compare(cache, layer: layer, pagedFirst: step % 2 == 0, attention, query: query, plan: plan, scale: scale)
-                    report.pagedSeconds += run.pagedSeconds
-                    report.bifurcatedSeconds += run.planSeconds
-                    report.maxRelativeError = max(report.maxRelativeError, run.error)
-                }
+                let run = try attendEveryLayer(cache, attention, plan: plan, pagedFirst: step % 2 == 0, rng: &rng)
+                report.pagedSeconds += run.pagedSeconds
+                report.bifurcatedSeconds += run.planSeconds
+                report.maxRelativeError = max(report.maxRelativeError, run.error)
                 report.decodeSteps += 1
             }
             for s in samples { try cache.release(s) }
@@ -161,31 +154,39 @@ public struct Demo {
         return report
     }
 
-    /// Paged and bifurcated attention over `plan` on one layer's pages, timed, in an order that
-    /// callers alternate (so neither kernel always runs on a cache the other warmed).
-    private func compare(_ cache: KVCacheManager, layer: Int, pagedFirst: Bool, _ attention: DecodeAttention, query: [Float],
-                         plan: DecodePlan, scale: Float) throws -> (pagedSeconds: Double, planSeconds: Double, error: Float) {
-        try cache.withUnsafeLayerPages(layer: layer) { pages in
-            func paged() throws -> ([Float], UInt64) {
-                let t0 = monotonicNanos()
-                let out = try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale)
-                return (out, monotonicNanos() - t0)
-            }
-            func planned() throws -> ([Float], UInt64) {
-                let t0 = monotonicNanos()
-                let out = try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale)
-                return (out, monotonicNanos() - t0)
-            }
-            let (p, tp): ([Float], UInt64), (b, tb): ([Float], UInt64)
-            if pagedFirst {
-                (p, tp) = try paged()
-                (b, tb) = try planned()
-            } else {
-                (b, tb) = try planned()
-                (p, tp) = try paged()
-            }
-            return (Double(tp) / 1e9, Double(tb) / 1e9, maxRelativeError(b, p))
+    /// Paged and bifurcated attention over `plan` on every layer's pages, for random queries,
+    /// timed, in an order the callers alternate (so neither kernel always runs on a cache the
+    /// other warmed): the two kernels' seconds over all layers and their largest difference.
+    private func attendEveryLayer(_ cache: KVCacheManager, _ attention: DecodeAttention, plan: DecodePlan, pagedFirst: Bool,
+                                  rng: inout SeededRandom) throws -> (pagedSeconds: Double, planSeconds: Double, error: Float) {
+        let layout = cache.layout, scale = DecodeAttention.defaultScale(headDim: layout.headDim)
+        let query = (0..<(plan.sequenceCount * attention.queryHeads * layout.headDim)).map { _ in
+            Float(Int(rng.next() % 2001) - 1000) / 1000
         }
+        var total = (pagedSeconds: 0.0, planSeconds: 0.0, error: Float(0))
+        for layer in 0..<layout.layerCount {
+            try cache.withUnsafeLayerPages(layer: layer) { pages in
+                func timed(_ call: () throws -> [Float]) throws -> ([Float], Double) {
+                    let t0 = monotonicNanos()
+                    let out = try call()
+                    return (out, Double(monotonicNanos() - t0) / 1e9)
+                }
+                let paged = { try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale) }
+                let planned = { try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale) }
+                let (p, tp): ([Float], Double), (b, tb): ([Float], Double)
+                if pagedFirst {
+                    (p, tp) = try timed(paged)
+                    (b, tb) = try timed(planned)
+                } else {
+                    (b, tb) = try timed(planned)
+                    (p, tp) = try timed(paged)
+                }
+                total.pagedSeconds += tp
+                total.planSeconds += tb
+                total.error = max(total.error, maxRelativeError(b, p))
+            }
+        }
+        return total
     }
 
     public static func summary(_ r: Report) -> String {
