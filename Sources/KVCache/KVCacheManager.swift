@@ -281,7 +281,10 @@ public final class KVCacheManager: Sendable {
     /// `DecodePlan.causal(blockSize:sequences:)`; run it with `DecodeAttention.bifurcated`,
     /// queries laid out `[rows][queryHeads][headDim]`. Take it after the step's `append`s and K/V
     /// writes. Throws `.positionsOutOfRange`, `.releasedSequence` or `.unknownSequence` as
-    /// `slotMapping(for:)` does; empty spans add no rows.
+    /// `slotMapping(for:)` does, and `.invalidBatch` for a step too large for `Int32` indices
+    /// (`DecodePlanError.planTooLarge`); empty spans add no rows. Unlike `slotMapping`, positions
+    /// below `firstOwnPosition(of:)` are accepted: attention only reads the cached KV there. The
+    /// plan's `sequenceCount` is its row count.
     public func stepPlan(for spans: [SlotSpan]) throws(KVCacheError) -> DecodePlan {
         let blockSize = layout.blockSize
         let rows = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> [DecodePlan.CausalRows] in

@@ -67,6 +67,9 @@ public enum DecodePlanError: Error, Equatable, Sendable, CustomStringConvertible
     case inconsistentSharedBlock(block: Int32)
     /// A prefill chunk of `newTokens` tokens is not within the sequence's `tokenCount` (1...).
     case invalidChunk(newTokens: Int, tokenCount: Int)
+    /// A causal plan's query rows, or the block ids of their tables (each row's table is held:
+    /// rows × blocks), would pass `Int32.max`, the index type of the CSR arrays the kernels take.
+    case planTooLarge(rows: Int, blockIDs: Int)
 
     public var description: String {
         switch self {
@@ -77,6 +80,8 @@ public enum DecodePlanError: Error, Equatable, Sendable, CustomStringConvertible
         case .negativeBlockID(let s, let b): "sequence \(s): negative block id \(b)"
         case .inconsistentSharedBlock(let b): "block \(b) is shared by sequences that disagree on its token count"
         case .invalidChunk(let n, let total): "a prefill chunk of \(n) tokens must be 1...\(total) (the sequence's tokens)"
+        case .planTooLarge(let rows, let ids):
+            "a plan of \(rows) query rows holding \(ids) block ids in their tables: at most \(Int32.max) of each (split the step)"
         }
     }
 }

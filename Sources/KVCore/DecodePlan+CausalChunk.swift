@@ -49,21 +49,40 @@ extension DecodePlan {
     ///
     /// Run it with `DecodeAttention.bifurcated`, queries laid out `[rows][queryHeads][headDim]`;
     /// `batch` is the same rows as a paged batch (each row's table and token count), the paged
-    /// kernel's and the reference's input. Throws as ``BlockTableBatch`` does for a table that
-    /// does not fit its token count or names a negative block (`sequence` naming the entry of
-    /// `sequences`), and `.invalidChunk` for `newTokens` outside `1...tokenCount`. No sequences:
-    /// an empty plan.
+    /// kernel's and the reference's input. So the plan's "sequences" are rows: its
+    /// `sequenceCount`, batch positions and `depthFirstOrder` count query rows. `batch` holds
+    /// every row's table, ~newTokens² / (2 · blockSize) block ids for a chunk of a fresh prompt
+    /// (84 MB for 8192 rows after 32768 tokens at block size 16): split very long chunks.
+    ///
+    /// Throws, before building anything: as ``BlockTableBatch`` does for a table that does not
+    /// fit its token count (or a count above `Int32.max`) or names a negative block (`sequence`
+    /// naming the entry of `sequences`); `.invalidChunk` for `newTokens` outside
+    /// `1...tokenCount`; `.planTooLarge` when the rows or their tables' block ids would pass
+    /// `Int32.max`. No sequences: an empty plan.
     public static func causal(blockSize: Int, sequences: [CausalRows]) throws(DecodePlanError) -> DecodePlan {
         guard blockSize >= 1 && blockSize <= Int(Int32.max) else { throw .invalidBlockSize(blockSize) }
-        var tables: [[Int32]] = [], counts: [Int] = [], firstRows: [Int] = []
+        // Checked before anything is built: the rows' tables hold Σ (position / blockSize + 1)
+        // block ids, quadratic in a chunk's length.
+        var totalRows = 0, totalIDs = 0
         for (s, rows) in sequences.enumerated() {
-            guard rows.tokenCount >= 1, rows.table.count == (rows.tokenCount + blockSize - 1) / blockSize else {
+            guard rows.tokenCount >= 1, rows.tokenCount <= Int(Int32.max), rows.table.count == (rows.tokenCount - 1) / blockSize + 1 else {
                 throw .tokenCountDoesNotFitTable(sequence: s, tokens: rows.tokenCount, blocks: rows.table.count, blockSize: blockSize)
             }
             for b in rows.table where b < 0 { throw .negativeBlockID(sequence: s, block: b) }
             guard rows.newTokens >= 1 && rows.newTokens <= rows.tokenCount else {
                 throw .invalidChunk(newTokens: rows.newTokens, tokenCount: rows.tokenCount)
             }
+            let ids = rowTableIDs(upTo: rows.tokenCount, blockSize: blockSize) - rowTableIDs(upTo: rows.tokenCount - rows.newTokens, blockSize: blockSize)
+            // Each term is below 2^62 (tokenCount <= Int32.max) and the totals below Int32.max
+            // until they throw: no overflow.
+            totalRows += rows.newTokens
+            totalIDs += ids
+            if totalRows > Int(Int32.max) || totalIDs > Int(Int32.max) { throw .planTooLarge(rows: totalRows, blockIDs: totalIDs) }
+        }
+        var tables: [[Int32]] = [], counts: [Int] = [], firstRows: [Int] = []
+        tables.reserveCapacity(totalRows)
+        counts.reserveCapacity(totalRows)
+        for rows in sequences {
             firstRows.append(tables.count)
             for position in (rows.tokenCount - rows.newTokens)..<rows.tokenCount {
                 tables.append(Array(rows.table[...(position / blockSize)]))
@@ -81,17 +100,21 @@ extension DecodePlan {
         // shared block's tokens (a `.range` row ending inside a block that another row reads
         // further) fall back to whole-block prefixes for every sequence.
         var whole = sequences.map { $0.newTokens == 1 }
-        var withPrefix: [Int] = [], prefixes = try DecodePlan(batch: BlockTableBatch(blockSize: blockSize, tables: [], tokenCounts: []))
-        for attempt in 0..<2 {
-            if attempt == 1 { whole = whole.map { _ in false } }
+        func partialEnd(_ s: Int) -> Int32? { sequences[s].tokenCount % blockSize == 0 ? nil : sequences[s].table.last }
+        var withPrefix: [Int] = [], prefixes: DecodePlan
+        while true {
             withPrefix = sequences.indices.filter { whole[$0] || sharedBlocks($0) > 0 }
             let prefixTables = withPrefix.map { whole[$0] ? sequences[$0].table : Array(sequences[$0].table[..<sharedBlocks($0)]) }
             let prefixCounts = withPrefix.map { whole[$0] ? sequences[$0].tokenCount : sharedBlocks($0) * blockSize }
             do {
                 prefixes = try DecodePlan(blockSize: blockSize, tables: prefixTables, tokenCounts: prefixCounts)
                 break
-            } catch .inconsistentSharedBlock where attempt == 0 {
-                continue
+            } catch .inconsistentSharedBlock(let block) {
+                // Only decode rows can end inside a block (the other members' prefixes are whole
+                // blocks): those ending partway into `block` take whole-block prefixes and leaves.
+                let culprits = sequences.indices.filter { whole[$0] && partialEnd($0) == block }
+                precondition(!culprits.isEmpty, "DecodePlan.causal: block \(block) reported inconsistent, but no decode row ends inside it")
+                for s in culprits { whole[s] = false }
             }
         }
         var levels: [Level] = []
@@ -140,6 +163,14 @@ extension DecodePlan {
         for s in sequences.indices where !whole[s] && sharedBlocks(s) == 0 { order.append(contentsOf: rowRange(s).map { Int32($0) }) }
         return DecodePlan(batch: batch, levels: levels, depthFirstOrder: order)
     }
+}
+
+/// Σ over positions `0..<tokens` of `position / blockSize + 1`: the block ids a causal plan's
+/// rows for those positions hold in their tables: blockSize · q(q+1)/2 + r · (q+1) for
+/// tokens = q · blockSize + r. At most ~tokens²/2 ≤ 2^61 for tokens ≤ Int32.max.
+private func rowTableIDs(upTo tokens: Int, blockSize: Int) -> Int {
+    let q = tokens / blockSize, r = tokens % blockSize
+    return blockSize * (q * (q + 1) / 2) + r * (q + 1)
 }
 
 extension DecodePlan.Level {

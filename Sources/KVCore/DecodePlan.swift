@@ -75,7 +75,7 @@ public struct DecodePlan: Sendable, Equatable {
         try split(members: Array(0..<batch.sequenceCount), at: 0, level: 0, parent: -1)
     }
 
-    /// A plan built elsewhere in this module (``causalChunk(table:blockSize:tokenCount:newTokens:)``).
+    /// A plan built elsewhere in this module (``causal(blockSize:sequences:)``).
     init(batch: BlockTableBatch, levels: [Level], depthFirstOrder: [Int32]) {
         self.blockSize = batch.blockSize
         self.batch = batch

@@ -218,6 +218,56 @@ import Testing
         #expect(throws: DecodePlanError.invalidChunk(newTokens: 0, tokenCount: 20)) {
             try DecodePlan.causal(blockSize: 16, sequences: [.init(table: [1, 2], tokenCount: 20, newTokens: 0)])
         }
+        // Counts past Int32 are refused per entry (Int.max trapped in the table-size check once).
+        #expect(throws: DecodePlanError.tokenCountDoesNotFitTable(sequence: 0, tokens: .max, blocks: 1, blockSize: 16)) {
+            try DecodePlan.causal(blockSize: 16, sequences: [.init(table: [1], tokenCount: .max, newTokens: 1)])
+        }
+        let big = Int(Int32.max)
+        #expect(throws: DecodePlanError.tokenCountDoesNotFitTable(sequence: 1, tokens: big + 1, blocks: 2, blockSize: big)) {
+            try DecodePlan.causal(blockSize: big, sequences: [.init(table: [1], tokenCount: 5, newTokens: 5),
+                                                                .init(table: [2, 3], tokenCount: big + 1, newTokens: 1)])
+        }
+    }
+
+    /// A step whose rows' tables would pass Int32 indices is a typed error before anything is
+    /// built (the rows' tables grow with the square of a chunk: it used to allocate them first,
+    /// then trap narrowing the count).
+    @Test func aStepTooLargeForInt32IndicesIsRefusedBeforeBuilding() throws {
+        let bs = 1 << 20, n = Int(Int32.max)
+        let table = (0..<((n - 1) / bs + 1)).map { Int32($0) }
+        do {
+            _ = try DecodePlan.causal(blockSize: bs, sequences: [.init(table: table, tokenCount: n, newTokens: 1 << 24)])
+            Issue.record("a plan of 2^24 rows over 2^31 tokens was built")
+        } catch {
+            guard case .planTooLarge(let rows, let ids) = error else { Issue.record("\(error)"); return }
+            #expect(rows == 1 << 24 && ids > Int(Int32.max))
+        }
+        do {
+            let rows = DecodePlan.CausalRows(table: table, tokenCount: n, newTokens: n)
+            _ = try DecodePlan.causal(blockSize: bs, sequences: [rows, rows])
+            Issue.record("a plan of 2^32 rows was built")
+        } catch {
+            guard case .planTooLarge = error else { Issue.record("\(error)"); return }
+        }
+    }
+
+    /// A decode row ending inside a block the other rows read whole falls back alone: forked
+    /// samples sharing a partial block still read it as one node.
+    @Test func onlyTheDecodeRowsEndingInsideTheReportedBlockFallBack() throws {
+        let prefix = Array(Int32(1)...6)
+        let sequences: [DecodePlan.CausalRows] = [
+            .init(table: prefix + [70], tokenCount: 96 + 5, newTokens: 1),   // three forked samples,
+            .init(table: prefix + [70], tokenCount: 96 + 5, newTokens: 1),   // their partial block 70
+            .init(table: prefix + [70], tokenCount: 96 + 5, newTokens: 1),   // shared at 5 tokens
+            .init(table: prefix + [80, 81], tokenCount: 96 + 20, newTokens: 20),
+            .init(table: [1, 2, 3], tokenCount: 40, newTokens: 1),            // ends inside block 3
+        ]
+        let step = try Chunk(dtype: .float16, queryHeads: 8, kvHeads: 2, headDim: 64, blockSize: 16, sequences: sequences, seed: 23)
+        let sharedPartial = step.plan.levels.flatMap { level in
+            (0..<level.nodeCount).filter { Array(level.blocks(ofNode: $0)) == [70] }.map { Array(level.sequences(ofNode: $0)) }
+        }
+        #expect(sharedPartial == [[0, 1, 2]])
+        try step.check()
     }
 
     @Test func invalidChunksAreTypedErrors() throws {
