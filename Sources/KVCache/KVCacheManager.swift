@@ -284,7 +284,7 @@ public final class KVCacheManager: Sendable {
     /// `slotMapping(for:)` does, and `.invalidBatch` for a step too large for `Int32` indices
     /// (`DecodePlanError.planTooLarge`); empty spans add no rows. Unlike `slotMapping`, positions
     /// below `firstOwnPosition(of:)` are accepted: attention only reads the cached KV there. The
-    /// plan's `sequenceCount` is its row count.
+    /// plan's `rowCount` (= its `sequenceCount`) is the spans' positions in all.
     public func stepPlan(for spans: [SlotSpan]) throws(KVCacheError) -> DecodePlan {
         let blockSize = layout.blockSize
         let rows = try state.withLock { (s: inout CacheState) throws(KVCacheError) -> [DecodePlan.CausalRows] in

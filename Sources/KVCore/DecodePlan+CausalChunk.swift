@@ -96,9 +96,9 @@ extension DecodePlan {
         // The prefixes, as a decode plan over the sequences that have one; each member then
         // stands for its rows. A decode token (one row) goes in whole, as `init(batch:)` plans a
         // decode batch: its last block joins its prefix node instead of being a second one, and
-        // a partial block forked samples still share is read once. Tables that disagree on a
+        // a partial block forked samples still share is read once. Where tables disagree on a
         // shared block's tokens (a `.range` row ending inside a block that another row reads
-        // further) fall back to whole-block prefixes for every sequence.
+        // further), the decode rows ending inside that block are planned as chunks instead.
         var whole = sequences.map { $0.newTokens == 1 }
         func partialEnd(_ s: Int) -> Int32? { sequences[s].tokenCount % blockSize == 0 ? nil : sequences[s].table.last }
         var withPrefix: [Int] = [], prefixes: DecodePlan

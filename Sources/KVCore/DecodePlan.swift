@@ -61,8 +61,13 @@ public struct DecodePlan: Sendable, Equatable {
     /// adjacent, for engines that want contiguous query ranges per node.
     public internal(set) var depthFirstOrder: [Int32]
 
-    /// Sequences in the batch.
+    /// Sequences in the batch: for a causal plan (``causal(blockSize:sequences:)``), its query
+    /// rows, each a sequence of the batch (see ``rowCount``).
     @inlinable public var sequenceCount: Int { batch.sequenceCount }
+
+    /// Query rows: one per sequence of a decode plan, one per token of a causal plan's chunks.
+    /// The output of a kernel over the plan holds `rowCount × queryHeads × headDim` values.
+    @inlinable public var rowCount: Int { batch.sequenceCount }
 
     /// Builds the plan by grouping the batch's block tables on their common block-id prefixes.
     /// Runs in O(total blocks × depth).

@@ -47,7 +47,7 @@ import Testing
         #expect(plan.batch.tokenCounts == (17...26).map { Int32($0) } + [17, 18, 19, 20, 22])
         #expect(Array(plan.levels[0].blocks(ofNode: 0)) == Array(tableA.prefix(4)))
         #expect(plan.levels[0].sequences(ofNode: 0).count == 15)
-        #expect(try cache.slotMapping(for: spans).slots.count == plan.sequenceCount)
+        #expect(try cache.slotMapping(for: spans).slots.count == plan.rowCount && plan.rowCount == 15)
         for h in [a, b, c] { try cache.release(h.sequence) }
     }
 
