@@ -31,18 +31,29 @@ public struct BlockTableBatch: Sendable, Equatable {
         var indices: [Int32] = []
         indices.reserveCapacity(tables.reduce(0) { $0 + $1.count })
         for (i, table) in tables.enumerated() {
-            let n = tokenCounts[i]
-            guard n >= 1, n <= Int(Int32.max), table.count == (n - 1) / blockSize + 1 else {
-                throw .tokenCountDoesNotFitTable(sequence: i, tokens: n, blocks: table.count, blockSize: blockSize)
-            }
-            for b in table where b < 0 { throw .negativeBlockID(sequence: i, block: b) }
+            try Self.check(table: table, tokenCount: tokenCounts[i], blockSize: blockSize, sequence: i)
             indices.append(contentsOf: table)
             indptr.append(Int32(indices.count))
         }
+        self.init(blockSize: blockSize, indptr: indptr, indices: indices, tokenCounts: tokenCounts.map { Int32($0) })
+    }
+
+    /// Arrays already checked (``check(table:tokenCount:blockSize:sequence:)`` on every table),
+    /// for builders in this module that lay them out directly.
+    init(blockSize: Int, indptr: [Int32], indices: [Int32], tokenCounts: [Int32]) {
         self.blockSize = blockSize
         self.indptr = indptr
         self.indices = indices
-        self.tokenCounts = tokenCounts.map { Int32($0) }
+        self.tokenCounts = tokenCounts
+    }
+
+    /// Fails unless `table` holds exactly enough blocks for `tokenCount` tokens (1...`Int32.max`)
+    /// and names no negative block; `sequence` is what the error calls it.
+    static func check(table: some Collection<Int32>, tokenCount n: Int, blockSize: Int, sequence i: Int) throws(DecodePlanError) {
+        guard n >= 1, n <= Int(Int32.max), table.count == (n - 1) / blockSize + 1 else {
+            throw .tokenCountDoesNotFitTable(sequence: i, tokens: n, blocks: table.count, blockSize: blockSize)
+        }
+        for b in table where b < 0 { throw .negativeBlockID(sequence: i, block: b) }
     }
 
     /// The block ids of sequence `i`.

@@ -65,10 +65,7 @@ extension DecodePlan {
         // block ids, quadratic in a chunk's length.
         var totalRows = 0, totalIDs = 0
         for (s, rows) in sequences.enumerated() {
-            guard rows.tokenCount >= 1, rows.tokenCount <= Int(Int32.max), rows.table.count == (rows.tokenCount - 1) / blockSize + 1 else {
-                throw .tokenCountDoesNotFitTable(sequence: s, tokens: rows.tokenCount, blocks: rows.table.count, blockSize: blockSize)
-            }
-            for b in rows.table where b < 0 { throw .negativeBlockID(sequence: s, block: b) }
+            try BlockTableBatch.check(table: rows.table, tokenCount: rows.tokenCount, blockSize: blockSize, sequence: s)
             guard rows.newTokens >= 1 && rows.newTokens <= rows.tokenCount else {
                 throw .invalidChunk(newTokens: rows.newTokens, tokenCount: rows.tokenCount)
             }
@@ -79,17 +76,21 @@ extension DecodePlan {
             totalIDs += ids
             if totalRows > Int(Int32.max) || totalIDs > Int(Int32.max) { throw .planTooLarge(rows: totalRows, blockIDs: totalIDs) }
         }
-        var tables: [[Int32]] = [], counts: [Int] = [], firstRows: [Int] = []
-        tables.reserveCapacity(totalRows)
+        // The rows' batch, laid out in place: each row's table is a prefix of its sequence's
+        // (checked above), so neither a per-row array nor a second check is needed.
+        var indptr: [Int32] = [0], indices: [Int32] = [], counts: [Int32] = [], firstRows: [Int] = []
+        indptr.reserveCapacity(totalRows + 1)
+        indices.reserveCapacity(totalIDs)
         counts.reserveCapacity(totalRows)
         for rows in sequences {
-            firstRows.append(tables.count)
+            firstRows.append(counts.count)
             for position in (rows.tokenCount - rows.newTokens)..<rows.tokenCount {
-                tables.append(Array(rows.table[...(position / blockSize)]))
-                counts.append(position + 1)
+                indices.append(contentsOf: rows.table[...(position / blockSize)])
+                indptr.append(Int32(indices.count))
+                counts.append(Int32(position + 1))
             }
         }
-        let batch = try BlockTableBatch(blockSize: blockSize, tables: tables, tokenCounts: counts)
+        let batch = BlockTableBatch(blockSize: blockSize, indptr: indptr, indices: indices, tokenCounts: counts)
         func rowRange(_ s: Int) -> Range<Int> { firstRows[s]..<(firstRows[s] + sequences[s].newTokens) }
         func sharedBlocks(_ s: Int) -> Int { (sequences[s].tokenCount - sequences[s].newTokens) / blockSize }
 

@@ -90,7 +90,7 @@ public final class PrefillBench {
             plan = try DecodePlan.causal(blockSize: bs, sequences: rows)
             planBuilds.append(Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9)
         }
-        let perSequence = try rows.map { try DecodePlan.causal(blockSize: bs, sequences: [$0]) }
+        let perSequence = n > 1 ? try rows.map { try DecodePlan.causal(blockSize: bs, sequences: [$0]) } : []
         var rng = SystemRandomNumberGenerator()
         let query = (0..<(n * chunk * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
         let scale = DecodeAttention.defaultScale(headDim: d), rowFloats = chunk * heads * d
