@@ -68,7 +68,7 @@ let package = Package(
         .testTarget(
             name: "KVCacheTests",
             dependencies: ["KVCache", "KVTestSupport", .product(name: "MetricsTestKit", package: "swift-metrics")]),
-        .testTarget(name: "KVAttentionTests", dependencies: ["KVAttention", "KVCache", "KVTestSupport"]),
+        .testTarget(name: "KVAttentionTests", dependencies: ["KVAttention", "KVCache", "KVSpill", "KVTestSupport"]),
         .testTarget(name: "LMDBTests", dependencies: ["LMDB", "KVTestSupport"]),
         .testTarget(
             name: "KVSpillTests",

@@ -194,7 +194,10 @@ public final class KVCacheManager: Sendable {
     }
 
     /// Releases a sequence: its full blocks stay cached (evictable), the rest are free at once.
-    /// Every token's KV must have been written; otherwise use `release(_:computedTokens:)`.
+    /// Every token's KV must have been written; otherwise use `release(_:computedTokens:)`. Under
+    /// `.whenComputed` this is the engine's word that they were: every full block is published,
+    /// so a request cancelled mid-prefill, or one whose last sampled token's KV was never computed,
+    /// released this way would offer unwritten KV to later requests.
     public func release(_ sequence: SequenceHandle) throws(KVCacheError) {
         try mutate { (s: inout CacheState) throws(KVCacheError) in _ = try s.release(sequence) }
     }
@@ -250,19 +253,19 @@ public final class KVCacheManager: Sendable {
             return (tables, counts)
         }
         do { return try BlockTableBatch(blockSize: layout.blockSize, tables: tables, tokenCounts: counts) }
-        catch { throw .invalidBatch("\(error)") }
+        catch { throw .invalidPlan(error) }
     }
 
     /// The shared-prefix decode plan for a batch: which blocks are shared by which sequences.
     public func decodePlan(for batch: [SequenceHandle]) throws(KVCacheError) -> DecodePlan {
         let tables = try blockTables(for: batch)
-        do { return try DecodePlan(batch: tables) } catch { throw .invalidBatch("\(error)") }
+        do { return try DecodePlan(batch: tables) } catch { throw .invalidPlan(error) }
     }
 
     /// The plan for attending a prefill chunk: the sequence's last `newTokens` tokens (appended,
     /// their K/V written) as query rows, each over the cached prefix and the chunk up to itself
     /// (causal). See `DecodePlan.causalChunk`; run it with `DecodeAttention.bifurcated`. Throws
-    /// `.invalidBatch` for a chunk outside `1...tokenCount`, and as `blockTable(of:)` does.
+    /// `.invalidPlan(.invalidChunk)` for a chunk outside `1...tokenCount`, and as `blockTable(of:)` does.
     /// `stepPlan(for:)` is the general form: several sequences' chunks and decode tokens.
     public func prefillPlan(for sequence: SequenceHandle, newTokens: Int) throws(KVCacheError) -> DecodePlan {
         let (table, count) = try state.withLock { (s: inout CacheState) throws(KVCacheError) in
@@ -270,7 +273,7 @@ public final class KVCacheManager: Sendable {
             return (seq.blocks, seq.tokenCount)
         }
         do { return try .causalChunk(table: table, blockSize: layout.blockSize, tokenCount: count, newTokens: newTokens) }
-        catch { throw .invalidBatch("\(error)") }
+        catch { throw .invalidPlan(error) }
     }
 
     /// The attention plan for one forward step over `spans`: each span's positions are query
@@ -281,8 +284,8 @@ public final class KVCacheManager: Sendable {
     /// `DecodePlan.causal(blockSize:sequences:)`; run it with `DecodeAttention.bifurcated`,
     /// queries laid out `[rows][queryHeads][headDim]`. Take it after the step's `append`s and K/V
     /// writes. Throws `.positionsOutOfRange`, `.releasedSequence` or `.unknownSequence` as
-    /// `slotMapping(for:)` does, and `.invalidBatch` for a step too large for `Int32` indices
-    /// (`DecodePlanError.planTooLarge`); empty spans add no rows. Unlike `slotMapping`, positions
+    /// `slotMapping(for:)` does, and `.invalidPlan(.planTooLarge)` for a step too large for `Int32`
+    /// indices (split it); empty spans add no rows. Unlike `slotMapping`, positions
     /// below `firstOwnPosition(of:)` are accepted: attention only reads the cached KV there. The
     /// plan's `rowCount` (= its `sequenceCount`) is the spans' positions in all.
     public func stepPlan(for spans: [SlotSpan]) throws(KVCacheError) -> DecodePlan {
@@ -301,7 +304,7 @@ public final class KVCacheManager: Sendable {
             }
             return rows
         }
-        do { return try .causal(blockSize: blockSize, sequences: rows) } catch { throw .invalidBatch("\(error)") }
+        do { return try .causal(blockSize: blockSize, sequences: rows) } catch { throw .invalidPlan(error) }
     }
 
     // MARK: - Slot mapping
@@ -320,7 +323,7 @@ public final class KVCacheManager: Sendable {
     /// cannot overwrite cached KV. All spans are resolved under one lock, so a batch sees one state.
     /// Throws `.positionsOutOfRange` (positions outside `0..<tokenCount`), `.releasedSequence` or
     /// `.unknownSequence`, `.slotsExceedInt32` for a pool too large for `Int32` slots, and
-    /// `.invalidBatch` for more than `Int32.max` tokens at once. An empty list, or empty spans,
+    /// `.invalidSlotMapping(.tooManyTokens)` for more than `Int32.max` tokens at once. An empty list, or empty spans,
     /// map no tokens.
     public func slotMapping(for spans: [SlotSpan]) throws(KVCacheError) -> SlotMapping {
         try requireInt32Slots()
@@ -342,7 +345,7 @@ public final class KVCacheManager: Sendable {
             return (tables, ranges)
         }
         do { return try SlotMapping(blockSize: layout.blockSize, tables: tables, positions: ranges) }
-        catch { throw .invalidBatch("\(error)") }   // more than Int32.max tokens at once
+        catch { throw .invalidSlotMapping(error) }   // more than Int32.max tokens at once
     }
 
     /// The decode step's slot mapping: the last token of each sequence (the one `append` just

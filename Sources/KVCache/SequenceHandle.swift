@@ -133,8 +133,14 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     /// through the manager's page arena, so without one its hits would report tokens as cached
     /// whose KV the engine never received.
     case coldStoreNeedsPages
-    /// A decode plan was asked for an empty batch or a sequence without tokens.
+    /// `blockTables(for:)` or `decodePlan(for:)` was asked for an empty batch.
     case invalidBatch(String)
+    /// The sequences' tables cannot form the plan asked for (`blockTables`, `decodePlan`,
+    /// `prefillPlan`, `stepPlan`): the plan's own typed error, e.g. `.planTooLarge` for a step to
+    /// split, `.invalidChunk` for a prefill chunk outside the sequence.
+    case invalidPlan(DecodePlanError)
+    /// `slotMapping(for:)` cannot map the spans, e.g. `.tooManyTokens` for a step past `Int32.max`.
+    case invalidSlotMapping(SlotMappingError)
     /// Page access asked for a layer outside `0..<layerCount`.
     case invalidLayer(Int, layerCount: Int)
     /// `release(_:computedTokens:)` was told more tokens than the sequence holds, or fewer than 0.
@@ -164,6 +170,8 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .noPageArena: "this manager is metadata-only: it has no page arena"
         case .coldStoreNeedsPages: "a cold store needs a manager with a page arena (allocatesPages: true): it keeps and restores KV through it"
         case .invalidBatch(let why): "invalid decode batch: \(why)"
+        case .invalidPlan(let e): "invalid attention plan: \(e)"
+        case .invalidSlotMapping(let e): "invalid slot mapping: \(e)"
         case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"
         case .invalidComputedTokens(let c, let n): "computed tokens must be in 0...\(n) (the sequence's tokens), got \(c)"
         case .invalidTruncation(let c, let n): "a truncated sequence keeps 1...\(n) tokens (it holds \(n)), got \(c)"

@@ -30,7 +30,9 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
     let prefillPlan = prefill.slots.isEmpty ? nil : try cache.prefillPlan(for: request.sequence, newTokens: prefill.slots.count)
     _ = prefillPlan  // copy only
 // A step that batches several requests' chunks with other sequences' decode tokens takes one
-// plan for all of them, `cache.stepPlan(for: spans)`, over the same spans as its slot mapping.
+// plan for all of them, `cache.stepPlan(for: spans)`, over the same spans as its slot mapping,
+// plus any whole-prompt hit's last position (`.last(of:)`): the mapping refuses it
+// (`.positionsNotOwned`, the KV is cached) but its row still needs attention for its logits.
     // Its new blocks are matchable from admission on, so prefill them in the next step; an engine
     // that prefills in chunks or later creates the manager with `publishesBlocks: .whenComputed` and
     // reports progress with `cache.markComputed(request.sequence, computedTokens:)` (PREFIX_CACHING.md).

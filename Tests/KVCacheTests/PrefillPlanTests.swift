@@ -81,11 +81,26 @@ import Testing
         #expect(throws: KVCacheError.releasedSequence(a.sequence)) { try cache.stepPlan(for: [.last(of: a.sequence)]) }
     }
 
+    /// A step whose rows' tables would pass Int32.max block ids comes back as the plan's own
+    /// typed error, so an engine can split the step instead of parsing a message: 65,536 rows
+    /// of a one-token-block sequence hold 65,536 × 65,537 / 2 ids.
+    @Test func aStepTooLargeForInt32IsTheTypedPlanError() throws {
+        let cache = try KVCacheManager(layout: .small(blockSize: 1), capacityBlocks: 70_000)
+        let a = try cache.admit(run(0, 65_536))
+        #expect(throws: KVCacheError.invalidPlan(.planTooLarge(rows: 65_536, blockIDs: 65_536 * 65_537 / 2))) {
+            try cache.stepPlan(for: [.from(0, of: a.sequence)])
+        }
+        // A smaller piece of the same step plans.
+        #expect(try cache.stepPlan(for: [.range(0..<1_024, of: a.sequence)]).rowCount == 1_024)
+        try cache.release(a.sequence)
+        cache.checkInvariants()
+    }
+
     @Test func misuseIsATypedError() throws {
         let cache = try KVCacheManager(layout: .small(blockSize: 4), capacityBlocks: 8)
         let a = try cache.admit(run(0, 6))
         for n in [0, 7] {
-            #expect(throws: KVCacheError.invalidBatch("\(DecodePlanError.invalidChunk(newTokens: n, tokenCount: 6))")) {
+            #expect(throws: KVCacheError.invalidPlan(.invalidChunk(newTokens: n, tokenCount: 6))) {
                 try cache.prefillPlan(for: a.sequence, newTokens: n)
             }
         }
