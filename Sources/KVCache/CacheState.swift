@@ -471,15 +471,32 @@ struct CacheState {
 
     /// Returns the copy-on-write it made, if any.
     @discardableResult
+    /// What appending `count` tokens (≥ 0) to `seq` takes from the pool: a block per `blockSize`
+    /// tokens past its last block's room, and whether its partial last block is shared and must
+    /// be copied first (one block more). No overflow for any `count`.
+    private func appendCost(_ seq: SequenceState, count: Int) -> (blocks: Int, copies: Bool) {
+        guard count > 0 else { return (0, false) }
+        let fill = seq.tokenCount % blockSize
+        let copies = fill != 0 && pool.refcount[Int(seq.blocks.last!)] > 1
+        let room = seq.blocks.count * blockSize - seq.tokenCount
+        let newBlocks = count <= room ? 0 : (count - room - 1) / blockSize + 1
+        return (newBlocks + (copies ? 1 : 0), copies)
+    }
+
+    /// Blocks `append`ing `count` tokens to `s` would take now (see the manager's doc).
+    func blocksNeeded(toAppend count: Int, to s: SequenceHandle) throws(KVCacheError) -> Int {
+        let seq = try live(s)
+        guard count >= 0 else { throw .invalidAppendCount(count) }
+        return appendCost(seq, count: count).blocks
+    }
+
     mutating func append(_ tokens: [TokenID], to s: SequenceHandle) throws(KVCacheError) -> BlockCopy? {
         var seq = try live(s)
         try Self.validate(tokens)
         guard !tokens.isEmpty else { return nil }
         let start = seq.tokenCount
         let fill = start % blockSize
-        let needsCopy = fill != 0 && pool.refcount[Int(seq.blocks.last!)] > 1
-        let newBlocks = (start + tokens.count + blockSize - 1) / blockSize - seq.blocks.count
-        let needed = newBlocks + (needsCopy ? 1 : 0)
+        let (needed, needsCopy) = appendCost(seq, count: tokens.count)
         guard needed <= pool.freeCount else {
             counters.allocationsFailed += 1
             throw .insufficientBlocks(needed: needed, available: pool.freeCount)
@@ -694,6 +711,9 @@ struct CacheState {
     }
 
     // MARK: - Stats
+
+    /// Free blocks and cached ones nobody holds: what allocation can take.
+    var availableBlocks: Int { pool.freeCount }
 
     var stats: KVCacheStats {
         var s = counters

@@ -161,6 +161,23 @@ public final class KVCacheManager: Sendable {
         try mutate { (s: inout CacheState) throws(KVCacheError) in AppendResult(copy: try s.append(tokens, to: sequence)) }
     }
 
+    /// Blocks an `append` of `count` tokens to `sequence` would take now: one per `blockSize`
+    /// tokens past the room in its last block, plus one when that block is partial and still
+    /// shared after a fork (the copy-on-write). For a scheduler that fits a step's appends into
+    /// ``availableBlocks`` before making them: summed over forked siblings that share a partial
+    /// block it counts a copy for each, one more than they take (the last to append holds the
+    /// block alone). Advice only once other calls run in between; `append` itself stays
+    /// all-or-nothing (`.insufficientBlocks`). Throws `.invalidAppendCount` for a negative count,
+    /// and `.releasedSequence` / `.unknownSequence`.
+    public func blocksNeeded(toAppend count: Int, to sequence: SequenceHandle) throws(KVCacheError) -> Int {
+        try state.withLock { (s: inout CacheState) throws(KVCacheError) in try s.blocksNeeded(toAppend: count, to: sequence) }
+    }
+
+    /// Blocks that admissions, appends and copies can take now: free ones and cached ones no
+    /// live sequence holds (evicted on demand, least recently used first). Equals
+    /// `stats.capacityBlocks - stats.usedBlocks`, without building the whole snapshot.
+    public var availableBlocks: Int { state.withLock { $0.availableBlocks } }
+
     /// Keeps the sequence's first `count` tokens and drops the rest: the draft tokens a speculative
     /// decoding step rejected (append the drafts, map and write their K/V, verify, then truncate to
     /// the accepted count). `count` is 1...tokenCount(of:), else `.invalidTruncation` and nothing

@@ -145,6 +145,8 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidLayer(Int, layerCount: Int)
     /// `release(_:computedTokens:)` was told more tokens than the sequence holds, or fewer than 0.
     case invalidComputedTokens(Int, tokenCount: Int)
+    /// `blocksNeeded(toAppend:to:)` was asked about a negative number of tokens.
+    case invalidAppendCount(Int)
     /// `truncate(_:toTokenCount:)` was asked to keep fewer than 1 token or more than the sequence holds.
     case invalidTruncation(Int, tokenCount: Int)
     /// `slotMapping(for:)` asked for positions outside the sequence's `0..<tokenCount`.
@@ -174,6 +176,7 @@ public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidSlotMapping(let e): "invalid slot mapping: \(e)"
         case .invalidLayer(let l, let n): "layer \(l) outside 0..<\(n)"
         case .invalidComputedTokens(let c, let n): "computed tokens must be in 0...\(n) (the sequence's tokens), got \(c)"
+        case .invalidAppendCount(let n): "an append takes 0 or more tokens, got \(n)"
         case .invalidTruncation(let c, let n): "a truncated sequence keeps 1...\(n) tokens (it holds \(n)), got \(c)"
         case .positionsOutOfRange(let s, let p, let n): "positions \(p) of sequence \(s) outside its 0..<\(n) tokens"
         case .positionsNotOwned(let s, let p, let f): "positions \(p) of sequence \(s) are a prefix hit (other requests' KV): it writes from position \(f) on"
