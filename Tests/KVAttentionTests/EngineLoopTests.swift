@@ -59,6 +59,9 @@ import Testing
         var capacity: Int
         var publication: BlockPublication
         var store: Bool
+        /// A metadata-only manager (`allocatesPages: false`): the engine keeps the K/V in an arena
+        /// of its own and copies every block an append's or truncation's copy-on-write names.
+        var engineKeepsKV = false
         var steps: Int
         var kvHeads = 2
         var queryHeads = 4
@@ -69,7 +72,7 @@ import Testing
         /// Longest user part of a prompt, in blocks.
         var userBlocks = 2
         var description: String {
-            "seed \(seed) bs \(blockSize) \(dtype) cap \(capacity) \(publication) store \(store) heads \(queryHeads)/\(kvHeads)x\(headDim) budget \(budget)"
+            "seed \(seed) bs \(blockSize) \(dtype) cap \(capacity) \(publication) store \(store) engineKV \(engineKeepsKV) heads \(queryHeads)/\(kvHeads)x\(headDim) budget \(budget)"
         }
     }
 
@@ -78,6 +81,8 @@ import Testing
         let layout: KVLayout
         let cache: KVCacheManager
         let attention: DecodeAttention
+        /// Where the K/V lives: the manager's arena, or the engine's own (`engineKeepsKV`).
+        let arena: KVPageArena
         let queryHeads: Int
         let tolerance: Float
         var rng: SeededRandom
@@ -108,8 +113,10 @@ import Testing
                 storeObject = nil
                 storePath = nil
             }
-            cache = try KVCacheManager(layout: layout, capacityBlocks: config.capacity, allocatesPages: true, prefaultsPages: false,
+            cache = try KVCacheManager(layout: layout, capacityBlocks: config.capacity, allocatesPages: !config.engineKeepsKV, prefaultsPages: false,
                                        publishesBlocks: config.publication, coldStore: storeObject)
+            // Block ids run 1...capacity (0 is the null block), so the engine's arena has one more.
+            arena = config.engineKeepsKV ? KVPageArena(layout: layout, capacityBlocks: config.capacity + 1, prefault: false) : cache.arena!
             attention = try DecodeAttention(layout: layout, queryHeads: queryHeads, threads: 2,
                                             math: config.dtype == .bfloat16 ? .automatic : .fp32)
             tolerance = attention.effectiveMath == .bf16 ? 1e-2 : 5e-5
@@ -137,6 +144,13 @@ import Testing
         static func kvKey(_ hash: UInt64, layer: Int, kind: Int) -> UInt64 { mix(hash, UInt64(layer * 2 + kind) &+ 0x1234) }
 
         func check() { cache.checkInvariants() }
+
+        /// An engine keeping the K/V itself makes the copy-on-write the manager names (the
+        /// manager's arena made it already otherwise).
+        func applied(_ result: AppendResult) -> AppendResult {
+            if config.engineKeepsKV, let c = result.copy { arena.copyBlock(from: c.source, to: c.destination) }
+            return result
+        }
 
         /// nil when the pool is short of blocks (nothing changed); other errors propagate.
         func orNil<T>(_ body: () throws(KVCacheError) -> T) throws(KVCacheError) -> T? {
@@ -233,7 +247,7 @@ import Testing
                 if r.decoding && rng.chance(0.5) {
                     // sampled and appended, then cancelled before the forward pass wrote its KV
                     let t = TokenID(rng.int(0...40))
-                    if try orNil({ () throws(KVCacheError) in try cache.append([t], to: h) }) != nil {
+                    if try orNil({ () throws(KVCacheError) in try applied(cache.append([t], to: h)) }) != nil {
                         check()
                         computed = r.tokens.count
                         unwrittenAppends += 1
@@ -250,7 +264,7 @@ import Testing
             for h in order where rng.chance(0.04) {
                 guard var r = live[h], r.decoding, r.tokens.count >= 2 else { continue }
                 let keep = rng.int(1...(r.tokens.count - 1))
-                guard try orNil({ () throws(KVCacheError) in try cache.truncate(h, toTokenCount: keep) }) != nil else { check(); continue }
+                guard try orNil({ () throws(KVCacheError) in try applied(cache.truncate(h, toTokenCount: keep)) }) != nil else { check(); continue }
                 check()
                 truncations += 1
                 #expect(try cache.tokenCount(of: h) == keep)
@@ -259,7 +273,7 @@ import Testing
                 if rng.chance(0.5) {
                     // preemption: recompute the dropped tokens (appended again, prefilled from `keep`)
                     let again = Array(r.tokens[keep...])
-                    if try orNil({ () throws(KVCacheError) in try cache.append(again, to: h) }) == nil {
+                    if try orNil({ () throws(KVCacheError) in try applied(cache.append(again, to: h)) }) == nil {
                         check()
                         r.drop(to: keep)
                         live[h] = r
@@ -318,7 +332,7 @@ import Testing
                     guard budget > 0 else { continue }
                     let d = rng.chance(0.15) ? rng.int(2...4) : 1
                     let new = (0..<d).map { _ in TokenID(rng.int(0...40)) }
-                    guard let result = try orNil({ () throws(KVCacheError) in try cache.append(new, to: h) }) else {
+                    guard let result = try orNil({ () throws(KVCacheError) in try applied(cache.append(new, to: h)) }) else {
                         // preempt: drop the request (its KV is all written)
                         check()
                         preemptions += 1
@@ -388,7 +402,7 @@ import Testing
             for layer in 0..<layout.layerCount {
                 let keys = writeHashes.flatMap { kv($0, layer: layer, kind: 0) }
                 let values = writeHashes.flatMap { kv($0, layer: layer, kind: 1) }
-                try cache.arena!.store(keys: keys, values: values, layer: layer, slots: mapping)
+                try arena.store(keys: keys, values: values, layer: layer, slots: mapping)
             }
 
             // One plan for the step.
@@ -416,7 +430,7 @@ import Testing
             let query = (0..<(rows.count * hq * d)).map { _ in rng.unit() }
             let scale = DecodeAttention.defaultScale(headDim: d)
             for layer in 0..<layout.layerCount {
-                let (bif, paged) = try cache.withUnsafeLayerPages(layer: layer) { pages in
+                let (bif, paged) = try arena.withUnsafeLayerPages(layer: layer) { pages in
                     (try attention.bifurcated(query: query, pages: pages, plan: plan, scale: scale),
                      try attention.paged(query: query, pages: pages, batch: plan.batch, scale: scale))
                 }
@@ -450,7 +464,7 @@ import Testing
                 let accepted = rng.int(1...n)
                 guard accepted < n else { continue }
                 let count = r.tokens.count - (n - accepted)
-                guard try orNil({ () throws(KVCacheError) in try cache.truncate(h, toTokenCount: count) }) != nil else { check(); continue }
+                guard try orNil({ () throws(KVCacheError) in try applied(cache.truncate(h, toTokenCount: count)) }) != nil else { check(); continue }
                 check()
                 truncations += 1
                 r.drop(to: count)
@@ -475,7 +489,7 @@ import Testing
                 #expect(try cache.tokens(of: h) == r.tokens, "\(config): tokens of \(h)")
                 let slots = (0..<r.computed).map { table[$0 / bs] * Int32(bs) + Int32($0 % bs) }
                 for layer in 0..<layout.layerCount {
-                    let (k, v) = try cache.arena!.load(layer: layer, slots: slots)
+                    let (k, v) = try arena.load(layer: layer, slots: slots)
                     let width = layout.kvHeadCount * layout.headDim
                     for p in 0..<r.computed {
                         let wantK = kv(r.hashes[p], layer: layer, kind: 0), wantV = kv(r.hashes[p], layer: layer, kind: 1)
@@ -541,7 +555,7 @@ import Testing
         }
     }
 
-    static func configs(count: Int, store: Bool, base: UInt64) -> [Config] {
+    static func configs(count: Int, store: Bool, base: UInt64, engineKeepsKV: Bool = false) -> [Config] {
         var g = SeededRandom(seed: base)
         return (0..<count).map { i in
             let bs = [1, 2, 4, 8, 16][g.int(0...4)]
@@ -551,6 +565,7 @@ import Testing
             let perRequest = (6 * bs + 3) / bs + 1
             let cap = g.int((2 * perRequest)...(5 * perRequest))
             var c = Config(seed: base &+ UInt64(i), blockSize: bs, dtype: dtype, capacity: cap, publication: pub, store: store, steps: 60)
+            c.engineKeepsKV = engineKeepsKV
             let shape = g.int(0...3)
             if shape == 1 { c.kvHeads = 1; c.queryHeads = 8; c.headDim = 64 }        // MQA, wider heads
             if shape == 2 { c.kvHeads = 2; c.queryHeads = 2; c.headDim = 32 }        // MHA
@@ -610,6 +625,13 @@ import Testing
         // The schedules reached what they are for (each is checked row by row above).
         #expect(t.rows > 1000 && t.hitTokens > 0 && t.wholeHits > 0 && t.forks > 0 && t.copies > 0, "\(t)")
         #expect(t.cancels > 0 && t.truncations > 0 && t.speculativeSteps > 0 && t.refused + t.preemptions > 0, "\(t)")
+    }
+
+    /// A metadata-only manager: the engine's own arena, kept right only by copying what
+    /// `AppendResult.copy` names (appends after forks, truncations into shared blocks).
+    @Test func randomSchedulesWithTheEngineKeepingTheKV() throws {
+        let t = try Self.runAll(Self.configs(count: 6 * Self.scale, store: false, base: 900_000 + Self.baseOffset, engineKeepsKV: true))
+        #expect(t.rows > 500 && t.copies > 0 && t.forks > 0 && t.truncations > 0, "\(t)")
     }
 
     @Test func randomSchedulesWithTheSpillStore() throws {
