@@ -283,14 +283,12 @@ public final class KVCacheManager: Sendable {
     /// their K/V written) as query rows, each over the cached prefix and the chunk up to itself
     /// (causal). See `DecodePlan.causalChunk`; run it with `DecodeAttention.bifurcated`. Throws
     /// `.invalidPlan(.invalidChunk)` for a chunk outside `1...tokenCount`, and as `blockTable(of:)` does.
-    /// `stepPlan(for:)` is the general form: several sequences' chunks and decode tokens.
+    /// It is `stepPlan(for: [.last(newTokens, of: sequence)])`, the general form's one-span case
+    /// (several sequences' chunks and decode tokens), with the chunk's count checked first.
     public func prefillPlan(for sequence: SequenceHandle, newTokens: Int) throws(KVCacheError) -> DecodePlan {
-        let (table, count) = try state.withLock { (s: inout CacheState) throws(KVCacheError) in
-            let seq = try s.live(sequence)
-            return (seq.blocks, seq.tokenCount)
-        }
-        do { return try .causalChunk(table: table, blockSize: layout.blockSize, tokenCount: count, newTokens: newTokens) }
-        catch { throw .invalidPlan(error) }
+        let count = try tokenCount(of: sequence)
+        guard newTokens >= 1 && newTokens <= count else { throw .invalidPlan(.invalidChunk(newTokens: newTokens, tokenCount: count)) }
+        return try stepPlan(for: [.last(newTokens, of: sequence)])
     }
 
     /// The attention plan for one forward step over `spans`: each span's positions are query
