@@ -52,11 +52,20 @@ extension CacheState {
                          "CacheState: sequence \(id) has firstNewBlock \(seq.firstNewBlock) outside 0...\(seq.blocks.count)")
             invariant(seq.firstOwnPosition >= 0 && seq.firstOwnPosition <= seq.tokenCount,
                          "CacheState: sequence \(id) has firstOwnPosition \(seq.firstOwnPosition) outside 0...\(seq.tokenCount)")
+            if let b = seq.copySource {
+                invariant(arena == nil, "CacheState: sequence \(id) keeps copy source \(b) on a manager that copies under its lock")
+                invariant(b > 0 && Int(b) <= capacity && !seq.blocks.contains(b),
+                             "CacheState: sequence \(id) keeps copy source \(b), outside the pool or still in its table")
+                refs[Int(b)] += 1
+            }
             invariant(seq.reportedComputed >= 0 && seq.reportedComputed <= seq.tokenCount,
                          "CacheState: sequence \(id) has reportedComputed \(seq.reportedComputed) outside 0...\(seq.tokenCount)")
         }
+        var pins: [Int32: Int32] = [:]
+        for seq in sequences.values { if let b = seq.copySource { pins[b, default: 0] += 1 } }
+        invariant(pins == copyPins, "CacheState: copyPins \(copyPins) but the sequences keep copy sources \(pins)")
         for b in 1...capacity {
-            invariant(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots name it")
+            invariant(refs[b] == pool.refcount[b], "CacheState: block \(b) refcount \(pool.refcount[b]) but \(refs[b]) table slots and pending copies name it")
         }
         invariant(logical == logicalBlocks, "CacheState: logicalBlocks \(logicalBlocks) but tables hold \(logical)")
 

@@ -34,6 +34,11 @@ struct SequenceState {
     /// before changes nothing, as with `markComputed` itself (a cancelled fork sample reporting 0
     /// would otherwise drop its parent's finished prompt from the cache).
     var reportedComputed = 0
+    /// Metadata-only managers: the source of the copy-on-write this sequence's last `append` or
+    /// `truncate` returned, still referenced by it until its next `append`, `truncate`,
+    /// `markComputed` or release (`CacheState.settleCopy`), by which time its engine has copied
+    /// it. Not in `blocks`. (With a page arena the manager copies under its lock: always nil.)
+    var copySource: Int32?
 }
 
 /// When a sequence's new full blocks join the prefix tree, where other requests can match them.
@@ -76,6 +81,10 @@ struct CacheState {
     var freeNamespaces: [Int32] = []
     /// Cached (in-tree) blocks with refcount 0: the evictable ones.
     var cachedFreeBlocks = 0
+    /// Metadata-only managers: per block, the sequences still referencing it as the source of a
+    /// copy-on-write their engine has yet to copy (`SequenceState.copySource`). Those references
+    /// keep it from being freed or reused; they do not make it shared (`tableHolders`).
+    var copyPins: [Int32: Int32] = [:]
     var logicalBlocks = 0
     var counters = KVCacheStats()
     /// Numbers the stats snapshots the manager hands to its metrics after each call, so a
@@ -255,7 +264,7 @@ struct CacheState {
         index.removeLeaf(b)
         if rootChild { unuseNamespace(k) }
         if coldStore != nil { prefixKeys[Int(b)] = nil }
-        cachedFreeBlocks -= 1
+        if pool.refcount[Int(b)] == 0 { cachedFreeBlocks -= 1 }   // else a pending copy's source
     }
 
     /// Pins a block for a sequence (a hit takes a cached block out of the evictable set).
@@ -401,7 +410,10 @@ struct CacheState {
             prefixKeys[Int(seq.blocks[i])] = key
             restored += 1
         }
-        if publication == .atAdmission {
+        // A prefetch's blocks that were not restored stay out of the tree: no engine prefills them,
+        // and its release drops them; published, another thread's admission could hit them first
+        // and the hand-over of that release would reach no engine.
+        if publication == .atAdmission && pending.isQuery {
             for i in (matched + restored)..<pending.fullBlocks { insertIfChained(&seq, blockAt: i) }
         }
         if seq.firstNewBlock == matched {
@@ -469,15 +481,13 @@ struct CacheState {
         throw s.serial > 0 && s.serial < nextSequence ? .releasedSequence(s) : .unknownSequence(s)
     }
 
-    /// Returns the copy-on-write it made, if any.
-    @discardableResult
     /// What appending `count` tokens (≥ 0) to `seq` takes from the pool: a block per `blockSize`
     /// tokens past its last block's room, and whether its partial last block is shared and must
     /// be copied first (one block more). No overflow for any `count`.
     private func appendCost(_ seq: SequenceState, count: Int) -> (blocks: Int, copies: Bool) {
         guard count > 0 else { return (0, false) }
         let fill = seq.tokenCount % blockSize
-        let copies = fill != 0 && pool.refcount[Int(seq.blocks.last!)] > 1
+        let copies = fill != 0 && tableHolders(seq.blocks.last!) > 1
         let room = seq.blocks.count * blockSize - seq.tokenCount
         let newBlocks = count <= room ? 0 : (count - room - 1) / blockSize + 1
         return (newBlocks + (copies ? 1 : 0), copies)
@@ -490,7 +500,10 @@ struct CacheState {
         return appendCost(seq, count: count).blocks
     }
 
+    /// Returns the copy-on-write it made, if any.
+    @discardableResult
     mutating func append(_ tokens: [TokenID], to s: SequenceHandle) throws(KVCacheError) -> BlockCopy? {
+        settleCopy(of: s)
         var seq = try live(s)
         try Self.validate(tokens)
         guard !tokens.isEmpty else { return nil }
@@ -523,14 +536,41 @@ struct CacheState {
     /// `tokens` tokens (token ids, and with a page arena every layer's K/V). The caller has
     /// checked that a block is free; the allocation cannot take the old block, which the
     /// sequence still holds until the copy is made.
+    /// Drops the reference a sequence kept on its last copy-on-write's source (see
+    /// `SequenceState.copySource`): its engine has copied it by the sequence's next call. Runs
+    /// first in `append`, `truncate`, `markComputed` and `release`, whether or not they then
+    /// succeed; a no-op for an unknown or released handle (the call itself reports that).
+    mutating func settleCopy(of s: SequenceHandle) {
+        guard s.manager == managerID, let b = sequences[s.serial]?.copySource else { return }
+        sequences[s.serial]!.copySource = nil
+        copyPins[b]! -= 1
+        if copyPins[b] == 0 { copyPins[b] = nil }
+        unpin(b)
+    }
+
+    /// Block tables naming `b`: its references but those of pending copies (`copyPins`). A block
+    /// one table names is that sequence's alone to write, whoever still copies from it.
+    func tableHolders(_ b: Int32) -> Int32 {
+        pool.refcount[Int(b)] - (copyPins[b] ?? 0)
+    }
+
     private mutating func copyLastBlock(_ seq: inout SequenceState, tokens fill: Int) -> BlockCopy {
         let old = seq.blocks.last!
         let copy = allocateBlock(writtenNow: true)   // its evicted KV is spilled before the copy overwrites it
         blockTokens.withUnsafeMutableBufferPointer { all in
             (all.baseAddress! + Int(copy) * blockSize).update(from: all.baseAddress! + Int(old) * blockSize, count: fill)
         }
-        arena?.copyBlock(from: BlockID(old), to: BlockID(copy))
-        unpin(old)
+        if let arena {
+            arena.copyBlock(from: BlockID(old), to: BlockID(copy))
+            unpin(old)
+        } else {
+            // The engine copies after this call returns: the source keeps this sequence's
+            // reference until its next call (`settleCopy`), so no other thread's call can free,
+            // evict or reuse it first.
+            invariant(seq.copySource == nil, "CacheState: a second copy-on-write while block \(seq.copySource!) still waits for the engine's copy")
+            seq.copySource = old
+            copyPins[old, default: 0] += 1
+        }
         seq.blocks[seq.blocks.count - 1] = copy
         return BlockCopy(source: BlockID(old), destination: BlockID(copy), tokenCount: fill)
     }
@@ -544,11 +584,15 @@ struct CacheState {
     /// that copy it throws and nothing changes.
     @discardableResult
     mutating func truncate(_ s: SequenceHandle, toTokenCount count: Int) throws(KVCacheError) -> BlockCopy? {
+        settleCopy(of: s)
         var seq = try live(s)
         guard count >= 1 && count <= seq.tokenCount else { throw .invalidTruncation(count, tokenCount: seq.tokenCount) }
         guard count < seq.tokenCount else { return nil }
         let keep = (count + blockSize - 1) / blockSize, fill = count % blockSize
         let last = seq.blocks[keep - 1]
+        // Every reference counts here, a pending copy's too: the sequence will write its slots
+        // from `fill` on, which another sequence's engine may still have to copy (an append
+        // only writes past the tokens any copy of the block took, so it asks `tableHolders`).
         let needsCopy = fill != 0 && (pool.refcount[Int(last)] > 1 || index.inTree[Int(last)])
         if needsCopy {
             // The dropped blocks only this sequence holds join the free queue before the copy is taken.
@@ -579,6 +623,7 @@ struct CacheState {
     /// `.whenComputed`, the full blocks among them join the tree (under `.atAdmission` they are
     /// there already). Telling less than before changes nothing.
     mutating func markComputed(_ s: SequenceHandle, computedTokens c: Int) throws(KVCacheError) {
+        settleCopy(of: s)
         var seq = try live(s)
         guard c >= 0 && c <= seq.tokenCount else { throw .invalidComputedTokens(c, tokenCount: seq.tokenCount) }
         guard c > seq.reportedComputed else { return }
@@ -623,7 +668,9 @@ struct CacheState {
         for _ in 0..<count {
             let handle = SequenceHandle(manager: managerID, serial: nextSequence)
             nextSequence += 1
-            sequences[handle.serial] = seq
+            var child = seq
+            child.copySource = nil   // the parent's pending copy stays the parent's to settle
+            sequences[handle.serial] = child
             logicalBlocks += seq.blocks.count
             children.append(handle)
         }
@@ -642,6 +689,7 @@ struct CacheState {
     /// cancelled release. An unreferenced unwritten block goes with its cached descendants.
     @discardableResult
     mutating func release(_ s: SequenceHandle, computedTokens: Int? = nil) throws(KVCacheError) -> [InvalidatedHit] {
+        settleCopy(of: s)
         var seq = try live(s)
         if let c = computedTokens, c < 0 || c > seq.tokenCount {
             throw .invalidComputedTokens(c, tokenCount: seq.tokenCount)
@@ -658,9 +706,11 @@ struct CacheState {
         var i = seq.treeBlocks - 1
         while i >= firstUnwritten {
             let b = seq.blocks[i]
-            guard pool.refcount[Int(b)] == 0 else { break }
+            guard tableHolders(b) == 0 else { break }
             if index.childCount[Int(b)] > 0 { dropDescendants(of: b) }
-            dropUnwritten(b)
+            // Only a pending copy's source may still be referenced: out of the tree now, free once
+            // its engine has copied it (no table names it, so none of its descendants is held).
+            if pool.refcount[Int(b)] == 0 { dropUnwritten(b) } else { uncache(b) }
             i -= 1
         }
         guard i >= firstUnwritten else { return [] }
@@ -683,7 +733,9 @@ struct CacheState {
             preorder.append(x)
             stack.append(contentsOf: children[x] ?? [])
         }
-        for x in preorder.reversed() { dropUnwritten(x) }  // every block after its descendants
+        for x in preorder.reversed() {  // every block after its descendants
+            if pool.refcount[Int(x)] == 0 { dropUnwritten(x) } else { uncache(x) }   // a pending copy's source: free once copied
+        }
     }
 
     /// Live sequences whose hits include one of `unwritten`: their hit count ends before the first.

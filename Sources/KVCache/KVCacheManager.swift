@@ -192,6 +192,20 @@ public final class KVCacheManager: Sendable {
         try mutate { (s: inout CacheState) throws(KVCacheError) in AppendResult(copy: try s.truncate(sequence, toTokenCount: count)) }
     }
 
+    /// Tells a metadata-only manager that the engine has made the copy-on-write the sequence's
+    /// last `append` or `truncate` returned (`AppendResult.copy`): its source block may be freed
+    /// and reused from now on. Until then the source stays referenced, so no other thread's call
+    /// can hand it out and overwrite it before the engine has read it; the sequence's next
+    /// `append`, `truncate`, `markComputed` or release does this too, so calling it only frees the
+    /// block sooner. A no-op with a page arena (the manager copies under its lock) or with no copy
+    /// pending. Throws `.releasedSequence` / `.unknownSequence`.
+    public func copied(_ sequence: SequenceHandle) throws(KVCacheError) {
+        try mutate { (s: inout CacheState) throws(KVCacheError) in
+            _ = try s.live(sequence)
+            s.settleCopy(of: sequence)
+        }
+    }
+
     /// Reports that the KV of the sequence's first `computedTokens` tokens (hits included) is
     /// written — after a prefill chunk, or a decode step. Under `.whenComputed` their full blocks
     /// join the prefix tree now, where later requests can match them; under `.atAdmission` they
@@ -436,11 +450,13 @@ public final class KVCacheManager: Sendable {
     /// Restores that waited for another call's spill of their block (for tests).
     var spillWaits: Int { state.withLock { $0.spillsInFlight }.waits }
 
-    /// The refcount of a block (for tests and debugging). Traps on a block outside
-    /// `0...capacityBlocks` (a caller bug; never a read out of bounds).
+    /// The block tables naming a block (for tests and debugging): 2 or more means shared. The
+    /// reference a metadata-only manager keeps on a copy-on-write's source until the engine has
+    /// copied it (`copied(_:)`) is not counted: it keeps the block from reuse, it does not share
+    /// it. Traps on a block outside `0...capacityBlocks` (a caller bug; never a read out of bounds).
     public func refcount(of block: Int32) -> Int {
         requireBlockInPool(block, "refcount(of:)")
-        return state.withLock { Int($0.pool.refcount[Int(block)]) }
+        return state.withLock { Int($0.tableHolders(block)) }
     }
 
     /// The prefix index's hinted child of `block` (0: none), for tests. Traps on a block outside

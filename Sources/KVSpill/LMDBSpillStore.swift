@@ -26,7 +26,10 @@ public final class LMDBSpillStore: ColdPrefixStore, @unchecked Sendable {
     private let logger: Logger
     private let isClosed = Atomic<Bool>(false)
     /// Serializes synchronous-mode commits (the background writer is a single thread already).
-    private let inlineWrites = Locked<Void>(())
+    /// (Holds an `Int`, not `Void`: a zero-size value shares its
+    /// address with the mutex pointer, and ThreadSanitizer reported the lock's own read of that
+    /// pointer as racing the access to the value.)
+    private let inlineWrites = Locked<Int>(0)
 
     /// Opens (or creates) the store at `configuration.path`.
     public init(_ configuration: SpillStoreConfiguration, logger: Logger = Logger(label: "prefixkv.spill")) throws(SpillStoreError) {

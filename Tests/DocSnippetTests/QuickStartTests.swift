@@ -50,7 +50,7 @@ func quickStart(systemPrompt: [TokenID], userPrompt: [TokenID], otherPrompt: [To
         try cache.arena!.store(keys: newKeys[layer], values: newValues[layer], layer: layer, slots: step)
     }
     // (the arena copied the shared partial block already; an engine keeping KV itself, with
-    // `allocatesPages: false`, copies what `append(...).copy` names: docs/PREFIX_CACHING.md)
+    // `allocatesPages: false`, copies what `append(...).copy` names, then `cache.copied(s)`: PREFIX_CACHING.md)
 
     // One decode step: the shared prompt is read once for all 32 samples. Pass the same plan to
     // every layer: the kernel plans its work on the first layer and reuses it for the rest.

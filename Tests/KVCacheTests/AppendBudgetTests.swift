@@ -58,7 +58,7 @@ import Testing
                 try cache.release(live.remove(at: rng.below(live.count)))
             case 5 where !live.isEmpty:
                 let s = live[rng.below(live.count)], n = try cache.tokenCount(of: s)
-                _ = try? cache.truncate(s, toTokenCount: 1 + rng.below(n))
+                if (try? cache.truncate(s, toTokenCount: 1 + rng.below(n))) != nil { try cache.copied(s) }   // the engine copied
             default:
                 guard !live.isEmpty else { continue }
                 let s = live[rng.below(live.count)], count = rng.below(3 * blockSize + 1)
@@ -67,6 +67,7 @@ import Testing
                 let tokens = (0..<count).map { _ in TokenID(rng.below(50)) }
                 if need <= available {
                     let result = try cache.append(tokens, to: s)
+                    try cache.copied(s)   // a shared source: settling frees nothing, so the count stays exact
                     #expect(cache.availableBlocks == available - need, "seed \(seed) step \(step): took \(available - cache.availableBlocks), counted \(need)")
                     fits += 1
                     if result.copy != nil { copies += 1 }

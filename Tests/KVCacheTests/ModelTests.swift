@@ -158,6 +158,7 @@ struct ReferenceModel {
                 let tokens = (0..<Int.random(in: 1...6, using: &rng)).map { _ in TokenID.random(in: 0..<2, using: &rng) }
                 do {
                     try cache.append(tokens, to: h)
+                    try cache.copied(h)   // an engine keeping the KV copies at once (the manager is metadata-only)
                     for t in tokens { model.appended(h, t) }
                 } catch {
                     guard case .insufficientBlocks = error else { throw error }
@@ -176,6 +177,7 @@ struct ReferenceModel {
                 let keep = Int.random(in: max(1, count - 7)...count, using: &rng)
                 do {
                     try cache.truncate(h, toTokenCount: keep)
+                    try cache.copied(h)
                     model.truncated(h, to: keep)
                 } catch {
                     guard case .insufficientBlocks = error else { throw error }
