@@ -35,9 +35,8 @@ struct SequenceState {
     /// would otherwise drop its parent's finished prompt from the cache).
     var reportedComputed = 0
     /// Metadata-only managers: the source of the copy-on-write this sequence's last `append` or
-    /// `truncate` returned, still referenced by it until its next `append`, `truncate`,
-    /// `markComputed` or release (`CacheState.settleCopy`), by which time its engine has copied
-    /// it. Not in `blocks`. (With a page arena the manager copies under its lock: always nil.)
+    /// `truncate` returned, still referenced by it until `copied(_:)` or its next `append`,
+    /// `truncate` or release (`CacheState.settleCopy`), by which time its engine has copied it. Not in `blocks`. (With a page arena the manager copies under its lock: always nil.)
     var copySource: Int32?
 }
 
@@ -537,9 +536,10 @@ struct CacheState {
     /// checked that a block is free; the allocation cannot take the old block, which the
     /// sequence still holds until the copy is made.
     /// Drops the reference a sequence kept on its last copy-on-write's source (see
-    /// `SequenceState.copySource`): its engine has copied it by the sequence's next call. Runs
-    /// first in `append`, `truncate`, `markComputed` and `release`, whether or not they then
-    /// succeed; a no-op for an unknown or released handle (the call itself reports that).
+    /// `SequenceState.copySource`): `copied(_:)`, or the sequence's next `append` or `truncate`
+    /// (which start a step, or make a copy of their own) or release, whether or not they then
+    /// succeed. Not `markComputed`: speculative decoding truncates and reports the accepted count
+    /// before its engine copies. A no-op for an unknown or released handle.
     mutating func settleCopy(of s: SequenceHandle) {
         guard s.manager == managerID, let b = sequences[s.serial]?.copySource else { return }
         sequences[s.serial]!.copySource = nil
@@ -623,7 +623,6 @@ struct CacheState {
     /// `.whenComputed`, the full blocks among them join the tree (under `.atAdmission` they are
     /// there already). Telling less than before changes nothing.
     mutating func markComputed(_ s: SequenceHandle, computedTokens c: Int) throws(KVCacheError) {
-        settleCopy(of: s)
         var seq = try live(s)
         guard c >= 0 && c <= seq.tokenCount else { throw .invalidComputedTokens(c, tokenCount: seq.tokenCount) }
         guard c > seq.reportedComputed else { return }
@@ -771,9 +770,16 @@ struct CacheState {
         var s = counters
         s.usedBlocks = pool.usedCount
         s.cachedBlocks = cachedFreeBlocks
-        s.sharedBlocks = pool.sharedCount
+        // Pending copies' references keep blocks in use but make none shared, nor a table's.
+        var notShared = 0, inNoTable = 0
+        for (b, pins) in copyPins {
+            let held = pool.refcount[Int(b)] - pins
+            if pool.refcount[Int(b)] > 1 && held <= 1 { notShared += 1 }
+            if held == 0 { inNoTable += 1 }
+        }
+        s.sharedBlocks = pool.sharedCount - notShared
         s.logicalBlocks = logicalBlocks
-        s.physicalBlocks = pool.usedCount
+        s.physicalBlocks = pool.usedCount - inNoTable
         s.liveSequences = sequences.count
         return s
     }

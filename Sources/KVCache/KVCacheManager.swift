@@ -196,8 +196,8 @@ public final class KVCacheManager: Sendable {
     /// last `append` or `truncate` returned (`AppendResult.copy`): its source block may be freed
     /// and reused from now on. Until then the source stays referenced, so no other thread's call
     /// can hand it out and overwrite it before the engine has read it; the sequence's next
-    /// `append`, `truncate`, `markComputed` or release does this too, so calling it only frees the
-    /// block sooner. A no-op with a page arena (the manager copies under its lock) or with no copy
+    /// `append`, `truncate` or release does this too (not `markComputed`, which speculative
+    /// decoding calls right after its truncation), so calling it only frees the block sooner. A no-op with a page arena (the manager copies under its lock) or with no copy
     /// pending. Throws `.releasedSequence` / `.unknownSequence`.
     public func copied(_ sequence: SequenceHandle) throws(KVCacheError) {
         try mutate { (s: inout CacheState) throws(KVCacheError) in

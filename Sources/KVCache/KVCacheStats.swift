@@ -10,7 +10,8 @@ public struct KVCacheStats: Sendable, Equatable, Codable {
     public var sharedBlocks: Int = 0
     /// Sum over live sequences of their block-table lengths.
     public var logicalBlocks: Int = 0
-    /// Distinct blocks behind those tables (equals `usedBlocks`).
+    /// Distinct blocks behind those tables (equals `usedBlocks` but for copy-on-write sources a
+    /// metadata-only manager keeps until the engine has copied them: in use, in no table).
     public var physicalBlocks: Int = 0
     /// Prompt tokens admitted.
     public var queryTokens: Int = 0

@@ -899,8 +899,10 @@ import Testing
         cache.checkInvariants()
     }
 
-    /// Without `copied(_:)`, the sequence's next call lets the source go (its engine has copied by
-    /// then); a fork child does not inherit the parent's pending copy.
+    /// Without `copied(_:)`, the sequence's next append lets the source go (its engine has copied
+    /// by then), not its `markComputed` (a speculative step reports the accepted count right
+    /// after truncating, before the copy); a fork child does not inherit the parent's pending
+    /// copy; the pending copy makes nothing shared in the stats. (The review of the fix.)
     @Test func theNextCallLetsACopySourceGo() throws {
         let layout = try KVLayout(layerCount: 1, kvHeadCount: 1, headDim: 4, blockSize: 4, dtype: .float32)
         let cache = try KVCacheManager(layout: layout, capacityBlocks: 4, allocatesPages: false, publishesBlocks: .whenComputed)
@@ -911,8 +913,11 @@ import Testing
         let child = try cache.fork(a, count: 1)[0]
         try cache.release(child)
         #expect(cache.availableBlocks == 1)   // the child's release let nothing go
+        #expect(cache.stats.sharedBlocks == 0 && cache.stats.physicalBlocks == 2 && cache.stats.usedBlocks == 3)
         cache.checkInvariants()
         try cache.markComputed(a, computedTokens: 6)
+        #expect(cache.availableBlocks == 1)   // still held: the engine may not have copied yet
+        try cache.append([7], to: a)
         #expect(cache.availableBlocks == 2)   // the source, cached and evictable
         cache.checkInvariants()
         #expect(throws: KVCacheError.releasedSequence(child)) { try cache.copied(child) }
