@@ -604,38 +604,12 @@ import Testing
         }
 
         func denseOracle(rows: [Row], query: [Float], layer: Int, scale: Float) -> [Float] {
-            let d = layout.headDim, hkv = layout.kvHeadCount, hq = queryHeads, group = hq / hkv
-            var out = [Float](repeating: 0, count: query.count)
-            for (i, row) in rows.enumerated() {
-                let r = live[row.sequence]!
-                let keys = (0...row.position).map { kv(r.hashes[$0], layer: layer, kind: 0) }
-                let values = (0...row.position).map { kv(r.hashes[$0], layer: layer, kind: 1) }
-                for h in 0..<hq {
-                    let kvh = h / group, q = (i * hq + h) * d
-                    var scores = [Double](repeating: 0, count: keys.count)
-                    for t in 0..<keys.count {
-                        var dot = 0.0
-                        for j in 0..<d { dot += Double(query[q + j]) * Double(keys[t][kvh * d + j]) }
-                        scores[t] = dot * Double(scale)
-                    }
-                    let top = scores.max()!
-                    let w = scores.map { exp($0 - top) }
-                    let sum = w.reduce(0, +)
-                    for j in 0..<d {
-                        var acc = 0.0
-                        for t in 0..<keys.count { acc += w[t] * Double(values[t][kvh * d + j]) }
-                        out[q + j] = Float(acc / sum)
-                    }
-                }
-            }
-            return out
+            EngineLoopTests.denseOracle(histories: rows.map { live[$0.sequence]!.hashes[...$0.position] }, query: query,
+                                        layer: layer, scale: scale, layout: layout, queryHeads: queryHeads, kv: kv)
         }
 
         func worstRows(_ a: [Float], _ b: [Float], rows: [Row]) -> [(Int, Float)] {
-            let per = queryHeads * layout.headDim
-            return (0..<rows.count).map { i in
-                (i, (0..<per).map { abs(a[i * per + $0] - b[i * per + $0]) }.max()!)
-            }.filter { $0.1 > tolerance }.prefix(6).map { $0 }
+            EngineLoopTests.worstRows(a, b, rowWidth: queryHeads * layout.headDim, tolerance: tolerance)
         }
 
         /// Free-running (`.whenComputed`): one step after another, no coordination.
