@@ -101,7 +101,7 @@ KVK_AVX512_INLINE void kvk_qk_f32(const kvk_gemm_state *g, int32_t r0, int32_t t
 /// the caller's array stays in registers once this is inlined); each vdpbf16ps adds two dims'
 /// products. krows: the NT key rows (bf16, dpad2 long) read in place, or NULL: the staged tile.
 KVK_AVX512_INLINE void kvk_qk_bf16_products(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
-                                            const uint16_t *const *krows, __m512 acc[4][16]) {
+                                            const uint16_t *const *krows, const uint16_t *k0, int32_t D, __m512 acc[4][16]) {
     for (int32_t rv = 0; rv < RVB; rv++)
         KVK_UNROLL
         for (int32_t t = 0; t < NT; t++) acc[rv][t] = _mm512_setzero_ps();
@@ -112,7 +112,7 @@ KVK_AVX512_INLINE void kvk_qk_bf16_products(const kvk_gemm_state *g, int32_t r0,
         KVK_UNROLL
         for (int32_t t = 0; t < NT; t++) {
             int32_t w;
-            memcpy(&w, (krows ? krows[t] : k + (size_t)t * g->dpad2) + 2 * i2, 4);
+            memcpy(&w, (D ? k0 + (size_t)t * D : krows ? krows[t] : k + (size_t)t * g->dpad2) + 2 * i2, 4);
             __m512bh kb = (__m512bh)_mm512_set1_epi32(w);
             for (int32_t rv = 0; rv < RVB; rv++) acc[rv][t] = _mm512_dpbf16_ps(acc[rv][t], qv[rv], kb);
         }
@@ -123,7 +123,7 @@ KVK_AVX512_INLINE void kvk_qk_bf16_products(const kvk_gemm_state *g, int32_t r0,
 KVK_AVX512_INLINE void kvk_qk_bf16(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
                                    const uint16_t *const *krows) {
     __m512 acc[4][16];
-    kvk_qk_bf16_products(g, r0, t0, RVB, NT, krows, acc);
+    kvk_qk_bf16_products(g, r0, t0, RVB, NT, krows, NULL, 0, acc);
     KVK_UNROLL
     for (int32_t t = 0; t < NT; t++)
         for (int32_t rv = 0; rv < RVB; rv++) _mm512_store_ps(g->s + (size_t)(t0 + t) * KVK_ROW_BLOCK + rv * 16, acc[rv][t]);
@@ -182,8 +182,12 @@ KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
 
 /// Rows x 32-dim chunks of kvk_pv_rows_bf16's register tile (16 accumulators). Goal GEMM item,
 /// one head in cache: 4 x 2 ~2 % ahead of 8 x 1 and 2 x 4.
+#ifndef KVK_PVR_ROWS
 #define KVK_PVR_ROWS 4
+#endif
+#ifndef KVK_PVR_CHUNKS
 #define KVK_PVR_CHUNKS 2
+#endif
 
 /// P.V over bf16 values read in place, the output kept as rows (lanes along the head dim): the
 /// value rows of two tokens, 32 dims each, interleave into pairs in registers by in-lane word
@@ -192,7 +196,7 @@ KVK_AVX512_INLINE void kvk_pv_bf16(const kvk_gemm_state *g, int32_t r0, int32_t 
 /// per 64 bytes of values. Rows r0 ..< r0 + KVK_PVR_ROWS (lanes rr0 ... of the row block's
 /// probability pairs), NC 32-dim chunks from dim i0, tokens 0 ..< n.
 KVK_AVX512_INLINE void kvk_pv_rows_bf16(const kvk_gemm_state *g, int32_t r0, int32_t rr0, int32_t i0, int32_t n,
-                                        const char *const *vrows, int rescale, int32_t NC) {
+                                        const char *const *vrows, int rescale, int32_t NC, int32_t D) {
     enum { RG = KVK_PVR_ROWS };
     __m512 acc[RG][2 * KVK_PVR_CHUNKS];
     const size_t d = (size_t)g->d;
@@ -207,7 +211,8 @@ KVK_AVX512_INLINE void kvk_pv_rows_bf16(const kvk_gemm_state *g, int32_t r0, int
         }
     }
     for (int32_t t = 0; t < n; t += 2) {
-        const char *next = t + 1 < n ? vrows[t + 1] : NULL;  // an odd last token pairs with zeros
+        // An odd last token pairs with zeros; D > 0: every pair's second row follows its first.
+        const char *next = D ? vrows[t] + 2 * (size_t)D : t + 1 < n ? vrows[t + 1] : NULL;
         __m512bh v[2 * KVK_PVR_CHUNKS];
         for (int32_t c = 0; c < NC; c++) {
             const __m512i x = _mm512_loadu_si512((const uint16_t *)vrows[t] + i0 + 32 * c);
@@ -317,9 +322,9 @@ __attribute__((noinline, cold)) KVK_AVX512 static __m512 kvk_lazy_move(const kvk
 /// exps overlap the next block's products instead of running as a pass over stored scores), and
 /// the row sums are added to l. *moved: the tile's P.V must rescale the output by alpha.
 KVK_AVX512_INLINE void kvk_qk_bf16_softmax(const kvk_gemm_state *g, int32_t r0, int32_t t0, int32_t RVB, int32_t NT,
-                                           const uint16_t *const *krows, int *moved) {
+                                           const uint16_t *const *krows, const uint16_t *k0, int32_t D, int *moved) {
     __m512 acc[4][16];
-    kvk_qk_bf16_products(g, r0, t0, RVB, NT, krows, acc);
+    kvk_qk_bf16_products(g, r0, t0, RVB, NT, krows, k0, D, acc);
     const __m512bh ones = (__m512bh)_mm512_set1_epi32(0x3f803f80);
     for (int32_t rv = 0; rv < RVB; rv++) {
         const size_t c = (size_t)rv * 16;
@@ -371,17 +376,21 @@ KVK_AVX512_INLINE void kvk_prefetch_near(const kvk_prefetch *pf, int32_t t0, int
 /// from r0: (dim chunks, row group) calls, dim chunks outer so a chunk's values stay in L1 across
 /// the row groups; the L2 prefetch spread over them.
 KVK_AVX512_INLINE void kvk_pv_rows_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t groups,
-                                        const char *const *vdirect, int rescale, const kvk_prefetch *pf) {
+                                        const char *const *vdirect, int rescale, const kvk_prefetch *pf, int32_t D) {
+    int paired = D > 0 && n % 2 == 0;
+    for (int32_t t = 0; t < n && paired; t += 2) paired = vdirect[t + 1] == vdirect[t] + 2 * (size_t)D;
+    if (!paired) D = 0;
     const int32_t wide = g->d / (32 * KVK_PVR_CHUNKS);
     const int32_t chunks = (g->d / 32 + KVK_PVR_CHUNKS - 1) / KVK_PVR_CHUNKS, calls = groups * chunks;
     for (int32_t k = 0; k < calls; k++) {
         const int32_t c = k / groups, rr = k % groups * KVK_PVR_ROWS, i0 = c * 32 * KVK_PVR_CHUNKS;
         kvk_prefetch_far(pf, k * KVK_TILE / calls, (k + 1) * KVK_TILE / calls);
         if (c < wide) {
-            if (rescale) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 1, KVK_PVR_CHUNKS);
-            else kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS);
+            if (rescale) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 1, KVK_PVR_CHUNKS, D);
+            else if (D) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS, D);
+            else kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS, 0);
         } else  // d not a multiple of the tile's dims: the last chunks one at a time
-            for (int32_t i = i0; i < g->d; i += 32) kvk_pv_rows_bf16(g, r0 + rr, rr, i, n, vdirect, rescale, 1);
+            for (int32_t i = i0; i < g->d; i += 32) kvk_pv_rows_bf16(g, r0 + rr, rr, i, n, vdirect, rescale, 1, 0);
     }
 }
 
@@ -391,13 +400,16 @@ KVK_AVX512_INLINE void kvk_pv_rows_tile(const kvk_gemm_state *g, int32_t r0, int
 /// The next (head, tile) `pf` is prefetched a few tokens per score block, spread over the
 /// compute rather than issued in one burst that would stall on the miss buffers.
 KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_t n, int32_t RVB, int bf16,
-                                     const kvk_prefetch *pf, const uint16_t *const *kdirect, const char *const *vdirect) {
+                                     const kvk_prefetch *pf, const uint16_t *const *kdirect, const char *const *vdirect, int32_t D) {
     const int32_t NT = KVK_NT(RVB);
     int rescale = 0;
     if (bf16 && n == KVK_TILE) {  // a full tile: the softmax in the Q.K^T epilogue
         for (int32_t t0 = 0; t0 < n; t0 += NT) {
             kvk_prefetch_near(pf, t0, t0 + NT);
-            kvk_qk_bf16_softmax(g, r0, t0, RVB, NT, kdirect ? kdirect + t0 : NULL, &rescale);
+            int contiguous = D > 0 && kdirect;
+            for (int32_t t = 1; t < NT && contiguous; t++) contiguous = kdirect[t0 + t] == kdirect[t0] + (size_t)t * D;
+            if (contiguous) kvk_qk_bf16_softmax(g, r0, t0, RVB, NT, NULL, kdirect[t0], D, &rescale);
+            else kvk_qk_bf16_softmax(g, r0, t0, RVB, NT, kdirect ? kdirect + t0 : NULL, NULL, 0, &rescale);
         }
     } else {
         for (int32_t t0 = 0; t0 < n; t0 += NT) {
@@ -410,7 +422,7 @@ KVK_AVX512_INLINE void kvk_gemm_tile(const kvk_gemm_state *g, int32_t r0, int32_
         rescale = kvk_softmax(g, r0, n, RVB, bf16);
     }
     if (vdirect) {
-        kvk_pv_rows_tile(g, r0, n, RVB * 16 / KVK_PVR_ROWS, vdirect, rescale, pf);
+        kvk_pv_rows_tile(g, r0, n, RVB * 16 / KVK_PVR_ROWS, vdirect, rescale, pf, D);
         return;
     }
     // The L2 prefetch is spread over the P.V blocks: a few tokens each, no burst of misses.
@@ -528,7 +540,7 @@ KVK_AVX512_INLINE void kvk_gemm_init(kvk_gemm_state *g, const kvk_attend_args *a
 
 /// Stages one head's tile (rows of the gathered tokens, offset to head j) and runs every row block.
 KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **kr, const char **vr, size_t hoff,
-                                          int32_t n, int32_t rows, int32_t dtype, int bf16, const kvk_prefetch *pf) {
+                                          int32_t n, int32_t rows, int32_t dtype, int bf16, const kvk_prefetch *pf, int32_t D) {
     const int32_t d = g->d;
     // bf16 keys of even length are already in the operand layout: each is read once per row
     // block, so copying them to L1 first only adds traffic. Rows past n repeat the last one.
@@ -554,10 +566,10 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile(const kvk_gemm_state *g, const char **
     for (int32_t r0 = 0; r0 < rows; r0 += KVK_ROW_BLOCK) {
         const kvk_prefetch *p = r0 == 0 ? pf : NULL;
         switch ((rows - r0 >= KVK_ROW_BLOCK ? KVK_ROW_BLOCK : rows - r0 + 15) / 16) {
-        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
-        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
-        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
-        default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL); break;
+        case 1: kvk_gemm_tile(g, r0, n, 1, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL, D); break;
+        case 2: kvk_gemm_tile(g, r0, n, 2, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL, D); break;
+        case 3: kvk_gemm_tile(g, r0, n, 3, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL, D); break;
+        default: kvk_gemm_tile(g, r0, n, 4, bf16, p, direct ? kdirect : NULL, g->orows ? vdirect : NULL, D); break;
         }
     }
 }
@@ -714,7 +726,7 @@ KVK_AVX512_INLINE void kvk_gemm_head_tile8(const kvk_gemm_state *g, const char *
     }
     kvk_prefetch_near(pf, t0, KVK_TILE);  // a partial tile: the rest of both units at once
     kvk_prefetch_far(pf, t0, KVK_TILE);
-    kvk_pv_rows_tile(g, 0, n, KVK_YMM8_ROWS / KVK_PVR_ROWS, vdirect, rescale, NULL);
+    kvk_pv_rows_tile(g, 0, n, KVK_YMM8_ROWS / KVK_PVR_ROWS, vdirect, rescale, NULL, D);
 }
 
 /// (head, tile) units of look-ahead of the L2 prefetch (one unit: 16 KiB of bf16 K+V); 2, 4 and
@@ -799,7 +811,7 @@ KVK_AVX512_INLINE void kvk_gemm_run(const kvk_attend_args *a, int bf16, int32_t 
             const kvk_prefetch pf = {kvk_unit_ahead(j, 1, heads, head_bytes, kr, vr, n, kn, vn, n_next),
                                      kvk_unit_ahead(j, far, heads, head_bytes, kr, vr, n, kn, vn, n_next), row_bytes};
             if (ymm8) kvk_gemm_head_tile8(&g[j], kr, vr, (size_t)j * head_bytes, n, &pf, D);
-            else kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16, &pf);
+            else kvk_gemm_head_tile(&g[j], kr, vr, (size_t)j * head_bytes, n, rows, dtype, bf16, &pf, D);
         }
         n = n_next;
     }
@@ -826,7 +838,10 @@ KVK_AVX512 void kvk_attend_gemm_avx512(const kvk_attend_args *a, int bf16_math) 
     if (bf16_math) {
         switch (a->dtype) {
         case KVK_DTYPE_F16: kvk_gemm_run(a, 1, KVK_DTYPE_F16, 0, 0); break;
-        case KVK_DTYPE_BF16: kvk_gemm_run(a, 1, KVK_DTYPE_BF16, 0, 0); break;
+        case KVK_DTYPE_BF16:
+            if (a->head_dim == 128) kvk_gemm_run(a, 1, KVK_DTYPE_BF16, 0, 128);
+            else kvk_gemm_run(a, 1, KVK_DTYPE_BF16, 0, 0);
+            break;
         default: kvk_gemm_run(a, 1, KVK_DTYPE_F32, 0, 0); break;
         }
     } else {

@@ -10,7 +10,9 @@
 #define KVK_LOG2E 1.44269504088896340736f
 
 /// Tokens per tile of the many-row path (even: bf16 products pair tokens).
+#ifndef KVK_TILE
 #define KVK_TILE 32
+#endif
 /// Rows per row block of the many-row path (four 16-lane vectors).
 #define KVK_ROW_BLOCK 64
 /// Most KV heads one many-row call interleaves (callers split larger head ranges).
