@@ -12,7 +12,9 @@
 /// one row from DRAM is memory-bound either way and the fp32 kernel streamed ~6 % faster
 /// (1 row x 32 heads x 2048 tokens, 1.53 vs 1.61-1.64 ms); 4 rows (a GQA group) ran 6 % faster
 /// on one thread in bf16 (2.11 -> 1.98 ms); paged GQA 32/8 at b = 16 / 32 15-23 % faster.
+#ifndef KVK_BF16_ROWS_MIN_ROWS
 #define KVK_BF16_ROWS_MIN_ROWS 2
+#endif
 
 /// From this many rows up to KVK_YMM8_ROWS, bf16 math on bf16 KV with head_dim % 32 == 0 takes
 /// the many-row path's 8-row variant (one ymm row vector: 256-bit vdpbf16ps issues twice per
