@@ -8,7 +8,15 @@
 #include "kvk_internal.h"
 
 #define KVK_AVX2 __attribute__((target("avx2,fma,f16c")))
+/// Forced inline where optimising (the kernels' register tiles rely on it). Unoptimised
+/// builds call instead: at -O0 every inlined copy keeps its own stack slots, so the many-row
+/// driver's frame grew past 4 MiB (a debug or ThreadSanitizer build overflowed a 4 MiB thread
+/// stack; optimised, 14 KiB).
+#if defined(__OPTIMIZE__)
 #define KVK_AVX2_INLINE static inline __attribute__((always_inline)) KVK_AVX2
+#else
+#define KVK_AVX2_INLINE static KVK_AVX2
+#endif
 
 /// Elements i ..< i+8 of a row stored as `dtype`, as fp32.
 KVK_AVX2_INLINE __m256 kvk_load8(const char *row, int32_t dtype, int32_t i) {

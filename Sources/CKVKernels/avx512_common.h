@@ -7,7 +7,15 @@
 #include "kvk_internal.h"
 
 #define KVK_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+/// Forced inline where optimising (the kernels' register tiles rely on it). Unoptimised
+/// builds call instead: at -O0 every inlined copy keeps its own stack slots, so the many-row
+/// driver's frame grew past 4 MiB (a debug or ThreadSanitizer build overflowed a 4 MiB thread
+/// stack; optimised, 14 KiB).
+#if defined(__OPTIMIZE__)
 #define KVK_AVX512_INLINE static inline __attribute__((always_inline)) KVK_AVX512
+#else
+#define KVK_AVX512_INLINE static KVK_AVX512
+#endif
 
 /// Lanes of the last 16-wide vector of a row of n elements.
 static inline __mmask16 kvk_tail_mask16(int32_t n) {

@@ -26,6 +26,8 @@ public struct AttentionBenchPoint: Codable, Sendable {
     public var bifurcatedPctOfRoofline: Double?
     /// Load average (1 min) when the point was measured: other work on the machine skews timings.
     public var loadAverage: Double
+    /// The CPU it ran on (``MachineInfo/cpu``).
+    public var cpu: String = MachineInfo.cpu
 }
 
 /// The benchmark of issue 3: b sequences share a context of m_c tokens (the same block ids)

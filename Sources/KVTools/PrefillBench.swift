@@ -24,6 +24,8 @@ public struct PrefillBenchPoint: Codable, Sendable {
     /// max |plan − paged| / max |paged|.
     public var maxRelError: Double
     public var loadAverage: Double
+    /// The CPU it ran on (``MachineInfo/cpu``).
+    public var cpu: String = MachineInfo.cpu
 }
 
 /// Attention for prefill chunks (`DecodePlan.causal`): `sequences` sequences share `context` cached

@@ -55,6 +55,7 @@ struct BenchAttention: ParsableCommand {
                                        maxBatch: batches.max()!, maxContext: contexts.max()!, decode: decode,
                                        threads: threads, math: mathChoice, isa: isaChoice, flusher: memory)
         if !json {
+            print("# cpu: \(MachineInfo.cpu)")
             print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), "
                   + "\(threads) threads, GEMM math \(bench.kernel.effectiveMath), kernels \(bench.kernel.isa)")
             print(String(format: "# streaming read %.1f GB/s (%d threads; re-measured before each point, %%BW uses that); "

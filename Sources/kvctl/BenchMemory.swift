@@ -19,10 +19,12 @@ struct BenchMemory: ParsableCommand {
 
     func run() throws {
         let bench = MemoryBench(megabytes: megabytes)
+        if !json { print("# cpu: \(MachineInfo.cpu)") }
+        let cpuJSON = String(decoding: try JSONEncoder().encode(MachineInfo.cpu), as: UTF8.self)
         for t in 1...threads {
             let gbps = bench.readGBps(threads: t, repeats: `repeat`)
             if json {
-                print("{\"bufferMiB\":\(megabytes),\"readGBps\":\(String(format: "%.2f", gbps)),\"threads\":\(t)}")
+                print("{\"bufferMiB\":\(megabytes),\"cpu\":\(cpuJSON),\"readGBps\":\(String(format: "%.2f", gbps)),\"threads\":\(t)}")
             } else {
                 print(String(format: "read  %d thread(s)  %7.1f GB/s  (%d MiB buffer, best of %d)", t, gbps, megabytes, `repeat`))
             }

@@ -45,6 +45,7 @@ struct BenchPrefill: ParsableCommand {
             print(String(decoding: try encoder.encode(p), as: UTF8.self))
             return
         }
+        print("# cpu: \(MachineInfo.cpu)")
         print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), \(threads) threads, "
               + "math \(bench.kernel.effectiveMath); LLC flushed before every call; medians of \(`repeat`)")
         if let separate = p.perSequencePlansMs, let ratio = p.speedupOverPerSequence {
