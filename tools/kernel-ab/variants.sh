@@ -6,6 +6,7 @@
 # At most eight builds in all (ab.c's limit), the revision's included; ROUNDS=2 lists every build
 # twice (two medians each, as ab.sh does). The rest of the environment is ab.c's (HEADS, TOKENS,
 # SEQS, REPS, HOT, ISA, DTYPE, MATH). Builds are -O2 with no machine flags, as SwiftPM's.
+# HARNESS=step runs step.c instead (the b = 32 step's GEMM items on 1 and 2 threads).
 set -euo pipefail
 rev=${1:?usage: variants.sh REV NAME:FLAGS...}
 shift
@@ -27,7 +28,7 @@ for v in "$@"; do
     builds+=("$work/$name.so")
 done
 for pid in "${pids[@]}"; do wait "$pid"; done  # a build that fails stops the script (set -e)
-"$CC" -O2 -I"$repo/Sources/CKVKernels/include" "$repo/tools/kernel-ab/ab.c" -o "$work/ab" -ldl -lm
+"$CC" -O2 -I"$repo/Sources/CKVKernels/include" "$repo/tools/kernel-ab/${HARNESS:-ab}.c" -o "$work/ab" -ldl -lm -lpthread
 runs=()
 for _ in $(seq "${ROUNDS:-1}"); do runs+=("${builds[@]}"); done
 "$work/ab" "${runs[@]}"
