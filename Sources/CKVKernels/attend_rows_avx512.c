@@ -4,8 +4,8 @@
 // Lanes run along the head dimension. Per chunk of 16 tokens: each key row is widened to fp32
 // once and dotted with every query row (one 16-lane partial per token and row), a 16x16
 // transpose-add turns the partials into one vector of 16 scores per row, the online softmax
-// runs on that vector, and P.V accumulates output rows 64 dims at a time with the value rows
-// widened once per chunk. The next block of the run is prefetched a token row at a time, since
+// runs on that vector, and P.V accumulates output rows 128 dims at a time (64 from 3 rows) with
+// the value rows widened once per chunk. The next block of the run is prefetched a token row at a time, since
 // a block's pages are one 4 KiB page per head that the hardware prefetcher does not cross into.
 #if defined(__x86_64__)
 #include "avx512_common.h"
@@ -15,6 +15,16 @@
 /// (and 2.55 for the former L1 prefetch 2 pages ahead).
 #ifndef KVK_PREFETCH_PAGES
 #define KVK_PREFETCH_PAGES 1
+#endif
+
+/// Rows up to which P.V takes 128 dims (8 x 16) per pass rather than 64, so each value row is
+/// read in one pass instead of two (16 accumulators at 2 rows). One thread, 32 heads x 4096
+/// tokens, LLC flushed (Zen 5, 2026-12-03; outputs bit-identical): 1 row bf16 KV 2.55-2.61 ->
+/// 2.18-2.19 ms, fp16 2.71-2.76 -> 2.28-2.33, fp32 5.04-5.07 -> 4.58-4.59; 2 rows fp32 6.51 ->
+/// 5.31; in cache 1-2 rows ~5 % faster. At 3-4 rows (spilling) fp32 gained ~10 % from DRAM,
+/// fp16 nothing, and lost 3-8 % in cache.
+#ifndef KVK_ROWS_WIDE_PV
+#define KVK_ROWS_WIDE_PV 2
 #endif
 
 /// Scores of `n` tokens for rows r0 ..< r0+RG, then the online-softmax update of those rows:
@@ -59,14 +69,14 @@ KVK_AVX512_INLINE void kvk_rows_scores(const char *kp, size_t row_bytes, int32_t
 KVK_AVX512_INLINE void kvk_rows_pv(const char *vp, size_t row_bytes, int32_t n, const char *pf, int32_t pf_n,
                                    int32_t dtype, int32_t RG, int32_t NV, int32_t v0, int32_t nv, __mmask16 tail,
                                    float *o, int32_t ostride, const float *alpha, const float *p) {
-    __m512 acc[4][4];
+    __m512 acc[4][8];
     for (int32_t r = 0; r < RG; r++)
         for (int32_t j = 0; j < NV; j++)
             acc[r][j] = _mm512_mul_ps(_mm512_load_ps(o + (size_t)r * ostride + (v0 + j) * 16), _mm512_set1_ps(alpha[r]));
     for (int32_t t = 0; t < n; t++) {
         const char *vr = vp + (size_t)t * row_bytes;
         if (pf && v0 == 0 && t < pf_n) kvk_prefetch_row(pf + (size_t)t * row_bytes, row_bytes);
-        __m512 v[4];
+        __m512 v[8];
         for (int32_t j = 0; j < NV; j++) v[j] = kvk_load16(vr, dtype, (v0 + j) * 16, v0 + j == nv - 1 ? tail : 0xFFFF);
         for (int32_t r = 0; r < RG; r++) {
             __m512 pr = _mm512_set1_ps(p[(size_t)r * 16 + t]);
@@ -84,6 +94,7 @@ KVK_AVX512_INLINE void kvk_rows_chunk(const char *kp, const char *vp, size_t row
                                       float *m, float *l, float *alpha, float *p) {
     kvk_rows_scores(kp, row_bytes, n, kpf, pf_n, dtype, RG, nv, tail, q, stride, m, l, alpha, p);
     int32_t v0 = 0;
+    if (RG <= KVK_ROWS_WIDE_PV) for (; v0 + 8 <= nv; v0 += 8) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 8, v0, nv, tail, o, stride, alpha, p);
     for (; v0 + 4 <= nv; v0 += 4) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 4, v0, nv, tail, o, stride, alpha, p);
     for (; v0 < nv; v0++) kvk_rows_pv(vp, row_bytes, n, vpf, pf_n, dtype, RG, 1, v0, nv, tail, o, stride, alpha, p);
 }

@@ -25,6 +25,15 @@
 /// Rows per register group (the chunk loop's accumulators: rows x 2 x chunks per dims block).
 #define KVK_RB_GROUP 4
 
+/// Rows up to which P.V takes 128 dims per pass (4 x 32-dim chunks) rather than 64, so a value
+/// row is read in one pass instead of two. At 3-4 rows its 24-32 accumulators spill, but the
+/// few-row path streams from DRAM: 4 rows x 32 heads x 4096 tokens, one thread, LLC flushed
+/// (Zen 5, 2026-12-03): 3.40-3.43 -> 2.98-3.01 ms, 3 rows 3.56 -> 3.28-3.33 ms; in cache (4
+/// heads x 2048 tokens) 4 rows 0.143 -> 0.150 ms, 3 rows 0.135 -> 0.132 ms. It was 2.
+#ifndef KVK_RB_WIDE_ROWS
+#define KVK_RB_WIDE_ROWS 4
+#endif
+
 /// Scores of n tokens for RG rows, then their online-softmax update: pp[r][0..8) gets the
 /// probabilities as bf16 pairs of consecutive tokens (0 past n), alpha[r] the old outputs' factor.
 KVK_AVX512_INLINE void kvk_rb_scores(const char *kp, size_t row_bytes, int32_t n, const char *pf, int32_t pf_n,
@@ -101,8 +110,9 @@ KVK_AVX512_INLINE void kvk_rb_chunk(const char *kp, const char *vp, size_t row_b
                                     const char *vpf, int32_t pf_n, int32_t RG, int32_t NC, const __m512bh *q,
                                     float *o, int32_t stride, float *m, float *l, float *alpha, uint32_t *pp) {
     kvk_rb_scores(kp, row_bytes, n, kpf, pf_n, RG, NC, q, NC, m, l, alpha, pp);
-    // Dims blocks small enough that RG x 2 x CB accumulators stay in registers.
-    const int32_t CB = RG <= 2 ? (NC < 4 ? NC : 4) : (NC < 2 ? NC : 2);
+    // Up to KVK_RB_WIDE_ROWS rows, dims blocks of 128 (head dim 128: each value row read in one
+    // pass), more rows 64.
+    const int32_t CB = RG <= KVK_RB_WIDE_ROWS ? (NC < 4 ? NC : 4) : (NC < 2 ? NC : 2);
     for (int32_t c0 = 0; c0 < NC; c0 += CB)
         kvk_rb_pv(vp, row_bytes, n, vpf, pf_n, RG, NC - c0 < CB ? NC - c0 : CB, c0, o, stride, alpha, pp);
 }
