@@ -17,8 +17,10 @@ public struct AttentionBenchPoint: Codable, Sendable {
     public var bifurcatedGFlops: Double
     /// max |bifurcated − paged| / max |paged|.
     public var maxRelError: Double
-    /// Filled when the machine limits were measured in the same run.
-    public var readGBps: Double?
+    /// The read probe (``MemoryBench``, `threads` threads) timed in the same alternation as the
+    /// two kernels, LLC flushed before it too: median GB/s, so a host whose bandwidth moves
+    /// moves the probe and the kernels alike.
+    public var readGBps: Double
     /// The machine's compute ceiling on `threads` cores for the kernel's math (``ComputePeak``).
     public var peakGFlops: Double?
     public var pagedPctOfBandwidth: Double?
@@ -116,9 +118,11 @@ public final class AttentionBench {
         let query = (0..<(b * heads * d)).map { _ in Float.random(in: -1.7...1.7, using: &rng) }
         let scale = DecodeAttention.defaultScale(headDim: d)
         let kernel = self.kernel
+        let flusher = self.flusher, threads = self.threads
         let runs = try KernelTiming.alternate(over: arena, query: query, repeats: repeats, flusher: flusher, [
             { pages, q, out in try kernel.paged(query: q, pages: pages, batch: batch, scale: scale, output: out) },
             { pages, q, out in try kernel.bifurcated(query: q, pages: pages, plan: plan, scale: scale, output: out) },
+            { _, _, _ in flusher.readOnce(threads: threads) },
         ])
         let (pagedTimes, paged) = runs[0], (bifTimes, bif) = runs[1]
         let pagedS = median(pagedTimes), bifS = median(bifTimes)
@@ -131,21 +135,23 @@ public final class AttentionBench {
             pagedMs: pagedS * 1e3, bifurcatedMs: bifS * 1e3, speedup: pagedS / bifS,
             pagedGBps: Double(batch.totalTokens) * rowBytes / pagedS / 1e9,
             bifurcatedGBps: Double(plan.planTokenReads) * rowBytes / bifS / 1e9,
-            bifurcatedGFlops: flops / bifS / 1e9, maxRelError: KernelTiming.relativeDifference(bif, paged), loadAverage: loadAverage())
+            bifurcatedGFlops: flops / bifS / 1e9, maxRelError: KernelTiming.relativeDifference(bif, paged),
+            readGBps: Double(flusher.readBytes(threads: threads)) / median(runs[2].seconds) / 1e9, loadAverage: loadAverage())
     }
 
-    /// Adds the machine limits to a point: % of read bandwidth (paged, against the probe) and % of
-    /// roofline (bifurcated), roofline = max(KV bytes / bandwidth, FLOPs / `peakGFlops`), where
-    /// the peak is the instruction probe (``ComputePeak``) and the bandwidth max(read probe, paged
-    /// GB/s): the paged kernel (software prefetch, shared blocks found in L3) can out-read the
-    /// plain probe, and a roofline must not sit below what a kernel achieved.
-    public func annotate(_ p: inout AttentionBenchPoint, readGBps: Double, peakGFlops: Double) {
+    /// Adds the machine limits to a point: % of read bandwidth (paged, against the point's
+    /// alternated probe) and % of roofline (bifurcated), roofline = max(KV bytes / bandwidth,
+    /// FLOPs / `peakGFlops`), where the peak is the instruction probe (``ComputePeak``) and the
+    /// bandwidth max(read probe, paged GB/s): the paged kernel (software prefetch, shared blocks
+    /// found in L3) can out-read the plain probe, and a roofline must not sit below what a
+    /// kernel achieved.
+    public func annotate(_ p: inout AttentionBenchPoint, peakGFlops: Double) {
+        let readGBps = p.readGBps
         let rowBytes = Double(layout.kvHeadCount * layout.headDim * layout.dtype.byteWidth * 2)
         let bifBytes = Double(p.context + p.batch * p.decode) * rowBytes
         let flops = 4 * Double(p.batch * (p.context + p.decode) * heads * layout.headDim)
         let bandwidth = max(readGBps, p.pagedGBps)
         let roofline = max(bifBytes / (bandwidth * 1e9), flops / (peakGFlops * 1e9))
-        p.readGBps = readGBps
         p.peakGFlops = peakGFlops
         p.pagedPctOfBandwidth = 100 * p.pagedGBps / readGBps
         p.bifurcatedRooflineMs = roofline * 1e3

@@ -27,18 +27,31 @@ public final class MemoryBench: @unchecked Sendable {
 
     /// Best-of-`repeat` GB/s reading the whole buffer with `threads` threads (one slice each).
     public func readGBps(threads: Int, repeats: Int = 5) -> Double {
-        let slice = bytes / threads / 512 * 512
-        let base = UInt(bitPattern: buffer)
         var best = Double.infinity
         for _ in 0..<repeats {
             let start = DispatchTime.now().uptimeNanoseconds
-            DispatchQueue.concurrentPerform(iterations: threads) { t in
-                let p = UnsafeRawPointer(bitPattern: base + UInt(t * slice))!
-                blackHole(kvk_stream_read(p, slice))
-            }
+            readOnce(threads: threads)
             best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) * 1e-9)
         }
-        return Double(slice * threads) / best / 1e9
+        return Double(readBytes(threads: threads)) / best / 1e9
+    }
+
+    /// Bytes one ``readOnce(threads:)`` reads: a slice per thread, whole 512-byte steps.
+    public func readBytes(threads: Int) -> Int { bytes / threads / 512 * 512 * threads }
+
+    /// Reads the buffer once with `threads` threads, one slice each (a timed call of its own:
+    /// benchmarks alternate it with the kernels they compare against it).
+    public func readOnce(threads: Int) {
+        let slice = bytes / threads / 512 * 512
+        let base = UInt(bitPattern: buffer)
+        if threads == 1 {
+            blackHole(kvk_stream_read(buffer, slice))
+            return
+        }
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let p = UnsafeRawPointer(bitPattern: base + UInt(t * slice))!
+            blackHole(kvk_stream_read(p, slice))
+        }
     }
 
     /// Evicts the last-level cache by streaming a slice of the buffer (for cold-cache timings).

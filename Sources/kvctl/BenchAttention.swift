@@ -58,8 +58,8 @@ struct BenchAttention: ParsableCommand {
             print("# cpu: \(MachineInfo.cpu)")
             print("# \(heads) query heads, \(kvHeads) KV heads, head dim \(headDim), \(kv), block size \(blockSize), "
                   + "\(threads) threads, GEMM math \(bench.kernel.effectiveMath), kernels \(bench.kernel.isa)")
-            print(String(format: "# streaming read %.1f GB/s (%d threads; re-measured before each point, %%BW uses that); "
-                         + "LLC flushed before every call; medians of %d",
+            print(String(format: "# streaming read %.1f GB/s before the run (%d threads); each point times the read probe "
+                         + "alternated with both kernels (its median is read GB/s, %%BW uses that); LLC flushed before every call; medians of %d",
                          bandwidth, threads, `repeat`))
             print(String(format: "# compute peak %.0f GFLOP/s (%d threads at once issuing the %@ instruction of the GEMM math, re-measured around each point, best of the run); "
                          + "roofline = max(KV bytes / max(read, paged GB/s), FLOPs / peak)",
@@ -71,19 +71,17 @@ struct BenchAttention: ParsableCommand {
         encoder.outputFormatting = [.sortedKeys]
         for m in contexts {
             for b in batches {
-                // Other work on the machine moves the bandwidth: measure it again next to each point.
-                let pointBandwidth = memory.readGBps(threads: threads, repeats: 3)
                 // The peak is probed before and after the point and is the best of the process
                 // (ComputePeak): a core taken by another tenant for one probe does not count.
                 _ = ComputePeak.gflops(threads: threads, bf16Math: bench.kernel.effectiveMath == .bf16)
                 var p = try bench.measure(batch: b, context: m, repeats: `repeat`)
                 let peak = ComputePeak.gflops(threads: threads, bf16Math: bench.kernel.effectiveMath == .bf16)
-                bench.annotate(&p, readGBps: pointBandwidth, peakGFlops: peak)
+                bench.annotate(&p, peakGFlops: peak)
                 if json {
                     print(String(decoding: try encoder.encode(p), as: UTF8.self))
                 } else {
                     print(String(format: "%5d %6d %4d | %8.3f %9.3f %8.2f | %9.1f %10.1f %4.0f | %9.1f %8.0f %7.0f %8.3f %6.0f | %9.2e %5.2f",
-                                 b, m, decode, p.pagedMs, p.bifurcatedMs, p.speedup, pointBandwidth, p.pagedGBps, p.pagedPctOfBandwidth ?? 0,
+                                 b, m, decode, p.pagedMs, p.bifurcatedMs, p.speedup, p.readGBps, p.pagedGBps, p.pagedPctOfBandwidth ?? 0,
                                  p.bifurcatedGBps, p.bifurcatedGFlops, p.peakGFlops ?? 0,
                                  p.bifurcatedRooflineMs ?? 0, p.bifurcatedPctOfRoofline ?? 0,
                                  p.maxRelError, p.loadAverage))
