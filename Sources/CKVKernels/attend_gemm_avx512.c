@@ -386,6 +386,7 @@ KVK_AVX512_INLINE void kvk_pv_rows_tile(const kvk_gemm_state *g, int32_t r0, int
         const int32_t c = k / groups, rr = k % groups * KVK_PVR_ROWS, i0 = c * 32 * KVK_PVR_CHUNKS;
         kvk_prefetch_far(pf, k * KVK_TILE / calls, (k + 1) * KVK_TILE / calls);
         if (c < wide) {
+            // rescale and D as literals where they can be: each call inlines a loop without the test.
             if (rescale) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 1, KVK_PVR_CHUNKS, D);
             else if (D) kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS, D);
             else kvk_pv_rows_bf16(g, r0 + rr, rr, i0, n, vdirect, 0, KVK_PVR_CHUNKS, 0);

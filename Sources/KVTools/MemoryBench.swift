@@ -36,18 +36,17 @@ public final class MemoryBench: @unchecked Sendable {
         return Double(readBytes(threads: threads)) / best / 1e9
     }
 
-    /// Bytes one ``readOnce(threads:)`` reads: a slice per thread, whole 512-byte steps.
-    public func readBytes(threads: Int) -> Int { bytes / threads / 512 * 512 * threads }
+    /// Bytes one ``readOnce(threads:)`` reads: a slice per thread.
+    public func readBytes(threads: Int) -> Int { sliceBytes(threads: threads) * threads }
+
+    /// Each thread's slice of the buffer, whole 512-byte steps of the probe.
+    private func sliceBytes(threads: Int) -> Int { bytes / threads / 512 * 512 }
 
     /// Reads the buffer once with `threads` threads, one slice each (a timed call of its own:
     /// benchmarks alternate it with the kernels they compare against it).
     public func readOnce(threads: Int) {
-        let slice = bytes / threads / 512 * 512
+        let slice = sliceBytes(threads: threads)
         let base = UInt(bitPattern: buffer)
-        if threads == 1 {
-            blackHole(kvk_stream_read(buffer, slice))
-            return
-        }
         DispatchQueue.concurrentPerform(iterations: threads) { t in
             let p = UnsafeRawPointer(bitPattern: base + UInt(t * slice))!
             blackHole(kvk_stream_read(p, slice))

@@ -4,29 +4,8 @@
 // 4096 tokens (half the shared context), bf16 KV and math, last-level cache flushed before each
 // call. Environment: HEADS, TOKENS, SEQS (rows), REPS, HOT=1 (no flush), ISA, DTYPE, MATH. Built and run by ab.sh.
 // The builds must share kvk_attend_args' layout.
-#define _GNU_SOURCE
-#include <dlfcn.h>
+#include "harness.h"
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-#include "kvkernels.h"
-
-typedef void (*attend_fn)(const kvk_attend_args *);
-typedef size_t (*scratch_fn)(int32_t, int32_t, int32_t);
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-static int by_value(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static int env(const char *name, int fallback) { return getenv(name) ? atoi(getenv(name)) : fallback; }
 
 int main(int argc, char **argv) {
     const int builds = argc - 1;
@@ -38,27 +17,12 @@ int main(int argc, char **argv) {
     const int cold = !getenv("HOT"), kv_heads = 32, block = 16, d = 128, blocks = tokens / block;
     attend_fn attend[8];
     scratch_fn scratch_bytes[8];
-    for (int v = 0; v < builds; v++) {
-        void *h = dlopen(argv[v + 1], RTLD_NOW | RTLD_LOCAL);
-        if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
-        attend[v] = (attend_fn)dlsym(h, "kvk_attend");
-        scratch_bytes[v] = (scratch_fn)dlsym(h, "kvk_attend_scratch_bytes");
-    }
-    // KV pages (bf16, 2 MiB pages as KVPageArena asks for), random values of unit scale.
-    const size_t block_bytes = (size_t)kv_heads * block * d * (dtype == 0 ? 4 : 2), bytes = ((block_bytes * blocks) | ((1 << 21) - 1)) + 1;
-    uint16_t *k = aligned_alloc(1 << 21, bytes), *vv = aligned_alloc(1 << 21, bytes);
-    madvise(k, bytes, MADV_HUGEPAGE);
-    madvise(vv, bytes, MADV_HUGEPAGE);
-    srand(1);
-    for (size_t i = 0; i < bytes / 2; i++) {
-        k[i] = 0x3f00 + (rand() & 0xff);
-        vv[i] = 0xbf00 + (rand() & 0x1ff);
-    }
-    int32_t *table = malloc(4 * (size_t)blocks), *seqs = malloc(4 * (size_t)rows);
-    for (int i = 0; i < blocks; i++) table[i] = i;
-    for (int i = 0; i < rows; i++) seqs[i] = i;
-    float *q = malloc(4 * (size_t)rows * kv_heads * d);
-    for (size_t i = 0; i < (size_t)rows * kv_heads * d; i++) q[i] = (rand() / (float)RAND_MAX - 0.5f) * 3.4f;
+    for (int v = 0; v < builds; v++)
+        if (load_build(argv[v + 1], &attend[v], &scratch_bytes[v])) return 1;
+    uint16_t *k, *vv;
+    random_kv((size_t)kv_heads * block * d * (dtype == 0 ? 4 : 2) * blocks, &k, &vv);
+    int32_t *table = identity(blocks), *seqs = identity(rows);
+    float *q = random_queries((size_t)rows * kv_heads * d);
     float *out[8], *lse[8];
     for (int v = 0; v < builds; v++) {
         out[v] = calloc((size_t)rows * kv_heads * d, 4);
@@ -78,10 +42,7 @@ int main(int argc, char **argv) {
         for (int v = 0; v < builds; v++) {
             kvk_attend_args a = {k, vv, dtype, kv_heads, block, d, 0, heads, table, blocks, block, q, seqs, rows, 1, 0,
                                  (int64_t)kv_heads * d, 0.088f, math, isa, out[v], (int64_t)kv_heads * d, lse[v], kv_heads, scratch};
-            if (cold) {
-                volatile char sink = 0;
-                for (size_t i = 0; i < flush_bytes; i += 64) sink += flush[i];
-            }
+            if (cold) flush_llc(flush, flush_bytes);
             const double t0 = now();
             attend[v](&a);
             t[v][r] = now() - t0;

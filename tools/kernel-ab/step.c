@@ -4,29 +4,10 @@
 // before each run, for each build given (dlopen'd), alternating; medians. It tells the
 // kernels' own two-thread scaling apart from the Swift runner's. Built and run by
 // `HARNESS=step tools/kernel-ab/variants.sh REV NAME:FLAGS...` (or ab.sh); REPS sets the runs.
-#define _GNU_SOURCE
-#include <dlfcn.h>
+#include "harness.h"
 #include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-#include "kvkernels.h"
 
-typedef void (*attend_fn)(const kvk_attend_args *);
-typedef size_t (*scratch_fn)(int32_t, int32_t, int32_t);
 enum { KVH = 32, BLOCK = 16, D = 128, TOKENS = 8192, ROWS = 32, ITEMS = 8 };
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-static int by_value(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 typedef struct { int head, heads, block, blocks; } item;
 typedef struct { void *scratch; float *out, *lse; } worker_state;
@@ -51,35 +32,22 @@ static void *worker(void *p) {
 }
 
 int main(int argc, char **argv) {
-    const int builds = argc - 1, reps = getenv("REPS") ? atoi(getenv("REPS")) : 11;
+    const int builds = argc - 1, reps = env("REPS", 11);
     if (builds < 1 || builds > 8 || reps < 1 || reps > 64) { fprintf(stderr, "usage: REPS=1..64 step build.so... (1 to 8)\n"); return 2; }
     attend_fn fns[8];
     size_t scratch_size = 0;
     for (int v = 0; v < builds; v++) {
-        void *h = dlopen(argv[v + 1], RTLD_NOW | RTLD_LOCAL);
-        if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
-        fns[v] = (attend_fn)dlsym(h, "kvk_attend");
-        const size_t s = ((scratch_fn)dlsym(h, "kvk_attend_scratch_bytes"))(ROWS, D, 9);
+        scratch_fn scratch_bytes;
+        if (load_build(argv[v + 1], &fns[v], &scratch_bytes)) return 1;
+        const size_t s = scratch_bytes(ROWS, D, 9);
         if (s > scratch_size) scratch_size = s;
     }
-    const size_t bytes = (size_t)TOKENS * KVH * D * 2;
-    uint16_t *k = aligned_alloc(1 << 21, bytes), *v = aligned_alloc(1 << 21, bytes);
-    madvise(k, bytes, MADV_HUGEPAGE);
-    madvise(v, bytes, MADV_HUGEPAGE);
-    srand(1);
-    for (size_t i = 0; i < bytes / 2; i++) {
-        k[i] = 0x3f00 + (rand() & 0xff);
-        v[i] = 0xbf00 + (rand() & 0x1ff);
-    }
+    uint16_t *k, *v;
+    random_kv((size_t)TOKENS * KVH * D * 2, &k, &v);
     keys = k, values = v;
     const int blocks = TOKENS / BLOCK;
-    int32_t *t = malloc(4 * (size_t)blocks), *s = malloc(4 * ROWS);
-    for (int i = 0; i < blocks; i++) t[i] = i;
-    for (int i = 0; i < ROWS; i++) s[i] = i;
-    table = t, seqs = s;
-    float *q = malloc(4 * (size_t)ROWS * KVH * D);
-    for (int i = 0; i < ROWS * KVH * D; i++) q[i] = (rand() / (float)RAND_MAX - 0.5f) * 3.4f;
-    query = q;
+    table = identity(blocks), seqs = identity(ROWS);
+    query = random_queries((size_t)ROWS * KVH * D);
     const int groups[5] = {0, 9, 18, 27, 32};
     for (int g = 0, n = 0; g < 4; g++)
         for (int c = 0; c < 2; c++) items[n++] = (item){groups[g], groups[g + 1] - groups[g], c * blocks / 2, blocks / 2};
@@ -93,8 +61,7 @@ int main(int argc, char **argv) {
     for (int r = 0; r < reps; r++)
         for (int b = 0; b < builds; b++)
             for (int threads = 1; threads <= 2; threads++) {
-                volatile char sink = 0;
-                for (size_t i = 0; i < flush_bytes; i += 64) sink += flush[i];
+                flush_llc(flush, flush_bytes);
                 attend = fns[b];
                 next_item = 0;
                 pthread_t th[2];
